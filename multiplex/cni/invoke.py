@@ -1,0 +1,85 @@
+"""Calling a plugin by its `type`: in-process when it is built in, exec'd from CNI_PATH otherwise.
+
+Both paths take a Request and give back a Result (ADD) or None, and raise CNIError. An exec'd
+plugin gets the spec's environment and its config on stdin; its stderr goes to our log; a
+plugin that runs past the timeout is killed and reported as code 11 (try again later).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from typing import Optional
+
+from .. import log
+from .errors import CNIError, DECODE_FAILURE, DELEGATE_FAILED, IO_FAILURE, NOT_FOUND, TRY_AGAIN_LATER
+from .registry import builtin, check_type_name
+from .request import Request
+from .skel import dispatch
+from .types import Result
+
+DEFAULT_TIMEOUT = 60.0
+
+
+def find_plugin(type_name: str, path: list[str]) -> str:
+    check_type_name(type_name)
+    for d in path:
+        candidate = os.path.join(d, type_name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise CNIError(NOT_FOUND, f"plugin {type_name!r} not found",
+                   f"field: type; searched CNI_PATH: {os.pathsep.join(path) or '(empty)'}")
+
+
+def invoke(req: Request, type_name: Optional[str] = None, timeout: float = DEFAULT_TIMEOUT) -> Optional[Result]:
+    """Run the plugin named `type_name` (default: the config's `type`) for `req`."""
+    t = check_type_name(type_name or req.type)
+    plugin = builtin(t)
+    if plugin is not None:
+        return dispatch(plugin, req)
+    return exec_plugin(find_plugin(t, req.path), req, timeout)
+
+
+def exec_plugin(binary: str, req: Request, timeout: float = DEFAULT_TIMEOUT) -> Optional[Result]:
+    name = os.path.basename(binary)
+    logger = log.get()
+    try:
+        proc = subprocess.run([binary], input=req.stdin(), env=req.env(), capture_output=True,
+                              timeout=timeout, close_fds=True)
+    except subprocess.TimeoutExpired:
+        raise CNIError(TRY_AGAIN_LATER, f"plugin {name} did not answer {req.command} within {timeout:.0f}s",
+                       f"plugin: {binary}") from None
+    except OSError as e:
+        raise CNIError(IO_FAILURE, f"cannot run plugin {name}: {e.strerror}", f"plugin: {binary}") from None
+    if proc.stderr:
+        logger.info("plugin stderr", plugin=name, command=req.command,
+                    stderr=proc.stderr.decode(errors="replace")[-4000:])
+    out = proc.stdout.strip()
+    if proc.returncode != 0:
+        try:
+            err = json.loads(out)
+        except ValueError:
+            err = None
+        if isinstance(err, dict) and "code" in err:
+            raise CNIError.from_dict(err, who=name)
+        tail = (proc.stderr or proc.stdout).decode(errors="replace").strip()[-500:]
+        raise CNIError(DELEGATE_FAILED, f"plugin {name} failed {req.command} with exit code {proc.returncode}",
+                       tail)
+    if req.command != "ADD":
+        return None
+    try:
+        data = json.loads(out)
+    except ValueError:
+        raise CNIError(DECODE_FAILURE, f"plugin {name} printed a result that is not JSON",
+                       out.decode(errors="replace")[:500]) from None
+    return Result.from_dict(data)
+
+
+def invoke_ipam(req: Request) -> Optional[Result]:
+    """Run the config's IPAM plugin (`ipam.type`) with the same request, as the spec says."""
+    from .errors import INVALID_CONFIG
+
+    ipam = req.config.get("ipam")
+    if not isinstance(ipam, dict) or not ipam.get("type"):
+        raise CNIError(INVALID_CONFIG, "this plugin needs an IPAM config with a type", "field: ipam.type")
+    return invoke(req, type_name=check_type_name(ipam["type"], "ipam.type"))

@@ -1,0 +1,83 @@
+"""JSON Schema validation of every config object, before anything on the node is touched.
+
+Schemas live in schemas/ (shipped as the multiplex.schemas package). An error names the field by
+its JSON path and says what is allowed, as a CNI error with code 7.
+"""
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from typing import Any
+
+from .cni.errors import CNIError, INVALID_CONFIG
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_DIRS = (os.path.join(_HERE, "schemas"), os.path.join(os.path.dirname(_HERE), "schemas"))
+
+
+def schema_path(name: str) -> str:
+    fname = name if name.endswith(".json") else name + ".json"
+    for d in _DIRS:
+        p = os.path.join(d, fname)
+        if os.path.isfile(p):
+            return p
+    raise FileNotFoundError(f"schema {fname} not found in {', '.join(_DIRS)}")
+
+
+@lru_cache(maxsize=None)
+def load(name: str) -> dict:
+    with open(schema_path(name), encoding="utf-8") as f:
+        return json.load(f)
+
+
+@lru_cache(maxsize=None)
+def _validator(name: str):
+    import jsonschema
+    from referencing import Registry, Resource
+
+    schema = load(name)
+    cls = jsonschema.validators.validator_for(schema)
+
+    def retrieve(uri: str):
+        # "$ref": "ipam.json" resolves to our own schema files, never to the network
+        return Resource.from_contents(load(uri.rsplit("/", 1)[-1]))
+
+    return cls(schema, registry=Registry(retrieve=retrieve), format_checker=cls.FORMAT_CHECKER)
+
+
+def errors(name: str, instance: Any, prefix: str = "$") -> list[str]:
+    """Every violation as 'path: message', most relevant first."""
+    import jsonschema
+
+    v = _validator(name)
+    out = []
+    for err in sorted(v.iter_errors(instance), key=jsonschema.exceptions.relevance):
+        path = prefix + err.json_path[1:]
+        out.append(f"{path}: {_describe(err)}")
+    return out
+
+
+def validate(name: str, instance: Any, prefix: str = "$") -> None:
+    """Raise CNIError 7 naming the first bad field and what is allowed."""
+    import jsonschema
+
+    v = _validator(name)
+    err = jsonschema.exceptions.best_match(v.iter_errors(instance))
+    if err is None:
+        return
+    path = prefix + err.json_path[1:]
+    raise CNIError(INVALID_CONFIG, f"invalid {load(name).get('title', name)} config: {_describe(err)}",
+                   f"field: {path}; allowed: {_allowed(err)}")
+
+
+def _describe(err) -> str:
+    return err.message if len(err.message) < 300 else err.message[:300] + "..."
+
+
+def _allowed(err) -> str:
+    s = err.schema if isinstance(err.schema, dict) else {}
+    if "description" in s:
+        return s["description"]
+    v = err.validator_value
+    return f"{err.validator} {json.dumps(v)[:200]}" if v is not None else str(err.validator)

@@ -1,0 +1,60 @@
+"""Fixtures every tier shares: root detection, network namespaces that are always removed,
+and a per-test state directory for multiplex (cache, IPAM database, logs)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+
+def _have_netns() -> str:
+    """Empty when netns tests can run, else the reason they cannot."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    if not shutil.which("ip"):
+        return "needs iproute2 (`ip`)"
+    return ""
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = _have_netns()
+    if not reason:
+        return
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture
+def netns_factory():
+    """make(prefix) -> a new netns name (lo up); every netns made is deleted at teardown."""
+    made: list[str] = []
+
+    def make(prefix: str = "t") -> str:
+        name = f"mpx{prefix}-{uuid.uuid4().hex[:8]}"
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        made.append(name)
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+        return name
+
+    yield make
+    for name in reversed(made):
+        # deleting the netns destroys every link inside it (and the peers of its veths)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest.fixture
+def node(netns_factory):
+    """A simulated node: a netns of its own, where multiplex and its delegates run."""
+    return netns_factory("node")
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    """Where multiplex keeps its cache and IPAM database for this test."""
+    d = tmp_path / "state"
+    d.mkdir()
+    return d
