@@ -1,0 +1,114 @@
+"""A small test lab for multiplex: NAD files, a multiplex config, pods, CNI calls in a node netns."""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from tests.cnitool import CNIOutput, ip_json, run_plugin
+
+
+def nad(name: str, config: dict, namespace: str = "default") -> dict:
+    return {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"config": json.dumps(dict(config, cniVersion=config.get("cniVersion", "1.1.0"), name=name))}}
+
+
+def bridge_conf(bridge: str, *ranges: str, **extra: Any) -> dict:
+    """A multiplex-bridge config; each range is a subnet (one range set per family)."""
+    return {"type": "multiplex-bridge", "bridge": bridge, **extra,
+            "ipam": {"type": "multiplex-ipam", "ranges": [[{"subnet": r}] for r in ranges]}}
+
+
+@dataclass
+class Lab:
+    node: str
+    root: str                                  # a tmp dir: nads/, pods/, state/
+    netns_factory: Any
+    cluster: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # extra multiplex config fields
+
+    @property
+    def nad_dir(self) -> str:
+        return os.path.join(self.root, "nads")
+
+    @property
+    def pod_dir(self) -> str:
+        return os.path.join(self.root, "pods")
+
+    @property
+    def state_dir(self) -> str:
+        return os.path.join(self.root, "state")
+
+    def add_nad(self, name: str, config: dict, namespace: str = "default") -> None:
+        os.makedirs(self.nad_dir, exist_ok=True)
+        with open(os.path.join(self.nad_dir, f"{namespace}-{name}.json"), "w") as f:
+            json.dump(nad(name, config, namespace), f)
+
+    def add_pod(self, name: str, networks: Any = None, namespace: str = "default", uid: str = "") -> None:
+        os.makedirs(self.pod_dir, exist_ok=True)
+        ann = {}
+        if networks is not None:
+            ann["k8s.v1.cni.cncf.io/networks"] = networks if isinstance(networks, str) else json.dumps(networks)
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": namespace, "uid": uid or f"uid-{name}", "annotations": ann}}
+        with open(os.path.join(self.pod_dir, f"{namespace}-{name}.json"), "w") as f:
+            json.dump(pod, f)
+
+    def pod_status(self, name: str, namespace: str = "default") -> list[dict]:
+        with open(os.path.join(self.pod_dir, f"{namespace}-{name}.json")) as f:
+            pod = json.load(f)
+        return json.loads(pod["metadata"]["annotations"].get("k8s.v1.cni.cncf.io/network-status", "[]"))
+
+    def config(self, version: str = "1.1.0", **overrides: Any) -> dict:
+        conf = {"cniVersion": version, "name": "multiplex", "type": "multiplex",
+                "clusterNetwork": "podnet", "nadDir": self.nad_dir, "podDir": self.pod_dir,
+                "stateDir": self.state_dir, "logFile": os.path.join(self.root, "multiplex.log"),
+                "logLevel": "debug"}
+        conf.update(self.extra)
+        conf.update(overrides)
+        return conf
+
+    def cni(self, command: str, pod: Optional[str], netns: Optional[str], container_id: str = "",
+            config: Optional[dict] = None, ifname: str = "eth0", version: str = "1.1.0",
+            namespace: str = "default", uid: str = "", env: Optional[dict] = None) -> CNIOutput:
+        args = "IgnoreUnknown=1"
+        if pod:
+            args += f";K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod}"
+            if uid:
+                args += f";K8S_POD_UID={uid}"
+        return run_plugin("multiplex", command, config if config is not None else self.config(version),
+                          node=self.node, container_id=container_id or (f"cid-{pod}" if pod else ""),
+                          netns=netns or "", ifname=ifname if command not in ("GC", "STATUS") else "",
+                          args=args, extra_env=env)
+
+    # --- what a user would look at ---------------------------------------------------------
+    def leases(self) -> list[tuple]:
+        db = os.path.join(self.state_dir, "ipam")
+        files = [os.path.join(db, f) for f in os.listdir(db) if f.endswith(".db")] if os.path.isdir(db) else []
+        rows: list[tuple] = []
+        for path in files:
+            con = sqlite3.connect(path)
+            try:
+                tables = [r[0] for r in con.execute("select name from sqlite_master where type='table'")]
+                for t in tables:
+                    if "lease" in t:
+                        rows += con.execute(f"select * from {t}").fetchall()
+            finally:
+                con.close()
+        return rows
+
+    def cache_entries(self) -> list[str]:
+        d = os.path.join(self.state_dir, "cache")
+        return [f for f in os.listdir(d) if not f.startswith(".")] if os.path.isdir(d) else []
+
+    def node_links(self, kind: str = "veth") -> set[str]:
+        return {l["ifname"] for l in ip_json(self.node, "-d", "link", "show")
+                if l.get("linkinfo", {}).get("info_kind") == kind}
+
+    def node_nft(self) -> str:
+        from tests.cnitool import nsexec
+
+        return nsexec(self.node, "nft", "list", "ruleset", check=False).stdout
