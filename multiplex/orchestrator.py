@@ -80,14 +80,33 @@ class Context:
                        netns=self.req.netns if netns is None else netns,
                        ifname=att.ifname, cni_args=dict(self.req.args), path=self.path,
                        capability_args=dict(att.capability_args),
-                       args={"cni": att.cni_args} if att.cni_args else None,
+                       args={"cni": att.cni_args} if att.cni_args else {},
                        timeout=self.conf.plugin_timeout)
 
 
-def parse_netlist(att: Attachment):
-    from .cni.conflist import parse_network
+def parse_netlist(att: Attachment, default_version: Optional[str] = None):
+    from .cni.conflist import parse
 
-    return parse_network(att.netconf, where=f"network {att.network}")
+    return parse(att.netconf, where=f"{att.network}:$", default_name=att.network.rpartition("/")[2],
+                 default_version=default_version)
+
+
+def validate_netlist(nl, att: Attachment) -> None:
+    """Check every built-in plugin's config (and its built-in IPAM's) before anything is touched."""
+    from .cni.chain import build_config
+    from .cni.registry import builtin
+
+    for k, conf in enumerate(nl.plugins):
+        where = f"{att.network}:$" + (f".plugins[{k}]" if "plugins" in nl.raw else "")
+        full = build_config(nl, k)
+        plugin = builtin(str(conf.get("type", "")))
+        if plugin is not None:
+            plugin.validate(full, where)
+        ipam = conf.get("ipam")
+        if isinstance(ipam, dict) and isinstance(ipam.get("type"), str):
+            ipam_plugin = builtin(ipam["type"])
+            if ipam_plugin is not None and ipam_plugin is not plugin:
+                ipam_plugin.validate(full, where)
 
 
 class Multiplexer(Plugin):
@@ -114,11 +133,13 @@ class Multiplexer(Plugin):
             from .selection import select
 
             atts = select(ctx.conf, req, source, authorize=authorize)
-            netlists = [parse_netlist(a) for a in atts]  # every config checked before anything is touched
+            # every config is checked before anything is touched
+            netlists = [parse_netlist(a, ctx.conf.cni_version) for a in atts]
             from .cni import chain
 
             for a, nl in zip(atts, netlists):
-                chain.check_capabilities(nl, a.capability_args, a.network)
+                validate_netlist(nl, a)
+                chain.check_capabilities(nl, a.capability_args)
             record: dict[str, Any] = {"version": CACHE_VERSION, "containerID": req.container_id,
                                       "ifname": req.ifname, "netns": req.netns,
                                       "cniArgs": dict(req.args), "attachments": [], "complete": False}
@@ -169,7 +190,7 @@ class Multiplexer(Plugin):
             att = Attachment.from_dict(entry)
             prev = Result.from_dict(entry["result"]) if entry.get("result") else None
             try:
-                nl = parse_netlist(att)
+                nl = parse_netlist(att, ctx.conf.cni_version)
                 chain.del_list(nl, ctx.runtime(att, netns=netns), prev)
             except CNIError as e:
                 log.get().warning("DEL of attachment failed", network=att.network, ifname=att.ifname, error=str(e))
@@ -193,7 +214,7 @@ class Multiplexer(Plugin):
         netns = ctx.req.netns if ctx.req.netns and os.path.exists(ctx.req.netns) else ""
         for att in reversed(atts):
             try:
-                chain.del_list(parse_netlist(att), ctx.runtime(att, netns=netns), None)
+                chain.del_list(parse_netlist(att, ctx.conf.cni_version), ctx.runtime(att, netns=netns), None)
             except CNIError as e:
                 log.get().info("best-effort DEL failed", network=att.network, error=str(e))
 
@@ -209,7 +230,7 @@ class Multiplexer(Plugin):
                            f"container: {req.container_id}; ifname: {req.ifname}")
         for entry in record["attachments"]:
             att = Attachment.from_dict(entry)
-            chain.check_list(parse_netlist(att), ctx.runtime(att), Result.from_dict(entry["result"]))
+            chain.check_list(parse_netlist(att, ctx.conf.cni_version), ctx.runtime(att), Result.from_dict(entry["result"]))
 
     # ---- GC ----------------------------------------------------------------------------------
     def gc(self, req: Request) -> None:
@@ -242,7 +263,7 @@ class Multiplexer(Plugin):
         first: Optional[CNIError] = None
         for att, still_valid in networks.values():
             try:
-                chain.gc_list(parse_netlist(att), still_valid, path=ctx.path)
+                chain.gc_list(parse_netlist(att, ctx.conf.cni_version), still_valid, path=ctx.path)
             except CNIError as e:
                 log.get().warning("GC of network failed", network=att.network, error=str(e))
                 first = first or e
@@ -256,7 +277,7 @@ class Multiplexer(Plugin):
 
         for att in config_attachments(ctx):
             try:
-                chain.status_list(parse_netlist(att), path=ctx.path)
+                chain.status_list(parse_netlist(att, ctx.conf.cni_version), path=ctx.path)
             except CNIError as e:
                 raise CNIError(e.code, f"network {att.network}: {e.msg}", e.details) from None
 

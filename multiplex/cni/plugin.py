@@ -21,6 +21,17 @@ class Plugin:
     #: The JSON Schema file (in schemas/) the plugin's config is checked against, if any.
     schema: Optional[str] = None
 
+    def validate(self, conf: dict, where: str = "$") -> None:
+        """Check a config of this plugin before anything is touched (CNIError 7 naming the field).
+
+        The meta plugin calls this for every plugin of every attachment before the first one is
+        made. The default checks `schema`; plugins with semantic checks (IPAM ranges) extend it.
+        """
+        if self.schema:
+            from .. import schema
+
+            schema.validate(self.schema, conf, prefix=where)
+
     def add(self, req: Request) -> Result:
         raise NotImplementedError
 
