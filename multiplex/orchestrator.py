@@ -155,6 +155,8 @@ class Multiplexer(Plugin):
                     entry["result"] = res.to_dict(cniversion.CURRENT)
                     results.append(res)
                 default_idx = apply_default_route(req, atts, results)
+                for entry, res in zip(record["attachments"], results):  # default-route may move routes
+                    entry["result"] = res.to_dict(cniversion.CURRENT)
                 record["default"] = default_idx
                 record["complete"] = True
                 cache.save(req.container_id, req.ifname, record)
@@ -316,7 +318,8 @@ def apply_default_route(req: Request, atts: list[Attachment], results: list[Resu
     from .routes import move_default_route
 
     idx = wanted[-1]
-    move_default_route(req.netns, atts[0].ifname, atts[idx].ifname, atts[idx].default_route, results[idx])
+    move_default_route(req.netns, atts[idx].ifname, atts[idx].default_route, results[idx],
+                       [r for i, r in enumerate(results) if i != idx])
     return idx
 
 
