@@ -53,8 +53,7 @@ def errors(name: str, instance: Any, prefix: str = "$") -> list[str]:
     v = _validator(name)
     out = []
     for err in sorted(v.iter_errors(instance), key=jsonschema.exceptions.relevance):
-        path = prefix + err.json_path[1:]
-        out.append(f"{path}: {_describe(err)}")
+        out.append(f"{_field(err, prefix)}: {_describe(err)}")
     return out
 
 
@@ -66,9 +65,40 @@ def validate(name: str, instance: Any, prefix: str = "$") -> None:
     err = jsonschema.exceptions.best_match(v.iter_errors(instance))
     if err is None:
         return
-    path = prefix + err.json_path[1:]
     raise CNIError(INVALID_CONFIG, f"invalid {load(name).get('title', name)} config: {_describe(err)}",
-                   f"field: {path}; allowed: {_allowed(err)}")
+                   f"field: {_field(err, prefix)}; allowed: {_allowed(err)}")
+
+
+def _field(err, prefix: str) -> str:
+    """The JSON path of the bad field; for an unknown or a missing key, the path of that key."""
+    import re
+
+    path = prefix + err.json_path[1:]
+    key = None
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict) and isinstance(err.schema, dict):
+        known = err.schema.get("properties", {})
+        patterns = err.schema.get("patternProperties", {})
+        key = next((k for k in err.instance if k not in known and not any(re.search(p, k) for p in patterns)), None)
+    elif err.validator == "required":
+        key = _missing_key(err)
+    if key is None:
+        return path
+    return path + (f".{key}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) else f"[{json.dumps(key)}]")
+
+
+def _missing_key(err):
+    """The key a `required` error is about (jsonschema reports one error per missing key)."""
+    import ast
+
+    suffix = " is a required property"
+    if err.message.endswith(suffix):
+        try:
+            key = ast.literal_eval(err.message[: -len(suffix)])
+            if isinstance(key, str):
+                return key
+        except (ValueError, SyntaxError):
+            pass
+    return None
 
 
 def _describe(err) -> str:
@@ -77,6 +107,13 @@ def _describe(err) -> str:
 
 def _allowed(err) -> str:
     s = err.schema if isinstance(err.schema, dict) else {}
+    if err.validator == "additionalProperties" and s.get("properties"):
+        return "known fields: " + ", ".join(s["properties"])
+    if err.validator == "required":
+        missing = _missing_key(err)
+        prop = s.get("properties", {}).get(missing, {}) if missing else {}
+        if isinstance(prop, dict) and prop.get("description"):
+            return f"{missing} is required: {prop['description']}"
     if "description" in s:
         return s["description"]
     v = err.validator_value
