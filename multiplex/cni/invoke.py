@@ -47,13 +47,13 @@ def exec_plugin(binary: str, req: Request, timeout: float = DEFAULT_TIMEOUT) -> 
         proc = subprocess.run([binary], input=req.stdin(), env=req.env(), capture_output=True,
                               timeout=timeout, close_fds=True)
     except subprocess.TimeoutExpired:
-        raise CNIError(TRY_AGAIN_LATER, f"plugin {name} did not answer {req.command} within {timeout:.0f}s",
+        raise CNIError(TRY_AGAIN_LATER, f"plugin {name} did not answer {req.command} within {timeout:g}s",
                        f"plugin: {binary}") from None
     except OSError as e:
         raise CNIError(IO_FAILURE, f"cannot run plugin {name}: {e.strerror}", f"plugin: {binary}") from None
-    if proc.stderr:
-        logger.info("plugin stderr", plugin=name, command=req.command,
-                    stderr=proc.stderr.decode(errors="replace")[-4000:])
+    if proc.stderr:  # kept at warning level when the plugin failed, so the default log shows it
+        logger.log("warning" if proc.returncode else "info", "plugin stderr", plugin=name,
+                   command=req.command, stderr=proc.stderr.decode(errors="replace")[-4000:])
     out = proc.stdout.strip()
     if proc.returncode != 0:
         try:

@@ -12,7 +12,7 @@ import re
 from functools import lru_cache
 from typing import Optional
 
-from .errors import CNIError, INVALID_CONFIG
+from .errors import CNIError, INTERNAL, INVALID_CONFIG
 from .plugin import Plugin
 
 GROUP = "multiplex.plugins"
@@ -55,7 +55,12 @@ def builtin(type_name: str) -> Optional[Plugin]:
     if target is None:
         return None
     module_name, _, attr = target.partition(":")
-    obj = importlib.import_module(module_name)
-    for part in attr.split(".") if attr else ():
-        obj = getattr(obj, part)
+    try:
+        obj = importlib.import_module(module_name)
+        for part in attr.split(".") if attr else ():
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        # a broken installation: say which entry point, never a traceback on stdout
+        raise CNIError(INTERNAL, f"built-in plugin {type_name!r} cannot be loaded: {e}",
+                       f"entry point: {GROUP} {type_name} = {target}") from None
     return obj  # type: ignore[return-value]

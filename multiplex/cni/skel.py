@@ -80,7 +80,7 @@ def run(plugin: Plugin, environ: Mapping[str, str], stdin: bytes, stdout: TextIO
 def _log_error(e: CNIError) -> None:
     from .. import log
 
-    log.get().error("cni error", code=e.code, msg=e.msg, details=e.details)
+    log.get().error("cni error", code=e.code, error=e.msg, details=e.details)
 
 
 def main(plugin: Plugin, stdin: Optional[BinaryIO] = None) -> None:

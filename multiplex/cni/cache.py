@@ -1,0 +1,173 @@
+"""The on-disk cache of what DEL and CHECK need after ADD returned (one record per attachment).
+
+Layout: one JSON file per (container ID, interface) in the cache directory (default
+`<state root>/cache`), named `<container_id>:<ifname>.json`. ':' can appear in neither a container
+ID nor a Linux interface name, so names never collide. Each file is an envelope
+`{"kind": "multiplex-cache/v1", "containerID", "ifname", "record"}`; the record is the caller's.
+
+Writes are atomic: a temporary file in the same directory, fsync, rename over the old file, fsync
+the directory. A reader sees the old record or the new one, never half of one, even after a
+power cut. A corrupt file (bad JSON, wrong kind, wrong key) is logged and reported as missing,
+never crashed on. Serialize writers of one container with `lock.container_lock`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from typing import Any, Iterable, Iterator, Mapping, Optional, Union
+
+from .. import log, state
+from .errors import CNIError, INVALID_ENVIRONMENT, IO_FAILURE
+
+KIND = "multiplex-cache/v1"
+SUFFIX = ".json"
+TMP_PREFIX = ".tmp-"
+#: a temporary file older than this is a leftover of a crashed writer and is removed by entries()
+STALE_TMP_SECONDS = 600
+
+_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_IFNAME_BAD = re.compile(r"[/\s:]")
+
+
+def _check_key(container_id: str, ifname: str) -> None:
+    if not isinstance(container_id, str) or not _CONTAINER_ID.match(container_id):
+        raise CNIError(INVALID_ENVIRONMENT, f"invalid container ID {container_id!r} for the cache",
+                       "field: CNI_CONTAINERID; allowed: letters, digits, '_', '.', '-'")
+    if not isinstance(ifname, str) or not ifname or _IFNAME_BAD.search(ifname) or ifname in (".", ".."):
+        raise CNIError(INVALID_ENVIRONMENT, f"invalid interface name {ifname!r} for the cache",
+                       "field: CNI_IFNAME; allowed: no '/', ':' or spaces")
+
+
+class ResultCache:
+    def __init__(self, directory: Optional[str] = None):
+        self.dir = directory or state.subdir("cache")
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+
+    def path(self, container_id: str, ifname: str) -> str:
+        _check_key(container_id, ifname)
+        return os.path.join(self.dir, f"{container_id}:{ifname}{SUFFIX}")
+
+    def save(self, container_id: str, ifname: str, record: Mapping[str, Any]) -> None:
+        """Write the record atomically (replacing any previous one). OSError -> code 5."""
+        final = self.path(container_id, ifname)
+        data = json.dumps({"kind": KIND, "containerID": container_id, "ifname": ifname,
+                           "record": dict(record)}, sort_keys=True).encode()
+        tmp = ""
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=SUFFIX, dir=self.dir)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+            tmp = ""
+            self._sync_dir()
+        except OSError as e:
+            raise CNIError(IO_FAILURE, f"cannot write cache entry for {container_id}/{ifname}: {e.strerror}",
+                           f"file: {final}") from None
+        finally:
+            if tmp:
+                _unlink(tmp)
+
+    def load(self, container_id: str, ifname: str) -> Optional[dict[str, Any]]:
+        """The record, or None when there is none (or it is corrupt: then it is logged)."""
+        return self._read(self.path(container_id, ifname), (container_id, ifname))
+
+    def delete(self, container_id: str, ifname: str) -> None:
+        """Remove the record; deleting what is not there succeeds."""
+        p = self.path(container_id, ifname)
+        try:
+            os.unlink(p)
+            self._sync_dir()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise CNIError(IO_FAILURE, f"cannot remove cache entry for {container_id}/{ifname}: {e.strerror}",
+                           f"file: {p}") from None
+
+    def entries(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """Every readable (container_id, ifname, record), sorted by file name; corrupt ones are logged."""
+        try:
+            names = sorted(os.listdir(self.dir))
+        except FileNotFoundError:
+            return
+        for name in names:
+            full = os.path.join(self.dir, name)
+            if name.startswith(TMP_PREFIX):
+                self._remove_if_stale(full)
+                continue
+            if not name.endswith(SUFFIX):
+                continue
+            found = self._read_envelope(full)
+            if found is not None:
+                yield found
+
+    def stale(self, valid: Iterable[Union[tuple[str, str], Mapping[str, str]]]
+              ) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """Entries whose (container_id, ifname) is not in `valid` (GC's `cni.dev/valid-attachments`)."""
+        keep = {(a["containerID"], a["ifname"]) if isinstance(a, Mapping) else tuple(a) for a in valid}
+        for cid, ifname, record in self.entries():
+            if (cid, ifname) not in keep:
+                yield cid, ifname, record
+
+    # ---- internals ----
+
+    def _read(self, path: str, key: tuple[str, str]) -> Optional[dict[str, Any]]:
+        found = self._read_envelope(path)
+        if found is None:
+            return None
+        if found[:2] != key:
+            _report(path, f"holds the entry of {found[0]}/{found[1]}")
+            return None
+        return found[2]
+
+    def _read_envelope(self, path: str) -> Optional[tuple[str, str, dict[str, Any]]]:
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            _report(path, f"cannot be read: {e.strerror}")
+            return None
+        try:
+            env = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            _report(path, f"is not JSON: {e}")
+            return None
+        if (not isinstance(env, dict) or env.get("kind") != KIND or not isinstance(env.get("record"), dict)
+                or not isinstance(env.get("containerID"), str) or not isinstance(env.get("ifname"), str)):
+            _report(path, f"is not a {KIND} entry")
+            return None
+        return env["containerID"], env["ifname"], env["record"]
+
+    def _remove_if_stale(self, path: str) -> None:
+        try:
+            if time.time() - os.stat(path).st_mtime > STALE_TMP_SECONDS:
+                os.unlink(path)
+        except OSError:
+            pass
+
+    def _sync_dir(self) -> None:
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _report(path: str, problem: str) -> None:
+    log.get().error("corrupt cache entry ignored", file=path, problem=problem)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+Cache = ResultCache  # short alias
