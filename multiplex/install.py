@@ -790,7 +790,15 @@ def _remove_runtime(root: str, runtime_dir: str, report: InstallReport) -> None:
     if not os.path.exists(os.path.join(real, RUNTIME_MARKER)):
         report.warnings.append(f"{runtime_dir} has no {RUNTIME_MARKER}; left in place")
         return
-    _remove_any(real)
+    # the contents first: the directory itself may be a mount point (the DaemonSet's hostPath)
+    for name in os.listdir(real):
+        if name != RUNTIME_MARKER:
+            _remove_any(os.path.join(real, name))
+    os.unlink(os.path.join(real, RUNTIME_MARKER))
+    try:
+        os.rmdir(real)
+    except OSError:
+        pass
     report.add(runtime_dir, "removed")
 
 

@@ -1,0 +1,272 @@
+"""Every document in manifests/ is valid for Kubernetes, and every example NAD's config is valid for
+its delegate.
+
+- Built-in kinds (ServiceAccount, ClusterRole, DaemonSet, CustomResourceDefinition, ...) are checked
+  with `kubernetes-validate` in strict mode (unknown fields are errors) against the oldest and the
+  newest Kubernetes release it knows.
+- Kinds defined by a CRD in manifests/ (NetworkAttachmentDefinition, and the IPAM resources to
+  come) are checked against that CRD's openAPIV3Schema with jsonschema, with unknown fields refused
+  where the API server would prune them.
+- Each example NAD's spec.config passes schemas/<delegate>.json (and schemas/ipam.json for its
+  `multiplex-ipam` block). A delegate whose schema has not landed yet is an expected failure
+  (strict xfail), so the test turns into a real check, with no edit, the day the schema arrives.
+"""
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import os
+
+import pytest
+import yaml
+
+from multiplex import install as inst
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MANIFESTS = os.path.join(REPO, "manifests")
+SCHEMAS = os.path.join(REPO, "schemas")
+K8S_VERSIONS = ("1.29", "latest")
+OUR_DELEGATES = ("multiplex-bridge", "multiplex-vxlan-overlay", "multiplex-bgp-routed", "multiplex-ipvlan")
+#: where each delegate's schema comes from, for the xfail reason while it is missing
+SCHEMA_ISSUE = {"ipvlan": "issue 5 (the ipvlan delegate)"}
+
+
+def manifest_files() -> list[str]:
+    return sorted(glob.glob(os.path.join(MANIFESTS, "**", "*.yaml"), recursive=True)
+                  + glob.glob(os.path.join(MANIFESTS, "**", "*.yml"), recursive=True))
+
+
+def load_documents() -> list[tuple[str, int, dict]]:
+    docs = []
+    for path in manifest_files():
+        with open(path) as f:
+            for i, doc in enumerate(yaml.safe_load_all(f)):
+                if doc is not None:
+                    docs.append((os.path.relpath(path, MANIFESTS), i, doc))
+    return docs
+
+
+DOCS = load_documents()
+
+
+def doc_id(rel: str, i: int, doc: dict) -> str:
+    return f"{rel}#{i}:{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
+
+
+def crds() -> dict[tuple[str, str, str], dict]:
+    """(group, version, kind) -> openAPIV3Schema, for every CRD in manifests/."""
+    out = {}
+    for _, _, doc in DOCS:
+        if doc.get("kind") == "CustomResourceDefinition":
+            spec = doc["spec"]
+            for v in spec["versions"]:
+                out[(spec["group"], v["name"], spec["names"]["kind"])] = v["schema"]["openAPIV3Schema"]
+    return out
+
+
+def crd_key(doc: dict) -> tuple[str, str, str]:
+    group, _, version = doc.get("apiVersion", "").rpartition("/")
+    return group, version, doc.get("kind", "")
+
+
+def by_kind(kind: str) -> list[dict]:
+    return [doc for _, _, doc in DOCS if doc.get("kind") == kind]
+
+
+# ------------------------------------------------------------------------------------------------
+# schema validation of every document
+
+
+def test_manifests_are_there():
+    kinds = {doc["kind"] for _, _, doc in DOCS}
+    assert {"CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet",
+            "NetworkAttachmentDefinition"} <= kinds
+
+
+def _pruning(schema: dict) -> dict:
+    """The schema as the API server applies it: unknown fields of an object with `properties` are
+    pruned (here: refused), unless x-kubernetes-preserve-unknown-fields says keep them. metadata is
+    checked by the server itself."""
+    s = copy.deepcopy(schema)
+
+    def walk(node: dict, path: tuple) -> None:
+        if node.get("type") == "object" and "properties" in node and path != ("metadata",) \
+                and not node.get("x-kubernetes-preserve-unknown-fields"):
+            node.setdefault("additionalProperties", False)
+        for name, sub in (node.get("properties") or {}).items():
+            walk(sub, path + (name,))
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], path + ("[]",))
+
+    walk(s, ())
+    return s
+
+
+@pytest.mark.parametrize("rel, i, doc", [pytest.param(*d, id=doc_id(*d)) for d in DOCS])
+def test_document_is_valid_for_kubernetes(rel, i, doc):
+    key = crd_key(doc)
+    defined = crds()
+    if key in defined:
+        import jsonschema
+
+        validator = jsonschema.Draft7Validator(_pruning(defined[key]))
+        problems = [f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
+                    for e in validator.iter_errors(doc)]
+        assert problems == [], f"{rel}#{i} against the {key[2]} CRD"
+        return
+    assert key[0] not in ("k8s.cni.cncf.io",), f"{rel}#{i}: {key} has no CRD in manifests/"
+    from kubernetes_validate import utils
+
+    for version in K8S_VERSIONS:
+        v = utils.latest_version() if version == "latest" else version
+        try:
+            utils.validate(doc, v, strict=True)
+        except utils.ValidationError as e:
+            path = "/".join(map(str, e.absolute_path)) or "(top)"
+            pytest.fail(f"{rel}#{i} is not a valid {doc.get('kind')} for Kubernetes {v}: {path}: {e.message}")
+        except utils.SchemaNotFoundError as e:
+            pytest.fail(f"{rel}#{i}: {e.message}")
+
+
+def test_strict_validation_catches_a_misspelt_field():
+    """The check above has teeth: a typo in a built-in kind or in a NAD fails."""
+    from kubernetes_validate import utils
+
+    [ds] = by_kind("DaemonSet")
+    bad = copy.deepcopy(ds)
+    bad["spec"]["template"]["spec"]["hostNetwrok"] = True
+    with pytest.raises(utils.ValidationError):
+        utils.validate(bad, utils.latest_version(), strict=True)
+
+    import jsonschema
+
+    nad = copy.deepcopy(by_kind("NetworkAttachmentDefinition")[0])
+    nad["spec"]["conifg"] = nad["spec"].pop("config")
+    schema = _pruning(crds()[crd_key(nad)])
+    assert list(jsonschema.Draft7Validator(schema).iter_errors(nad))
+
+
+# ------------------------------------------------------------------------------------------------
+# what the install side promises
+
+
+def test_rbac_is_the_least_the_plugin_needs():
+    [role] = by_kind("ClusterRole")
+    rules = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+             for v in rule["verbs"]}
+    assert rules == {
+        ("", "pods", "get"), ("", "pods", "patch"),
+        ("k8s.cni.cncf.io", "network-attachment-definitions", "get"),
+        ("k8s.cni.cncf.io", "network-attachment-definitions", "list"),
+        ("k8s.cni.cncf.io", "network-attachment-definitions", "watch"),
+    }
+    assert not any("*" in x for rule in role["rules"] for x in rule["verbs"] + rule["resources"] + rule["apiGroups"])
+    [binding] = by_kind("ClusterRoleBinding")
+    [sa] = by_kind("ServiceAccount")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                                    "namespace": sa["metadata"]["namespace"]}]
+
+
+def test_daemonset_runs_install_on_every_node():
+    [ds] = by_kind("DaemonSet")
+    [sa] = by_kind("ServiceAccount")
+    pod = ds["spec"]["template"]["spec"]
+    assert ds["metadata"]["namespace"] == sa["metadata"]["namespace"]
+    assert pod["serviceAccountName"] == sa["metadata"]["name"]
+    assert pod["hostNetwork"] is True
+    assert {"operator": "Exists"} in pod["tolerations"]  # also on tainted and not-ready nodes
+    assert pod["priorityClassName"] == "system-node-critical"
+    [c] = [c for c in pod.get("initContainers", []) + pod["containers"]
+           if c["command"][:2] == ["multiplex", "install"]]
+    assert c["securityContext"]["privileged"] is True
+    args = dict(a.split("=", 1) for a in c["command"][2:] if "=" in a)
+    root = args["--root"]
+    hostpaths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    mounts = {m["mountPath"]: hostpaths[m["name"]] for m in c["volumeMounts"]}
+    # every host directory appears under --root at its own path, as install() resolves it
+    for host_dir in (inst.DEFAULT_BIN_DIR, inst.DEFAULT_CONF_DIR, "/var/lib/cni", args["--runtime-src"]):
+        assert mounts.get(root + host_dir) == host_dir, f"{host_dir} is not mounted at {root}{host_dir}"
+    probe = c["readinessProbe"]["exec"]["command"]
+    assert probe[-1] == root + inst.DEFAULT_CONF_DIR + "/" + inst.DEFAULT_CONF_NAME
+
+
+def test_nad_crd_is_the_network_plumbing_wg_one():
+    [crd] = [d for d in by_kind("CustomResourceDefinition") if d["spec"]["group"] == "k8s.cni.cncf.io"]
+    assert crd["metadata"]["name"] == "network-attachment-definitions.k8s.cni.cncf.io"
+    assert crd["spec"]["scope"] == "Namespaced"
+    assert crd["spec"]["names"]["kind"] == "NetworkAttachmentDefinition"
+    [v1] = crd["spec"]["versions"]
+    assert v1["name"] == "v1" and v1["served"] and v1["storage"]
+    assert v1["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["config"] == {
+        "description": v1["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["config"]["description"],
+        "type": "string"}
+
+
+# ------------------------------------------------------------------------------------------------
+# example NADs against our own schemas
+
+
+def example_nads() -> list[tuple[str, dict]]:
+    return [(rel, doc) for rel, _, doc in DOCS if doc.get("kind") == "NetworkAttachmentDefinition"]
+
+
+def plugin_configs(nad: dict) -> list[dict]:
+    """The plugin configs a NAD's spec.config holds, with name and cniVersion as libcni injects them."""
+    conf = json.loads(nad["spec"]["config"])
+    if "plugins" in conf:
+        return [dict(p, name=conf["name"], cniVersion=conf["cniVersion"]) for p in conf["plugins"]]
+    return [conf]
+
+
+def delegate_schema(type_name: str) -> tuple[str, str | None]:
+    """(short name, schema file name or None when it has not landed yet)."""
+    short = type_name.removeprefix("multiplex-")
+    for fname in (f"{short}.json", f"{short.replace('-', '_')}.json"):
+        if os.path.isfile(os.path.join(SCHEMAS, fname)):
+            return short, fname
+    return short, None
+
+
+def nad_params():
+    params = []
+    for rel, nad in example_nads():
+        missing = []
+        for conf in plugin_configs(nad):
+            if conf.get("type", "").startswith("multiplex-") and conf["type"] != "multiplex-ipam":
+                short, fname = delegate_schema(conf["type"])
+                if fname is None:
+                    missing.append(short)
+        marks = [pytest.mark.xfail(strict=True, reason=f"schemas/{m}.json lands with "
+                                   f"{SCHEMA_ISSUE.get(m, f'the {m} delegate (a later issue)')}")
+                 for m in missing]
+        params.append(pytest.param(rel, nad, id=f"{rel}:{nad['metadata']['name']}", marks=marks))
+    return params
+
+
+@pytest.mark.parametrize("rel, nad", nad_params())
+def test_example_nad_config_passes_our_schema(rel, nad):
+    from multiplex import schema
+
+    confs = plugin_configs(nad)
+    assert confs, f"{rel}: spec.config holds no plugin"
+    assert json.loads(nad["spec"]["config"])["name"] == nad["metadata"]["name"]
+    for conf in confs:
+        type_name = conf.get("type", "")
+        assert type_name.startswith("multiplex-"), f"{rel}: an example of ours uses our delegates, got {type_name!r}"
+        short, fname = delegate_schema(type_name)
+        assert fname is not None, f"{rel}: schemas/{short}.json does not exist yet"
+        assert schema.errors(fname, conf) == [], f"{rel} against schemas/{fname}"
+        ipam = conf.get("ipam")
+        if isinstance(ipam, dict) and ipam.get("type") == "multiplex-ipam":
+            assert schema.errors("ipam", ipam, prefix="$.ipam") == [], f"{rel}: ipam against schemas/ipam.json"
+
+
+def test_every_delegate_of_ours_has_an_example():
+    from multiplex.cni import registry
+
+    delegates = set(OUR_DELEGATES) | {n for n in registry.builtin_names() if n not in ("multiplex", "multiplex-ipam")}
+    shown = {conf.get("type") for _, nad in example_nads() for conf in plugin_configs(nad)}
+    assert delegates <= shown, f"no example NAD for {sorted(delegates - shown)}"
