@@ -452,6 +452,17 @@ def multiplex_conflist(cni_version: str, cluster_network: str, conf_dir: str, bi
     return {"cniVersion": cni_version, "name": META_PLUGIN, "plugins": [plugin]}
 
 
+def check_conflist(conflist: dict) -> None:
+    """Our plugin entry, as the runtime hands it to multiplex (name and cniVersion injected), must
+    pass schemas/multiplex.json: a misspelt option fails here, not on the node's first pod."""
+    from . import schema
+
+    plugin = dict(conflist["plugins"][0], name=conflist["name"], cniVersion=conflist["cniVersion"])
+    problems = schema.errors("multiplex", plugin, prefix="$.plugins[0]")
+    if problems:
+        raise InstallError("the multiplex config install would write is invalid: " + "; ".join(problems))
+
+
 def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
 
@@ -709,6 +720,7 @@ def install(root: str = "/", bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEF
     report.kubeconfig = kubeconfig_host
 
     conflist = multiplex_conflist(version, net.name, conf_dir, bin_dir, net.capabilities, kubeconfig_host, options)
+    check_conflist(conflist)
     desired[conf_host] = (_json_bytes(conflist), 0o644)  # last: the runtime sees it only when all is ready
     report.conflist = conf_host
 

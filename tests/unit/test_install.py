@@ -351,6 +351,8 @@ def test_a_foreign_file_with_our_name_is_not_replaced(node_root):
     ({"python": "python3"}, "python must be an absolute path"),
     ({"options": {"clusterNetwork": "x"}}, "option 'clusterNetwork' is set by install itself"),
     ({"kubeconfig_from_sa": True}, "no service account"),
+    ({"options": {"namespaceIsolaton": True}}, r"invalid: \$\.plugins\[0\].*Additional properties.*'namespaceIsolaton'"),
+    ({"options": {"logLevel": "loud"}}, r"invalid: \$\.plugins\[0\]\.logLevel: 'loud' is not one of"),
 ])
 def test_bad_parameters_are_refused(node_root, kw, what):
     before = snapshot(node_root)
