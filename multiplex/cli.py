@@ -88,28 +88,71 @@ def ipam_show(data_dir: str | None, output: str) -> None:
             click.echo(f"  {lease['address']:<40} {lease['network']:<24} {lease['containerID'][:12]} {lease['ifname']}")
 
 
+def _install_options(fn):
+    for opt in reversed([
+        click.option("--root", default="/", show_default=True, help="act under this root (the host's / in the DaemonSet)"),
+        click.option("--bin-dir", default="/opt/cni/bin", show_default=True, help="CNI plugin directory"),
+        click.option("--conf-dir", default="/etc/cni/net.d", show_default=True, help="CNI config directory"),
+        click.option("--conf-name", default="00-multiplex.conflist", show_default=True,
+                     help="the conflist written (sorts ahead of the node's own)"),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
 @cli.command()
-@click.option("--root", default="/", show_default=True, help="install under this root (for tests)")
-@click.option("--bin-dir", default="/opt/cni/bin", show_default=True)
-@click.option("--conf-dir", default="/etc/cni/net.d", show_default=True)
+@_install_options
+@click.option("--python", default=None, help="the Python the launchers run (default: this one)")
+@click.option("--runtime-src", default=None, help="a self-contained Python runtime to copy onto the host")
+@click.option("--runtime-dir", default=None, help="where --runtime-src is copied (default /opt/multiplex)")
 @click.option("--cluster-network", default=None, help="override the detected cluster network")
-def install(root: str, bin_dir: str, conf_dir: str, cluster_network: str | None) -> None:
+@click.option("--cni-version", default=None, help="override the cniVersion taken from the cluster network")
+@click.option("--kubeconfig", default=None, help="a kubeconfig path to reference in the config")
+@click.option("--kubeconfig-from-sa/--no-kubeconfig", default=None,
+              help="write a node kubeconfig from the service account (default: when running in a pod)")
+@click.option("--option", "options", multiple=True, metavar="KEY=JSON", help="an extra multiplex config field")
+@click.option("--every", type=float, default=None, help="run again every SECONDS (the DaemonSet's mode)")
+def install(root, bin_dir, conf_dir, conf_name, python, runtime_src, runtime_dir, cluster_network, cni_version,
+            kubeconfig, kubeconfig_from_sa, options, every) -> None:
     """Place launchers, a node kubeconfig and the multiplex conflist on this node (the DaemonSet runs this)."""
-    from .install import install as do_install
+    from .install import InstallError, install as do_install, install_periodically
 
-    report = do_install(root=root, bin_dir=bin_dir, conf_dir=conf_dir, cluster_network=cluster_network)
-    click.echo(str(report))
+    extra = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r}: expected KEY=JSON", param_hint="--option")
+        try:
+            extra[key] = json.loads(value)
+        except ValueError:
+            extra[key] = value
+    args = dict(root=root, bin_dir=bin_dir, conf_dir=conf_dir, python=python, conf_name=conf_name,
+                cluster_network=cluster_network, cni_version=cni_version, kubeconfig_from_sa=kubeconfig_from_sa,
+                kubeconfig=kubeconfig, runtime_src=runtime_src, runtime_dir=runtime_dir, options=extra or None)
+    if every:
+        install_periodically(every, on_report=lambda r: click.echo("\n".join(r.lines())),
+                             on_error=lambda e: click.echo(f"install: {e}", err=True), **args)
+        return
+    try:
+        report = do_install(**args)
+    except InstallError as e:
+        click.echo(f"install: {e}", err=True)
+        sys.exit(1)
+    click.echo("\n".join(report.lines()))
 
 
 @cli.command()
-@click.option("--root", default="/", show_default=True)
-@click.option("--bin-dir", default="/opt/cni/bin", show_default=True)
-@click.option("--conf-dir", default="/etc/cni/net.d", show_default=True)
-def uninstall(root: str, bin_dir: str, conf_dir: str) -> None:
+@_install_options
+def uninstall(root, bin_dir, conf_dir, conf_name) -> None:
     """Remove what install placed and restore the node's own config."""
-    from .install import uninstall as do_uninstall
+    from .install import InstallError, uninstall as do_uninstall
 
-    click.echo(str(do_uninstall(root=root, bin_dir=bin_dir, conf_dir=conf_dir)))
+    try:
+        report = do_uninstall(root=root, bin_dir=bin_dir, conf_dir=conf_dir, conf_name=conf_name)
+    except InstallError as e:
+        click.echo(f"uninstall: {e}", err=True)
+        sys.exit(1)
+    click.echo("\n".join(report.lines()))
 
 
 if __name__ == "__main__":
