@@ -1,0 +1,194 @@
+"""`multiplex-ipam`: the shared IPAM as a CNI IPAM plugin.
+
+The same object serves multiplex's delegates in-process (`plugin.add(req)` with the delegate's
+Request, whose config carries the `ipam` block) and any CNI plugin that execs it as an IPAM binary
+(the reference `bridge` or `macvlan` with `"ipam": {"type": "multiplex-ipam", ...}`).
+
+- ADD: one lease per range set (idempotent per container ID + interface + network); the Result has
+  `ips` (no `interface` index, as IPAM plugins answer), the gateway of each, `routes` and `dns`.
+  A requested address (runtimeConfig `ips`, `args.cni.ips`, CNI_ARGS `IP`) is honoured or refused
+  with code 103. When one range set fails, the leases this call made in the others are undone.
+- DEL: releases the attachment's leases; nothing leased is not an error.
+- CHECK: the attachment holds a lease in every range set and the prevResult's addresses are it.
+- STATUS: code 50 when a pool of the config has no free address.
+- GC: releases this network's leases whose (containerID, ifname) is not in
+  `cni.dev/valid-attachments`.
+
+Imports stay light: jsonschema only when ADD/CHECK validate the config; never pyroute2/kubernetes.
+"""
+from __future__ import annotations
+
+import ipaddress
+
+from .. import log
+from ..cni import skel
+from ..cni.errors import (CNIError, ADDRESS_UNAVAILABLE, CHECK_FAILED, INVALID_CONFIG, INVALID_ENVIRONMENT,
+                          IO_FAILURE, PLUGIN_NOT_AVAILABLE, invalid_config)
+from ..cni.plugin import Plugin
+from ..cni.request import Request
+from ..cni.types import IPConfig, Result
+from . import config
+from .config import IPAMConfig, Requested
+from .store import Lease, Owner, open_store
+
+VALID_ATTACHMENTS = "cni.dev/valid-attachments"
+
+
+class IPAMPlugin(Plugin):
+    type_name = config.TYPE_NAME
+    capabilities = frozenset({"ips"})
+    schema = "ipam"
+
+    def validate(self, conf: dict, where: str = "$") -> None:
+        """Check the `ipam` block of network config `conf` (schema and semantics), errors under `where`."""
+        config.parse(conf, where=where)
+
+    def add(self, req: Request) -> Result:
+        conf = config.parse(req.config)
+        owner = owner_of(req, conf.network)
+        wanted = assign_requested(conf, config.requested_addresses(req.config, req.args))
+        leases: list[Lease] = []
+        with open_store(conf) as store:
+            try:
+                for n, range_set in enumerate(conf.range_sets):
+                    asked = wanted.get(n)
+                    leases.append(store.allocate(range_set, conf.exclude, owner,
+                                                 asked.address if asked else None, asked.source if asked else ""))
+            except BaseException:
+                for lease in leases:
+                    if lease.fresh:
+                        _release_quietly(store, lease)
+                raise
+        log.get().info("ipam add", network=conf.network, container=owner.container_id, ifname=owner.ifname,
+                       addresses=[str(lease.address) for lease in leases],
+                       fresh=[lease.fresh for lease in leases])
+        return result_for(conf, leases, req.cni_version)
+
+    def delete(self, req: Request) -> None:
+        where = config.store_location(req.config)
+        owner = owner_of(req, req.name)
+        with open_store(where) as store:
+            gone = store.release(owner)
+        if gone:
+            log.get().info("ipam del", network=owner.network, container=owner.container_id, ifname=owner.ifname,
+                           addresses=[str(lease.address) for lease in gone])
+
+    def check(self, req: Request) -> None:
+        conf = config.parse(req.config)
+        owner = owner_of(req, conf.network)
+        with open_store(conf) as store:
+            held = store.leases(owner=owner)
+        for range_set in conf.range_sets:
+            if not any(lease.pool in range_set.subnets for lease in held):
+                raise CNIError(CHECK_FAILED, f"no lease in pool {range_set.name} for {owner.describe()}",
+                               f"field: {range_set.path}")
+        prev = req.prev_result
+        if prev is None:
+            return
+        held_addresses = {lease.address for lease in held}
+        for n, ip in enumerate(Result.from_dict(prev).ips):
+            addr = ip.address.ip
+            ours = any(rs.subnet_range_for(addr) for rs in conf.range_sets)
+            if ours and addr not in held_addresses:
+                raise CNIError(CHECK_FAILED, f"address {addr} of prevResult is not leased to {owner.describe()}",
+                               f"field: $.prevResult.ips[{n}].address; leased: "
+                               + (", ".join(str(a) for a in sorted(held_addresses, key=str)) or "nothing"))
+
+    def status(self, req: Request) -> None:
+        conf = config.parse(req.config, check_schema=False)
+        try:
+            with open_store(conf) as store:
+                usages = [(rs, store.usage(rs, conf.exclude)) for rs in conf.range_sets]
+        except CNIError as e:
+            if e.code != IO_FAILURE:
+                raise
+            raise CNIError(PLUGIN_NOT_AVAILABLE, f"IPAM store unavailable: {e.msg}", e.details) from None
+        for range_set, usage in usages:
+            if usage.free == 0:
+                raise CNIError(PLUGIN_NOT_AVAILABLE, f"pool {usage.pool} exhausted: {usage.leased} of {usage.size} leased",
+                               f"field: {range_set.path}; network: {conf.network}")
+
+    def gc(self, req: Request) -> None:
+        where = config.store_location(req.config)
+        keep = valid_attachments(req.config)
+        with open_store(where) as store:
+            gone = store.gc(req.name, keep)
+        if gone:
+            log.get().info("ipam gc", network=req.name,
+                           released=[f"{lease.owner.container_id}/{lease.owner.ifname}:{lease.address}" for lease in gone])
+
+
+def owner_of(req: Request, network: str) -> Owner:
+    for value, var in ((req.container_id, "CNI_CONTAINERID"), (req.ifname, "CNI_IFNAME")):
+        if not value:
+            raise CNIError(INVALID_ENVIRONMENT, f"{var} is required for {req.command}", f"field: {var}")
+    ns, name, uid = req.pod
+    return Owner(req.container_id, req.ifname, network, ns, name, uid)
+
+
+def assign_requested(conf: IPAMConfig, requested: list[Requested]) -> dict[int, Requested]:
+    """Which range set each requested address belongs to; refuses one that fits none (103)."""
+    out: dict[int, Requested] = {}
+    for r in requested:
+        n = next((i for i, rs in enumerate(conf.range_sets) if rs.range_for(r.address)), None)
+        if n is None:
+            pools = "; ".join(rs.name for rs in conf.range_sets)
+            raise CNIError(ADDRESS_UNAVAILABLE,
+                           f"requested address {r.address} is out of range: network {conf.network} hands out {pools}",
+                           f"field: {r.source}; allowed: an address in {pools}")
+        if n in out:
+            raise CNIError(ADDRESS_UNAVAILABLE,
+                           f"requested addresses {out[n].address} and {r.address} are in the same pool "
+                           f"{conf.range_sets[n].name}: an attachment gets one address per family",
+                           f"field: {r.source}; allowed: one address per family")
+        out[n] = r
+    return out
+
+
+def valid_attachments(netconf: dict) -> set[tuple[str, str]]:
+    raw = netconf.get(VALID_ATTACHMENTS)
+    path = f'$["{VALID_ATTACHMENTS}"]'
+    if raw is None:
+        raise invalid_config(f"GC needs {VALID_ATTACHMENTS} (the attachments to keep)", path,
+                             '[{"containerID": "...", "ifname": "..."}]; an empty list releases every lease')
+    if not isinstance(raw, list):
+        raise invalid_config(f"{VALID_ATTACHMENTS} must be a list", path, '[{"containerID": "...", "ifname": "..."}]')
+    keep = set()
+    for n, a in enumerate(raw):
+        if not isinstance(a, dict) or not isinstance(a.get("containerID"), str) or not isinstance(a.get("ifname"), str):
+            raise CNIError(INVALID_CONFIG, "a valid attachment needs string containerID and ifname",
+                           f"field: {path}[{n}]; allowed: {{\"containerID\": \"...\", \"ifname\": \"...\"}}")
+        keep.add((a["containerID"], a["ifname"]))
+    return keep
+
+
+def result_for(conf: IPAMConfig, leases: list[Lease], cni_version: str = "1.1.0") -> Result:
+    ips = []
+    for lease in leases:
+        subnet = ipaddress.ip_network(lease.pool)
+        gateway = None
+        for rs in conf.range_sets:
+            r = rs.range_for(lease.address) or rs.subnet_range_for(lease.address)
+            if r is not None:
+                gateway = r.gateway
+                break
+        ips.append(IPConfig(address=ipaddress.ip_interface(f"{lease.address}/{subnet.prefixlen}"), gateway=gateway))
+    return Result(cni_version=cni_version, ips=ips, routes=list(conf.routes), dns=conf.dns)
+
+
+def _release_quietly(store, lease: Lease) -> None:
+    try:
+        store.release_lease(lease)
+    except CNIError as e:
+        log.get().error("could not undo a lease after a failed ADD", address=str(lease.address), error=str(e))
+
+
+plugin = IPAMPlugin()
+
+
+def main() -> None:
+    skel.main(plugin)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The lease store interface, and the objects every store speaks in.
+
+A lease belongs to an Owner (container ID + interface name + network name: the key of an
+attachment). Addresses are unique per pool, i.e. per subnet, whatever network asked: two networks
+whose ranges share a subnet draw from the same pool and never get the same address.
+
+A store answers each question atomically. `allocate` gets the whole range set, the exclusions,
+the owner and an optional requested address, and returns the lease: the owner's existing lease in
+that set (ADD is idempotent), the requested address, or the next free one. The SQLite store keeps
+one database file per node; a cluster-wide store (Kubernetes custom resources) implements the same
+methods. Stores are listed in STORES by name (the config's `store`) and imported only when used.
+"""
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence
+
+from ..cni.types import IPAddress, IPNetwork
+from .config import IPAMConfig, RangeSet, StoreLocation
+
+#: store name (the config's `store`) -> "module:Class", imported on first use.
+STORES = {
+    "sqlite": "multiplex.ipam.sqlite_store:SQLiteStore",
+}
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who holds a lease: the attachment key, plus the pod for messages and listings."""
+    container_id: str
+    ifname: str
+    network: str
+    pod_namespace: str = field(default="", compare=False)
+    pod_name: str = field(default="", compare=False)
+    pod_uid: str = field(default="", compare=False)
+
+    def describe(self) -> str:
+        pod = f"pod {self.pod_namespace}/{self.pod_name}, " if self.pod_name else ""
+        return f"{pod}container {self.container_id}, interface {self.ifname}, network {self.network}"
+
+
+@dataclass(frozen=True)
+class Lease:
+    pool: str            # the subnet the address is unique in, e.g. "198.18.5.0/24"
+    address: IPAddress
+    owner: Owner
+    created: float = field(default=0.0, compare=False)
+    #: True when this call made the lease, False when it already existed (idempotent ADD).
+    fresh: bool = field(default=False, compare=False)
+
+    def to_dict(self) -> dict:
+        o = self.owner
+        return {"pool": self.pool, "address": str(self.address), "network": o.network,
+                "containerID": o.container_id, "ifname": o.ifname, "podNamespace": o.pod_namespace,
+                "podName": o.pod_name, "podUID": o.pod_uid, "created": self.created}
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    pool: str                # the range set's name, e.g. "198.18.5.0/29"
+    family: int
+    size: Optional[int]      # addresses that may be handed out (reserved, excluded left out); None: unknown
+    leased: int
+    leases: tuple[Lease, ...] = field(default=(), compare=False)  # filled by Store.pools()
+
+    @property
+    def free(self) -> Optional[int]:
+        return None if self.size is None else max(self.size - self.leased, 0)
+
+    def to_dict(self, with_leases: bool = False) -> dict:
+        d = {"pool": self.pool, "family": self.family, "size": self.size, "used": self.leased,
+             "free": self.free}
+        if with_leases:
+            d["leases"] = [lease.to_dict() for lease in self.leases]
+        return d
+
+
+class Store(ABC):
+    """Where leases live. Every method is one atomic step."""
+
+    @abstractmethod
+    def allocate(self, range_set: RangeSet, exclude: Sequence[IPNetwork], owner: Owner,
+                 requested: Optional[IPAddress] = None, requested_from: str = "") -> Lease:
+        """The owner's lease in `range_set`: existing, requested or the next free address.
+
+        Raises CNIError 102 (pool exhausted) or 103 (requested address out of range, reserved or
+        leased to someone else; `requested_from` names where the request came from).
+        """
+
+    @abstractmethod
+    def release(self, owner: Owner) -> list[Lease]:
+        """Release every lease of `owner`; nothing leased is not an error. Returns what was released."""
+
+    @abstractmethod
+    def release_lease(self, lease: Lease) -> None:
+        """Release one lease (a failed ADD undoes the leases it made)."""
+
+    @abstractmethod
+    def leases(self, network: Optional[str] = None, owner: Optional[Owner] = None) -> list[Lease]:
+        """Leases, all or of one network or one owner, ordered by pool and address."""
+
+    @abstractmethod
+    def gc(self, network: str, keep: Iterable[tuple[str, str]]) -> list[Lease]:
+        """Release the leases of `network` whose (containerID, ifname) is not in `keep`."""
+
+    @abstractmethod
+    def usage(self, range_set: RangeSet, exclude: Sequence[IPNetwork]) -> PoolUsage:
+        """How many addresses of the range set may be handed out, and how many are leased."""
+
+    @abstractmethod
+    def pools(self) -> list[PoolUsage]:
+        """Every range set the store has handed addresses from (size as last configured), with its
+        leases; leases of no known range set are grouped by subnet with size None."""
+
+    @classmethod
+    @abstractmethod
+    def open(cls, where: "IPAMConfig | StoreLocation") -> "Store":
+        """Open the store a config names (its dataDir, or whatever a store needs from the config)."""
+
+    def close(self) -> None:
+        return None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_store(where: IPAMConfig | StoreLocation) -> Store:
+    """The store a config names, opened (the SQLite store: at its dataDir or the node's default)."""
+    module_name, _, cls_name = STORES[where.store].partition(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls.open(where)

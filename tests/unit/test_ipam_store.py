@@ -1,0 +1,249 @@
+"""The SQLite lease store: one file per node, shared by every network, atomic per call."""
+from __future__ import annotations
+
+import ipaddress
+import os
+import sqlite3
+import stat
+
+import pytest
+
+from multiplex.cni.errors import ADDRESS_UNAVAILABLE, IPAM_EXHAUSTED, TRY_AGAIN_LATER, CNIError
+from multiplex.ipam import config
+from multiplex.ipam.sqlite_store import FILENAME, SQLiteStore
+from multiplex.ipam.store import Owner, open_store
+
+
+def conf_of(network: str, ranges: list, exclude=(), data_dir: str = "") -> config.IPAMConfig:
+    ipam = {"type": "multiplex-ipam", "ranges": ranges, "exclude": list(exclude)}
+    if data_dir:
+        ipam["dataDir"] = data_dir
+    return config.parse({"name": network, "ipam": ipam})
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SQLiteStore(str(tmp_path / "ipam"))
+    yield s
+    s.close()
+
+
+def owner(cid: str, ifname: str = "eth0", network: str = "blue", **pod) -> Owner:
+    return Owner(cid, ifname, network, **pod)
+
+
+def take(store, conf, who, requested=None, n=0):
+    rs = conf.range_sets[n]
+    return store.allocate(rs, conf.exclude, who, ipaddress.ip_address(requested) if requested else None,
+                          "$.runtimeConfig.ips[0]" if requested else "")
+
+
+BLUE = conf_of("blue", [[{"subnet": "198.18.5.0/29"}]])
+
+
+def test_addresses_in_order_and_unique(store):
+    got = [take(store, BLUE, owner(f"c{i}")) for i in range(5)]
+    assert [str(lease.address) for lease in got] == ["198.18.5.2", "198.18.5.3", "198.18.5.4", "198.18.5.5",
+                                                       "198.18.5.6"]
+    assert all(lease.fresh and lease.pool == "198.18.5.0/29" for lease in got)
+
+
+def test_add_is_idempotent_per_container_interface_and_network(store):
+    first = take(store, BLUE, owner("c1"))
+    again = take(store, BLUE, owner("c1"))
+    assert again.address == first.address and not again.fresh
+    other_if = take(store, BLUE, owner("c1", "net1"))
+    assert other_if.address != first.address
+    assert len(store.leases()) == 2
+
+
+def test_two_networks_sharing_a_pool_never_get_the_same_address(store):
+    red = conf_of("red", [[{"subnet": "198.18.5.0/29"}]])
+    a = take(store, BLUE, owner("c1", network="blue"))
+    b = take(store, red, owner("c1", network="red"))  # same container and ifname, other network
+    assert a.address != b.address
+    # a slice of the same subnet is the same pool too
+    green = conf_of("green", [[{"subnet": "198.18.5.0/29", "rangeStart": "198.18.5.2", "rangeEnd": "198.18.5.4"}]])
+    c = take(store, green, owner("c2", network="green"))
+    assert str(c.address) == "198.18.5.4"
+    with pytest.raises(CNIError) as e:
+        take(store, green, owner("c3", network="green"))
+    assert e.value.code == IPAM_EXHAUSTED
+    assert "pool 198.18.5.0/29 (198.18.5.2-198.18.5.4) exhausted: 3 of 3 leased" == e.value.msg
+
+
+def test_exhaustion_names_the_pool(store):
+    for i in range(5):
+        take(store, BLUE, owner(f"c{i}"))
+    with pytest.raises(CNIError) as e:
+        take(store, BLUE, owner("c5"))
+    assert e.value.code == IPAM_EXHAUSTED
+    assert e.value.msg == "pool 198.18.5.0/29 exhausted: 5 of 5 leased"
+    assert "network: blue" in e.value.details
+    assert len(store.leases()) == 5
+
+
+def test_requested_address_is_honoured(store):
+    lease = take(store, BLUE, owner("c1"), requested="198.18.5.5")
+    assert str(lease.address) == "198.18.5.5"
+    # the dynamic order is not moved by a requested address
+    assert str(take(store, BLUE, owner("c2")).address) == "198.18.5.2"
+    # asking again for what one holds is fine
+    assert take(store, BLUE, owner("c1"), requested="198.18.5.5").address == lease.address
+
+
+def test_requested_address_taken_names_the_holder(store):
+    take(store, BLUE, owner("c1", pod_namespace="ns1", pod_name="web-0"), requested="198.18.5.5")
+    with pytest.raises(CNIError) as e:
+        take(store, BLUE, owner("c2"), requested="198.18.5.5")
+    assert e.value.code == ADDRESS_UNAVAILABLE
+    assert "already leased to pod ns1/web-0, container c1, interface eth0, network blue" in e.value.msg
+    assert "field: $.runtimeConfig.ips[0]" in e.value.details
+
+
+def test_requested_address_taken_in_another_network_of_the_pool(store):
+    take(store, BLUE, owner("c1"), requested="198.18.5.5")
+    red = conf_of("red", [[{"subnet": "198.18.5.0/29"}]])
+    with pytest.raises(CNIError) as e:
+        take(store, red, owner("c9", network="red"), requested="198.18.5.5")
+    assert e.value.code == ADDRESS_UNAVAILABLE and "network blue" in e.value.msg
+
+
+@pytest.mark.parametrize("address,words", [
+    ("198.18.5.1", "gateway"),
+    ("198.18.5.3", "excluded by 198.18.5.3/32"),
+    ("198.18.6.3", "outside pool"),
+    ("198.18.5.7", "broadcast"),
+])
+def test_requested_address_not_allocatable(store, address, words):
+    conf = conf_of("blue", [[{"subnet": "198.18.5.0/29"}]], exclude=["198.18.5.3"])
+    with pytest.raises(CNIError) as e:
+        take(store, conf, owner("c1"), requested=address)
+    assert e.value.code == ADDRESS_UNAVAILABLE and words in e.value.msg
+    assert store.leases() == []
+
+
+def test_requested_address_other_than_the_held_one(store):
+    take(store, BLUE, owner("c1"))
+    with pytest.raises(CNIError) as e:
+        take(store, BLUE, owner("c1"), requested="198.18.5.6")
+    assert e.value.code == ADDRESS_UNAVAILABLE and "already holds 198.18.5.2" in e.value.msg
+
+
+def test_release_is_idempotent_and_frees_the_address(store):
+    dual = conf_of("blue", [[{"subnet": "198.18.5.0/29"}], [{"subnet": "fd00:5::/64"}]])
+    take(store, dual, owner("c1"))
+    take(store, dual, owner("c1"), n=1)
+    take(store, dual, owner("c2"))
+    gone = store.release(owner("c1"))
+    assert sorted(str(lease.address) for lease in gone) == ["198.18.5.2", "fd00:5::2"]
+    assert store.release(owner("c1")) == []
+    assert store.release(owner("never")) == []
+    assert [str(lease.address) for lease in store.leases()] == ["198.18.5.3"]
+    # next after the last handed out (.3), not the freed .2 first; then wrap
+    assert [str(take(store, dual, owner(f"n{i}")).address) for i in range(4)] == \
+        ["198.18.5.4", "198.18.5.5", "198.18.5.6", "198.18.5.2"]
+
+
+def test_release_only_touches_its_own_network(store):
+    red = conf_of("red", [[{"subnet": "198.18.6.0/29"}]])
+    take(store, BLUE, owner("c1", network="blue"))
+    take(store, red, owner("c1", network="red"))
+    store.release(owner("c1", network="blue"))
+    assert [lease.owner.network for lease in store.leases()] == ["red"]
+
+
+def test_gc_releases_attachments_that_are_gone(store):
+    red = conf_of("red", [[{"subnet": "198.18.6.0/29"}]])
+    take(store, BLUE, owner("keep"))
+    take(store, BLUE, owner("keep", "net1"))
+    take(store, BLUE, owner("gone"))
+    take(store, red, owner("gone", network="red"))
+    released = store.gc("blue", {("keep", "eth0")})
+    assert sorted((lease.owner.container_id, lease.owner.ifname) for lease in released) == [("gone", "eth0"),
+                                                                                             ("keep", "net1")]
+    left = {(lease.owner.network, lease.owner.container_id, lease.owner.ifname) for lease in store.leases()}
+    assert left == {("blue", "keep", "eth0"), ("red", "gone", "eth0")}
+    assert store.gc("blue", {("keep", "eth0")}) == []
+
+
+def test_dual_stack_and_ipv6(store):
+    dual = conf_of("blue", [[{"subnet": "198.18.5.0/29"}], [{"subnet": "fd00:5::/120"}]])
+    v4 = take(store, dual, owner("c1"))
+    v6 = take(store, dual, owner("c1"), n=1)
+    assert (str(v4.address), str(v6.address)) == ("198.18.5.2", "fd00:5::2")
+    assert take(store, dual, owner("c1"), n=1).address == v6.address
+    assert {lease.address.version for lease in store.leases(owner=owner("c1"))} == {4, 6}
+
+
+def test_lease_from_an_older_config_is_replaced(store):
+    take(store, BLUE, owner("c1"))
+    moved = conf_of("blue", [[{"subnet": "198.18.7.0/29"}]])
+    lease = take(store, moved, owner("c1"))
+    assert str(lease.address) == "198.18.7.2" and lease.fresh
+    assert [str(x.address) for x in store.leases()] == ["198.18.7.2"]
+
+
+def test_usage_and_pools(store):
+    for i in range(3):
+        take(store, BLUE, owner(f"c{i}"))
+    usage = store.usage(BLUE.range_sets[0], BLUE.exclude)
+    assert (usage.pool, usage.size, usage.leased, usage.free) == ("198.18.5.0/29", 5, 3, 2)
+    v6 = conf_of("violet", [[{"subnet": "fd00:5::/64"}]])
+    take(store, v6, owner("c1", network="violet"))
+    pools = {p.pool: p for p in store.pools()}
+    assert pools["198.18.5.0/29"].leased == 3 and pools["198.18.5.0/29"].free == 2
+    assert pools["fd00:5::/64"].size == 2 ** 64 - 2 and len(pools["fd00:5::/64"].leases) == 1
+    d = pools["198.18.5.0/29"].to_dict(with_leases=True)
+    assert d["used"] == 3 and d["leases"][0]["containerID"] == "c0" and d["leases"][0]["address"] == "198.18.5.2"
+
+
+def test_database_file_is_private_and_in_wal_mode(store):
+    take(store, BLUE, owner("c1"))
+    path = os.path.join(store.data_dir, FILENAME)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(store.data_dir).st_mode) == 0o700
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert con.execute("SELECT address, network, container_id, ifname FROM leases").fetchall() == \
+            [("198.18.5.2", "blue", "c1", "eth0")]
+    finally:
+        con.close()
+
+
+def test_a_busy_database_is_try_again_later(tmp_path):
+    store = SQLiteStore(str(tmp_path / "ipam"), timeout=0.2)
+    take(store, BLUE, owner("c1"))
+    store.close()
+    holder = sqlite3.connect(os.path.join(store.data_dir, FILENAME), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process in the middle of an allocation
+    try:
+        with pytest.raises(CNIError) as e:
+            take(store, BLUE, owner("c2"))
+        assert e.value.code == TRY_AGAIN_LATER and FILENAME in e.value.details
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        store.close()
+    assert str(take(store, BLUE, owner("c2")).address) == "198.18.5.3"
+    store.close()
+
+
+def test_an_unusable_data_dir_is_an_io_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    store = SQLiteStore(str(blocker / "ipam"))
+    with pytest.raises(CNIError) as e:
+        take(store, BLUE, owner("c1"))
+    assert e.value.code == 5 and str(blocker) in e.value.details
+
+
+def test_open_store_uses_the_state_dir_by_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("MULTIPLEX_STATE_DIR", str(tmp_path / "state"))
+    with open_store(BLUE) as s:
+        take(s, BLUE, owner("c1"))
+    assert os.path.isfile(tmp_path / "state" / "ipam" / FILENAME)
+    conf = conf_of("blue", [[{"subnet": "198.18.5.0/29"}]], data_dir=str(tmp_path / "elsewhere"))
+    with open_store(conf) as s:
+        assert s.leases() == []
