@@ -1,0 +1,418 @@
+"""One rtnetlink socket in one network namespace, with the link/address/route steps delegates use.
+
+A Handle wraps a pyroute2 `IPRoute` on a socket made in the target namespace (netns.netlink_socket),
+so a call needs one socket per namespace it touches and no child process. Every kernel refusal
+becomes CNIError 105 (NETLINK_FAILURE) saying which operation on which link/address failed.
+
+pyroute2 is imported when the first Handle is opened, never at module import.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
+
+from ..cni.errors import CNIError, NETLINK_FAILURE
+from .netns import netlink_socket
+
+IPInterface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+IFF_UP = 0x1
+IFA_F_NODAD = 0x02
+AF_INET, AF_INET6 = 2, 10
+MAIN_TABLE = 254
+BRPORT_MODE_HAIRPIN = 1
+BRIDGE_VLAN_INFO_PVID = "pvid"
+BRIDGE_VLAN_INFO_UNTAGGED = "untagged"
+
+
+@dataclass
+class Link:
+    index: int
+    name: str
+    kind: str = ""          # "bridge", "veth", "" for a plain device
+    mac: str = ""
+    mtu: int = 0
+    up: bool = False        # administratively up (IFF_UP)
+    master: int = 0         # index of the bridge it is a port of, 0 when none
+    alias: str = ""         # IFLA_IFALIAS
+    operstate: str = ""
+
+
+@dataclass
+class Address:
+    index: int
+    interface: IPInterface
+    flags: int = 0
+
+
+@dataclass
+class RouteEntry:
+    dst: IPNetwork
+    gw: Optional[IPAddress] = None
+    oif: int = 0
+    table: int = MAIN_TABLE
+    priority: Optional[int] = None
+
+
+def family_of(value: Union[IPInterface, IPAddress, IPNetwork]) -> int:
+    return AF_INET if value.version == 4 else AF_INET6
+
+
+def kernel_error(e: Exception, what: str, where: str) -> CNIError:
+    """CNIError 105 for a refused netlink request: `what` failed (errno text), `where` says on what."""
+    code = getattr(e, "code", 0) or 0
+    reason = os.strerror(code) if code else str(e)
+    name = errno.errorcode.get(code, "")
+    return CNIError(NETLINK_FAILURE, f"cannot {what}: {reason}" + (f" ({name})" if name else ""), where)
+
+
+class Handle:
+    """Netlink in one namespace: `Handle()` is the current (node) one, `Handle(path)` a pod's."""
+
+    def __init__(self, netns: Optional[str] = None, field: str = "CNI_NETNS"):
+        from pyroute2 import IPRoute
+
+        self.netns = netns or ""
+        sock = netlink_socket(netns, field)
+        try:
+            self._ipr = IPRoute(fileno=sock.detach())
+        except Exception:
+            sock.close()
+            raise
+
+    # ---- lifetime -------------------------------------------------------------------------------
+    def close(self) -> None:
+        ipr, self._ipr = getattr(self, "_ipr", None), None
+        if ipr is not None:
+            ipr.close()
+
+    def __enter__(self) -> "Handle":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def where(self) -> str:
+        return f"netns {self.netns}" if self.netns else "node netns"
+
+    def _call(self, what: str, where: str, fn: Callable, *args: Any, **kwargs: Any):
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            return fn(*args, **kwargs)
+        except NetlinkError as e:
+            raise kernel_error(e, what, f"{where} in {self.where}") from None
+
+    # ---- links ----------------------------------------------------------------------------------
+    @staticmethod
+    def _link(msg: Any) -> Link:
+        return Link(index=msg["index"], name=msg.get("ifname") or "",
+                    kind=msg.get(("linkinfo", "kind")) or "", mac=msg.get("address") or "",
+                    mtu=msg.get("mtu") or 0, up=bool(msg["flags"] & IFF_UP),
+                    master=msg.get("master") or 0, alias=msg.get("ifalias") or "",
+                    operstate=msg.get("operstate") or "")
+
+    def link(self, name: str) -> Optional[Link]:
+        """The link called `name`, or None."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            return self._link(self._ipr.link("get", ifname=name)[0])
+        except NetlinkError as e:
+            if e.code in (errno.ENODEV, errno.ENOENT):
+                return None
+            raise kernel_error(e, f"look up link {name}", f"link: {name} in {self.where}") from None
+
+    def link_at(self, index: int) -> Optional[Link]:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            return self._link(self._ipr.link("get", index=index)[0])
+        except NetlinkError as e:
+            if e.code in (errno.ENODEV, errno.ENOENT):
+                return None
+            raise kernel_error(e, f"look up link #{index}", f"link: #{index} in {self.where}") from None
+
+    def links(self) -> list[Link]:
+        return [self._link(m) for m in self._call("list links", "links", self._ipr.link, "dump")]
+
+    def links_by_alias(self, match: Callable[[str], bool]) -> list[Link]:
+        """Links whose IFLA_IFALIAS satisfies `match` (DEL/GC find veths by alias this way)."""
+        return [l for l in self.links() if l.alias and match(l.alias)]
+
+    def require_link(self, name: str, field: str = "") -> Link:
+        link = self.link(name)
+        if link is None:
+            raise CNIError(NETLINK_FAILURE, f"link {name} not found in {self.where}",
+                           f"field: {field}" if field else f"link: {name}")
+        return link
+
+    def set_link(self, link: Link, what: str = "", **attrs: Any) -> None:
+        """One RTM_SETLINK on `link` with pyroute2 attrs (state="up", master=, mtu=, address=,
+        ifalias=, ifname=, ...)."""
+        what = what or "set " + ", ".join(f"{k}={v}" for k, v in attrs.items()) + f" on {link.name}"
+        self._call(what, f"link: {link.name}", self._ipr.link, "set", index=link.index, **attrs)
+
+    def set_up(self, link: Link) -> None:
+        self.set_link(link, f"set {link.name} up", state="up")
+
+    def set_mtu(self, link: Link, mtu: int) -> None:
+        self.set_link(link, f"set MTU {mtu} on {link.name}", mtu=mtu)
+
+    def set_mac(self, link: Link, mac: str) -> None:
+        self.set_link(link, f"set MAC {mac} on {link.name}", address=mac)
+
+    def set_alias(self, link: Link, alias: str) -> None:
+        self.set_link(link, f"set alias on {link.name}", ifalias=alias)
+
+    def set_master(self, link: Link, master: Link) -> None:
+        self.set_link(link, f"attach {link.name} to {master.name}", master=master.index)
+
+    def rename(self, link: Link, name: str) -> None:
+        """Rename a link (it must be down). EEXIST means the name is taken in this namespace."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            self._ipr.link("set", index=link.index, ifname=name)
+        except NetlinkError as e:
+            if e.code == errno.EEXIST:
+                raise CNIError(NETLINK_FAILURE, f"an interface named {name} already exists in {self.where}",
+                               f"link: {name}; allowed: an interface name not used in that namespace") from None
+            raise kernel_error(e, f"rename {link.name} to {name}", f"link: {link.name}") from None
+        link.name = name
+
+    def move_link(self, link: Link, netns_path: str, new_name: str = "") -> None:
+        """Move `link` into the namespace at `netns_path` (optionally renaming it on the way)."""
+        from .netns import open_fd
+
+        fd = open_fd(netns_path)
+        try:
+            attrs: dict[str, Any] = {"net_ns_fd": fd}
+            if new_name:
+                attrs["ifname"] = new_name
+            self.set_link(link, f"move {link.name} to {netns_path}", **attrs)
+        finally:
+            os.close(fd)
+
+    def delete_link(self, name: str) -> bool:
+        """Delete the link called `name`. False when there was none (DEL is idempotent)."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            self._ipr.link("del", ifname=name)
+            return True
+        except NetlinkError as e:
+            if e.code in (errno.ENODEV, errno.ENOENT):
+                return False
+            raise kernel_error(e, f"delete link {name}", f"link: {name} in {self.where}") from None
+
+    def delete_link_at(self, index: int) -> bool:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            self._ipr.link("del", index=index)
+            return True
+        except NetlinkError as e:
+            if e.code in (errno.ENODEV, errno.ENOENT):
+                return False
+            raise kernel_error(e, f"delete link #{index}", f"link: #{index} in {self.where}") from None
+
+    # ---- bridges --------------------------------------------------------------------------------
+    def ensure_bridge(self, name: str, mtu: Optional[int] = None,
+                      vlan_filtering: bool = False) -> tuple[Link, bool]:
+        """The bridge `name`, made if missing (a concurrent creator is fine). Returns (bridge,
+        created). Raises CNIError 105 when `name` exists and is not a bridge."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        attrs: dict[str, Any] = {}
+        if mtu:
+            attrs["mtu"] = mtu
+        if vlan_filtering:
+            attrs["br_vlan_filtering"] = 1
+        created = True
+        try:
+            self._ipr.link("add", ifname=name, kind="bridge", **attrs)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                what = f"create bridge {name}" + (" with vlan_filtering" if vlan_filtering else "")
+                if e.code == errno.EOPNOTSUPP and vlan_filtering:
+                    what += " (this kernel has no bridge VLAN filtering)"
+                raise kernel_error(e, what, f"link: {name} in {self.where}") from None
+            created = False
+        br = self.require_link(name)
+        if br.kind != "bridge":
+            raise CNIError(NETLINK_FAILURE, f"{name} exists in {self.where} and is not a bridge (kind "
+                           f"{br.kind or 'device'})", "field: bridge; allowed: the name of a bridge or of no link")
+        if created:
+            # Pin the bridge's MAC: left alone, it follows the lowest port MAC and changes as pods come
+            # and go, which breaks the pods' neighbour entries for the gateway.
+            self.set_link(br, f"set bridge {name} up", address=br.mac, state="up")
+            br.up = True
+        elif not br.up:
+            self.set_up(br)
+            br.up = True
+        if vlan_filtering and not created:
+            self.set_vlan_filtering(br)
+        return br, created
+
+    def set_vlan_filtering(self, bridge: Link, on: bool = True) -> None:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            self._ipr.link("set", index=bridge.index, kind="bridge", br_vlan_filtering=1 if on else 0)
+        except NetlinkError as e:
+            what = f"turn vlan_filtering {'on' if on else 'off'} on bridge {bridge.name}"
+            if e.code == errno.EOPNOTSUPP:
+                what += " (this kernel has no bridge VLAN filtering)"
+            raise kernel_error(e, what, f"link: {bridge.name}") from None
+
+    def set_hairpin(self, port: Link, on: bool = True) -> None:
+        self._call(f"set hairpin mode on {port.name}", f"link: {port.name}",
+                   self._ipr.brport, "set", index=port.index, mode=BRPORT_MODE_HAIRPIN if on else 0)
+
+    def hairpin(self, port: Link) -> bool:
+        msgs = self._call(f"read bridge port {port.name}", f"link: {port.name}",
+                          self._ipr.brport, "show", index=port.index)
+        for m in msgs:
+            if m["index"] == port.index:
+                return bool(m.get(("protinfo", "mode")) or 0)
+        return False
+
+    def set_port_vlan(self, port: Link, vid: int) -> None:
+        """Make `port` an access port of VLAN `vid` (PVID, untagged) and drop the default VLAN 1."""
+        self._call(f"add VLAN {vid} to bridge port {port.name}", f"link: {port.name}",
+                   self._ipr.vlan_filter, "add", index=port.index,
+                   vlan_info={"vid": vid, "pvid": True, "flags": [BRIDGE_VLAN_INFO_UNTAGGED]})
+        if vid != 1:
+            from pyroute2.netlink.exceptions import NetlinkError
+
+            try:
+                self._ipr.vlan_filter("del", index=port.index, vlan_info={"vid": 1})
+            except NetlinkError as e:
+                if e.code not in (errno.ENOENT, errno.EINVAL):
+                    raise kernel_error(e, f"remove default VLAN 1 from {port.name}", f"link: {port.name}") from None
+
+    def port_vlans(self, port: Link) -> list[int]:
+        """VLAN ids configured on a bridge port (empty when the bridge does not filter VLANs)."""
+        out: list[int] = []
+        for m in self._call(f"read VLANs of {port.name}", f"link: {port.name}", self._ipr.get_vlans):
+            if m["index"] != port.index:
+                continue
+            spec = m.get("af_spec")
+            if spec is None:
+                continue
+            for info in spec.get_attrs("IFLA_BRIDGE_VLAN_INFO"):
+                out.append(int(info["vid"]))
+        return out
+
+    # ---- addresses ------------------------------------------------------------------------------
+    def addresses(self, link: Optional[Link] = None, family: int = 0) -> list[Address]:
+        """Addresses in this namespace (on `link` only, when given)."""
+        kw: dict[str, Any] = {}
+        if family:
+            kw["family"] = family
+        out = []
+        for m in self._call("list addresses", link.name if link else "addresses", self._ipr.addr, "dump", **kw):
+            if link is not None and m["index"] != link.index:
+                continue
+            addr = m.get("address")
+            if not addr:
+                continue
+            out.append(Address(index=m["index"], interface=ipaddress.ip_interface(f"{addr}/{m['prefixlen']}"),
+                               flags=m.get("flags") or m["flags"]))
+        return out
+
+    def add_address(self, link: Link, iface: IPInterface, nodad: bool = True, exist_ok: bool = False) -> bool:
+        """Add `iface` (address/prefix) to `link`. IPv6 addresses skip DAD unless nodad=False
+        (they are usable at once). Returns False when already there and `exist_ok`."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        kw: dict[str, Any] = {}
+        if nodad and iface.version == 6:
+            kw["flags"] = IFA_F_NODAD
+        try:
+            self._ipr.addr("add", index=link.index, address=str(iface.ip), prefixlen=iface.network.prefixlen,
+                           family=family_of(iface), **kw)
+            return True
+        except NetlinkError as e:
+            if e.code == errno.EEXIST and exist_ok:
+                return False
+            raise kernel_error(e, f"add address {iface} to {link.name}", f"link: {link.name}; address: {iface}") from None
+
+    def delete_address(self, link: Link, iface: IPInterface) -> bool:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            self._ipr.addr("del", index=link.index, address=str(iface.ip), prefixlen=iface.network.prefixlen,
+                           family=family_of(iface))
+            return True
+        except NetlinkError as e:
+            if e.code in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV):
+                return False
+            raise kernel_error(e, f"delete address {iface} from {link.name}", f"link: {link.name}; address: {iface}") from None
+
+    # ---- routes ---------------------------------------------------------------------------------
+    def routes(self, family: int = 0, table: Optional[int] = MAIN_TABLE) -> list[RouteEntry]:
+        """Unicast routes (in `table`; None: every table)."""
+        out = []
+        families = (family,) if family else (AF_INET, AF_INET6)
+        for fam in families:
+            for m in self._call("list routes", "routes", self._ipr.route, "dump", family=fam):
+                if m["type"] != 1:  # RTN_UNICAST
+                    continue
+                tbl = m.get("table") or m["table"]
+                if table is not None and tbl != table:
+                    continue
+                dst = m.get("dst") or ("0.0.0.0" if fam == AF_INET else "::")
+                gw = m.get("gateway")
+                out.append(RouteEntry(dst=ipaddress.ip_network(f"{dst}/{m['dst_len']}", strict=False),
+                                      gw=ipaddress.ip_address(gw) if gw else None, oif=m.get("oif") or 0,
+                                      table=tbl, priority=m.get("priority")))
+        return out
+
+    def add_route(self, dst: IPNetwork, link: Link, gw: Optional[IPAddress] = None, *, mtu: Optional[int] = None,
+                  advmss: Optional[int] = None, priority: Optional[int] = None, table: Optional[int] = None,
+                  scope: Optional[int] = None, exist_ok: bool = False) -> bool:
+        """Add a route to `dst` out of `link` (via `gw` when given). False when it exists and `exist_ok`."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        kw: dict[str, Any] = {"dst": str(dst), "oif": link.index, "family": family_of(dst)}
+        if gw is not None:
+            kw["gateway"] = str(gw)
+        if priority is not None:
+            kw["priority"] = priority
+        if table is not None:
+            kw["table"] = table
+        if scope is not None:
+            kw["scope"] = scope
+        metrics = {k: v for k, v in (("mtu", mtu), ("advmss", advmss)) if v}
+        if metrics:
+            kw["metrics"] = metrics
+        try:
+            self._ipr.route("add", **kw)
+            return True
+        except NetlinkError as e:
+            if e.code == errno.EEXIST and exist_ok:
+                return False
+            via = f" via {gw}" if gw is not None else ""
+            raise kernel_error(e, f"add route {dst}{via} dev {link.name}",
+                               f"link: {link.name}; route: {dst}{via}") from None
+
+    def default_route(self, family: int = AF_INET) -> Optional[RouteEntry]:
+        """The main table's default route of `family` with the lowest metric, or None."""
+        best = None
+        for r in self.routes(family):
+            if r.dst.prefixlen == 0 and (best is None or (r.priority or 0) < (best.priority or 0)):
+                best = r
+        return best
+
+    def default_route_link(self, family: int = AF_INET) -> Optional[Link]:
+        """The interface the default route leaves through (the node's uplink), or None."""
+        r = self.default_route(family)
+        return self.link_at(r.oif) if r is not None and r.oif else None

@@ -1,0 +1,73 @@
+"""veth pairs whose peer is born inside the pod's namespace.
+
+The peer is created directly in the pod netns under a random temporary name and renamed there to
+the requested interface name, so the requested name never exists in the node namespace (no clash
+with the node's own eth0, no window where two pods race for one name) and the host end never has to
+move. The host end gets a caller-chosen name and, in the same request that brings it up, its alias
+and its bridge.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any, Optional
+
+from ..cni.errors import CNIError, NETLINK_FAILURE
+from .handle import Handle, Link, kernel_error
+from .netns import open_fd
+
+TEMP_PREFIX = "mpxt"
+
+
+def temporary_name() -> str:
+    return TEMP_PREFIX + os.urandom(5).hex()  # 14 characters
+
+
+def make_veth_pair(node: Handle, pod: Handle, host_name: str, pod_name: str, *, mtu: Optional[int] = None,
+                   mac: str = "", alias: str = "", master: Optional[Link] = None) -> tuple[Link, Link]:
+    """Create host_name (in `node`) <-> pod_name (in `pod`) and return (host, pod) links.
+
+    The host end is set up, given `alias` and attached to `master` when given; the pod end is left
+    down (the caller addresses it, then brings it up). On any failure nothing is left behind.
+    """
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    tmp = temporary_name()
+    peer: dict[str, Any] = {"ifname": tmp}
+    host_attrs: dict[str, Any] = {}
+    if mtu:
+        peer["mtu"] = host_attrs["mtu"] = mtu
+    if mac:
+        peer["address"] = mac
+    fd = open_fd(pod.netns)
+    try:
+        peer["net_ns_fd"] = fd
+        try:
+            node._ipr.link("add", ifname=host_name, kind="veth", peer=peer, **host_attrs)
+        except NetlinkError as e:
+            if e.code == errno.EEXIST:
+                raise CNIError(NETLINK_FAILURE, f"host interface {host_name} already exists in {node.where}",
+                               f"link: {host_name}") from None
+            what = f"create veth pair {host_name} <-> {pod_name}"
+            if e.code == errno.EADDRNOTAVAIL and mac:
+                what += f" with MAC {mac}"
+            raise kernel_error(e, what, f"link: {host_name}; peer: {pod_name} in {pod.where}") from None
+    finally:
+        os.close(fd)
+    try:
+        host = node.require_link(host_name)
+        set_attrs: dict[str, Any] = {"state": "up"}
+        if alias:
+            set_attrs["ifalias"] = alias
+        if master is not None:
+            set_attrs["master"] = master.index
+        node.set_link(host, f"set {host_name} up" + (f" on bridge {master.name}" if master else ""), **set_attrs)
+        host.up, host.alias = True, alias or host.alias
+        if master is not None:
+            host.master = master.index
+        peer_link = pod.require_link(tmp)
+        pod.rename(peer_link, pod_name)
+        return host, peer_link
+    except BaseException:
+        node.delete_link(host_name)  # takes the peer with it
+        raise
