@@ -1,0 +1,447 @@
+"""`multiplex-bridge`: a Linux bridge per network, a veth pair per attachment.
+
+ADD, as its steps: validate the config; make the bridge (or find it) and bring it up; make a veth
+pair whose pod end is born in the pod netns and renamed to CNI_IFNAME, host end on the bridge;
+hairpin and VLAN on the port; ask IPAM; address the pod end, bring it up; gateway addresses on the
+bridge and forwarding on (isGateway); masquerade (ipMasq); routes in the pod. A failure undoes what
+this call made (veth, IPAM lease, masquerade rules, a bridge it created and nobody uses) and raises.
+
+The host end is named from (containerID, ifname) - `mpx` + 12 hex - and carries the alias
+`<containerID>/<ifname>/<network>`, so DEL finds it without the pod netns and GC finds every
+attachment of a network by alias. DEL removes the veth (the pod end goes with it), the masquerade
+rules and the lease; the bridge stays. Config fields: docs/bridge.md, schemas/bridge.json.
+
+IPv6 addresses skip duplicate address detection (accept_dad=0 on the pod interface and IFA_F_NODAD
+on each address): IPAM guarantees uniqueness, and DAD would keep a new address "tentative" - unusable -
+for about a second after ADD returns (and fail outright with hairpinMode, which echoes the probe).
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from multiplex import log, nftables
+from multiplex.cni import skel
+from multiplex.cni.errors import CHECK_FAILED, CNIError, DELEGATE_FAILED, INVALID_CONFIG, invalid_config
+from multiplex.cni.plugin import Plugin
+from multiplex.cni.request import Request
+from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
+
+TYPE_NAME = "multiplex-bridge"
+HOST_PREFIX = "mpx"
+BRIDGE_PREFIX = "mpxbr-"
+VALID_ATTACHMENTS = "cni.dev/valid-attachments"
+
+
+# ---- names ---------------------------------------------------------------------------------------
+def _hex(text: str, n: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def default_bridge_name(network: str) -> str:
+    """`mpxbr-` + 8 hex of the network name: each network its own bridge unless `bridge` says so."""
+    return BRIDGE_PREFIX + _hex(network, 8)
+
+
+def host_veth_name(container_id: str, ifname: str) -> str:
+    """The host end of an attachment's veth: `mpx` + 12 hex of containerID/ifname (15 characters)."""
+    return HOST_PREFIX + _hex(f"{container_id}/{ifname}", 12)
+
+
+def owner(container_id: str, ifname: str, network: str) -> str:
+    """`<containerID>/<ifname>/<network>`: the host veth's alias and the masquerade rules' comment."""
+    return nftables.owner_comment(container_id, ifname, network)
+
+
+def vlan_gateway_names(bridge: str, vlan: int) -> tuple[str, str]:
+    """(gateway interface, its bridge port) for isGateway on a VLAN: `<bridge>.<vlan>` when it fits."""
+    gw = f"{bridge}.{vlan}"
+    if len(gw) > 15:
+        gw = "mpxg" + _hex(f"{bridge}.{vlan}", 11)
+    return gw, "mpxp" + _hex(f"{bridge}.{vlan}", 11)
+
+
+# ---- config --------------------------------------------------------------------------------------
+@dataclass
+class BridgeConfig:
+    network: str
+    bridge: str
+    is_gateway: bool = False
+    is_default_gateway: bool = False
+    ip_masq: bool = False
+    hairpin: bool = False
+    vlan: int = 0
+    mtu: Optional[int] = None
+    mac: str = ""
+    dns: Optional[DNS] = None
+
+    @classmethod
+    def parse(cls, conf: dict) -> "BridgeConfig":
+        """Read a config already checked against schemas/bridge.json."""
+        rc = conf.get("runtimeConfig") if isinstance(conf.get("runtimeConfig"), dict) else {}
+        mac = str(rc.get("mac") or "").lower().replace("-", ":")
+        dns = DNS.from_dict(conf["dns"]) if isinstance(conf.get("dns"), dict) else None
+        default_gw = bool(conf.get("isDefaultGateway", False))
+        return cls(network=str(conf["name"]), bridge=str(conf.get("bridge") or default_bridge_name(str(conf["name"]))),
+                   is_gateway=bool(conf.get("isGateway", False)) or default_gw, is_default_gateway=default_gw,
+                   ip_masq=bool(conf.get("ipMasq", False)), hairpin=bool(conf.get("hairpinMode", False)),
+                   vlan=int(conf.get("vlan") or 0), mtu=conf.get("mtu") or None, mac=mac,
+                   dns=dns if dns is not None and not dns.empty() else None)
+
+
+# ---- rollback ------------------------------------------------------------------------------------
+class Undo:
+    """What an ADD made, undone in reverse when a later step fails."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, Callable[[], Any]]] = []
+
+    def push(self, what: str, fn: Callable[[], Any]) -> None:
+        self.steps.append((what, fn))
+
+    def run(self) -> None:
+        for what, fn in reversed(self.steps):
+            try:
+                fn()
+            except Exception as e:  # keep undoing; the original error is what the caller sees
+                log.get().error("rollback step failed", step=what, error=str(e))
+        self.steps.clear()
+
+
+# ---- the plugin ----------------------------------------------------------------------------------
+class BridgePlugin(Plugin):
+    type_name = TYPE_NAME
+    capabilities = frozenset({"ips", "mac"})
+    schema = "bridge"
+
+    def config(self, req: Request) -> BridgeConfig:
+        self.validate(req.config)
+        return BridgeConfig.parse(req.config)
+
+    # ---- ADD -------------------------------------------------------------------------------------
+    def add(self, req: Request) -> Result:
+        from multiplex import netlink
+
+        conf = self.config(req)
+        undo = Undo()
+        with netlink.open_node() as node:
+            try:
+                with netlink.open_netns(req.netns) as pod:
+                    result = self._add(req, conf, node, pod, undo)
+            except BaseException:
+                undo.run()
+                raise
+        log.get().info("bridge add", network=conf.network, bridge=conf.bridge, container=req.container_id,
+                       ifname=req.ifname, addresses=[str(ip.address) for ip in result.ips])
+        return result
+
+    def _add(self, req: Request, conf: BridgeConfig, node, pod, undo: Undo) -> Result:
+        from multiplex import netlink
+        from multiplex.cni.invoke import invoke_ipam
+
+        br, created = node.ensure_bridge(conf.bridge, mtu=conf.mtu, vlan_filtering=conf.vlan > 0)
+        if created:
+            netlink.sysctl.write(f"net/ipv6/conf/{br.name}/accept_ra", "0", missing_ok=True)
+            undo.push(f"remove bridge {br.name}", lambda: _remove_bridge_if_unused(node, br))
+
+        host_name = host_veth_name(req.container_id, req.ifname)
+        if node.delete_link(host_name):  # a stale pair of this very attachment (a crashed ADD)
+            log.get().warning("replaced a stale host veth", link=host_name, container=req.container_id,
+                              ifname=req.ifname)
+        mtu = conf.mtu or br.mtu or None
+        host, peer = netlink.make_veth_pair(node, pod, host_name, req.ifname, mtu=mtu, mac=conf.mac,
+                                            alias=owner(req.container_id, req.ifname, conf.network), master=br)
+        undo.push(f"delete veth {host_name}", lambda: node.delete_link(host_name))
+        if conf.hairpin:
+            node.set_hairpin(host)
+        if conf.vlan:
+            node.set_port_vlan(host, conf.vlan)
+
+        ipam = invoke_ipam(req.derive(command="ADD"))
+        undo.push("release the IPAM lease", lambda: invoke_ipam(req.derive(command="DEL")))
+        if ipam is None or not ipam.ips:
+            raise CNIError(DELEGATE_FAILED, f"IPAM plugin {req.config['ipam']['type']} returned no IP address",
+                           "field: ipam")
+
+        result = Result(cni_version=req.cni_version)
+        result.add_interface(Interface(name=br.name, mac=br.mac))
+        result.add_interface(Interface(name=host.name, mac=host.mac))
+        pod_index = result.add_interface(Interface(name=req.ifname, mac=peer.mac, sandbox=req.netns,
+                                                   mtu=peer.mtu or mtu))
+        gateways = gateways_for(conf, ipam)
+        result.ips = [IPConfig(address=ip.address, gateway=gateways.get(n), interface=pod_index)
+                      for n, ip in enumerate(ipam.ips)]
+        result.routes = list(ipam.routes)
+        if conf.is_default_gateway:
+            result.routes += default_routes(result)
+        result.dns = conf.dns or ipam.dns
+
+        # the pod end: addresses (usable at once), up
+        if any(ip.address.version == 6 for ip in result.ips):
+            netlink.sysctl.write(f"net/ipv6/conf/{req.ifname}/accept_dad", "0", netns=req.netns, missing_ok=True)
+        for ip in result.ips:
+            pod.add_address(peer, ip.address, exist_ok=True)
+        pod.set_up(peer)
+
+        # the node side: gateway addresses on the bridge, forwarding, masquerade
+        if conf.is_gateway:
+            gw_link = br
+            if conf.vlan:
+                gw_link = ensure_vlan_gateway(node, br, conf.vlan, mtu)
+                result.add_interface(Interface(name=gw_link.name, mac=gw_link.mac))
+            for ip in result.ips:
+                if ip.gateway is not None:
+                    node.add_address(gw_link, ipaddress.ip_interface(f"{ip.gateway}/{ip.address.network.prefixlen}"),
+                                     exist_ok=True)
+            enable_forwarding({ip.address.version for ip in result.ips if ip.gateway is not None})
+        if conf.ip_masq:
+            comment = owner(req.container_id, req.ifname, conf.network)
+            nftables.add_masquerade([ip.address for ip in result.ips], comment)
+            undo.push(f"delete masquerade rules {comment}", lambda: nftables.delete_masquerade(comment))
+
+        # routes in the pod (a route without gw goes via its family's gateway, as the spec allows)
+        gw_by_family = {ip.address.version: ip.gateway for ip in result.ips if ip.gateway is not None}
+        for r in result.routes:
+            pod.add_route(r.dst, peer, r.gw or gw_by_family.get(r.dst.version), mtu=r.mtu, advmss=r.advmss,
+                          priority=r.priority, table=r.table, scope=r.scope, exist_ok=True)
+
+        # the bridge's and host end's MAC as they are now (an existing bridge may have moved)
+        now = node.link(br.name)
+        if now is not None:
+            result.interfaces[0].mac = now.mac
+        return result
+
+    # ---- DEL -------------------------------------------------------------------------------------
+    def delete(self, req: Request) -> None:
+        from multiplex import netlink
+        from multiplex.cni.invoke import invoke_ipam
+
+        conf = self.config(req)
+        name = host_veth_name(req.container_id, req.ifname)
+        with netlink.open_node() as node:
+            # the host end has a fixed name: no need for the pod netns, which may be gone
+            gone = node.delete_link(name)
+        if conf.ip_masq:
+            nftables.delete_masquerade(owner(req.container_id, req.ifname, conf.network))
+        invoke_ipam(req)
+        log.get().info("bridge del", network=conf.network, container=req.container_id, ifname=req.ifname,
+                       veth_deleted=gone)
+
+    # ---- CHECK -----------------------------------------------------------------------------------
+    def check(self, req: Request) -> None:
+        from multiplex import netlink
+        from multiplex.cni.invoke import invoke_ipam
+
+        conf = self.config(req)
+        if req.prev_result is None:
+            raise invalid_config("CHECK needs the result of ADD in prevResult", "prevResult")
+        prev = Result.from_dict(req.prev_result)
+        invoke_ipam(req)
+        problems: list[str] = []
+        try:
+            pod = netlink.open_netns(req.netns)
+        except netlink.NetnsGone:
+            raise CNIError(CHECK_FAILED, f"the pod network namespace {req.netns} does not exist",
+                           f"field: CNI_NETNS; network: {conf.network}") from None
+        with netlink.open_node() as node, pod:
+            problems += check_node(node, conf, req, prev)
+            problems += check_pod(pod, conf, req, prev)
+        if problems:
+            raise CNIError(CHECK_FAILED, f"{req.ifname} on {conf.network} differs from what ADD made: "
+                           + "; ".join(problems), f"interface: {req.ifname}; netns: {req.netns}")
+
+    # ---- STATUS, GC ------------------------------------------------------------------------------
+    def status(self, req: Request) -> None:
+        from multiplex.cni.invoke import invoke_ipam
+
+        self.config(req)
+        if ipam_speaks(req, "1.1.0"):
+            invoke_ipam(req)
+
+    def gc(self, req: Request) -> None:
+        from multiplex import netlink
+        from multiplex.cni.invoke import invoke_ipam
+
+        conf = self.config(req)
+        valid = {(str(a.get("containerID", "")), str(a.get("ifname", "")))
+                 for a in req.config.get(VALID_ATTACHMENTS) or [] if isinstance(a, dict)}
+        tag = nftables.network_tag(conf.network)
+
+        def stale(comment: str) -> bool:
+            parsed = nftables.parse_owner(comment)
+            return parsed is not None and parsed[2] == tag and (parsed[0], parsed[1]) not in valid
+
+        removed = []
+        with netlink.open_node() as node:
+            for link in node.links():
+                if link.kind == "veth" and link.name.startswith(HOST_PREFIX) and stale(link.alias):
+                    if node.delete_link(link.name):
+                        removed.append(link.name)
+        rules = 0
+        import shutil
+
+        if conf.ip_masq or shutil.which(nftables.NFT):
+            rules = nftables.delete_rules(lambda r: stale(r.comment), f"stale attachments of {conf.network}")
+        log.get().info("bridge gc", network=conf.network, veths=removed, masquerade_rules=rules)
+        if ipam_speaks(req, "1.1.0"):
+            invoke_ipam(req)
+
+
+def ipam_speaks(req: Request, version: str) -> bool:
+    """Whether the config's IPAM plugin supports `version` (built-in ones speak every version). STATUS
+    and GC are not forwarded to an older IPAM, which would fail them (Debian's host-local is 1.0.0)."""
+    import json
+    import subprocess
+
+    from multiplex.cni.invoke import find_plugin
+    from multiplex.cni.registry import builtin
+
+    ipam_type = str(req.config["ipam"]["type"])
+    if builtin(ipam_type) is not None:
+        return True
+    binary = find_plugin(ipam_type, req.path)
+    env = req.derive(command="VERSION").env()
+    try:
+        proc = subprocess.run([binary], input=json.dumps({"cniVersion": version}).encode(), env=env,
+                              capture_output=True, timeout=30)
+        supported = json.loads(proc.stdout or b"{}").get("supportedVersions") or []
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        supported = []
+    if version in supported:
+        return True
+    log.get().info("IPAM plugin does not support this CNI version; not forwarded", ipam=ipam_type,
+                   command=req.command, version=version)
+    return False
+
+
+# ---- steps ---------------------------------------------------------------------------------------
+def gateways_for(conf: BridgeConfig, ipam: Result) -> dict[int, Any]:
+    """The gateway of each IP (by position): IPAM's, or with isGateway the subnet's first address."""
+    out: dict[int, Any] = {}
+    for n, ip in enumerate(ipam.ips):
+        gw = ip.gateway
+        if gw is None and conf.is_gateway:
+            net = ip.address.network
+            if net.num_addresses > 2:
+                gw = net.network_address + 1
+        if gw is not None and gw == ip.address.ip and conf.is_gateway:
+            raise CNIError(INVALID_CONFIG, f"IPAM gave the pod the gateway address {gw}",
+                           "field: ipam; allowed: a range that excludes the gateway address")
+        if gw is not None:
+            out[n] = gw
+    return out
+
+
+def default_routes(result: Result) -> list[Route]:
+    """A default route via the gateway of each family that has one and no default route yet."""
+    have = {r.dst.version for r in result.routes if r.dst.prefixlen == 0}
+    out = []
+    for ip in result.ips:
+        v = ip.address.version
+        if ip.gateway is not None and v not in have:
+            out.append(Route(dst=ipaddress.ip_network("0.0.0.0/0" if v == 4 else "::/0"), gw=ip.gateway))
+            have.add(v)
+    return out
+
+
+def enable_forwarding(versions: set[int]) -> None:
+    from multiplex.netlink import sysctl
+
+    if 4 in versions:
+        sysctl.write("net/ipv4/ip_forward", "1")
+    if 6 in versions:
+        sysctl.write("net/ipv6/conf/all/forwarding", "1")
+
+
+def ensure_vlan_gateway(node, br, vlan: int, mtu: Optional[int]):
+    """isGateway on a VLAN: a veth pair in the node, one end an access port of `vlan` on the bridge,
+    the other holding the gateway addresses (`<bridge>.<vlan>`). Shared by every attachment of that
+    bridge and VLAN; made once, kept like the bridge."""
+    import errno
+
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from multiplex.netlink import kernel_error
+
+    gw_name, port_name = vlan_gateway_names(br.name, vlan)
+    gw = node.link(gw_name)
+    if gw is not None:
+        return gw
+    attrs: dict[str, Any] = {"mtu": mtu} if mtu else {}
+    try:
+        node._ipr.link("add", ifname=gw_name, kind="veth", peer={"ifname": port_name, **attrs}, **attrs)
+    except NetlinkError as e:
+        if e.code != errno.EEXIST:
+            raise kernel_error(e, f"create the VLAN {vlan} gateway {gw_name}", f"link: {gw_name}") from None
+        return node.require_link(gw_name)
+    port = node.require_link(port_name)
+    node.set_link(port, f"attach {port_name} to {br.name}", master=br.index, state="up")
+    node.set_port_vlan(port, vlan)
+    gw = node.require_link(gw_name)
+    node.set_up(gw)
+    return gw
+
+
+def _remove_bridge_if_unused(node, br) -> None:
+    if not any(l.master == br.index for l in node.links()):
+        node.delete_link(br.name)
+
+
+def check_node(node, conf: BridgeConfig, req: Request, prev: Result) -> list[str]:
+    problems = []
+    br = node.link(conf.bridge)
+    if br is None or br.kind != "bridge":
+        return [f"bridge {conf.bridge} is missing" if br is None else f"{conf.bridge} is not a bridge"]
+    name = host_veth_name(req.container_id, req.ifname)
+    host = node.link(name)
+    if host is None:
+        return problems + [f"host veth {name} is missing"]
+    if host.master != br.index:
+        problems.append(f"host veth {name} is not attached to bridge {conf.bridge}")
+    if not host.up:
+        problems.append(f"host veth {name} is down")
+    if conf.hairpin and not node.hairpin(host):
+        problems.append(f"hairpin mode is off on {name}")
+    if conf.vlan and conf.vlan not in node.port_vlans(host):
+        problems.append(f"VLAN {conf.vlan} is not on bridge port {name}")
+    if conf.is_gateway and not conf.vlan:
+        have = {a.interface for a in node.addresses(br)}
+        for ip in prev.ips:
+            if ip.gateway is not None:
+                want = ipaddress.ip_interface(f"{ip.gateway}/{ip.address.network.prefixlen}")
+                if want not in have:
+                    problems.append(f"gateway address {want} is missing on bridge {conf.bridge}")
+    return problems
+
+
+def check_pod(pod, conf: BridgeConfig, req: Request, prev: Result) -> list[str]:
+    iface = pod.link(req.ifname)
+    if iface is None:
+        return [f"interface {req.ifname} is missing in {req.netns}"]
+    problems = []
+    if not iface.up:
+        problems.append(f"interface {req.ifname} is down")
+    mine = {n for n, i in enumerate(prev.interfaces) if i.name == req.ifname and i.sandbox}
+    for n in mine:
+        want_mac = prev.interfaces[n].mac
+        if want_mac and want_mac.lower() != iface.mac.lower():
+            problems.append(f"MAC of {req.ifname} is {iface.mac}, not {want_mac}")
+    have = {a.interface for a in pod.addresses(iface)}
+    for ip in prev.ips:
+        if (ip.interface is None or ip.interface in mine) and ip.address not in have:
+            problems.append(f"address {ip.address} is missing on {req.ifname}")
+    routes = pod.routes(table=None)
+    for r in prev.routes:
+        table = r.table or 254
+        if not any(x.dst == r.dst and x.table == table and (r.gw is None or x.gw == r.gw) for x in routes):
+            problems.append(f"route {r.dst}" + (f" via {r.gw}" if r.gw else "") + " is missing")
+    return problems
+
+
+plugin = BridgePlugin()
+
+
+def main() -> None:
+    skel.main(plugin)
