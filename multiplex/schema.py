@@ -83,7 +83,7 @@ def _field(err, prefix: str) -> str:
         key = _missing_key(err)
     if key is None:
         return path
-    return path + (f".{key}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) else f"[{json.dumps(key)}]")
+    return path + (f".{key}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) else f"[{key!r}]")
 
 
 def _missing_key(err):
