@@ -21,11 +21,28 @@ def _have_netns() -> str:
 
 def pytest_collection_modifyitems(config, items):
     reason = _have_netns()
-    if not reason:
+    if reason:
+        for item in items:
+            if "root" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
+    _skip_vm_tests_without_the_kernel(items)
+
+
+def _skip_vm_tests_without_the_kernel(items) -> None:
+    """`vm` tests need a kernel feature (ipvlan). They run here when this kernel has it (probed in a
+    scratch netns), inside the VM tier's guest, and are skipped - naming the tier - otherwise."""
+    vm_items = [item for item in items if item.get_closest_marker("vm") is not None]
+    if not vm_items:
         return
-    for item in items:
-        if "root" in item.keywords:
-            item.add_marker(pytest.mark.skip(reason=reason))
+    from tests.vm import kernel
+
+    if kernel.in_guest():
+        return
+    missing = kernel.missing_feature()
+    if missing:
+        skip = pytest.mark.skip(reason=f"{missing}; runs in the VM tier: {kernel.RUN_COMMAND}")
+        for item in vm_items:
+            item.add_marker(skip)
 
 
 @pytest.fixture
