@@ -5,7 +5,6 @@ No root needed: an IPAM plugin touches no network, only its lease database (a tm
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
