@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
@@ -57,7 +56,8 @@ class ResultCache:
                            "record": dict(record)}, sort_keys=True).encode()
         tmp = ""
         try:
-            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=SUFFIX, dir=self.dir)
+            tmp = os.path.join(self.dir, f"{TMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}{SUFFIX}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

@@ -4,8 +4,9 @@
         ...  # ADD / DEL / CHECK for this container, cache read-modify-write
 
 Design (no pile of lock files): ONE lock file, `<state root>/locks/containers.lock`, never written
-to. Each container ID maps to one byte of it, at an offset taken from a SHA-256 of the ID over a
-2**40 range (locks past the end of a file are allowed and do not grow it). A call takes an
+to. Each container ID maps to one byte of it, at the offset CRC-32(ID) (locks past the end of a file
+are allowed and do not grow it; two IDs sharing a CRC only serialize each other, nothing worse;
+zlib is used rather than hashlib because it costs nothing to import). A call takes an
 exclusive `fcntl.lockf` lock on its byte: calls for different containers lock different bytes and
 run in parallel; calls for the same container queue. The kernel drops the lock when the holder
 exits or crashes, so a killed plugin never leaves a container locked.
@@ -22,10 +23,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import threading
 import time
+import zlib
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
@@ -34,14 +35,13 @@ from .errors import CNIError, IO_FAILURE, TRY_AGAIN_LATER
 
 DEFAULT_TIMEOUT = 60.0
 LOCK_FILE = "containers.lock"
-_RANGE = 1 << 40
 
 _table_guard = threading.Lock()
 _fds: dict[str, int] = {}
 
 
 class _Slot:
-    """One container's lock inside this process: a thread lock, who holds it, how deeply."""
+    """One lock byte inside this process: a thread lock, which thread holds it, how deeply."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -50,7 +50,7 @@ class _Slot:
         self.depth = 0
 
 
-_slots: dict[tuple[str, str], _Slot] = {}
+_slots: dict[tuple[str, int], _Slot] = {}
 
 
 def default_path() -> str:
@@ -59,7 +59,7 @@ def default_path() -> str:
 
 def lock_offset(container_id: str) -> int:
     """The byte of the lock file that stands for `container_id`."""
-    return int.from_bytes(hashlib.sha256(container_id.encode()).digest()[:8], "big") % _RANGE
+    return zlib.crc32(container_id.encode())
 
 
 @contextmanager
@@ -72,7 +72,7 @@ def container_lock(container_id: str, timeout: float = DEFAULT_TIMEOUT,
     """
     path = path or default_path()
     deadline = time.monotonic() + max(0.0, timeout)
-    key = (path, container_id)
+    key = (path, lock_offset(container_id))  # IDs sharing a byte share the thread lock too
     me = threading.get_ident()
     slot = _slot_ref(key)
     try:
@@ -124,26 +124,38 @@ def _busy(cid: str, timeout: float, path: str) -> CNIError:
 
 
 def _shared_fd(path: str) -> int:
+    """This process's descriptor of the lock file (reopened if the file was replaced)."""
     with _table_guard:
         fd = _fds.get(path)
-        if fd is None:
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            except OSError as e:
-                raise CNIError(IO_FAILURE, f"cannot open the container lock file: {e.strerror}",
-                               f"lock: {path}") from None
-            _fds[path] = fd
+        if fd is not None and _same_file(fd, path):
+            return fd
+        # never close an old descriptor: that would drop locks other threads hold through it
+        try:
+            os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise CNIError(IO_FAILURE, f"cannot open the container lock file: {e.strerror}",
+                           f"lock: {path}") from None
+        _fds[path] = fd
         return fd
 
 
-def _slot_ref(key: tuple[str, str]) -> _Slot:
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _slot_ref(key: tuple[str, int]) -> _Slot:
     with _table_guard:
         slot = _slots.setdefault(key, _Slot())
         slot.users += 1
         return slot
 
 
-def _slot_unref(key: tuple[str, str]) -> None:
+def _slot_unref(key: tuple[str, int]) -> None:
     with _table_guard:
         slot = _slots.get(key)
         if slot is not None:
