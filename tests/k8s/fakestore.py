@@ -262,7 +262,7 @@ class Store:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
-        self.rv = 0
+        self.rv = 1   # as etcd: never "0", which a watch or list reads as "any version"
         self.types: dict[tuple[str, str], ResourceType] = {(t.group, t.plural): t for t in BUILTIN}
         self.guessed: set[tuple[str, str]] = set()
         self.objects: dict[tuple[str, str], dict[tuple[str, str], dict]] = {}

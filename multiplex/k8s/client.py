@@ -1,0 +1,413 @@
+"""Kubernetes API access for multiplex, on the `kubernetes` client library.
+
+`import kubernetes` is slow (a few hundred ms), so this module imports it only when a client
+first makes a call: building a KubeClient is free, and a config with no Kubernetes source never
+pays for it.
+
+Credentials, first match wins:
+1. `kubeconfig` given: that file (its current context, or `context`);
+2. KUBERNETES_SERVICE_HOST set: in-cluster, the pod's service account (token re-read on rotation);
+3. $KUBECONFIG or ~/.kube/config when it exists (an admin running the CLI);
+otherwise NoCredentials (code 7).
+
+Every call has a timeout (connect and read, `timeout` seconds) and is retried `retries` times
+with jittered exponential backoff when the server cannot be reached, times out, or answers 429
+or 5xx (Retry-After honoured, capped). Then Unavailable (code 11) naming the server URL. Other
+answers map to the typed errors of multiplex.k8s.errors (404 NotFound, 409 Conflict /
+AlreadyExists, 403 Forbidden, ...). Writes are retried too: a create that did land answers
+AlreadyExists on the retry, a replace answers Conflict, a delete NotFound, so callers that read
+back after those errors are safe.
+
+Objects come back as plain dicts (the JSON the server sent), never as generated models.
+One client is safe to share between threads and to keep for the life of a process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+from urllib.parse import quote
+
+from .. import log
+from . import errors
+from .errors import KubeError, NoCredentials, Unavailable
+
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+PAGE_SIZE = 500
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A kind of object on the API: where it lives and how messages name it."""
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+    def path(self, namespace: Optional[str] = None, name: str = "", subresource: str = "") -> str:
+        p = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        if namespace:
+            p += f"/namespaces/{quote(namespace, safe='')}"
+        p += f"/{self.plural}"
+        if name:
+            p += f"/{quote(name, safe='')}"
+        if subresource:
+            p += f"/{subresource}"
+        return p
+
+    def describe(self, namespace: Optional[str], name: str = "") -> str:
+        """`pod default/web`, `NetworkAttachmentDefinition default/macvlan`, `node n1`, `pods in default`."""
+        if name:
+            return f"{self.kind} {namespace}/{name}" if namespace else f"{self.kind} {name}"
+        return f"{self.plural} in namespace {namespace}" if namespace else f"{self.plural}"
+
+
+PODS = Resource("", "v1", "pods", "pod")
+NODES = Resource("", "v1", "nodes", "node")
+NADS = Resource("k8s.cni.cncf.io", "v1", "network-attachment-definitions", "NetworkAttachmentDefinition")
+
+
+def custom(group: str, version: str, plural: str) -> Resource:
+    known = {(r.group, r.plural): r for r in (PODS, NODES, NADS)}
+    r = known.get((group, plural))
+    if r is not None and r.version == version:
+        return r
+    return Resource(group, version, plural, f"{plural}.{group}" if group else plural)
+
+
+class ObjectList(list):
+    """The items of a list call, with the list's resourceVersion (to start a watch from)."""
+    resource_version: str = ""
+
+
+class KubeClient:
+    """Kubernetes API client: pods, NADs, nodes, and any custom object, as dicts."""
+
+    def __init__(self, kubeconfig: Optional[str] = None, timeout: float = 10.0, retries: int = 3, *,
+                 context: Optional[str] = None, backoff: float = 0.2, max_backoff: float = 5.0,
+                 service_account_dir: str = SERVICE_ACCOUNT_DIR):
+        self.kubeconfig = kubeconfig or None
+        self.timeout = float(timeout)
+        self.retries = max(0, int(retries))
+        self.context = context
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self.service_account_dir = service_account_dir
+        self.stats: Counter = Counter()        # requests, retries, failures (for benchmarks)
+        self.sleep: Callable[[float], None] = time.sleep
+        self._api = None
+        self._host = ""
+        self._lock = threading.Lock()
+
+    # --- connection ---------------------------------------------------------------------------
+    @property
+    def server(self) -> str:
+        """The API server URL (loads credentials on first use)."""
+        self._client()
+        return self._host
+
+    def _client(self):
+        if self._api is None:
+            with self._lock:
+                if self._api is None:
+                    from kubernetes.client import ApiClient
+                    cfg = self._configuration()
+                    self._host = cfg.host
+                    api = ApiClient(cfg)
+                    api.user_agent = "multiplex"
+                    self._api = api
+        return self._api
+
+    def _configuration(self):
+        from kubernetes.client import Configuration
+        from kubernetes.config import ConfigException
+
+        cfg = Configuration()
+        try:
+            source = self._load_credentials(cfg)
+        except (ConfigException, OSError, ValueError, TypeError, KeyError) as e:
+            where = self.kubeconfig or ("in-cluster service account " + self.service_account_dir
+                                        if os.environ.get("KUBERNETES_SERVICE_HOST") else "kubeconfig")
+            raise NoCredentials(f"cannot load Kubernetes credentials from {where}: {e}",
+                                "field: kubeconfig; allowed: a readable kubeconfig file, or run in a pod "
+                                "with a service account") from None
+        cfg.retries = False           # our loop retries, so every attempt is counted and bounded
+        if hasattr(cfg, "client_go_retries"):
+            cfg.client_go_retries = False
+        log.get().debug("kubernetes credentials loaded", source=source, server=cfg.host)
+        return cfg
+
+    def _load_credentials(self, cfg) -> str:
+        from kubernetes.config import incluster_config, kube_config
+
+        if self.kubeconfig:
+            if not os.path.isfile(self.kubeconfig):
+                raise NoCredentials(f"kubeconfig {self.kubeconfig} does not exist",
+                                    "field: kubeconfig; allowed: the path of a readable kubeconfig file")
+            kube_config.load_kube_config(config_file=self.kubeconfig, context=self.context,
+                                         client_configuration=cfg, persist_config=False)
+            return self.kubeconfig
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            incluster_config.InClusterConfigLoader(
+                token_filename=os.path.join(self.service_account_dir, "token"),
+                cert_filename=os.path.join(self.service_account_dir, "ca.crt"),
+                try_refresh_token=True).load_and_set(cfg)
+            return "in-cluster"
+        fallback = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or os.path.expanduser("~/.kube/config")
+        if os.path.isfile(fallback):
+            kube_config.load_kube_config(config_file=fallback, context=self.context,
+                                         client_configuration=cfg, persist_config=False)
+            return fallback
+        raise NoCredentials("no Kubernetes credentials: no kubeconfig configured, not running in a "
+                            "cluster (KUBERNETES_SERVICE_HOST unset), and no $KUBECONFIG or ~/.kube/config",
+                            "field: kubeconfig; allowed: the path of a kubeconfig file")
+
+    def close(self) -> None:
+        if self._api is not None:
+            self._api.close()
+            self._api = None
+
+    # --- the one request path -----------------------------------------------------------------
+    def request(self, verb: str, method: str, resource: Resource, namespace: Optional[str] = None,
+                name: str = "", *, subresource: str = "", query: Optional[dict] = None,
+                body: Any = None, content_type: str = "application/json") -> dict:
+        """One API call with timeout and retries; the decoded JSON answer, or a typed KubeError.
+        `verb` is the RBAC verb (get, list, create, update, patch, delete), used in messages;
+        `name` is the object's (for create it names the object in messages, the URL is the collection)."""
+        resp = self._send(verb, method, resource, namespace, name, subresource, query, body, content_type,
+                          read_timeout=self.timeout)
+        try:
+            data = resp.read()
+        finally:
+            resp.response.release_conn()
+        try:
+            return json.loads(data) if data else {}
+        except ValueError:
+            raise errors.Invalid(f"the API server sent a non-JSON answer to {verb} {resource.describe(namespace, name)}",
+                                 f"server: {self._host}", resp.status) from None
+
+    def _send(self, verb, method, resource, namespace, name, subresource, query, body, content_type,
+              read_timeout: float, stream: bool = False):
+        import urllib3
+        from kubernetes.client.exceptions import ApiException
+
+        api = self._client()
+        target = resource.describe(namespace, name)
+        path = resource.path(namespace, "" if verb == "create" else name, subresource)
+        params = [(k, v) for k, v in (query or {}).items() if v not in (None, "")]
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.stats["retries"] += 1
+            self.stats["requests"] += 1
+            headers = {"Accept": "application/json"}
+            if body is not None:
+                headers["Content-Type"] = content_type
+            try:
+                m, url, hdrs, b, post = api.param_serialize(method=method, resource_path=path, query_params=params,
+                                                            header_params=headers, body=body,
+                                                            auth_settings=["BearerToken"])
+                resp = api.call_api(m, url, header_params=hdrs, body=b, post_params=post,
+                                    _request_timeout=(self.timeout, read_timeout))
+            except ApiException as e:        # TLS failures come back this way (status 0): not retried
+                self.stats["failures"] += 1
+                raise Unavailable(f"Kubernetes API server {self._host}: {verb} {target} failed: "
+                                  f"{(e.reason or '').splitlines()[0] if e.reason else e}",
+                                  f"server: {self._host}", e.status or 0) from None
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                last = _short(e)
+                if attempt < self.retries:
+                    self._pause(attempt, None, verb, target, last)
+                    continue
+                self.stats["failures"] += 1
+                raise Unavailable(f"Kubernetes API server {self._host} unreachable: {verb} {target} failed "
+                                  f"{attempt + 1} times, last: {last}",
+                                  f"server: {self._host}; timeout: {self.timeout:g}s; retries: {self.retries}") from None
+            if 200 <= resp.status < 300:
+                return resp
+            try:
+                data = resp.read()
+            finally:
+                resp.response.release_conn()
+            err = self._error(verb, resource, namespace, name, resp.status, data, attempt + 1)
+            if isinstance(err, Unavailable) and attempt < self.retries:
+                self._pause(attempt, resp.headers.get("Retry-After"), verb, target, f"HTTP {resp.status}")
+                continue
+            self.stats["failures"] += 1
+            raise err
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _pause(self, attempt: int, retry_after: Optional[str], verb: str, target: str, why: str) -> None:
+        delay = min(self.max_backoff, self.backoff * (2 ** attempt)) * random.uniform(0.5, 1.0)
+        if retry_after and str(retry_after).isdigit():
+            delay = max(delay, min(float(retry_after), self.max_backoff))
+        log.get().warning("kubernetes API call failed, retrying", verb=verb, target=target, server=self._host,
+                          attempt=attempt + 1, retries=self.retries, error=why, delay=round(delay, 3))
+        self.sleep(delay)
+
+    def _error(self, verb: str, resource: Resource, namespace: Optional[str], name: str, status: int,
+               data: bytes, attempts: int) -> KubeError:
+        try:
+            st = json.loads(data) if data else {}
+        except ValueError:
+            st = {}
+        st = st if isinstance(st, dict) else {}
+        reason = str(st.get("reason") or "")
+        message = str(st.get("message") or (data[:200].decode(errors="replace") if data else f"HTTP {status}"))
+        cls = errors.for_status(status, reason)
+        target = resource.describe(namespace, name)
+        ns_part = f"namespace: {namespace}; " if namespace else ""
+        if cls is errors.NotFound:
+            return cls(f"{target} not found", f"kind: {resource.kind}; {ns_part}name: {name}", status, reason)
+        if cls is errors.Forbidden:
+            what = "not authenticated" if status == 401 else "not allowed"
+            return cls(f"{what} to {verb} {resource.plural}{' in namespace ' + namespace if namespace else ''} "
+                       f"({target}): {message}",
+                       f"verb: {verb}; resource: {resource.plural}; group: {resource.group or 'core'}; "
+                       f"{ns_part}allowed: grant '{verb}' on '{resource.plural}' to multiplex's service account "
+                       f"(manifests/rbac) or fix the kubeconfig credentials", status, reason)
+        if cls is errors.AlreadyExists:
+            return cls(f"{target} already exists", f"kind: {resource.kind}; {ns_part}name: {name}", status, reason)
+        if cls is errors.Conflict:
+            return cls(f"{verb} {target} conflicted: {message}", f"kind: {resource.kind}; {ns_part}name: {name}; "
+                       "allowed: re-read the object and retry with its current resourceVersion", status, reason)
+        if cls is errors.Unavailable:
+            return cls(f"Kubernetes API server {self._host} unavailable: {verb} {target} answered HTTP {status} "
+                       f"{attempts} times: {message}", f"server: {self._host}; retries: {self.retries}", status, reason)
+        return cls(f"{verb} {target}: {message}", f"{ns_part}reason: {reason or status}", status, reason)
+
+    # --- pods, NADs, nodes --------------------------------------------------------------------
+    def get_pod(self, namespace: str, name: str) -> dict:
+        return self.request("get", "GET", PODS, namespace, name)
+
+    def list_pods(self, namespace: Optional[str] = None, label_selector: str = "",
+                  field_selector: str = "") -> ObjectList:
+        """Pods of one namespace, or of all (`field_selector="spec.nodeName=n1"` for one node's)."""
+        return self._list(PODS, namespace, label_selector, field_selector)
+
+    def patch_pod_annotations(self, namespace: str, name: str, annotations: dict[str, Optional[str]],
+                              uid: str = "") -> dict:
+        """Merge the annotations into the pod (a None value removes one). With `uid`, a pod of the
+        same name but another UID (recreated) is not touched: Conflict."""
+        patch: dict[str, Any] = {"metadata": {"annotations": annotations}}
+        if uid:
+            patch["metadata"]["uid"] = uid
+        return self.request("patch", "PATCH", PODS, namespace, name, body=patch, content_type=MERGE_PATCH)
+
+    def get_nad(self, namespace: str, name: str) -> dict:
+        return self.request("get", "GET", NADS, namespace, name)
+
+    def list_nads(self, namespace: Optional[str] = None) -> ObjectList:
+        return self._list(NADS, namespace)
+
+    def get_node(self, name: str) -> dict:
+        return self.request("get", "GET", NODES, None, name)
+
+    def list_nodes(self, label_selector: str = "") -> ObjectList:
+        return self._list(NODES, None, label_selector)
+
+    # --- any object (custom resources; group "" reaches core/v1 too) --------------------------
+    def get_object(self, group: str, version: str, plural: str, name: str, namespace: Optional[str] = None) -> dict:
+        return self.request("get", "GET", custom(group, version, plural), namespace, name)
+
+    def list_objects(self, group: str, version: str, plural: str, namespace: Optional[str] = None,
+                     label_selector: str = "", field_selector: str = "") -> ObjectList:
+        return self._list(custom(group, version, plural), namespace, label_selector, field_selector)
+
+    def create_object(self, group: str, version: str, plural: str, body: dict,
+                      namespace: Optional[str] = None) -> dict:
+        """Create; AlreadyExists when the name is taken (the atomic claim the IPAM store relies on)."""
+        name = str((body.get("metadata") or {}).get("name") or "")
+        return self.request("create", "POST", custom(group, version, plural), namespace, name, body=body)
+
+    def replace_object(self, group: str, version: str, plural: str, name: str, body: dict,
+                       namespace: Optional[str] = None, subresource: str = "") -> dict:
+        """PUT the whole object. `body.metadata.resourceVersion` is the precondition: Conflict
+        when the object changed since it was read (re-read and try again)."""
+        return self.request("update", "PUT", custom(group, version, plural), namespace, name,
+                            subresource=subresource, body=body)
+
+    def patch_object(self, group: str, version: str, plural: str, name: str, patch: Any,
+                     namespace: Optional[str] = None, subresource: str = "") -> dict:
+        """A JSON merge patch (dict) or a JSON patch (list of operations)."""
+        return self.request("patch", "PATCH", custom(group, version, plural), namespace, name,
+                            subresource=subresource, body=patch,
+                            content_type=JSON_PATCH if isinstance(patch, list) else MERGE_PATCH)
+
+    def delete_object(self, group: str, version: str, plural: str, name: str, namespace: Optional[str] = None,
+                      *, resource_version: str = "", uid: str = "") -> dict:
+        """Delete; with `resource_version`/`uid` only if the object is still that one (Conflict if not)."""
+        pre = {k: v for k, v in (("resourceVersion", resource_version), ("uid", uid)) if v}
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": pre} if pre else None
+        return self.request("delete", "DELETE", custom(group, version, plural), namespace, name, body=body)
+
+    def watch_objects(self, group: str, version: str, plural: str, namespace: Optional[str] = None, *,
+                      resource_version: str = "", label_selector: str = "", field_selector: str = "",
+                      timeout_seconds: int = 300) -> Iterator[tuple[str, dict]]:
+        """One watch: yields (ADDED|MODIFIED|DELETED, object) until the server ends it after
+        `timeout_seconds`. Without `resource_version` it starts with every object as ADDED.
+        Expired (410) when `resource_version` is too old: list again and watch from the list's."""
+        resource = custom(group, version, plural)
+        query = {"watch": "true", "resourceVersion": resource_version, "labelSelector": label_selector,
+                 "fieldSelector": field_selector, "timeoutSeconds": str(int(timeout_seconds)),
+                 "allowWatchBookmarks": "false"}
+        resp = self._send("watch", "GET", resource, namespace, "", "", query, None, "",
+                          read_timeout=timeout_seconds + self.timeout)
+        raw = resp.response
+        buf = b""
+        try:
+            for chunk in raw.stream(4096, decode_content=True):
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip():
+                        yield self._event(line, resource, namespace)
+            if buf.strip():
+                yield self._event(buf, resource, namespace)
+        except (OSError, ValueError) as e:
+            raise Unavailable(f"Kubernetes API server {self._host}: watch on {resource.describe(namespace)} "
+                              f"broke: {_short(e)}", f"server: {self._host}") from None
+        finally:
+            raw.release_conn()
+
+    def _event(self, line: bytes, resource: Resource, namespace: Optional[str]) -> tuple[str, dict]:
+        ev = json.loads(line)
+        etype, obj = ev.get("type", ""), ev.get("object") or {}
+        if etype == "ERROR":
+            raise self._error("watch", resource, namespace, "", int(obj.get("code") or 500),
+                              json.dumps(obj).encode(), 1)
+        return etype, obj
+
+    def _list(self, resource: Resource, namespace: Optional[str], label_selector: str = "",
+              field_selector: str = "") -> ObjectList:
+        out = ObjectList()
+        cont = ""
+        while True:
+            page = self.request("list", "GET", resource, namespace, query={
+                "labelSelector": label_selector, "fieldSelector": field_selector,
+                "limit": str(PAGE_SIZE), "continue": cont})
+            if not out.resource_version:
+                out.resource_version = str((page.get("metadata") or {}).get("resourceVersion", ""))
+            out.extend(page.get("items") or [])
+            cont = (page.get("metadata") or {}).get("continue") or ""
+            if not cont:
+                return out
+
+
+def _short(e: BaseException) -> str:
+    """A one-line reason for a connection failure: `connection refused`, `read timed out`."""
+    text = str(getattr(e, "reason", None) or e)
+    low = text.lower()
+    for needle, short in (("refused", "connection refused"), ("timed out", "timed out"),
+                          ("name or service not known", "host name not known"), ("reset", "connection reset")):
+        if needle in low:
+            return f"{short} ({type(e).__name__})"
+    return f"{type(e).__name__}: {text[:200]}"
