@@ -85,6 +85,9 @@ def parse(data: Union[dict, str, bytes], *, where: str = "$", default_name: Opti
     )
 
 
+parse_network = parse  # the name multiplex.validate uses
+
+
 def load(path: str, **kw: Any) -> NetworkList:
     """Parse a config file (.conf or .conflist). An unreadable file is code 5."""
     try:
