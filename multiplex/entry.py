@@ -19,7 +19,10 @@ def main() -> None:
 
         sys.stdout.write(json.dumps(version_info()))
         sys.exit(0)
-    if command:
+    # A runtime always sets CNI_COMMAND; CNI_* variables without it (and no CLI arguments) are a
+    # runtime's broken call, answered with a CNI error (code 4), not with the CLI's usage text.
+    runtime_call = len(sys.argv) == 1 and any(k.startswith("CNI_") for k in os.environ)
+    if command or runtime_call:
         from .cni.skel import main as cni_main
         from .orchestrator import plugin
 

@@ -44,7 +44,18 @@ def check_plugin(conf: dict, where: str) -> list[str]:
         problems.append(f"{where}.type: unknown multiplex plugin {t!r}")
     ipam = conf.get("ipam")
     if isinstance(ipam, dict) and ipam.get("type") == "multiplex-ipam" and name != "multiplex":
-        problems += [p for p in schema.errors("ipam", ipam, f"{where}.ipam")]
+        problems += schema.errors("ipam", ipam, f"{where}.ipam")
+    if not problems:  # the schema holds: now the plugins' own checks (ranges inside subnets, ...)
+        from .cni.registry import builtin
+
+        for type_name in (t, ipam.get("type") if isinstance(ipam, dict) else None):
+            plugin = builtin(type_name) if isinstance(type_name, str) else None
+            if plugin is None or type_name == "multiplex":
+                continue
+            try:
+                plugin.validate(conf, where)
+            except CNIError as e:
+                problems.append(f"{e.details}: {e.msg}")
     return problems
 
 
