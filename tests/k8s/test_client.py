@@ -352,3 +352,24 @@ def test_import_and_construction_do_not_import_kubernetes():
             "print('kubernetes' in sys.modules, 'urllib3' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+# --- the orchestrator's Source ----------------------------------------------------------------
+
+def test_kube_source(apiserver):
+    from multiplex.k8s.source import STATUS_ANNOTATION, KubeSource
+
+    apiserver.store.add_pod("web", "tenant-a", uid="uid-1")
+    apiserver.store.add_nad("macvlan", "tenant-a", config={"type": "macvlan"})
+    src = KubeSource(apiserver.kubeconfig, timeout=2, retries=0)
+    assert src.get_nad("tenant-a", "macvlan")["metadata"]["name"] == "macvlan"
+    assert src.get_pod("tenant-a", "ghost") is None
+    assert src.get_pod("tenant-a", "web")["metadata"]["uid"] == "uid-1"
+    src.set_network_status("tenant-a", "web", '[{"name": "x"}]')
+    assert apiserver.store.get_pod("web", "tenant-a")["metadata"]["annotations"][STATUS_ANNOTATION] == '[{"name": "x"}]'
+
+    apiserver.store.delete_pod("web", "tenant-a")           # recreated under the same name
+    apiserver.store.add_pod("web", "tenant-a", uid="uid-2")
+    with pytest.raises(Conflict):
+        src.set_network_status("tenant-a", "web", "[]")
+    assert STATUS_ANNOTATION not in apiserver.store.get_pod("web", "tenant-a")["metadata"]["annotations"]
