@@ -109,13 +109,7 @@ class ObjectStore(Store):
                             "labels": dict(labels or {})},
                "spec": {"nodeName": node_name, "containers": [{"name": "c", "image": "busybox"}]},
                "status": {"phase": "Pending"}}
-        out = self.create(self.rt("", "v1", "pods"), namespace, pod)
-        if uid:
-            with self.lock:
-                stored = self._bucket(self.rt("", "v1", "pods"))[(namespace, name)]
-                stored["metadata"]["uid"] = uid
-                out["metadata"]["uid"] = uid
-        return out
+        return self.create(self.rt("", "v1", "pods"), namespace, pod, uid=uid)
 
     def add_nad(self, name: str, namespace: str = "default", config: Any = None,
                 annotations: Optional[dict] = None) -> dict:

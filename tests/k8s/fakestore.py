@@ -367,7 +367,8 @@ class Store:
                 items = items[:limit]
             return {"apiVersion": rt.api_version, "kind": rt.kind + "List", "metadata": meta, "items": items}
 
-    def create(self, rt: ResourceType, namespace: Optional[str], body: dict) -> dict:
+    def create(self, rt: ResourceType, namespace: Optional[str], body: dict, uid: str = "") -> dict:
+        """`uid` forces metadata.uid (tests that match a runtime's K8S_POD_UID); else a new one."""
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "the request body must be a JSON object")
         obj = copy.deepcopy(body)
@@ -395,7 +396,7 @@ class Store:
             if key in bucket:
                 raise ApiError(409, "AlreadyExists", f'{rt.qualified} "{name}" already exists',
                                {"name": name, "group": rt.group, "kind": rt.plural})
-            meta["uid"] = str(uuid.uuid4())
+            meta["uid"] = uid or str(uuid.uuid4())
             meta["creationTimestamp"] = _now()
             meta["generation"] = 1
             meta["resourceVersion"] = str(self._bump())
