@@ -16,11 +16,6 @@ from .cni.request import IFNAME_MAX, Request, check_ifname
 from .config import MultiplexConfig
 from .sources import NETWORKS_ANNOTATION, Source, load_document
 
-# Per-attachment requests from the annotation that reach the delegates as runtimeConfig.
-CAPABILITY_FIELDS = {"ips": "ips", "mac": "mac", "portMappings": "portMappings", "bandwidth": "bandwidth",
-                     "infiniband_guid": "infinibandGUID"}
-
-
 @dataclass
 class Attachment:
     network: str                      # "ns/name" for a NAD, the config's name otherwise
@@ -162,7 +157,7 @@ def select(conf: MultiplexConfig, req: Request, source: Optional[Source],
         from .annotation import parse_networks
 
         selections += parse_networks(",".join(conf.default_networks), conf.multus_namespace,
-                                     source_name="defaultNetworks")
+                                     source_name="defaultNetworks", reserved_interfaces=[req.ifname])
     if source is not None and pod_name:
         pod = source.get_pod(pod_ns or "default", pod_name)
         if pod is not None:
@@ -177,7 +172,7 @@ def select(conf: MultiplexConfig, req: Request, source: Optional[Source],
             if value.strip():
                 from .annotation import parse_networks
 
-                selections += parse_networks(value, pod_ns or "default")
+                selections += parse_networks(value, pod_ns or "default", reserved_interfaces=[req.ifname])
 
     for sel in selections:
         if authorize is not None:
@@ -194,14 +189,9 @@ def select(conf: MultiplexConfig, req: Request, source: Optional[Source],
                            f"field: {NETWORKS_ANNOTATION}: {sel.namespace}/{sel.name} interface; allowed: "
                            "a name no other attachment of the pod uses")
         used.add(ifname)
-        caps = {}
-        for attr, key in CAPABILITY_FIELDS.items():
-            value = getattr(sel, attr, None)
-            if value:
-                caps[key] = value
         out.append(Attachment(network=f"{sel.namespace}/{sel.name}", ifname=ifname, netconf=netconf,
-                              capability_args=caps, cni_args=getattr(sel, "cni_args", None) or None,
-                              default_route=list(getattr(sel, "default_route", None) or []),
+                              capability_args=sel.capability_args(), cni_args=sel.cni_args or None,
+                              default_route=list(sel.default_route or []),
                               namespace=sel.namespace))
     for a in out:
         if len(a.ifname) > IFNAME_MAX:
