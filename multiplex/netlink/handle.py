@@ -404,6 +404,25 @@ class Handle:
             raise kernel_error(e, f"add route {dst}{via} dev {link.name}",
                                f"link: {link.name}; route: {dst}{via}") from None
 
+    def delete_route(self, route: RouteEntry) -> bool:
+        """Delete a route as listed by `routes()`. False when it is already gone."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        kw: dict[str, Any] = {"dst": str(route.dst), "family": family_of(route.dst), "table": route.table}
+        if route.oif:
+            kw["oif"] = route.oif
+        if route.gw is not None:
+            kw["gateway"] = str(route.gw)
+        if route.priority is not None:
+            kw["priority"] = route.priority
+        try:
+            self._ipr.route("del", **kw)
+            return True
+        except NetlinkError as e:
+            if e.code in (errno.ESRCH, errno.ENOENT):
+                return False
+            raise kernel_error(e, f"delete route {route.dst}", f"route: {route.dst}") from None
+
     def default_route(self, family: int = AF_INET) -> Optional[RouteEntry]:
         """The main table's default route of `family` with the lowest metric, or None."""
         best = None

@@ -406,8 +406,10 @@ class ApiServer:
     """The test API server: `url`, `kubeconfig` (after write_kubeconfig), `store`, and the controls above."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, tls: bool = False, token: str = "",
-                 certdir: Optional[str] = None):
+                 certdir: Optional[str] = None, netns: Optional[str] = None):
         self.host, self.port = host, port
+        #: listen inside this network namespace (a path): a simulated node's own loopback
+        self.netns = netns
         self.store = ObjectStore()
         self.token = token
         self.latency = 0.0
@@ -436,7 +438,14 @@ class ApiServer:
         """Listen (on the same port as before after a stop()); objects are kept."""
         if self.running:
             return self
-        self._httpd = _HTTPServer((self.host, self.port), _Handler, self)
+        if self.netns:
+            # the listening socket is made inside the node's namespace and stays there
+            from multiplex.netlink.netns import entered
+
+            with entered(self.netns):
+                self._httpd = _HTTPServer((self.host, self.port), _Handler, self)
+        else:
+            self._httpd = _HTTPServer((self.host, self.port), _Handler, self)
         self.port = self._httpd.server_address[1]
         self.running = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
