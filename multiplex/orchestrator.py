@@ -36,7 +36,7 @@ class Context:
 
     @classmethod
     def load(cls, req: Request) -> "Context":
-        conf = MultiplexConfig.from_dict(req.config)
+        conf = MultiplexConfig.from_dict(req.config, validate=req.command not in ("DEL", "GC"))
         logger = log.get()
         logger.configure(conf.log_file, conf.log_level)
         ns, pod, _ = req.pod
