@@ -127,9 +127,14 @@ def test_ip_masq_rules_appear_in_the_node_and_go_on_del(hl):
 
 def test_hairpin_mode_on_the_bridge_port(hl):
     conf = hl.conf("198.18.15.0/24", bridge="mpxt-brh", hairpinMode=True)
-    res = hl.add(conf, "ch", hl.make_ns("pod"))
+    ns = hl.make_ns("pod")
+    res = hl.add(conf, "ch", ns)
     port = hl.link_details(res["interfaces"][1]["name"])
     assert port["linkinfo"]["info_slave_data"]["hairpin"] is True
+    assert hl.check(conf, res, "ch", ns).ok
+    nsexec(hl.node, "ip", "link", "set", res["interfaces"][1]["name"], "type", "bridge_slave", "hairpin", "off")
+    out = hl.check(conf, res, "ch", ns)
+    assert out.code == 104 and "hairpin" in out.out["msg"], out
     plain = hl.add(hl.conf("198.18.16.0/24", name="other", bridge="mpxt-brh2"), "ch2", hl.make_ns("pod"))
     assert hl.link_details(plain["interfaces"][1]["name"])["linkinfo"]["info_slave_data"]["hairpin"] is False
 
@@ -153,6 +158,10 @@ def test_requested_mac_is_set_on_the_pod_interface(hl):
     res = hl.add(conf, "cmac", ns)
     assert ip_json(ns, "link", "show", "dev", "eth0")[0]["address"] == "02:42:c6:12:13:14"
     assert res["interfaces"][2]["mac"] == "02:42:c6:12:13:14"
+    assert hl.check(conf, res, "cmac", ns).ok
+    nsexec(ns, "ip", "link", "set", "eth0", "address", "02:42:c6:12:13:15")
+    out = hl.check(conf, res, "cmac", ns)
+    assert out.code == 104 and "02:42:c6:12:13:15" in out.out["msg"], out
 
 
 def test_vlan_access_port_or_a_clean_refusal(hl):
