@@ -359,23 +359,14 @@ def ensure_vlan_gateway(node, br, vlan: int, mtu: Optional[int]):
     """isGateway on a VLAN: a veth pair in the node, one end an access port of `vlan` on the bridge,
     the other holding the gateway addresses (`<bridge>.<vlan>`). Shared by every attachment of that
     bridge and VLAN; made once, kept like the bridge."""
-    import errno
-
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    from multiplex.netlink import kernel_error
-
     gw_name, port_name = vlan_gateway_names(br.name, vlan)
     gw = node.link(gw_name)
     if gw is not None:
         return gw
     attrs: dict[str, Any] = {"mtu": mtu} if mtu else {}
-    try:
-        node._ipr.link("add", ifname=gw_name, kind="veth", peer={"ifname": port_name, **attrs}, **attrs)
-    except NetlinkError as e:
-        if e.code != errno.EEXIST:
-            raise kernel_error(e, f"create the VLAN {vlan} gateway {gw_name}", f"link: {gw_name}") from None
-        return node.require_link(gw_name)
+    if not node.add_link(gw_name, "veth", f"create the VLAN {vlan} gateway {gw_name}", exist_ok=True,
+                         peer={"ifname": port_name, **attrs}, **attrs):
+        return node.require_link(gw_name)  # a concurrent ADD made it
     port = node.require_link(port_name)
     node.set_link(port, f"attach {port_name} to {br.name}", master=br.index, state="up")
     node.set_port_vlan(port, vlan)

@@ -199,6 +199,21 @@ class Handle:
         finally:
             os.close(fd)
 
+    def add_link(self, name: str, kind: str, what: str = "", exist_ok: bool = False, **attrs: Any) -> bool:
+        """Create link `name` of `kind` with pyroute2 attrs (peer=, mtu=, ...). False when it exists
+        and `exist_ok`; CNIError 105 naming it otherwise."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            self._ipr.link("add", ifname=name, kind=kind, **attrs)
+            return True
+        except NetlinkError as e:
+            if e.code == errno.EEXIST:
+                if exist_ok:
+                    return False
+                raise CNIError(NETLINK_FAILURE, f"{name} already exists in {self.where}", f"link: {name}") from None
+            raise kernel_error(e, what or f"create {kind} {name}", f"link: {name} in {self.where}") from None
+
     def delete_link(self, name: str) -> bool:
         """Delete the link called `name`. False when there was none (DEL is idempotent)."""
         from pyroute2.netlink.exceptions import NetlinkError

@@ -8,12 +8,10 @@ and its bridge.
 """
 from __future__ import annotations
 
-import errno
 import os
 from typing import Any, Optional
 
-from ..cni.errors import CNIError, NETLINK_FAILURE
-from .handle import Handle, Link, kernel_error
+from .handle import Handle, Link
 from .netns import open_fd
 
 TEMP_PREFIX = "mpxt"
@@ -30,8 +28,6 @@ def make_veth_pair(node: Handle, pod: Handle, host_name: str, pod_name: str, *, 
     The host end is set up, given `alias` and attached to `master` when given; the pod end is left
     down (the caller addresses it, then brings it up). On any failure nothing is left behind.
     """
-    from pyroute2.netlink.exceptions import NetlinkError
-
     tmp = temporary_name()
     peer: dict[str, Any] = {"ifname": tmp}
     host_attrs: dict[str, Any] = {}
@@ -42,16 +38,8 @@ def make_veth_pair(node: Handle, pod: Handle, host_name: str, pod_name: str, *, 
     fd = open_fd(pod.netns)
     try:
         peer["net_ns_fd"] = fd
-        try:
-            node._ipr.link("add", ifname=host_name, kind="veth", peer=peer, **host_attrs)
-        except NetlinkError as e:
-            if e.code == errno.EEXIST:
-                raise CNIError(NETLINK_FAILURE, f"host interface {host_name} already exists in {node.where}",
-                               f"link: {host_name}") from None
-            what = f"create veth pair {host_name} <-> {pod_name}"
-            if e.code == errno.EADDRNOTAVAIL and mac:
-                what += f" with MAC {mac}"
-            raise kernel_error(e, what, f"link: {host_name}; peer: {pod_name} in {pod.where}") from None
+        what = f"create veth pair {host_name} <-> {pod_name}" + (f" with MAC {mac}" if mac else "")
+        node.add_link(host_name, "veth", what, peer=peer, **host_attrs)
     finally:
         os.close(fd)
     try:

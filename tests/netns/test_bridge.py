@@ -11,13 +11,12 @@ import subprocess
 import pytest
 
 from tests.cnitool import addresses, ip_json, links, nsexec, ping
-from tests.netns.test_bridge_lab import (BridgeLab, IPAM_TYPES, ipam_param, kernel_has_bridge_vlan_filtering,
-                                         pod_ips)
+from tests.netns.test_bridge_lab import BridgeLab, IPAM_TYPES, kernel_has_bridge_vlan_filtering, pod_ips
 
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture(params=[ipam_param(k) for k in IPAM_TYPES])
+@pytest.fixture(params=IPAM_TYPES)
 def lab(request, node, netns_factory, tmp_path):
     """A bridge lab, once with Debian's host-local and once with multiplex-ipam."""
     return BridgeLab(node=node, root=str(tmp_path), make_ns=netns_factory, ipam_type=request.param)
@@ -262,15 +261,8 @@ def test_add_with_an_old_cni_version_writes_that_version(hl):
     assert res["ips"][0]["version"] == "4"
 
 
-@pytest.mark.parametrize("kind", ["multiplex-ipam"])
-def test_multiplex_ipam_add_check_del(node, netns_factory, tmp_path, kind):
-    """Skipped only while multiplex.ipam.plugin cannot be imported."""
-    from tests.netns.test_bridge_lab import multiplex_ipam_missing
-
-    reason = multiplex_ipam_missing()
-    if reason:
-        pytest.skip(reason)
-    lab = BridgeLab(node=node, root=str(tmp_path), make_ns=netns_factory, ipam_type=kind)
+def test_multiplex_ipam_add_check_del(node, netns_factory, tmp_path):
+    lab = BridgeLab(node=node, root=str(tmp_path), make_ns=netns_factory, ipam_type="multiplex-ipam")
     conf = lab.conf("198.18.28.0/24", "fd00:28::/64", bridge="mpxt-brmi", isGateway=True)
     ns = lab.make_ns("pod")
     res = lab.add(conf, "cmi", ns)

@@ -9,27 +9,11 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-import pytest
 
 from tests.cnitool import CNIOutput, ip_json, nsexec, run_plugin
 
 PLUGIN = "multiplex-bridge"
 IPAM_TYPES = ("host-local", "multiplex-ipam")
-
-
-def multiplex_ipam_missing() -> str:
-    """Why multiplex-ipam cannot be used yet ('' when it can)."""
-    try:
-        import multiplex.ipam.plugin  # noqa: F401
-    except ImportError as e:
-        return f"multiplex-ipam not importable yet: {e}"
-    return ""
-
-
-def ipam_param(kind: str):
-    """A pytest param for an IPAM type; multiplex-ipam is skipped only while it cannot be imported."""
-    reason = multiplex_ipam_missing() if kind == "multiplex-ipam" else ""
-    return pytest.param(kind, marks=pytest.mark.skipif(bool(reason), reason=reason or "n/a"), id=kind)
 
 
 @dataclass
