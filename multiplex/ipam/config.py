@@ -14,6 +14,9 @@ Format (host-local's, plus `exclude` and `store`):
       "store": "sqlite"
     }
 
+`"store": "kubernetes"` keeps leases cluster-wide in IPPool/IPBlock custom resources (see
+docs/ipam-kubernetes.md); it also reads `kubeconfig` and `nodeName`.
+
 Each inner list of `ranges` is a range set: one address is handed out per range set, and a config
 has at most one range set per family (one IPv4 and/or one IPv6 address). `range` is a shorthand for
 a single range set with one range: a range object, or a subnet CIDR string.
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -125,6 +129,8 @@ class IPAMConfig:
     data_dir: str = ""
     store: str = DEFAULT_STORE
     type: str = TYPE_NAME
+    kubeconfig: str = ""     # the kubernetes store: credentials ("" = see docs/ipam-kubernetes.md)
+    node_name: str = ""      # the kubernetes store: this node ("" = $NODE_NAME or the host name)
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,8 @@ class StoreLocation:
     """Where leases live: all DEL and GC need (they never need the ranges)."""
     store: str
     data_dir: str
+    kubeconfig: str = ""     # the kubernetes store only
+    node_name: str = ""
 
 
 # --- defaults -------------------------------------------------------------------------------
@@ -193,11 +201,13 @@ def parse(netconf: dict, *, check_schema: bool = True, where: str = "$") -> IPAM
     loc = store_location(netconf, where)
     return IPAMConfig(network=network, range_sets=range_sets, exclude=exclude,
                       routes=_parse_routes(ipam, p), dns=_parse_dns(ipam, p), data_dir=loc.data_dir,
-                      store=loc.store, type=str(ipam.get("type", TYPE_NAME)))
+                      store=loc.store, type=str(ipam.get("type", TYPE_NAME)),
+                      kubeconfig=loc.kubeconfig, node_name=loc.node_name)
 
 
 def store_location(netconf: dict, where: str = "$") -> StoreLocation:
-    """`store` and `dataDir` only, so DEL and GC work even when the ranges changed or are broken."""
+    """`store`, `dataDir` (and the kubernetes store's `kubeconfig`, `nodeName`) only, so DEL and GC
+    work even when the ranges changed or are broken."""
     ipam = netconf.get("ipam")
     ipam = ipam if isinstance(ipam, dict) else {}
     store = ipam.get("store", DEFAULT_STORE)
@@ -206,16 +216,39 @@ def store_location(netconf: dict, where: str = "$") -> StoreLocation:
     if not isinstance(store, str) or store not in STORES:
         raise invalid_config(f"unknown IPAM store {store!r}", f"{where}.ipam.store",
                              " or ".join(f'"{s}"' for s in STORES))
+    kube = {"kubeconfig": _kubeconfig(ipam.get("kubeconfig"), f"{where}.ipam.kubeconfig"),
+            "node_name": _node_name(ipam.get("nodeName"), f"{where}.ipam.nodeName")}
     data_dir = ipam.get("dataDir")
     if data_dir is None:
-        return StoreLocation(store, "")  # resolved lazily: the default creates a directory
+        return StoreLocation(store, "", **kube)  # resolved lazily: the default creates a directory
     if not isinstance(data_dir, str) or not os.path.isabs(data_dir):
         raise invalid_config(f"dataDir {data_dir!r} is not an absolute path", f"{where}.ipam.dataDir",
                              "an absolute directory path")
-    return StoreLocation(store, data_dir)
+    return StoreLocation(store, data_dir, **kube)
 
 
-_KNOWN = {"type", "ranges", "range", "exclude", "routes", "dns", "dataDir", "store"}
+_NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def _kubeconfig(value: Any, path: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not os.path.isabs(value):
+        raise invalid_config(f"kubeconfig {value!r} is not an absolute path", path,
+                             "the absolute path of a kubeconfig file")
+    return value
+
+
+def _node_name(value: Any, path: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > 253 or not _NODE_NAME.match(value):
+        raise invalid_config(f"nodeName {value!r} is not a Kubernetes node name", path,
+                             "a lowercase DNS name such as node-1 or node-1.example.com (at most 253 characters)")
+    return value
+
+
+_KNOWN = {"type", "ranges", "range", "exclude", "routes", "dns", "dataDir", "store", "kubeconfig", "nodeName"}
 _RANGE_KEYS = {"subnet", "rangeStart", "rangeEnd", "gateway"}
 
 

@@ -212,7 +212,8 @@ def test_schema_file_is_a_valid_json_schema():
     # every property says what is allowed (the error's "allowed:" comes from descriptions)
     props = schema.load("ipam")["properties"]
     assert all("description" in p for p in props.values())
-    assert set(props) == {"type", "ranges", "range", "exclude", "routes", "dns", "dataDir", "store"}
+    assert set(props) == {"type", "ranges", "range", "exclude", "routes", "dns", "dataDir", "store",
+                          "kubeconfig", "nodeName"}
 
 
 def test_example_from_the_docs_parses():

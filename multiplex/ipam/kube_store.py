@@ -1,0 +1,797 @@
+"""The cluster-wide lease store: IPPool and IPBlock custom resources on the Kubernetes API.
+
+The API server (and the etcd behind it) is the database; every node writes it directly.
+
+- An **IPPool** (cluster-scoped, made by the admin) is one subnet: `spec.cidr`, `spec.blockSize`
+  (a prefix length; default /26 for IPv4, /122 for IPv6), `spec.nodeSelector` (node labels, all
+  must match) and `spec.disabled`. A range of the IPAM config uses the pool whose CIDR equals its
+  subnet.
+- An **IPBlock** (cluster-scoped) is one block of a pool, affine to one node: `spec.cidr`,
+  `spec.node`, `spec.pool`, `spec.poolCIDR`, `spec.last` (the allocation cursor) and
+  `spec.allocations`: address -> containerID, ifname, network, podNamespace, podName, podUID,
+  node (who holds it), borrowed (held by another node than the block's), created, missingSince (GC).
+  Its name comes from its CIDR (`v4-198-18-0-64-26`), so **creating it is the claim**: the API
+  server refuses a second create of the same name (AlreadyExists: another node won; try the next).
+
+ADD on node N (the hot path is one LIST and one write to N's own block):
+1. LIST the blocks of the pools labelled with N (its own, and those it borrowed from); the owner's
+   lease there is returned as it is (idempotent ADD; a crashed ADD that did write is found here).
+2. A requested address: written into the block that holds it (created, affine to N, when it does
+   not exist yet; an address in another node's block is borrowed).
+3. The next free address of N's own blocks, written with the block's resourceVersion.
+4. None free: LIST the pool's blocks and create a free one with the allocation in it.
+5. No free block: take over an empty block affine to another node (the pool runs short).
+6. None: borrow a free address from another node's block. The allocation is marked `borrowed`,
+   so the routed delegate announces it as a /32 (/128); `node_routes()` lists them.
+Every write carries the resourceVersion it read: a 409 re-reads and retries with jittered
+backoff, `retries` times, then CNI code 11. A node-local file lock (in dataDir) serializes the
+CNI calls of one node, so concurrent ADDs on one node do not conflict with each other.
+
+DEL and CNI GC LIST the blocks labelled with N (no ranges needed) and write each block that held
+the attachment. Cluster-wide garbage collection (pods and nodes that are gone) is
+multiplex.ipam.gc; the cluster view is multiplex.ipam.show.
+"""
+from __future__ import annotations
+
+import calendar
+import contextlib
+import copy
+import hashlib
+import ipaddress
+import os
+import random
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Callable, Iterable, Iterator, Optional, Sequence
+
+from .. import log
+from ..cni.errors import ADDRESS_UNAVAILABLE, IPAM_EXHAUSTED, TRY_AGAIN_LATER, CNIError, invalid_config
+from ..cni.types import IPAddress, IPNetwork
+from .allocator import Space, address as int_to_address
+from .config import IPAMConfig, Range, RangeSet, StoreLocation
+from .store import Lease, Owner, PoolUsage, Store
+
+GROUP = "ipam.multiplex.dev"
+VERSION = "v1alpha1"
+POOLS = "ippools"
+BLOCKS = "ipblocks"
+POOL_KIND = "IPPool"
+BLOCK_KIND = "IPBlock"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+POOL_LABEL = f"{GROUP}/pool"            # the block's pool
+NODE_LABEL = f"{GROUP}/node"            # the block's affine node
+USER_LABEL_PREFIX = f"node.{GROUP}/"    # one per node with a stake in the block: affine or borrowed
+
+DEFAULT_BLOCK_SIZE = {4: 26, 6: 122}
+#: the node kubeconfig `multiplex install` writes (install.DEFAULT_CONF_DIR/STATE_SUBDIR/KUBECONFIG_NAME)
+NODE_KUBECONFIG = "/etc/cni/net.d/multiplex.d/multiplex.kubeconfig"
+KUBECONFIG_ENV = "MULTIPLEX_KUBECONFIG"
+NODE_NAME_ENV = "NODE_NAME"
+
+DEFAULT_RETRIES = 8
+CANDIDATES = 64          # free blocks a claim chooses among (spread by node, fewer races)
+
+
+# --- names, labels, times ---------------------------------------------------------------------
+
+def block_name(cidr: IPNetwork) -> str:
+    """`v4-198-18-0-64-26`, `v6-fd00-5--40-122`: a DNS subdomain name unique per CIDR."""
+    addr = str(cidr.network_address).replace(".", "-").replace(":", "-")
+    return f"v{cidr.version}-{addr}-{cidr.prefixlen}"
+
+
+def label_value(name: str) -> str:
+    """A node or pool name as a label value / label key name (<= 63 characters)."""
+    if len(name) <= 63:
+        return name
+    return name[:46].rstrip("-.") + "-" + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def user_label(node: str) -> str:
+    return USER_LABEL_PREFIX + label_value(node)
+
+
+def rfc3339(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def parse_time(value: object) -> Optional[float]:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(value.rstrip("Z")[:19], "%Y-%m-%dT%H:%M:%S")))
+    except ValueError:
+        return None
+
+
+def resolve_kubeconfig(configured: str = "") -> Optional[str]:
+    """The IPAM config's `kubeconfig`, else $MULTIPLEX_KUBECONFIG (the meta plugin's `kubeconfig`),
+    else the node kubeconfig `multiplex install` writes when it exists; None: the client's own
+    order (in-cluster service account, $KUBECONFIG, ~/.kube/config)."""
+    if configured:
+        return configured
+    env = os.environ.get(KUBECONFIG_ENV, "")
+    if env:
+        return env
+    return NODE_KUBECONFIG if os.path.isfile(NODE_KUBECONFIG) else None
+
+
+def resolve_node_name(configured: str = "") -> str:
+    """The IPAM config's `nodeName`, else $NODE_NAME, else the host name (lowercase), as the
+    kubelet names its node unless --hostname-override is given."""
+    return configured or os.environ.get(NODE_NAME_ENV, "").strip() or socket.gethostname().strip().lower()
+
+
+# --- the resources ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Pool:
+    """An IPPool: one subnet, carved into blocks of `block_prefix`."""
+    name: str
+    cidr: IPNetwork
+    block_prefix: int
+    node_selector: dict = field(default_factory=dict, compare=False)
+    disabled: bool = False
+
+    @classmethod
+    def from_object(cls, obj: dict) -> "Pool":
+        """Raises ValueError naming the field when the object is malformed."""
+        name = str((obj.get("metadata") or {}).get("name") or "")
+        spec = obj.get("spec") or {}
+        try:
+            cidr = ipaddress.ip_network(str(spec.get("cidr")), strict=True)
+        except ValueError:
+            raise ValueError(f"IPPool {name}: spec.cidr {spec.get('cidr')!r} is not a CIDR with no host bits") from None
+        size = spec.get("blockSize", DEFAULT_BLOCK_SIZE[cidr.version])
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= cidr.max_prefixlen:
+            raise ValueError(f"IPPool {name}: spec.blockSize {size!r} is not a prefix length 1-{cidr.max_prefixlen}")
+        selector = spec.get("nodeSelector") or {}
+        if not isinstance(selector, dict):
+            raise ValueError(f"IPPool {name}: spec.nodeSelector must be a map of node labels")
+        return cls(name, cidr, max(size, cidr.prefixlen), {str(k): str(v) for k, v in selector.items()},
+                   bool(spec.get("disabled", False)))
+
+    @property
+    def family(self) -> int:
+        return self.cidr.version
+
+    def block_of(self, ip: IPAddress) -> IPNetwork:
+        return ipaddress.ip_network(f"{ip}/{self.block_prefix}", strict=False)
+
+    def selects(self, labels: Optional[dict]) -> bool:
+        return all((labels or {}).get(k) == v for k, v in self.node_selector.items())
+
+    def why_unusable(self, node: str, labels: Optional[dict]) -> str:
+        if self.disabled:
+            return f"IPPool {self.name} is disabled"
+        if self.node_selector and not self.selects(labels):
+            sel = ",".join(f"{k}={v}" for k, v in sorted(self.node_selector.items()))
+            return f"IPPool {self.name} does not select node {node} (nodeSelector {sel})"
+        return ""
+
+
+@dataclass
+class Allocation:
+    """One address of a block: who holds it."""
+    container_id: str
+    ifname: str
+    network: str
+    node: str
+    pod_namespace: str = ""
+    pod_name: str = ""
+    pod_uid: str = ""
+    created: float = 0.0
+    missing_since: Optional[float] = None    # set by GC when its pod or node was first seen gone
+
+    @classmethod
+    def for_owner(cls, owner: Owner, node: str, now: float) -> "Allocation":
+        return cls(owner.container_id, owner.ifname, owner.network, node, owner.pod_namespace, owner.pod_name,
+                   owner.pod_uid, now)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Allocation":
+        return cls(str(d.get("containerID", "")), str(d.get("ifname", "")), str(d.get("network", "")),
+                   str(d.get("node", "")), str(d.get("podNamespace", "")), str(d.get("podName", "")),
+                   str(d.get("podUID", "")), parse_time(d.get("created")) or 0.0, parse_time(d.get("missingSince")))
+
+    def to_dict(self, borrowed: bool) -> dict:
+        d = {"containerID": self.container_id, "ifname": self.ifname, "network": self.network, "node": self.node,
+             "podNamespace": self.pod_namespace, "podName": self.pod_name, "podUID": self.pod_uid,
+             "borrowed": borrowed, "created": rfc3339(self.created)}
+        if self.missing_since is not None:
+            d["missingSince"] = rfc3339(self.missing_since)
+        return d
+
+    def owner(self) -> Owner:
+        return Owner(self.container_id, self.ifname, self.network, self.pod_namespace, self.pod_name, self.pod_uid)
+
+    def held_by(self, owner: Owner) -> bool:
+        return (self.container_id, self.ifname, self.network) == (owner.container_id, owner.ifname, owner.network)
+
+
+@dataclass
+class Block:
+    """An IPBlock: a CIDR of a pool, affine to one node, and its allocations (address -> holder)."""
+    cidr: IPNetwork
+    pool: str
+    pool_cidr: str
+    node: str
+    allocations: dict[str, Allocation] = field(default_factory=dict)
+    last: str = ""
+    resource_version: str = ""
+
+    @property
+    def name(self) -> str:
+        return block_name(self.cidr)
+
+    @classmethod
+    def from_object(cls, obj: dict) -> "Block":
+        spec = obj.get("spec") or {}
+        meta = obj.get("metadata") or {}
+        cidr = ipaddress.ip_network(str(spec.get("cidr")), strict=False)
+        allocs = {str(ipaddress.ip_address(a)): Allocation.from_dict(v or {})
+                  for a, v in (spec.get("allocations") or {}).items()}
+        return cls(cidr, str(spec.get("pool", "")), str(spec.get("poolCIDR", "")), str(spec.get("node", "")),
+                   allocs, str(spec.get("last") or ""), str(meta.get("resourceVersion") or ""))
+
+    def labels(self) -> dict[str, str]:
+        """Computed from the content on every write: pool, affine node, and one label per node
+        with a stake (`affine` or `borrowed`), so a node LISTs exactly the blocks it may hold leases in."""
+        out = {POOL_LABEL: label_value(self.pool), NODE_LABEL: label_value(self.node)}
+        for a in self.allocations.values():
+            if a.node and a.node != self.node:
+                out[user_label(a.node)] = "borrowed"
+        out[user_label(self.node)] = "affine"
+        return out
+
+    def to_object(self) -> dict:
+        meta: dict = {"name": self.name, "labels": self.labels()}
+        if self.resource_version:
+            meta["resourceVersion"] = self.resource_version
+        spec = {"pool": self.pool, "poolCIDR": self.pool_cidr, "cidr": str(self.cidr), "node": self.node,
+                "allocations": {a: v.to_dict(borrowed=v.node != self.node)
+                                for a, v in sorted(self.allocations.items(), key=lambda kv: _int(kv[0]))}}
+        if self.last:
+            spec["last"] = self.last
+        return {"apiVersion": API_VERSION, "kind": BLOCK_KIND, "metadata": meta, "spec": spec}
+
+    def span(self) -> tuple[int, int]:
+        return int(self.cidr.network_address), int(self.cidr.broadcast_address)
+
+    def used(self) -> set[int]:
+        return {_int(a) for a in self.allocations}
+
+    def borrowed(self) -> dict[str, Allocation]:
+        """Addresses of this block held by other nodes."""
+        return {a: v for a, v in self.allocations.items() if v.node != self.node}
+
+    def lease(self, addr: str, fresh: bool = False) -> Lease:
+        a = self.allocations[addr]
+        return Lease(pool=self.pool_cidr or str(self.cidr), address=ipaddress.ip_address(addr), owner=a.owner(),
+                     created=a.created, fresh=fresh)
+
+
+@dataclass(frozen=True)
+class NodeRoutes:
+    """What a routed delegate announces for a node: its blocks, and single addresses it holds in
+    other nodes' blocks (as /32 or /128)."""
+    blocks: tuple[IPNetwork, ...]
+    borrowed: tuple[IPAddress, ...]
+
+
+def _int(addr: str) -> int:
+    return int(ipaddress.ip_address(addr))
+
+
+# --- address arithmetic over a Space ----------------------------------------------------------
+
+def _spans(space: Space, lo: int, hi: int) -> list[tuple[int, int]]:
+    """The allocatable parts of [lo, hi], in address order."""
+    out = []
+    for iv in sorted(space.intervals, key=lambda i: i.lo):
+        a, b = max(iv.lo, lo), min(iv.hi, hi)
+        if a <= b:
+            out.append((a, b))
+    return out
+
+
+def free_in(space: Space, lo: int, hi: int, used: set[int], after: Optional[int] = None) -> Optional[int]:
+    """The first allocatable address of [lo, hi] not in `used`, after `after` (wrapping)."""
+    spans = _spans(space, lo, hi)
+    if after is not None:
+        spans = [(max(a, after + 1), b) for a, b in spans if b > after] + \
+                [(a, min(b, after)) for a, b in spans if a <= after]
+    for a, b in spans:
+        v = a
+        while v <= b:
+            if v not in used:
+                return v
+            v += 1
+    return None
+
+
+def candidate_blocks(pool: Pool, space: Space, taken: set[int]) -> Iterator[IPNetwork]:
+    """Blocks of the pool that do not exist yet and hold at least one allocatable address, in order."""
+    size = 2 ** (pool.cidr.max_prefixlen - pool.block_prefix)
+    base, top = int(pool.cidr.network_address), int(pool.cidr.broadcast_address)
+    seen: set[int] = set()
+    for lo, hi in _spans(space, base, top):
+        b = base + (lo - base) // size * size
+        while b <= hi:
+            if b not in taken and b not in seen:
+                seen.add(b)
+                yield ipaddress.ip_network(f"{int_to_address(b, pool.family)}/{pool.block_prefix}")
+            b += size
+
+
+# --- the store --------------------------------------------------------------------------------
+
+class _Again(Exception):
+    """The blocks changed under us (409, or a block gone): read again and retry."""
+
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.what = what
+
+
+class KubeStore(Store):
+    """Leases in IPBlocks of IPPools, for node `node`. `client` is a multiplex.k8s KubeClient."""
+
+    def __init__(self, client, node: str, lock_dir: str = "", retries: int = DEFAULT_RETRIES,
+                 backoff: float = 0.02, max_backoff: float = 0.5, clock: Callable[[], float] = time.time,
+                 lock_timeout: float = 60.0):
+        self.client = client
+        self.node = node
+        self.lock_dir = lock_dir
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.clock = clock
+        self.lock_timeout = lock_timeout
+        self.sleep: Callable[[float], None] = time.sleep
+        #: conflicts (409 on a block write), claims, claims_lost (create lost to another node),
+        #: takeovers, borrows, retries
+        self.stats: Counter = Counter()
+        self._pools: Optional[list[Pool]] = None
+        self._node_labels: Optional[dict] = None
+        self._raced = False   # a takeover or borrow lost a race in this attempt
+
+    @classmethod
+    def open(cls, where: IPAMConfig | StoreLocation) -> "KubeStore":
+        from ..k8s.client import KubeClient
+
+        from .config import default_data_dir
+
+        lock_dir = where.data_dir
+        if not lock_dir:
+            try:
+                lock_dir = default_data_dir()
+            except OSError:
+                lock_dir = ""
+        return cls(KubeClient(resolve_kubeconfig(getattr(where, "kubeconfig", ""))),
+                   resolve_node_name(getattr(where, "node_name", "")), lock_dir=lock_dir)
+
+    def close(self) -> None:
+        # the client may be shared (benchmarks, the CLI): whoever made it closes it
+        return None
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def list_pools(self) -> list[Pool]:
+        """Every well-formed IPPool (one LIST per store, cached); malformed ones are logged and skipped."""
+        if self._pools is None:
+            pools = []
+            for obj in self.client.list_objects(GROUP, VERSION, POOLS):
+                try:
+                    pools.append(Pool.from_object(obj))
+                except ValueError as e:
+                    log.get().warning("ignoring a malformed IPPool", error=str(e))
+            self._pools = pools
+        return self._pools
+
+    def _list_blocks(self, selector: str) -> list[Block]:
+        out = []
+        for obj in self.client.list_objects(GROUP, VERSION, BLOCKS, label_selector=selector):
+            try:
+                out.append(Block.from_object(obj))
+            except (ValueError, TypeError, AttributeError) as e:
+                log.get().warning("ignoring a malformed IPBlock", block=(obj.get("metadata") or {}).get("name"),
+                                  error=str(e))
+        return sorted(out, key=lambda b: (b.cidr.version, int(b.cidr.network_address)))
+
+    def node_blocks(self, pools: Sequence[Pool] = (), node: Optional[str] = None) -> list[Block]:
+        """The blocks `node` (default: ours) is affine to or borrowed from, of `pools` (default: all)."""
+        sel = user_label(node or self.node)
+        return self._list_blocks(_pool_selector(pools) + sel)
+
+    def pool_blocks(self, pools: Sequence[Pool]) -> list[Block]:
+        return self._list_blocks(_pool_selector(pools).rstrip(","))
+
+    def all_blocks(self) -> list[Block]:
+        return self._list_blocks("")
+
+    def pool_for(self, r: Range) -> Pool:
+        """The IPPool whose CIDR is the range's subnet; code 7 naming the field when there is none."""
+        pools = self.list_pools()
+        same = [p for p in pools if p.cidr == r.subnet]
+        where = f"{r.path}.subnet" if r.path else "subnet"
+        overlap = [p for p in pools if p.cidr.version == r.subnet.version and p.cidr != r.subnet
+                   and p.cidr.overlaps(r.subnet)]
+        if len(same) > 1 or (same and overlap):
+            names = ", ".join(f"{p.name} ({p.cidr})" for p in same + overlap)
+            raise invalid_config(f"IPPools {names} overlap: addresses of subnet {r.subnet} would not be unique",
+                                 where, "one IPPool per subnet; delete or disable the others")
+        if overlap:
+            raise invalid_config(f"subnet {r.subnet} overlaps IPPool {overlap[0].name} ({overlap[0].cidr}) "
+                                 "but is not its CIDR", where,
+                                 "the CIDR of an IPPool: " + (", ".join(str(p.cidr) for p in pools) or "none exist"))
+        if not same:
+            have = ", ".join(f"{p.cidr} ({p.name})" for p in pools if p.family == r.family) or "none"
+            raise invalid_config(
+                f"no IPPool has CIDR {r.subnet} (the kubernetes store hands out addresses of IPPools only)", where,
+                f"the CIDR of an IPPool ({have}), or create one: apiVersion {API_VERSION}, kind {POOL_KIND}, "
+                f"spec.cidr {r.subnet}")
+        return same[0]
+
+    def node_labels(self) -> Optional[dict]:
+        """This node's labels (for pool node selectors); None when the node object does not exist."""
+        if self._node_labels is None:
+            from ..k8s.errors import NotFound
+
+            try:
+                node = self.client.get_node(self.node)
+            except NotFound:
+                return None
+            self._node_labels = dict((node.get("metadata") or {}).get("labels") or {})
+        return self._node_labels
+
+    def _why_unusable(self, pool: Pool) -> str:
+        return pool.why_unusable(self.node, self.node_labels() if pool.node_selector else {})
+
+    # --- the Store interface --------------------------------------------------------------
+
+    def allocate(self, range_set: RangeSet, exclude: Sequence[IPNetwork], owner: Owner,
+                 requested: Optional[IPAddress] = None, requested_from: str = "") -> Lease:
+        space = Space(range_set, exclude)
+        pools = _unique([self.pool_for(r) for r in range_set.ranges])
+        with self._node_lock():
+            return self._retrying(f"allocate in pool {space.name}",
+                                  lambda: self._allocate_once(space, pools, owner, requested, requested_from))
+
+    def _allocate_once(self, space: Space, pools: list[Pool], owner: Owner, requested: Optional[IPAddress],
+                       requested_from: str) -> Lease:
+        mine = self.node_blocks(pools)
+        held = self._held_lease(space, mine, owner, requested, requested_from)
+        if held is not None:
+            return held
+        if requested is not None:
+            return self._take_requested(space, pools, owner, requested, requested_from)
+        usable = [p for p in pools if not self._why_unusable(p)]
+        if not usable:
+            raise CNIError(IPAM_EXHAUSTED, f"no pool of {space.name} hands out addresses on node {self.node}: "
+                           + "; ".join(self._why_unusable(p) for p in pools),
+                           (f"field: {space.range_set.path}; " if space.range_set.path else "")
+                           + "allowed: enable the IPPool or label the node to match its nodeSelector")
+        names = {p.name for p in usable}
+        for b in mine:  # 1. our own blocks: the hot path, one write
+            if b.node == self.node and b.pool in names:
+                v = free_in(space, *b.span(), b.used(), _int(b.last) if b.last else None)
+                if v is not None:
+                    return self._write(b, int_to_address(v, space.family), owner, cursor=True)
+        everything = self.pool_blocks(usable)
+        self._raced = False
+        lease = self._claim(space, usable, everything, owner)  # 2. a block nobody has
+        if lease is None:
+            lease = self._take_over(space, names, everything, owner)  # 3. an empty block of another node
+        if lease is None:
+            lease = self._borrow(space, names, everything, owner)  # 4. one address of another node's block
+        if lease is None:
+            used: set[int] = set().union(*(b.used() for b in everything)) if everything else set()
+            if self._raced:
+                # a block with room changed under us (its node wrote, or GC released it): look again
+                raise _Again("the pool's blocks changed while looking for a free address")
+            raise space.exhausted(space.count_leased(used), owner.network)
+        return lease
+
+    def _held_lease(self, space: Space, blocks: list[Block], owner: Owner, requested: Optional[IPAddress],
+                    requested_from: str) -> Optional[Lease]:
+        """The owner's lease in this range set (idempotent ADD); stale ones of the family are released."""
+        subnets = space.range_set.subnets
+        for b in blocks:
+            for addr, a in list(b.allocations.items()):
+                if not a.held_by(owner) or b.cidr.version != space.family:
+                    continue
+                ip = ipaddress.ip_address(addr)
+                if b.pool_cidr in subnets and space.contains(ip):
+                    if requested is not None and requested != ip:
+                        raise CNIError(ADDRESS_UNAVAILABLE,
+                                       f"requested address {requested} is unavailable: {owner.describe()} already "
+                                       f"holds {ip} in pool {space.name}",
+                                       (f"field: {requested_from}; " if requested_from else "")
+                                       + f"allowed: {ip}, or DEL the attachment first")
+                    return b.lease(addr)
+                log.get().warning("releasing a lease outside the current ranges", pool=b.pool_cidr, address=addr,
+                                  network=owner.network)
+                del b.allocations[addr]
+                self._replace(b)
+                raise _Again("released a stale lease")
+        return None
+
+    def _take_requested(self, space: Space, pools: list[Pool], owner: Owner, ip: IPAddress, where: str) -> Lease:
+        from ..k8s.errors import AlreadyExists, NotFound
+
+        space.check_requested(ip, where)
+        r = space.range_set.range_for(ip)
+        assert r is not None
+        pool = next(p for p in pools if p.cidr == r.subnet)
+        why = self._why_unusable(pool)
+        if why:
+            raise CNIError(ADDRESS_UNAVAILABLE, f"requested address {ip} is unavailable: {why}",
+                           (f"field: {where}; " if where else "") + "allowed: an address of a usable IPPool")
+        cidr = pool.block_of(ip)
+        try:
+            block = Block.from_object(self.client.get_object(GROUP, VERSION, BLOCKS, block_name(cidr)))
+        except NotFound:
+            block = Block(cidr, pool.name, str(pool.cidr), self.node)
+            block.allocations[str(ip)] = Allocation.for_owner(owner, self.node, self.clock())
+            try:
+                self._create(block)
+            except AlreadyExists:
+                raise _Again(f"block {block.name} was claimed meanwhile") from None
+            self.stats["claims"] += 1
+            return block.lease(str(ip), fresh=True)
+        holder = block.allocations.get(str(ip))
+        if holder is not None:
+            raise CNIError(ADDRESS_UNAVAILABLE,
+                           f"requested address {ip} is unavailable: already leased to {holder.owner().describe()}"
+                           + (f" on node {holder.node}" if holder.node else ""),
+                           (f"field: {where}; " if where else "") + f"allowed: a free address in {space.name}")
+        lease = self._write(block, ip, owner)
+        if block.node != self.node:
+            self.stats["borrows"] += 1
+        return lease
+
+    def _claim(self, space: Space, pools: list[Pool], everything: list[Block], owner: Owner) -> Optional[Lease]:
+        """Create a block nobody has, with the allocation in it (the create is the atomic claim)."""
+        from ..k8s.errors import AlreadyExists
+
+        taken = {int(b.cidr.network_address) for b in everything}
+        for pool in pools:
+            free = list(islice(candidate_blocks(pool, space, taken), CANDIDATES))
+            if not free:
+                continue
+            start = _spread(self.node, len(free))
+            for cidr in free[start:] + free[:start]:
+                block = Block(cidr, pool.name, str(pool.cidr), self.node)
+                v = free_in(space, *block.span(), set())
+                assert v is not None
+                ip = int_to_address(v, space.family)
+                block.allocations[str(ip)] = Allocation.for_owner(owner, self.node, self.clock())
+                block.last = str(ip)
+                try:
+                    self._create(block)
+                except AlreadyExists:
+                    self.stats["claims_lost"] += 1
+                    log.get().info("block claimed by another node, trying the next", block=block.name)
+                    continue
+                self.stats["claims"] += 1
+                log.get().info("claimed block", block=block.name, node=self.node, pool=pool.name)
+                return block.lease(str(ip), fresh=True)
+            raise _Again(f"every free block of pool {pool.name} was claimed meanwhile")
+        return None
+
+    def _take_over(self, space: Space, names: set[str], everything: list[Block], owner: Owner) -> Optional[Lease]:
+        """The pool runs short: an empty block affine to another node becomes ours (one write, with
+        its resourceVersion: if its node allocated meanwhile, the write conflicts and we move on)."""
+        from ..k8s.errors import Conflict, NotFound
+
+        for b in everything:
+            if b.pool not in names or b.node == self.node or b.allocations:
+                continue
+            v = free_in(space, *b.span(), set())
+            if v is None:
+                continue
+            previous, b = b.node, copy.deepcopy(b)
+            b.node = self.node
+            try:
+                lease = self._write(b, int_to_address(v, space.family), owner, cursor=True)
+            except (Conflict, NotFound):
+                self.stats["conflicts"] += 1
+                self._raced = True
+                continue
+            self.stats["takeovers"] += 1
+            log.get().info("took over an empty block", block=b.name, node=self.node, previous=previous)
+            return lease
+        return None
+
+    def _borrow(self, space: Space, names: set[str], everything: list[Block], owner: Owner) -> Optional[Lease]:
+        from ..k8s.errors import Conflict, NotFound
+
+        for b in everything:
+            if b.pool not in names or b.node == self.node:
+                continue
+            v = free_in(space, *b.span(), b.used())
+            if v is None:
+                continue
+            try:
+                lease = self._write(copy.deepcopy(b), int_to_address(v, space.family), owner)
+            except (Conflict, NotFound):
+                self.stats["conflicts"] += 1
+                self._raced = True
+                continue
+            self.stats["borrows"] += 1
+            log.get().info("borrowed an address", block=b.name, address=str(lease.address), node=self.node,
+                           affine=b.node)
+            return lease
+        return None
+
+    def release(self, owner: Owner) -> list[Lease]:
+        with self._node_lock():
+            return self._retrying(f"release {owner.describe()}",
+                                  lambda: self._remove(lambda addr, a: a.held_by(owner)))
+
+    def release_lease(self, lease: Lease) -> None:
+        addr = str(lease.address)
+        with self._node_lock():
+            self._retrying(f"release {addr}",
+                           lambda: self._remove(lambda a_addr, a: a_addr == addr and a.held_by(lease.owner)))
+
+    def gc(self, network: str, keep: Iterable[tuple[str, str]]) -> list[Lease]:
+        """CNI GC on this node: this node's leases of `network` whose attachment is not in `keep`."""
+        keep = set(keep)
+        with self._node_lock():
+            return self._retrying(f"gc of network {network}", lambda: self._remove(
+                lambda addr, a: a.network == network and a.node == self.node
+                and (a.container_id, a.ifname) not in keep))
+
+    def _remove(self, drop: Callable[[str, Allocation], bool]) -> list[Lease]:
+        gone: list[Lease] = []
+        for b in self.node_blocks():
+            hit = [addr for addr, a in b.allocations.items() if drop(addr, a)]
+            if not hit:
+                continue
+            leases = [b.lease(addr) for addr in hit]
+            for addr in hit:
+                del b.allocations[addr]
+            self._replace(b)
+            gone += leases
+        return gone
+
+    def leases(self, network: Optional[str] = None, owner: Optional[Owner] = None) -> list[Lease]:
+        blocks = self.node_blocks() if owner is not None else self.all_blocks()
+        out = [b.lease(addr) for b in blocks for addr, a in b.allocations.items()
+               if (owner is None or a.held_by(owner)) and (network is None or a.network == network)]
+        return sorted(out, key=lambda lease: (lease.address.version, lease.pool, int(lease.address)))
+
+    def usage(self, range_set: RangeSet, exclude: Sequence[IPNetwork]) -> PoolUsage:
+        space = Space(range_set, exclude)
+        pools = _unique([self.pool_for(r) for r in range_set.ranges])
+        blocks = self.pool_blocks(pools)
+        used = set().union(*(b.used() for b in blocks)) if blocks else set()
+        return PoolUsage(pool=space.name, family=space.family, size=space.size(), leased=space.count_leased(used))
+
+    def pools(self) -> list[PoolUsage]:
+        """Every IPPool with its leases (size: the pool's addresses less network and broadcast)."""
+        blocks = self.all_blocks()
+        out = []
+        for p in sorted(self.list_pools(), key=lambda p: (p.family, int(p.cidr.network_address))):
+            mine = [b.lease(a) for b in blocks if b.pool == p.name for a in b.allocations]
+            out.append(PoolUsage(pool=str(p.cidr), family=p.family, size=pool_size(p.cidr), leased=len(mine),
+                                 leases=tuple(sorted(mine, key=lambda lease: int(lease.address)))))
+        return out
+
+    def node_routes(self, node: Optional[str] = None) -> NodeRoutes:
+        """The blocks affine to `node` and the addresses it borrowed (for the routed delegate)."""
+        node = node or self.node
+        blocks = self.node_blocks(node=node)
+        own = tuple(b.cidr for b in blocks if b.node == node)
+        borrowed = tuple(ipaddress.ip_address(a) for b in blocks if b.node != node
+                         for a, v in b.allocations.items() if v.node == node)
+        return NodeRoutes(own, borrowed)
+
+    # --- writes, retries, the node lock ---------------------------------------------------
+
+    def _write(self, block: Block, ip: IPAddress, owner: Owner, cursor: bool = False) -> Lease:
+        block.allocations[str(ip)] = Allocation.for_owner(owner, self.node, self.clock())
+        if cursor:
+            block.last = str(ip)
+        self._replace(block)
+        return block.lease(str(ip), fresh=True)
+
+    def _replace(self, block: Block) -> None:
+        """Write the block with the resourceVersion it was read at: Conflict (409) if it changed."""
+        obj = self.client.replace_object(GROUP, VERSION, BLOCKS, block.name, block.to_object())
+        block.resource_version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+    def _create(self, block: Block) -> None:
+        block.resource_version = ""
+        obj = self.client.create_object(GROUP, VERSION, BLOCKS, block.to_object())
+        block.resource_version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+    def _retrying(self, what: str, step: Callable[[], object]):
+        """Run `step` until no block changed under it: 409s re-read, with jittered backoff, bounded."""
+        from ..k8s.errors import Conflict, NotFound
+
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.stats["retries"] += 1
+                delay = min(self.max_backoff, self.backoff * (2 ** (attempt - 1))) * random.uniform(0.5, 1.5)
+                self.sleep(delay)
+            try:
+                return step()
+            except Conflict as e:
+                self.stats["conflicts"] += 1
+                last = e.msg
+            except NotFound as e:   # a block we read was released (GC) before our write
+                last = e.msg
+            except _Again as e:
+                last = e.what
+            log.get().info("IPAM block changed under us, retrying", what=what, attempt=attempt + 1, reason=last)
+        raise CNIError(TRY_AGAIN_LATER, f"IPAM: could not {what}: the blocks kept changing "
+                       f"({self.retries + 1} attempts)",
+                       f"node: {self.node}; last: {last}; allowed: try again later")
+
+    @contextlib.contextmanager
+    def _node_lock(self) -> Iterator[None]:
+        """Serialize this node's CNI calls (a file lock in dataDir); correctness never depends on
+        it, it only spares the API the conflicts of concurrent ADDs on one node."""
+        if not self.lock_dir:
+            yield
+            return
+        import fcntl
+
+        path = os.path.join(self.lock_dir, f"kube-{label_value(self.node)}.lock")
+        try:
+            os.makedirs(self.lock_dir, mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            log.get().warning("no node lock; going on without it", path=path, error=str(e))
+            yield
+            return
+        try:
+            deadline = time.monotonic() + self.lock_timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        log.get().warning("node lock held too long; going on without it", path=path)
+                        break
+                    time.sleep(0.002)
+            yield
+        finally:
+            os.close(fd)   # closing the descriptor drops the lock
+
+
+def pool_size(cidr: IPNetwork) -> int:
+    """Addresses of a CIDR less the network address (and the IPv4 broadcast)."""
+    n = cidr.num_addresses
+    return max(n - (2 if cidr.version == 4 else 1), 0) if cidr.prefixlen < cidr.max_prefixlen - 1 else n
+
+
+def _pool_selector(pools: Sequence[Pool]) -> str:
+    if not pools:
+        return ""
+    values = sorted({label_value(p.name) for p in pools})
+    if len(values) == 1:
+        return f"{POOL_LABEL}={values[0]},"
+    return f"{POOL_LABEL} in ({','.join(values)}),"
+
+
+def _unique(pools: list[Pool]) -> list[Pool]:
+    out: list[Pool] = []
+    for p in pools:
+        if p not in out:
+            out.append(p)
+    return out
+
+
+def _spread(node: str, n: int) -> int:
+    """Where a node starts among `n` free blocks: nodes claiming at once mostly pick different ones."""
+    return int(hashlib.sha256(node.encode()).hexdigest()[:8], 16) % n if n else 0
