@@ -68,14 +68,43 @@ def gc(config_path: str, valid: tuple[str, ...]) -> None:
 
 @cli.group()
 def ipam() -> None:
-    """The shared IPAM: leases and pools."""
+    """The shared IPAM: leases, pools and blocks; cluster-wide garbage collection."""
+
+
+def _kube_client(kubeconfig: str | None):
+    from .ipam.kube_store import resolve_kubeconfig
+    from .k8s.client import KubeClient
+
+    return KubeClient(resolve_kubeconfig(kubeconfig or ""))
+
+
+def _fail(what: str, e: Exception) -> None:
+    details = getattr(e, "details", "")
+    click.echo(f"{what}: {getattr(e, 'msg', e)}" + (f" ({details})" if details else ""), err=True)
+    sys.exit(1)
 
 
 @ipam.command("show")
-@click.option("--data-dir", default=None, help="the node IPAM store directory")
+@click.option("--store", type=click.Choice(["sqlite", "kubernetes"]), default="sqlite", show_default=True,
+              help="sqlite: this node's leases; kubernetes: the cluster's pools and blocks")
+@click.option("--data-dir", default=None, help="the node IPAM store directory (sqlite)")
+@click.option("--kubeconfig", default=None, help="kubernetes: a kubeconfig (default: in-cluster or $KUBECONFIG)")
+@click.option("--allocations", is_flag=True, help="kubernetes: list every allocation under its block")
 @click.option("-o", "output", type=click.Choice(["table", "json"]), default="table")
-def ipam_show(data_dir: str | None, output: str) -> None:
-    """Leases per pool on this node."""
+def ipam_show(store: str, data_dir: str | None, kubeconfig: str | None, allocations: bool, output: str) -> None:
+    """Leases per pool on this node, or (--store kubernetes) each pool and block of the cluster."""
+    if store == "kubernetes":
+        from .cni.errors import CNIError
+        from .ipam.kube_store import KubeStore
+        from .ipam.show import cluster_report, table
+
+        try:
+            report = cluster_report(KubeStore(_kube_client(kubeconfig), node=""),
+                                    with_allocations=allocations or output == "json")
+        except CNIError as e:
+            _fail("ipam show", e)
+        click.echo(json.dumps(report, indent=2) if output == "json" else "\n".join(table(report, allocations)))
+        return
     from .ipam.report import pool_report
 
     report = pool_report(data_dir)
@@ -86,6 +115,33 @@ def ipam_show(data_dir: str | None, output: str) -> None:
         click.echo(f"{pool['pool']}: {pool['used']} used, {pool['free']} free")
         for lease in pool.get("leases", []):
             click.echo(f"  {lease['address']:<40} {lease['network']:<24} {lease['containerID'][:12]} {lease['ifname']}")
+
+
+@ipam.command("gc")
+@click.option("--kubeconfig", default=None, help="a kubeconfig (default: in-cluster or $KUBECONFIG)")
+@click.option("--grace", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help="seconds an address stays after its pod or node is first found gone")
+@click.option("--every", type=click.FloatRange(min=1), default=None, help="run again every SECONDS (the Deployment's mode)")
+@click.option("--dry-run", is_flag=True, help="report what would be done, write nothing")
+@click.option("-o", "output", type=click.Choice(["table", "json"]), default="table")
+def ipam_gc(kubeconfig: str | None, grace: float, every: float | None, dry_run: bool, output: str) -> None:
+    """Free cluster IPAM addresses of pods and nodes that are gone; release blocks of gone nodes."""
+    from .cni.errors import CNIError
+    from .ipam import gc as ipam_gc_mod
+
+    client = _kube_client(kubeconfig)
+
+    def show(report) -> None:
+        click.echo(json.dumps(report.to_dict()) if output == "json" else "\n".join(report.lines()))
+
+    if every:
+        ipam_gc_mod.run_every(client, every, grace, on_report=show, dry_run=dry_run,
+                              on_error=lambda e: click.echo(f"ipam gc: {getattr(e, 'msg', e)}", err=True))
+        return
+    try:
+        show(ipam_gc_mod.collect(client, grace, dry_run=dry_run))
+    except CNIError as e:
+        _fail("ipam gc", e)
 
 
 def _install_options(fn):
