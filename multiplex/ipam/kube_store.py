@@ -33,6 +33,7 @@ multiplex.ipam.gc; the cluster view is multiplex.ipam.show.
 """
 from __future__ import annotations
 
+import bisect
 import calendar
 import contextlib
 import copy
@@ -314,18 +315,29 @@ def free_in(space: Space, lo: int, hi: int, used: set[int], after: Optional[int]
     return None
 
 
-def candidate_blocks(pool: Pool, space: Space, taken: set[int]) -> Iterator[IPNetwork]:
-    """Blocks of the pool that do not exist yet and hold at least one allocatable address, in order."""
+def candidate_blocks(pool: Pool, space: Space, taken: Sequence[tuple[int, int]]) -> Iterator[IPNetwork]:
+    """Blocks of the pool that overlap no existing block (`taken`: their spans, which may be of
+    another size if the pool's blockSize changed) and hold an allocatable address, in order."""
     size = 2 ** (pool.cidr.max_prefixlen - pool.block_prefix)
     base, top = int(pool.cidr.network_address), int(pool.cidr.broadcast_address)
+    spans = sorted(taken)
+    starts = [lo for lo, _ in spans]
     seen: set[int] = set()
     for lo, hi in _spans(space, base, top):
         b = base + (lo - base) // size * size
         while b <= hi:
-            if b not in taken and b not in seen:
+            end = b + size - 1
+            # blocks are disjoint: only the last one starting at or before `end` can reach `b`
+            k = bisect.bisect_right(starts, end) - 1
+            clash = spans[k] if k >= 0 and spans[k][1] >= b else None
+            if clash is None and b not in seen:
                 seen.add(b)
                 yield ipaddress.ip_network(f"{int_to_address(b, pool.family)}/{pool.block_prefix}")
-            b += size
+                b += size
+            elif clash is not None:
+                b = base + (clash[1] + 1 - base + size - 1) // size * size   # the first block after it
+            else:
+                b += size
 
 
 # --- the store --------------------------------------------------------------------------------
@@ -358,7 +370,9 @@ class KubeStore(Store):
         self.stats: Counter = Counter()
         self._pools: Optional[list[Pool]] = None
         self._node_labels: Optional[dict] = None
+        self._node_read = False
         self._raced = False   # a takeover or borrow lost a race in this attempt
+        self._owns_client = False
 
     @classmethod
     def open(cls, where: IPAMConfig | StoreLocation) -> "KubeStore":
@@ -372,12 +386,15 @@ class KubeStore(Store):
                 lock_dir = default_data_dir()
             except OSError:
                 lock_dir = ""
-        return cls(KubeClient(resolve_kubeconfig(getattr(where, "kubeconfig", ""))),
-                   resolve_node_name(getattr(where, "node_name", "")), lock_dir=lock_dir)
+        store = cls(KubeClient(resolve_kubeconfig(getattr(where, "kubeconfig", ""))),
+                    resolve_node_name(getattr(where, "node_name", "")), lock_dir=lock_dir)
+        store._owns_client = True
+        return store
 
     def close(self) -> None:
-        # the client may be shared (benchmarks, the CLI): whoever made it closes it
-        return None
+        """Closes the client when open() made it; a client passed in belongs to the caller."""
+        if self._owns_client:
+            self.client.close()
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -439,14 +456,15 @@ class KubeStore(Store):
 
     def node_labels(self) -> Optional[dict]:
         """This node's labels (for pool node selectors); None when the node object does not exist."""
-        if self._node_labels is None:
+        if not self._node_read:
             from ..k8s.errors import NotFound
 
             try:
                 node = self.client.get_node(self.node)
+                self._node_labels = dict((node.get("metadata") or {}).get("labels") or {})
             except NotFound:
-                return None
-            self._node_labels = dict((node.get("metadata") or {}).get("labels") or {})
+                self._node_labels = None      # no such node: no selector matches it
+            self._node_read = True
         return self._node_labels
 
     def _why_unusable(self, pool: Pool) -> str:
@@ -536,11 +554,16 @@ class KubeStore(Store):
         try:
             block = Block.from_object(self.client.get_object(GROUP, VERSION, BLOCKS, block_name(cidr)))
         except NotFound:
+            block, cidr = self._block_for_address(pool, ip)
+        if block is None:
             block = Block(cidr, pool.name, str(pool.cidr), self.node)
             block.allocations[str(ip)] = Allocation.for_owner(owner, self.node, self.clock())
             try:
                 self._create(block)
             except AlreadyExists:
+                mine = self._landed(block, owner)
+                if mine is not None:
+                    return mine
                 raise _Again(f"block {block.name} was claimed meanwhile") from None
             self.stats["claims"] += 1
             return block.lease(str(ip), fresh=True)
@@ -555,11 +578,24 @@ class KubeStore(Store):
             self.stats["borrows"] += 1
         return lease
 
+    def _block_for_address(self, pool: Pool, ip: IPAddress) -> tuple[Optional[Block], IPNetwork]:
+        """The existing block holding `ip` (when the pool's blockSize changed, one of another size
+        may), else the largest new block around `ip` that overlaps none."""
+        blocks = self.pool_blocks([pool])
+        holder = next((b for b in blocks if ip in b.cidr), None)
+        if holder is not None:
+            return holder, holder.cidr
+        for plen in range(pool.block_prefix, pool.cidr.max_prefixlen + 1):
+            cidr = ipaddress.ip_network(f"{ip}/{plen}", strict=False)
+            if not any(b.cidr.overlaps(cidr) for b in blocks):
+                return None, cidr
+        raise AssertionError("unreachable: a single address outside every block overlaps none")
+
     def _claim(self, space: Space, pools: list[Pool], everything: list[Block], owner: Owner) -> Optional[Lease]:
         """Create a block nobody has, with the allocation in it (the create is the atomic claim)."""
         from ..k8s.errors import AlreadyExists
 
-        taken = {int(b.cidr.network_address) for b in everything}
+        taken = [b.span() for b in everything]
         for pool in pools:
             free = list(islice(candidate_blocks(pool, space, taken), CANDIDATES))
             if not free:
@@ -575,6 +611,9 @@ class KubeStore(Store):
                 try:
                     self._create(block)
                 except AlreadyExists:
+                    mine = self._landed(block, owner)
+                    if mine is not None:
+                        return mine
                     self.stats["claims_lost"] += 1
                     log.get().info("block claimed by another node, trying the next", block=block.name)
                     continue
@@ -582,6 +621,21 @@ class KubeStore(Store):
                 log.get().info("claimed block", block=block.name, node=self.node, pool=pool.name)
                 return block.lease(str(ip), fresh=True)
             raise _Again(f"every free block of pool {pool.name} was claimed meanwhile")
+        return None
+
+    def _landed(self, block: Block, owner: Owner) -> Optional[Lease]:
+        """After AlreadyExists: our own create, retried by the client after a lost answer, is the
+        block that exists. Then the claim is ours; else another node won."""
+        from ..k8s.errors import NotFound
+
+        try:
+            there = Block.from_object(self.client.get_object(GROUP, VERSION, BLOCKS, block.name))
+        except NotFound:
+            return None
+        for addr, a in there.allocations.items():
+            if a.held_by(owner) and there.node == self.node:
+                self.stats["claims"] += 1
+                return there.lease(addr, fresh=True)
         return None
 
     def _take_over(self, space: Space, names: set[str], everything: list[Block], owner: Owner) -> Optional[Lease]:

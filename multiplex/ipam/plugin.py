@@ -23,7 +23,7 @@ import ipaddress
 from .. import log
 from ..cni import skel
 from ..cni.errors import (CNIError, ADDRESS_UNAVAILABLE, CHECK_FAILED, INVALID_CONFIG, INVALID_ENVIRONMENT,
-                          IO_FAILURE, PLUGIN_NOT_AVAILABLE, invalid_config)
+                          IO_FAILURE, PLUGIN_NOT_AVAILABLE, TRY_AGAIN_LATER, invalid_config)
 from ..cni.plugin import Plugin
 from ..cni.request import Request
 from ..cni.types import IPConfig, Result
@@ -100,7 +100,7 @@ class IPAMPlugin(Plugin):
             with open_store(conf) as store:
                 usages = [(rs, store.usage(rs, conf.exclude)) for rs in conf.range_sets]
         except CNIError as e:
-            if e.code != IO_FAILURE:
+            if e.code not in (IO_FAILURE, TRY_AGAIN_LATER):   # no database, or no API server
                 raise
             raise CNIError(PLUGIN_NOT_AVAILABLE, f"IPAM store unavailable: {e.msg}", e.details) from None
         for range_set, usage in usages:

@@ -176,6 +176,25 @@ def test_an_empty_block_of_another_node_is_taken_over_when_the_pool_runs_short(c
     assert sorted(x.node for x in cluster.blocks().values()) == ["n2", "n3"]
 
 
+def test_a_changed_block_size_never_makes_blocks_overlap(cluster):  # noqa: F811
+    cluster.pool("blue", BLUE, blockSize=26)
+    conf = ipam_conf(BLUE)
+    first = take(cluster.store("n1"), conf, owner("a"))
+    [old] = cluster.blocks().values()
+    pool = cluster.api.store.get_object("ipam.multiplex.dev", "v1alpha1", "ippools", "blue")
+    pool["spec"]["blockSize"] = 28        # the CRD refuses this (immutable); an old server would not
+    cluster.api.store.replace(cluster.api.store.rt("ipam.multiplex.dev", "v1alpha1", "ippools", False), None,
+                              "blue", pool)
+    inside = take(cluster.store("n2"), conf, owner("b"), requested=str(old.cidr[20]))
+    assert inside.address in old.cidr and cluster.block(old.name).allocations[str(inside.address)].node == "n2"
+    got = [take(cluster.store(f"n{3 + i % 4}"), conf, owner(f"c{i}")) for i in range(40)]
+    blocks = list(cluster.blocks().values())
+    assert sorted(b.cidr.prefixlen for b in blocks)[0] == 26 and {b.cidr.prefixlen for b in blocks[1:]} <= {26, 28}
+    for i, a in enumerate(blocks):
+        assert not any(a.cidr.overlaps(b.cidr) for b in blocks[i + 1:]), (a.cidr, [b.cidr for b in blocks])
+    assert len({x.address for x in got + [first, inside]}) == 42
+
+
 # --- IPv6, dual stack ------------------------------------------------------------------------
 
 def test_ipv6_pool_blocks_are_122_by_default(cluster):  # noqa: F811
@@ -435,3 +454,50 @@ def test_malformed_blocks_are_ignored_not_fatal(cluster):  # noqa: F811
 def test_block_roundtrip_keeps_every_field():
     b = Block(ipaddress.ip_network("198.18.64.0/26"), "blue", BLUE, "n1")
     assert Block.from_object(b.to_object()).to_object() == b.to_object()
+
+
+def test_the_examples_in_the_docs_are_valid(cluster):  # noqa: F811
+    """docs/ipam-kubernetes.md: its IPPool is valid for the CRD and its network config parses."""
+    import json
+    import os
+    import re
+
+    import yaml
+
+    from multiplex.ipam import config
+    from multiplex.ipam.kube_store import Pool
+    from tests.k8s.ipam_kube_support import REPO
+
+    doc = open(os.path.join(REPO, "docs", "ipam-kubernetes.md"), encoding="utf-8").read()
+    [pool] = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", doc, re.S)]
+    [net] = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", doc, re.S)]
+    schema = {d["spec"]["names"]["kind"]: d["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+              for d in crd_documents()}["IPPool"]
+    jsonschema.Draft7Validator(schema).validate(pool)
+    p = Pool.from_object(pool)
+    assert (str(p.cidr), p.block_prefix, p.node_selector) == ("198.18.0.0/16", 26, {"kubernetes.io/os": "linux"})
+    conf = config.parse(net)
+    assert conf.store == "kubernetes" and [rs.subnets for rs in conf.range_sets] == [["198.18.0.0/16"], ["fd00:10::/64"]]
+
+
+def test_a_claim_whose_answer_was_lost_is_recognised_as_ours(cluster):  # noqa: F811
+    """The client retries a create whose answer was lost and gets AlreadyExists: the block that
+    exists is ours, with our allocation in it, so no second address is taken."""
+    from multiplex.k8s.errors import AlreadyExists
+
+    cluster.pool("blue", BLUE)
+    s = cluster.store("n1")
+    real = s.client.create_object
+
+    def create_then_lose_the_answer(*args, **kw):
+        real(*args, **kw)
+        raise AlreadyExists("ipblocks already exists (the retry of a create that landed)")
+
+    s.client.create_object = create_then_lose_the_answer
+    try:
+        got = take(s, ipam_conf(BLUE), owner("c1"))
+        asked = take(s, ipam_conf(BLUE), owner("c2"), requested="198.18.64.200")
+    finally:
+        del s.client.create_object
+    assert got.fresh and asked.fresh and s.stats["claims"] == 2 and s.stats["claims_lost"] == 0
+    assert cluster.allocations() == {str(got.address): "c1", "198.18.64.200": "c2"}

@@ -92,7 +92,7 @@ def test_bad_inputs_through_the_binary_are_clear_errors(cluster, tmp_path):  # n
     down = run_plugin(EXE, "ADD", good, container_id="c1", netns="/x")
     assert down.code == errors.TRY_AGAIN_LATER and "unreachable" in down.out["msg"]
     status = run_plugin(EXE, "STATUS", good, ifname="")
-    assert status.code == errors.TRY_AGAIN_LATER
+    assert status.code == errors.PLUGIN_NOT_AVAILABLE and "IPAM store unavailable" in status.out["msg"]
     cluster.api.start()
     assert cluster.objects() == []
 
