@@ -44,6 +44,9 @@ class Context:
         if conf.state_dir:
             # delegates and IPAM, in-process or exec'd, find the same state root
             os.environ["MULTIPLEX_STATE_DIR"] = conf.state_dir
+        if conf.kubeconfig:
+            # a delegate's IPAM with `store: kubernetes` finds the cluster through the same kubeconfig
+            os.environ["MULTIPLEX_KUBECONFIG"] = conf.kubeconfig
         return cls(req, conf)
 
     @property
