@@ -1,0 +1,157 @@
+"""multiplex-ipvlan without a kernel: config checks, MAC refusal, routes per mode, the one-mode-per-
+master record. These run in the main suite (no VM, no root); the kernel side is in test_ipvlan.py."""
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import os
+
+import pytest
+
+from delegates import ipvlan
+from multiplex.cni import skel
+from multiplex.cni.errors import CNIError
+from multiplex.cni.types import IPConfig, Result, Route
+
+
+def conf(**extra) -> dict:
+    c = {"cniVersion": "1.1.0", "name": "wire", "type": "multiplex-ipvlan", "master": "eth1",
+         "ipam": {"type": "multiplex-ipam", "ranges": [[{"subnet": "198.18.64.0/24"}]]}}
+    c.update(extra)
+    return c
+
+
+def call(command: str, config: dict, **env) -> tuple[int, dict]:
+    environ = {"CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_NETNS": "/var/run/netns/nonexistent-pod",
+               "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent"}
+    environ.update(env)
+    out = io.StringIO()
+    rc = skel.run(ipvlan.plugin, environ, json.dumps(config).encode(), out)
+    return rc, json.loads(out.getvalue()) if out.getvalue() else {}
+
+
+def test_the_plugin_object():
+    assert ipvlan.plugin.type_name == "multiplex-ipvlan"
+    assert ipvlan.plugin.capabilities == frozenset({"ips"})
+
+
+def test_defaults():
+    c = ipvlan.IpvlanConfig.parse(conf(master=None))
+    assert (c.master, c.mode, c.mtu, c.link_in_container, c.routed) == ("", "l2", None, False, False)
+    assert ipvlan.IpvlanConfig.parse(conf(mode="l3s")).routed
+
+
+@pytest.mark.parametrize("bad,field,words", [
+    ({"mode": "l4"}, "$.mode", '"l2"'),
+    ({"mode": "L2"}, "$.mode", '"l3s"'),
+    ({"mtu": 10}, "$.mtu", "68"),
+    ({"mtu": "1500"}, "$.mtu", ""),
+    ({"master": "a/b"}, "$.master", "no '/'"),
+    ({"master": "much-too-long-name"}, "$.master", "1-15"),
+    ({"linkInContainer": "yes"}, "$.linkInContainer", "true"),
+    ({"mater": "eth1"}, "$.mater", "known fields"),
+    ({"ipam": {}}, "$.ipam", ""),
+    ({"ipam": {"type": "../x"}}, "$.ipam.type", "never a path"),
+])
+def test_bad_config_is_code_7_naming_the_field(bad, field, words):
+    rc, err = call("ADD", conf(**bad))
+    assert rc == 1 and err["code"] == 7, err
+    assert f"field: {field}" in err["details"] and words in err["details"], err
+
+
+def test_missing_ipam_is_code_7():
+    c = conf()
+    del c["ipam"]
+    rc, err = call("ADD", c)
+    assert err["code"] == 7 and "ipam" in err["msg"] + err["details"], err
+
+
+@pytest.mark.parametrize("where,field", [
+    ({"runtimeConfig": {"mac": "02:00:00:00:00:01"}}, "$.runtimeConfig.mac"),
+    ({"args": {"cni": {"mac": "02:00:00:00:00:01"}}}, "$.args.cni.mac"),
+    ({"mac": "02:00:00:00:00:01"}, "$.mac"),
+])
+def test_a_mac_in_the_config_is_refused_before_anything(where, field):
+    with pytest.raises(CNIError) as e:
+        ipvlan.plugin.validate(conf(**where))
+    assert e.value.code == 2 and f"field: {field}" in e.value.details
+    assert "02:00:00:00:00:01" in e.value.msg and "master's MAC" in e.value.msg
+
+
+def test_a_mac_in_cni_args_is_refused():
+    rc, err = call("ADD", conf(), CNI_ARGS="IgnoreUnknown=1;MAC=02:00:00:00:00:09")
+    assert err["code"] == 2 and "field: CNI_ARGS MAC" in err["details"] and "02:00:00:00:00:09" in err["msg"]
+
+
+def test_an_empty_mac_is_no_request():
+    ipvlan.plugin.validate(conf(runtimeConfig={"mac": "", "ips": ["198.18.64.5/24"]}))
+
+
+def ipam_result(gateway: bool = True) -> Result:
+    gw4 = ipaddress.ip_address("198.18.64.1") if gateway else None
+    return Result(ips=[IPConfig(ipaddress.ip_interface("198.18.64.10/24"), gw4),
+                       IPConfig(ipaddress.ip_interface("fd00:64::10/64"), ipaddress.ip_address("fd00:64::1"))],
+                  routes=[Route(ipaddress.ip_network("0.0.0.0/0")), Route(ipaddress.ip_network("::/0")),
+                          Route(ipaddress.ip_network("198.19.0.0/16"), ipaddress.ip_address("198.18.64.7"))])
+
+
+def test_l2_routes_go_via_their_gateway():
+    routes = ipvlan.pod_routes(ipvlan.IpvlanConfig("n", mode="l2"), ipam_result())
+    assert [(str(r.dst), str(r.gw)) for r in routes] == [
+        ("0.0.0.0/0", "198.18.64.1"), ("::/0", "fd00:64::1"), ("198.19.0.0/16", "198.18.64.7")]
+
+
+def test_l2_route_without_any_gateway_stays_a_device_route():
+    routes = ipvlan.pod_routes(ipvlan.IpvlanConfig("n", mode="l2"), ipam_result(gateway=False))
+    assert routes[0].gw is None
+
+
+@pytest.mark.parametrize("mode", ["l3", "l3s"])
+def test_routed_modes_route_via_the_device(mode):
+    routes = ipvlan.pod_routes(ipvlan.IpvlanConfig("n", mode=mode), ipam_result())
+    assert [r.gw for r in routes] == [None, None, None]
+
+
+# ---- one mode per master -------------------------------------------------------------------------
+@pytest.fixture
+def records(tmp_path, monkeypatch):
+    monkeypatch.setenv("MULTIPLEX_STATE_DIR", str(tmp_path))
+    live = tmp_path / "netns-live"
+    live.write_text("")
+    return str(live)
+
+
+def test_one_master_keeps_one_mode(records):
+    ipvlan.claim_mode("eth1", None, "l2", "a", "c1/eth0", records)
+    ipvlan.claim_mode("eth1", None, "l2", "b", "c2/eth0", records)
+    with pytest.raises(CNIError) as e:
+        ipvlan.claim_mode("eth1", None, "l3", "c", "c3/eth0", records)
+    assert e.value.code == 7 and "field: $.mode" in e.value.details and "mode l2" in e.value.msg
+    ipvlan.claim_mode("eth2", None, "l3", "c", "c3/eth0", records)  # another master is free
+    ipvlan.release_mode("c1/eth0")
+    ipvlan.release_mode("c2/eth0", "b")
+    ipvlan.claim_mode("eth1", None, "l3", "c", "c4/eth0", records)
+
+
+def test_attachments_whose_netns_is_gone_do_not_hold_the_mode(records):
+    ipvlan.claim_mode("eth1", None, "l2", "a", "c1/eth0", "/var/run/netns/gone-long-ago")
+    ipvlan.claim_mode("eth1", None, "l3", "a", "c2/eth0", records)
+
+
+def test_gc_forgets_only_its_own_networks_stale_attachments(records):
+    ipvlan.claim_mode("eth1", None, "l2", "a", "c1/eth0", records)
+    ipvlan.claim_mode("eth1", None, "l2", "a", "c2/eth0", records)
+    ipvlan.claim_mode("eth1", None, "l2", "b", "c3/eth0", records)
+    assert ipvlan.release_stale("a", {"c1/eth0"}) == 1
+    d = os.path.join(os.environ["MULTIPLEX_STATE_DIR"], "ipvlan")
+    (name,) = os.listdir(d)
+    with open(os.path.join(d, name)) as f:
+        assert set(json.load(f)["attachments"]) == {"c1/eth0", "c3/eth0"}
+
+
+def test_del_without_netns_or_ipam_is_fine(records):
+    c = conf()
+    del c["ipam"]
+    rc, out = call("DEL", c, CNI_NETNS="")
+    assert rc == 0 and out == {}
