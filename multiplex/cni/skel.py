@@ -87,4 +87,7 @@ def main(plugin: Plugin, stdin: Optional[BinaryIO] = None) -> None:
     data = (stdin or sys.stdin.buffer).read() if os.environ.get("CNI_COMMAND") != "VERSION" else b""
     code = run(plugin, os.environ, data, sys.stdout)
     sys.stdout.flush()
-    sys.exit(code)
+    sys.stderr.flush()
+    # Skip the interpreter's teardown (~40 ms with ~500 modules loaded): by now the result is on
+    # stdout, the log lines, cache files and SQLite transactions are written and closed.
+    os._exit(code)
