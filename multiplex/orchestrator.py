@@ -189,17 +189,22 @@ class Multiplexer(Plugin):
         """DEL every attachment of a record in reverse; raise the first error after trying all."""
         from .cni import chain
 
+        from .netlink.batch import deferred_deletes
+
         netns = ctx.req.netns if ctx.req.netns and os.path.exists(ctx.req.netns) else ""
         first: Optional[CNIError] = None
-        for entry in reversed(record.get("attachments", [])):
-            att = Attachment.from_dict(entry)
-            prev = Result.from_dict(entry["result"]) if entry.get("result") else None
-            try:
-                nl = parse_netlist(att, ctx.conf.cni_version)
-                chain.del_list(nl, ctx.runtime(att, netns=netns), prev)
-            except CNIError as e:
-                log.get().warning("DEL of attachment failed", network=att.network, ifname=att.ifname, error=str(e))
-                first = first or e
+        # built-in delegates' node-side links go in one batch, deleted with one request at the end
+        with deferred_deletes():
+            for entry in reversed(record.get("attachments", [])):
+                att = Attachment.from_dict(entry)
+                prev = Result.from_dict(entry["result"]) if entry.get("result") else None
+                try:
+                    nl = parse_netlist(att, ctx.conf.cni_version)
+                    chain.del_list(nl, ctx.runtime(att, netns=netns), prev)
+                except CNIError as e:
+                    log.get().warning("DEL of attachment failed", network=att.network, ifname=att.ifname,
+                                      error=str(e))
+                    first = first or e
         if first is not None and not ignore_errors:
             raise first
 

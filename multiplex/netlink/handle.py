@@ -215,16 +215,37 @@ class Handle:
             raise kernel_error(e, what or f"create {kind} {name}", f"link: {name} in {self.where}") from None
 
     def delete_link(self, name: str) -> bool:
-        """Delete the link called `name`. False when there was none (DEL is idempotent)."""
+        """Delete the link called `name`. False when there was none (DEL is idempotent).
+
+        In the node's namespace inside `batch.deferred_deletes()`, the link joins the batch's link
+        group instead and is deleted with the rest of the pod's links at the end of the batch.
+        """
         from pyroute2.netlink.exceptions import NetlinkError
 
+        from . import batch
+
+        group = batch.pending_group()
         try:
+            if group is not None and not self.netns:
+                self._ipr.link("set", ifname=name, group=group)
+                batch.note_marked()
+                return True
             self._ipr.link("del", ifname=name)
             return True
         except NetlinkError as e:
             if e.code in (errno.ENODEV, errno.ENOENT):
                 return False
             raise kernel_error(e, f"delete link {name}", f"link: {name} in {self.where}") from None
+
+    def delete_group(self, group: int) -> None:
+        """Delete every link in link group `group` with one request."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            self._ipr.link("del", group=group)
+        except NetlinkError as e:
+            if e.code not in (errno.ENODEV, errno.ENOENT):
+                raise kernel_error(e, f"delete link group {group:#x}", f"group: {group:#x} in {self.where}") from None
 
     def delete_link_at(self, index: int) -> bool:
         from pyroute2.netlink.exceptions import NetlinkError
