@@ -42,7 +42,7 @@ from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
 TYPE_NAME = "multiplex-ipvlan"
 MODES = {"l2": 0, "l3": 1, "l3s": 2}
 MODE_NAMES = {v: k for k, v in MODES.items()}
-IFF_NOARP = 0x80
+IFA_F_PERMANENT = 0x80
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 SHARED_MAC = ("every ipvlan sub-interface uses its master's MAC address (the kernel tells pods apart by "
               "IP, not by MAC), so no MAC can be set per pod; use multiplex-bridge or macvlan for pods "
@@ -477,11 +477,12 @@ def check_pod(pod, node, conf: IpvlanConfig, req: Request, prev: Result) -> list
         problems.append(("interface", f"{req.ifname} is down"))
     mine = {n for n, i in enumerate(prev.interfaces) if i.name == req.ifname and i.sandbox}
     want = {ip.address for ip in prev.ips if ip.interface is None or ip.interface in mine}
-    have = {a.interface for a in pod.addresses(link)
-            if not a.interface.ip.is_link_local}
+    present = [a for a in pod.addresses(link) if not a.interface.ip.is_link_local]
+    have = {a.interface for a in present}
+    static = {a.interface for a in present if a.flags & IFA_F_PERMANENT}  # not SLAAC/kernel-made
     for a in sorted(want - have, key=str):
         problems.append(("addresses", f"address {a} is missing"))
-    for a in sorted(have - want, key=str):
+    for a in sorted(static - want, key=str):
         problems.append(("addresses", f"address {a} was not made by ADD"))
     routes = pod.routes(table=None)
     for r in prev.routes:

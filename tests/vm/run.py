@@ -100,7 +100,7 @@ def vm_test_files(paths: list[str]) -> list[str]:
 
 
 def pytest_argv(files: list[str], out: str, extra: list[str]) -> list[str]:
-    return [python(), "-m", "pytest", "-m", "vm", "-p", "no:cacheprovider", "-ra", "-v",
+    return [python(), "-m", "pytest", "-m", "vm", "-p", "no:cacheprovider", "-ra", "-v", "--durations=10",
             f"--junitxml={os.path.join(out, 'junit.xml')}", *extra, *files]
 
 
@@ -115,7 +115,7 @@ def guest_env() -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
         kernel.GUEST_ENV: "1",
     }
-    for k in ("MULTIPLEX_LOG_LEVEL", "PYTEST_ADDOPTS"):
+    for k in ("MULTIPLEX_LOG_LEVEL", "MULTIPLEX_TEST_EXEC", "PYTEST_ADDOPTS"):
         if os.environ.get(k):
             env[k] = os.environ[k]
     return env
