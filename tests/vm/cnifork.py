@@ -29,18 +29,15 @@ EXEC_ENV = "MULTIPLEX_TEST_EXEC"
 
 
 def builtin(plugin: Union[str, Plugin]) -> Optional[Plugin]:
-    """The in-process plugin for a type name (entry points; our own delegates before they are
-    registered), or None for an external plugin."""
+    """The in-process plugin for a type name (the `multiplex.plugins` entry points), or None for an
+    external plugin."""
     if isinstance(plugin, Plugin):
         return plugin
     if os.sep in plugin:
         return None
     from multiplex.cni import registry
 
-    found = registry.builtin(plugin)
-    if found is None and plugin == "multiplex-ipvlan":
-        from delegates.ipvlan import plugin as found  # not yet in the entry points of this install
-    return found
+    return registry.builtin(plugin)
 
 
 def run_cni(plugin: Union[str, Plugin], command: str, config: dict, **kw: Any) -> CNIOutput:

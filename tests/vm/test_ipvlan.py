@@ -7,7 +7,6 @@ ARP, CNI errors (code, field), and that nothing is left behind.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 
 import pytest
@@ -16,7 +15,6 @@ from tests.cnitool import ping
 from tests.vm.ipvlan_lab import default_route, ipn, link_details, pod_addresses, pod_links
 
 pytestmark = [pytest.mark.root, pytest.mark.vm]
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def added(out, what: str = "ADD") -> dict:
@@ -357,20 +355,15 @@ def test_gc_releases_the_leases_of_attachments_that_are_gone(underlay, cni, pod)
 
 # ---- the real binary -----------------------------------------------------------------------------
 @pytest.fixture
-def ipvlan_binary(tmp_path):
-    """`multiplex-ipvlan` on CNI_PATH, or a launcher of delegates.ipvlan:main before it is installed."""
+def ipvlan_binary():
+    """The installed `multiplex-ipvlan` executable (a console script of the venv)."""
     import shutil
-    import sys
 
     from tests.cnitool import CNI_PATH
 
     found = shutil.which("multiplex-ipvlan", path=CNI_PATH)
-    if found:
-        return found
-    launcher = tmp_path / "multiplex-ipvlan"
-    launcher.write_text(f"#!{sys.executable}\nfrom delegates.ipvlan import main\nmain()\n")
-    launcher.chmod(0o755)
-    return str(launcher)
+    assert found, f"multiplex-ipvlan is not installed on {CNI_PATH}: pip install -e '.[test]'"
+    return found
 
 
 def test_the_plugin_binary_adds_and_deletes_with_an_older_cni_version(underlay, cni, pod, ipvlan_binary):
@@ -381,7 +374,7 @@ def test_the_plugin_binary_adds_and_deletes_with_an_older_cni_version(underlay, 
     u = underlay(0, node_addresses=False)
     conf = u.conf("wire", "l2", version="0.4.0")
     p = pod()
-    env = {"MULTIPLEX_STATE_DIR": cni.state_dir, "PYTHONPATH": ROOT}
+    env = {"MULTIPLEX_STATE_DIR": cni.state_dir}
     out = run_plugin(ipvlan_binary, "ADD", conf, node=u.node, container_id="c1", netns=p, extra_env=env)
     res = added(out)
     assert res["cniVersion"] == "0.4.0" and res["ips"][0]["version"] == "4"
