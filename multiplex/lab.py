@@ -22,6 +22,9 @@ from typing import Any, Optional
 PREFIX = "mpxlab"
 STATE = f"/run/{PREFIX}"
 NODE = f"{PREFIX}-node"
+OUTSIDE = f"{PREFIX}-outside"     # a host on the node's uplink, for the ipvlan network
+UPLINK = "mpx-up0"                # the ipvlan master: the node's end of a veth to OUTSIDE
+OUTSIDE_ADDR = "198.18.20.1"
 
 
 def _nad(name: str, config: dict, namespace: str = "default") -> dict:
@@ -35,9 +38,13 @@ def _bridge(bridge: str, ranges: list[list[dict]], **extra: Any) -> dict:
             "ipam": {"type": "multiplex-ipam", "ranges": ranges}}
 
 
-def lab_networks() -> list[dict]:
-    """The lab's NADs: the cluster network and three bridge networks (IPv4, dual stack, IPv6)."""
-    return [
+def lab_networks(ipvlan: bool = False) -> list[dict]:
+    """The lab's NADs: the cluster network, three bridge networks (IPv4, dual stack, IPv6) and, on a
+    kernel with ipvlan, an ipvlan network on the node's uplink."""
+    wire = [_nad("wire", {"type": "multiplex-ipvlan", "master": UPLINK, "mode": "l2",
+                          "ipam": {"type": "multiplex-ipam",
+                                   "ranges": [[{"subnet": "198.18.20.0/24", "rangeStart": "198.18.20.10"}]]}})]
+    return (wire if ipvlan else []) + [
         _nad("podnet", _bridge("mpx-pod", [[{"subnet": "198.18.0.0/24", "gateway": "198.18.0.1"}]],
                                isGateway=True, isDefaultGateway=True)),
         _nad("blue", _bridge("mpx-blue", [[{"subnet": "198.18.1.0/24"}]])),
@@ -46,13 +53,14 @@ def lab_networks() -> list[dict]:
     ]
 
 
-def lab_pods(n: int) -> list[dict]:
+def lab_pods(n: int, ipvlan: bool = False) -> list[dict]:
     """Pods whose annotations use both forms of the multi-network spec."""
+    wire = ", wire" if ipvlan else ""
     annotations = [
-        "blue,green",
+        "blue,green" + wire,
         json.dumps([{"name": "blue", "interface": "blue0"}, {"name": "green"},
-                    {"name": "violet", "ips": ["fd00:3::99/64"]}]),
-        "default/blue@blue0, default/violet",
+                    {"name": "violet", "ips": ["fd00:3::99/64"]}] + ([{"name": "wire"}] if ipvlan else [])),
+        "default/blue@blue0, default/violet" + wire,
     ]
     pods = []
     for i in range(n):
@@ -130,18 +138,26 @@ def _ping(src_ns: str, address: str) -> bool:
                           capture_output=True).returncode == 0
 
 
-def _prepare(n: int) -> list[Pod]:
+def _prepare(n: int, ipvlan: bool) -> list[Pod]:
     teardown_lab(quiet=True)
     for d in ("nads", "pods", "state"):
         os.makedirs(f"{STATE}/{d}", exist_ok=True)
-    for nad in lab_networks():
+    for nad in lab_networks(ipvlan):
         with open(f"{STATE}/nads/{nad['metadata']['name']}.json", "w", encoding="utf-8") as f:
             json.dump(nad, f, indent=2)
-    for pod in lab_pods(n):
+    for pod in lab_pods(n, ipvlan):
         with open(f"{STATE}/pods/{pod['metadata']['name']}.json", "w", encoding="utf-8") as f:
             json.dump(pod, f, indent=2)
     _sh("ip", "netns", "add", NODE)
     _sh("ip", "netns", "exec", NODE, "ip", "link", "set", "lo", "up")
+    if ipvlan:  # the node's uplink: a veth whose other end is a host outside the node
+        _sh("ip", "netns", "add", OUTSIDE)
+        _sh("ip", "netns", "exec", NODE, "ip", "link", "add", UPLINK, "type", "veth", "peer", "name", "eth0",
+            "netns", OUTSIDE)
+        _sh("ip", "netns", "exec", NODE, "ip", "link", "set", UPLINK, "up")
+        for cmd in (("link", "set", "lo", "up"), ("link", "set", "eth0", "up"),
+                    ("addr", "add", f"{OUTSIDE_ADDR}/24", "dev", "eth0")):
+            _sh("ip", "netns", "exec", OUTSIDE, "ip", *cmd)
     pods = []
     for i in range(n):
         ns = f"{PREFIX}-pod{i + 1}"
@@ -151,18 +167,26 @@ def _prepare(n: int) -> list[Pod]:
     return pods
 
 
-def _ipvlan_note() -> str:
+def kernel_has_ipvlan() -> bool:
+    """Probe in a scratch namespace: can this kernel make an ipvlan link?"""
     probe = f"{PREFIX}-probe"
     _sh("ip", "netns", "add", probe, check=False)
     try:
-        r = _sh("ip", "netns", "exec", probe, "ip", "link", "add", "link", "lo", "name", "ipvl0", "type", "ipvlan",
-                check=False)
-        if r.returncode == 0:
-            return "ipvlan: this kernel has ipvlan; the ipvlan delegate runs here directly."
-        return ("ipvlan: this kernel has no ipvlan support, so the lab shows no ipvlan attachment here; "
-                "the test suite runs the ipvlan delegate in its VM tier (tests/vm).")
+        _sh("ip", "netns", "exec", probe, "ip", "link", "add", "mpx-pr0", "type", "veth", "peer", "name", "mpx-pr1",
+            check=False)
+        r = _sh("ip", "netns", "exec", probe, "ip", "link", "add", "link", "mpx-pr0", "name", "ipvl0",
+                "type", "ipvlan", check=False)
+        return r.returncode == 0
     finally:
         _sh("ip", "netns", "del", probe, check=False)
+
+
+def _ipvlan_note(ipvlan: bool) -> str:
+    if ipvlan:
+        return (f"ipvlan: this kernel has ipvlan; network default/wire is multiplex-ipvlan (l2) on the node's "
+                f"uplink {UPLINK}, whose other end is the host {OUTSIDE} ({OUTSIDE_ADDR}).")
+    return ("ipvlan: this kernel has no ipvlan support, so the lab shows no ipvlan attachment here; "
+            "the test suite runs the ipvlan delegate in its VM tier (tests/vm).")
 
 
 def run_lab(pods: int = 3, keep: bool = False) -> int:
@@ -170,7 +194,8 @@ def run_lab(pods: int = 3, keep: bool = False) -> int:
         print("the lab needs root (it creates network namespaces)", file=sys.stderr)
         return 2
     started = time.monotonic()
-    lab_pods_ = _prepare(pods)
+    ipvlan = kernel_has_ipvlan()
+    lab_pods_ = _prepare(pods, ipvlan)
     ok = True
     try:
         print(f"node {NODE}: multiplex {_multiplex_bin()}, state in {STATE}")
@@ -186,7 +211,9 @@ def run_lab(pods: int = 3, keep: bool = False) -> int:
         print("\nCHECK passed for every pod.\n")
         _print_table(lab_pods_)
         ok = _print_pings(lab_pods_)
-        print("\n" + _ipvlan_note())
+        if ipvlan:
+            ok &= _print_outside_pings(lab_pods_)
+        print("\n" + _ipvlan_note(ipvlan))
     except Exception as e:  # the lab is a demo: report, then clean up
         print(f"lab failed: {e}", file=sys.stderr)
         ok = False
@@ -249,6 +276,18 @@ def _print_pings(pods: list[Pod]) -> bool:
                 print(f"{src.name:<8}" + "  ".join(cells))
     print("\nall pings ok" if all_ok else "\nSOME PINGS FAILED")
     return all_ok
+
+
+def _print_outside_pings(pods: list[Pod]) -> bool:
+    """Pods on the ipvlan network reach the host outside the node."""
+    good = True
+    print(f"\nping {OUTSIDE} ({OUTSIDE_ADDR}) over default/wire:")
+    for p in pods:
+        if "default/wire" in p.networks:
+            res = _ping(p.netns, OUTSIDE_ADDR)
+            good &= res
+            print(f"  {p.name:<8}{'ok' if res else 'FAIL'}")
+    return good
 
 
 def teardown_lab(quiet: bool = False) -> None:

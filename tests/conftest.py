@@ -75,3 +75,16 @@ def state_dir(tmp_path):
     d = tmp_path / "state"
     d.mkdir()
     return d
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _state_root_in_tmp(tmp_path_factory):
+    """Whatever a test runs without a stateDir of its own keeps its state in a session tmp dir,
+    never in the machine's /var/lib/cni/multiplex (plugins exec'd by tests inherit this)."""
+    old = os.environ.get("MULTIPLEX_STATE_DIR")
+    os.environ["MULTIPLEX_STATE_DIR"] = str(tmp_path_factory.mktemp("multiplex-state"))
+    yield
+    if old is None:
+        os.environ.pop("MULTIPLEX_STATE_DIR", None)
+    else:
+        os.environ["MULTIPLEX_STATE_DIR"] = old

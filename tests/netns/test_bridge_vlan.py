@@ -7,14 +7,32 @@ import json
 import pytest
 
 from tests.cnitool import addresses, nsexec, ping
-from tests.netns.test_bridge_lab import BridgeLab, kernel_has_bridge_vlan_filtering, pod_ips
+import os
+from typing import Any, Optional
+
+from tests.cnitool import CNIOutput
+from tests.netns.test_bridge_lab import PLUGIN, BridgeLab, kernel_has_bridge_vlan_filtering, pod_ips
 
 pytestmark = [pytest.mark.root, pytest.mark.vm]
 
 
+class WarmBridgeLab(BridgeLab):
+    """Plugin calls in a fork of the warm test process (tests/vm/cnifork.py): under the VM tier's
+    emulation a fresh Python costs ~20 s per call; the fork gets the same env, stdin and netns."""
+
+    def cni(self, command: str, conf: dict, cid: str = "", ns: Optional[str] = None, ifname: str = "eth0",
+            **kw: Any) -> CNIOutput:
+        from tests.vm.cnifork import run_cni
+
+        return run_cni(PLUGIN, command, conf, node=self.node, container_id=cid, netns=ns or "",
+                       ifname=ifname if command not in ("GC", "STATUS") else "",
+                       extra_env={"MULTIPLEX_STATE_DIR": self.state_dir,
+                                  "MULTIPLEX_LOG_FILE": os.path.join(self.root, "bridge.log")}, **kw)
+
+
 @pytest.fixture
 def hl(node, netns_factory, tmp_path):
-    lab = BridgeLab(node=node, root=str(tmp_path), make_ns=netns_factory, ipam_type="host-local")
+    lab = WarmBridgeLab(node=node, root=str(tmp_path), make_ns=netns_factory, ipam_type="host-local")
     assert kernel_has_bridge_vlan_filtering(node), "this kernel has no bridge VLAN filtering"
     return lab
 
