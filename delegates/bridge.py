@@ -20,14 +20,15 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from multiplex import log, nftables
 from multiplex.cni import skel
-from multiplex.cni.errors import CHECK_FAILED, CNIError, DELEGATE_FAILED, INVALID_CONFIG, invalid_config
+from multiplex.cni.errors import CHECK_FAILED, CNIError, INVALID_CONFIG, invalid_config
 from multiplex.cni.plugin import Plugin
 from multiplex.cni.request import Request
 from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
+from multiplex.steps import Undo, ipam_add, open_pod_for_check
 
 TYPE_NAME = "multiplex-bridge"
 HOST_PREFIX = "mpx"
@@ -91,25 +92,6 @@ class BridgeConfig:
                    dns=dns if dns is not None and not dns.empty() else None)
 
 
-# ---- rollback ------------------------------------------------------------------------------------
-class Undo:
-    """What an ADD made, undone in reverse when a later step fails."""
-
-    def __init__(self) -> None:
-        self.steps: list[tuple[str, Callable[[], Any]]] = []
-
-    def push(self, what: str, fn: Callable[[], Any]) -> None:
-        self.steps.append((what, fn))
-
-    def run(self) -> None:
-        for what, fn in reversed(self.steps):
-            try:
-                fn()
-            except Exception as e:  # keep undoing; the original error is what the caller sees
-                log.get().error("rollback step failed", step=what, error=str(e))
-        self.steps.clear()
-
-
 # ---- the plugin ----------------------------------------------------------------------------------
 class BridgePlugin(Plugin):
     type_name = TYPE_NAME
@@ -142,7 +124,6 @@ class BridgePlugin(Plugin):
 
     def _add(self, req: Request, conf: BridgeConfig, node, pod, undo: Undo) -> Result:
         from multiplex import netlink
-        from multiplex.cni.invoke import invoke_ipam
 
         br, created = node.ensure_bridge(conf.bridge, mtu=conf.mtu, vlan_filtering=conf.vlan > 0)
         if created:
@@ -162,11 +143,7 @@ class BridgePlugin(Plugin):
         if conf.vlan:
             node.set_port_vlan(host, conf.vlan)
 
-        ipam = invoke_ipam(req.derive(command="ADD"))
-        undo.push("release the IPAM lease", lambda: invoke_ipam(req.derive(command="DEL")))
-        if ipam is None or not ipam.ips:
-            raise CNIError(DELEGATE_FAILED, f"IPAM plugin {req.config['ipam']['type']} returned no IP address",
-                           "field: ipam")
+        ipam = ipam_add(req, undo)
 
         result = Result(cni_version=req.cni_version)
         result.add_interface(Interface(name=br.name, mac=br.mac))
@@ -243,11 +220,7 @@ class BridgePlugin(Plugin):
         prev = Result.from_dict(req.prev_result)
         invoke_ipam(req)
         problems: list[str] = []
-        try:
-            pod = netlink.open_netns(req.netns)
-        except netlink.NetnsGone:
-            raise CNIError(CHECK_FAILED, f"the pod network namespace {req.netns} does not exist",
-                           f"field: CNI_NETNS; network: {conf.network}") from None
+        pod = open_pod_for_check(req, conf.network)
         with netlink.open_node() as node, pod:
             problems += check_node(node, conf, req, prev)
             problems += check_pod(pod, conf, req, prev)

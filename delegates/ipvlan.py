@@ -29,15 +29,16 @@ import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 from multiplex import log
 from multiplex.cni import skel
-from multiplex.cni.errors import (CHECK_FAILED, CNIError, DELEGATE_FAILED, INVALID_ENVIRONMENT, NETLINK_FAILURE,
+from multiplex.cni.errors import (CHECK_FAILED, CNIError, INVALID_ENVIRONMENT, NETLINK_FAILURE,
                                   PLUGIN_NOT_AVAILABLE, UNSUPPORTED_FIELD, invalid_config)
 from multiplex.cni.plugin import Plugin
 from multiplex.cni.request import Request
 from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
+from multiplex.steps import Undo, ipam_add, open_pod_for_check
 
 TYPE_NAME = "multiplex-ipvlan"
 MODES = {"l2": 0, "l3": 1, "l3s": 2}
@@ -179,25 +180,6 @@ def release_stale(network: str, valid: set[str]) -> int:
     return gone
 
 
-# ---- rollback ------------------------------------------------------------------------------------
-class Undo:
-    """What an ADD made, undone in reverse when a later step fails."""
-
-    def __init__(self) -> None:
-        self.steps: list[tuple[str, Callable[[], Any]]] = []
-
-    def push(self, what: str, fn: Callable[[], Any]) -> None:
-        self.steps.append((what, fn))
-
-    def run(self) -> None:
-        for what, fn in reversed(self.steps):
-            try:
-                fn()
-            except Exception as e:  # keep undoing; the original error is what the caller sees
-                log.get().error("rollback step failed", step=what, error=str(e))
-        self.steps.clear()
-
-
 # ---- the plugin ----------------------------------------------------------------------------------
 class IpvlanPlugin(Plugin):
     type_name = TYPE_NAME
@@ -231,7 +213,6 @@ class IpvlanPlugin(Plugin):
 
     def _add(self, req: Request, conf: IpvlanConfig, node, pod, undo: Undo) -> Result:
         from multiplex import netlink
-        from multiplex.cni.invoke import invoke_ipam
 
         home = pod if conf.link_in_container else node  # where the master lives
         master = find_master(home, conf)
@@ -247,11 +228,7 @@ class IpvlanPlugin(Plugin):
         undo.push(f"delete the sub-interface {link.name}", lambda: pod.delete_link_at(link.index))
         pod.rename(link, req.ifname)
 
-        ipam = invoke_ipam(req.derive(command="ADD"))
-        undo.push("release the IPAM lease", lambda: invoke_ipam(req.derive(command="DEL")))
-        if ipam is None or not ipam.ips:
-            raise CNIError(DELEGATE_FAILED, f"IPAM plugin {req.config['ipam']['type']} returned no IP address",
-                           "field: $.ipam")
+        ipam = ipam_add(req, undo)
 
         result = Result(cni_version=req.cni_version)
         index = result.add_interface(Interface(name=req.ifname, mac=link.mac, sandbox=req.netns, mtu=mtu))
@@ -303,11 +280,7 @@ class IpvlanPlugin(Plugin):
             raise invalid_config("CHECK needs the result of ADD in prevResult", "$.prevResult")
         prev = Result.from_dict(req.prev_result)
         invoke_ipam(req)
-        try:
-            pod = netlink.open_netns(req.netns)
-        except netlink.NetnsGone:
-            raise CNIError(CHECK_FAILED, f"the pod network namespace {req.netns} does not exist",
-                           f"field: CNI_NETNS; network: {conf.network}") from None
+        pod = open_pod_for_check(req, conf.network)
         with pod, netlink.open_node() as node:
             problems = check_pod(pod, node, conf, req, prev)
         if problems:

@@ -644,7 +644,7 @@ def install(root: str = "/", bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEF
         raise InstallError(f"conf_name {conf_name!r} must be a plain file name ending in .conflist")
 
     conf_real = in_root(root, conf_dir)
-    bin_real = in_root(root, bin_dir)
+    in_root(root, bin_dir)  # refuses a bin_dir that resolves outside root before anything is written
     _, state_real = _state_path(root, conf_dir)
     state = _load_state(state_real)
     conf_host = _join(conf_dir, conf_name)

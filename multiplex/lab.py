@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 PREFIX = "mpxlab"
 STATE = f"/run/{PREFIX}"
