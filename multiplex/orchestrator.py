@@ -168,6 +168,11 @@ class Multiplexer(Plugin):
                 t_attached = time.perf_counter()
             except BaseException as e:
                 log.get().warning("ADD failed, undoing attachments", error=str(e))
+                # the attachment that failed has undone its own chain (chain.add_list); the record
+                # kept it only so that a crash mid-ADD would be undone by a later DEL
+                while (isinstance(e, Exception) and record["attachments"]
+                       and record["attachments"][-1]["result"] is None):
+                    record["attachments"].pop()
                 self._delete_record(ctx, record, ignore_errors=True)
                 cache.delete(req.container_id, req.ifname)
                 raise
