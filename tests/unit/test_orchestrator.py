@@ -164,7 +164,7 @@ def test_gc_removes_stale_pods_and_forwards_the_valid_attachments(env):
     assert dels == [("stale", "one"), ("stale", "podnet")]
     gcs = {r["stdin"]["name"]: r["stdin"]["cni.dev/valid-attachments"] for r in recs if r["command"] == "GC"}
     assert gcs["podnet"] == [{"containerID": "keep", "ifname": "eth0"}]
-    assert gcs["default/one"] if "default/one" in gcs else gcs["one"] == [{"containerID": "keep", "ifname": "net1"}]
+    assert gcs["one"] == [{"containerID": "keep", "ifname": "net1"}]
 
 
 def test_status_names_the_network_that_is_not_ready(env):
