@@ -4,5 +4,5 @@
 # then removes everything). Extra arguments go to `multiplex lab` (--keep, --down, --pods N).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MULTIPLEX_EXTRAS=${MULTIPLEX_EXTRAS:-k8s} bash scripts/setup.sh
+bash scripts/setup.sh lab
 exec .venv/bin/multiplex lab "$@"

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Installs what multiplex needs on a Debian machine, as root: Debian packages and a Python venv
-# (.venv in the repo, multiplex installed editable with its test extras). Idempotent and quick
-# when everything is already there. Used by scripts/lab.sh and scripts/test.sh.
+# (.venv in the repo, multiplex installed editable). Idempotent and quick when everything is
+# already there. `setup.sh lab` (scripts/lab.sh) installs what the lab needs; `setup.sh test`
+# (scripts/test.sh, the default) adds what the tests need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+what=${1:-test}
 
-# iproute2/iputils-ping/nftables: the kernel networking the delegates drive; bird2: BGP;
-# containernetworking-plugins: interop tests; qemu + Debian kernel + busybox: the VM test tier.
-PKGS="iproute2 iputils-ping nftables procps containernetworking-plugins bird2 qemu-system-x86 linux-image-amd64 busybox-static python3-venv"
+# iproute2/iputils-ping/nftables: the kernel networking the delegates drive.
+PKGS="iproute2 iputils-ping nftables procps python3-venv"
+extras=k8s
+if [ "$what" = test ]; then
+  # containernetworking-plugins: interop tests; qemu + Debian kernel + busybox: the VM tier
+  PKGS="$PKGS containernetworking-plugins qemu-system-x86 linux-image-amd64 busybox-static"
+  extras=test
+fi
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -24,7 +31,10 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PY" -m venv .venv
 fi
-extras=${MULTIPLEX_EXTRAS:-test}
 echo "setup: installing multiplex[$extras] into .venv"
-.venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]" 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -c "import multiplex, pyroute2, jsonschema" 
+if ! out=$(.venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]" 2>&1); then
+  echo "$out" | grep -v '^WARNING: Location'
+  echo "setup: pip install failed"
+  exit 1
+fi
+.venv/bin/python -c "import multiplex, pyroute2, jsonschema, kubernetes"

@@ -4,7 +4,7 @@
 # (tests that need a kernel feature this machine lacks, e.g. ipvlan) in one QEMU boot.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh || { echo "setup failed"; exit 1; }
+bash scripts/setup.sh test || { echo "setup failed"; exit 1; }
 
 start=$(date +%s)
 .venv/bin/python -m pytest -p no:cacheprovider -ra "$@"
