@@ -55,6 +55,15 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
 
 
+def mpx_networks() -> list[tuple[str, dict]]:
+    """multiplex's side: (NAD name, multiplex-bridge config) in attachment order, the cluster network first."""
+    out = []
+    for n, (name, suffix, octet) in enumerate(NETWORKS):
+        extra = {"isGateway": True, "isDefaultGateway": True} if n == 0 else {}
+        out.append((name, bridge_conf(f"mpx-{suffix}", SUBNET.format(MPX_BASE + octet), **extra)))
+    return out
+
+
 # ---- the runtime stand-in ------------------------------------------------------------------------
 class Runner:
     """tests/perf/runner.py inside the node netns: exec'd calls timed there, and warm in-process calls."""
@@ -154,9 +163,8 @@ class Bench:
 
     @classmethod
     def build(cls, lab: Lab, root: str, pycache: str = "") -> "Bench":
-        for n, (name, suffix, octet) in enumerate(NETWORKS):
-            extra = {"isGateway": True, "isDefaultGateway": True} if n == 0 else {}
-            lab.add_nad(name, bridge_conf(f"mpx-{suffix}", SUBNET.format(MPX_BASE + octet), **extra))
+        for name, conf in mpx_networks():
+            lab.add_nad(name, conf)
         names = [name for name, _, _ in NETWORKS[1:]]
         bench = cls(lab=lab, host_local_dir=os.path.join(root, "host-local"), pycache=pycache)
         bench.annotations = {size: ", ".join(names[:size - 1]) for size in SIZES}
