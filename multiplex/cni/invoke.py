@@ -40,12 +40,30 @@ def invoke(req: Request, type_name: Optional[str] = None, timeout: float = DEFAU
     return exec_plugin(find_plugin(t, req.path), req, timeout)
 
 
+def _run(binary: str, req: Request, timeout: float) -> subprocess.CompletedProcess:
+    """Run the plugin in a session of its own, so that on timeout everything it started (an
+    IPAM plugin it exec'd, a helper) is killed with it, not only the plugin process."""
+    import signal
+
+    with subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=req.env(), close_fds=True, start_new_session=True) as p:
+        try:
+            out, err = p.communicate(req.stdin(), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.communicate()
+            raise
+        return subprocess.CompletedProcess([binary], p.returncode, out, err)
+
+
 def exec_plugin(binary: str, req: Request, timeout: float = DEFAULT_TIMEOUT) -> Optional[Result]:
     name = os.path.basename(binary)
     logger = log.get()
     try:
-        proc = subprocess.run([binary], input=req.stdin(), env=req.env(), capture_output=True,
-                              timeout=timeout, close_fds=True)
+        proc = _run(binary, req, timeout)
     except subprocess.TimeoutExpired:
         raise CNIError(TRY_AGAIN_LATER, f"plugin {name} did not answer {req.command} within {timeout:g}s",
                        f"plugin: {binary}") from None

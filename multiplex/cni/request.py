@@ -157,7 +157,8 @@ class Request:
                                    "field: stdin")
         if command != "VERSION":
             for key in ("cniVersion", "name", "type"):
-                if key not in config or not isinstance(config[key], str) or (key != "name" and not config[key]):
-                    raise CNIError(INVALID_CONFIG, f"network config needs a string {key!r}", f"field: {key}")
+                if key not in config or not isinstance(config[key], str) or not config[key]:
+                    raise CNIError(INVALID_CONFIG, f"network config needs a non-empty string {key!r}",
+                                   f"field: {key}")
         return cls(command=command, container_id=cid, netns=environ.get("CNI_NETNS", ""),
                    ifname=ifname, args=args, path=path, config=config)

@@ -199,3 +199,32 @@ def test_invoke_ipam_type_with_a_path_is_refused(bindir):
     with pytest.raises(CNIError) as e:
         invoke_ipam(req)
     assert e.value.code == errors.INVALID_CONFIG and "field: ipam.type" in e.value.details
+
+
+def test_a_timed_out_plugin_is_killed_with_everything_it_started(tmp_path):
+    """A hanging plugin that started a child: on timeout both are gone (its own process group)."""
+    import time
+
+    from multiplex.cni.errors import CNIError
+    from multiplex.cni.invoke import exec_plugin
+    from multiplex.cni.request import Request
+
+    pidfile = tmp_path / "child.pid"
+    plugin = tmp_path / "spawner"
+    plugin.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {pidfile}\nwait\n")
+    plugin.chmod(0o755)
+    req = Request(command="ADD", container_id="c1", netns="/x", ifname="eth0",
+                  config={"cniVersion": "1.1.0", "name": "n", "type": "spawner"})
+    with pytest.raises(CNIError) as e:
+        exec_plugin(str(plugin), req, timeout=0.5)
+    assert e.value.code == 11
+    child = int(pidfile.read_text())
+    for _ in range(50):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, 9)
+        pytest.fail("the plugin's child outlived the timeout")

@@ -123,6 +123,10 @@ def test_missing_cni_version_is_invalid_config():
     assert_error(*call(env(), conf(cniVersion=None)), errors.INVALID_CONFIG, "cniVersion")
 
 
+def test_empty_network_name_is_invalid_config():
+    assert_error(*call(env(), conf(name="")), errors.INVALID_CONFIG, "name")
+
+
 def test_missing_type_is_invalid_config():
     assert_error(*call(env(), conf(type=None)), errors.INVALID_CONFIG, "type")
 
