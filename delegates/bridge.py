@@ -24,11 +24,11 @@ from typing import Any, Optional
 
 from multiplex import log, nftables
 from multiplex.cni import skel
-from multiplex.cni.errors import CHECK_FAILED, CNIError, INVALID_CONFIG, invalid_config
+from multiplex.cni.errors import CHECK_FAILED, CNIError, INVALID_CONFIG
 from multiplex.cni.plugin import Plugin
 from multiplex.cni.request import Request
 from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
-from multiplex.steps import Undo, ipam_add, open_pod_for_check
+from multiplex.steps import Undo, check_prologue, ipam_add, open_pod_for_check
 
 TYPE_NAME = "multiplex-bridge"
 HOST_PREFIX = "mpx"
@@ -212,13 +212,9 @@ class BridgePlugin(Plugin):
     # ---- CHECK -----------------------------------------------------------------------------------
     def check(self, req: Request) -> None:
         from multiplex import netlink
-        from multiplex.cni.invoke import invoke_ipam
 
         conf = self.config(req)
-        if req.prev_result is None:
-            raise invalid_config("CHECK needs the result of ADD in prevResult", "prevResult")
-        prev = Result.from_dict(req.prev_result)
-        invoke_ipam(req)
+        prev = check_prologue(req)
         problems: list[str] = []
         pod = open_pod_for_check(req, conf.network)
         with netlink.open_node() as node, pod:

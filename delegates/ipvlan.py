@@ -38,7 +38,7 @@ from multiplex.cni.errors import (CHECK_FAILED, CNIError, INVALID_ENVIRONMENT, N
 from multiplex.cni.plugin import Plugin
 from multiplex.cni.request import Request
 from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
-from multiplex.steps import Undo, ipam_add, open_pod_for_check
+from multiplex.steps import Undo, check_prologue, ipam_add, open_pod_for_check
 
 TYPE_NAME = "multiplex-ipvlan"
 MODES = {"l2": 0, "l3": 1, "l3s": 2}
@@ -273,13 +273,9 @@ class IpvlanPlugin(Plugin):
     # ---- CHECK -----------------------------------------------------------------------------------
     def check(self, req: Request) -> None:
         from multiplex import netlink
-        from multiplex.cni.invoke import invoke_ipam
 
         conf = self.config(req)
-        if req.prev_result is None:
-            raise invalid_config("CHECK needs the result of ADD in prevResult", "$.prevResult")
-        prev = Result.from_dict(req.prev_result)
-        invoke_ipam(req)
+        prev = check_prologue(req)
         pod = open_pod_for_check(req, conf.network)
         with pod, netlink.open_node() as node:
             problems = check_pod(pod, node, conf, req, prev)

@@ -40,6 +40,19 @@ def ipam_add(req: Request, undo: Undo) -> Result:
     return ipam
 
 
+def check_prologue(req: Request) -> Result:
+    """CHECK's first steps in every delegate: the ADD result it checks against (prevResult, which
+    CHECK requires) and IPAM's own CHECK of the leases."""
+    from .cni.errors import invalid_config
+    from .cni.invoke import invoke_ipam
+
+    if req.prev_result is None:
+        raise invalid_config("CHECK needs the result of ADD in prevResult", "$.prevResult")
+    prev = Result.from_dict(req.prev_result)
+    invoke_ipam(req)
+    return prev
+
+
 def open_pod_for_check(req: Request, network: str):
     """The pod's netlink handle for CHECK; a pod netns that is gone fails CHECK (code 104)."""
     from . import netlink
