@@ -19,7 +19,8 @@ from typing import Any, Optional
 
 from . import log
 from .cni import version as cniversion
-from .cni.errors import CNIError, UNKNOWN_CONTAINER, TRY_AGAIN_LATER
+from .cni.errors import (CNIError, PLUGIN_NOT_AVAILABLE, PLUGIN_NOT_AVAILABLE_LIMITED, TRY_AGAIN_LATER,
+                         UNKNOWN_CONTAINER)
 from .cni.plugin import Plugin
 from .cni.request import Request
 from .cni.types import Result
@@ -272,8 +273,11 @@ class Multiplexer(Plugin):
                 cache.delete(cid, ifname)
         # Forward GC to every network we know, with the attachments still valid on it.
         networks: dict[str, tuple[Attachment, list[dict]]] = {}
-        for att in config_attachments(ctx):
-            networks.setdefault(att.network, (att, []))
+        try:
+            for att in config_attachments(ctx):
+                networks.setdefault(att.network, (att, []))
+        except CNIError as e:  # e.g. the API is down: the networks in the cache are still collected
+            log.get().warning("GC: cannot resolve the config's own networks", error=str(e))
         for record in kept:
             for entry in record.get("attachments", []):
                 att = Attachment.from_dict(entry)
@@ -294,11 +298,17 @@ class Multiplexer(Plugin):
         ctx = Context.load(req)
         from .cni import chain
 
-        for att in config_attachments(ctx):
+        try:
+            atts = config_attachments(ctx)
+        except CNIError as e:
+            raise CNIError(PLUGIN_NOT_AVAILABLE, f"cannot resolve the cluster network: {e.msg}", e.details) from None
+        for att in atts:
             try:
                 chain.status_list(parse_netlist(att, ctx.conf.cni_version), path=ctx.path)
             except CNIError as e:
-                raise CNIError(e.code, f"network {att.network}: {e.msg}", e.details) from None
+                # STATUS answers with the spec's STATUS codes: 51 passes through, all else is 50
+                code = e.code if e.code in (PLUGIN_NOT_AVAILABLE, PLUGIN_NOT_AVAILABLE_LIMITED) else PLUGIN_NOT_AVAILABLE
+                raise CNIError(code, f"network {att.network}: {e.msg}", e.details) from None
 
 
 def config_attachments(ctx: Context) -> list[Attachment]:

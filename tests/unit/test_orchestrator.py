@@ -180,3 +180,23 @@ def test_add_twice_returns_the_cached_result_without_calling_delegates_again(env
     second = env.call("ADD", env.config(clusterNetwork="podnet"))
     assert first == second and first[0] == 0
     assert env.calls() == [("ADD", "podnet", "eth0")]
+
+
+def test_status_answers_with_status_codes_even_for_other_errors(env):
+    env.nad("podnet", env.fake("fake-a", "podnet", fail={"STATUS": {"code": 11, "msg": "busy"}}))
+    rc, out = env.call("STATUS", env.config(clusterNetwork="podnet"))
+    assert rc == 1 and out["code"] == 50 and "busy" in out["msg"]
+    rc, out = env.call("STATUS", env.config(clusterNetwork="no-such-network"))
+    assert rc == 1 and out["code"] == 50 and "no-such-network" in out["msg"] + out.get("details", "")
+
+
+def test_gc_still_collects_cached_pods_when_the_cluster_network_cannot_be_resolved(env):
+    env.nad("podnet", env.fake("fake-a", "podnet"))
+    env.pod("p", "")
+    assert env.call("ADD", env.config(clusterNetwork="podnet"), cid="stale")[0] == 0
+    os.unlink(env.root / "nads" / "default-podnet.json")
+    conf = env.config(clusterNetwork="podnet")
+    conf["cni.dev/valid-attachments"] = []
+    rc, out = env.call("GC", conf)
+    assert rc == 0, out
+    assert [(r["command"], r["env"].get("CNI_CONTAINERID")) for r in records(env.record)][-1] == ("DEL", "stale")
