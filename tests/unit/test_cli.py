@@ -95,3 +95,42 @@ def test_install_then_again_then_uninstall_through_the_cli(tmp_path):
 def test_no_cni_command_and_no_cni_env_is_the_cli():
     r = mpx("--help")
     assert r.returncode == 0 and "lab" in r.stdout and "validate" in r.stdout
+
+
+def _fake_net(tmp_path, **fake) -> tuple[str, str]:
+    """A multiplex config whose cluster network is an exec'd fake plugin; (config path, CNI_PATH)."""
+    from tests.fakeplugins import install
+
+    bin_dir = install(tmp_path / "bin", "fake-a")
+    conf = {"cniVersion": "1.1.0", "name": "multiplex", "type": "multiplex", "stateDir": str(tmp_path / "state"),
+            "clusterNetwork": {"cniVersion": "1.1.0", "name": "podnet", "type": "fake-a",
+                               "fake": dict(fake, record=str(tmp_path / "calls.jsonl"))}}
+    return write(tmp_path, "00-multiplex.conf", conf), bin_dir
+
+
+def test_status_command_reports_ready_and_not_ready(tmp_path):
+    path, bin_dir = _fake_net(tmp_path)
+    r = mpx("status", "--config", path, env={"CNI_PATH": bin_dir})
+    assert r.returncode == 0 and "ready" in r.stdout
+    path, bin_dir = _fake_net(tmp_path, fail={"STATUS": {"code": 50, "msg": "pool empty"}})
+    r = mpx("status", "--config", path, env={"CNI_PATH": bin_dir})
+    assert r.returncode == 1 and "pool empty" in r.stdout
+
+
+def test_gc_command_removes_stale_pods_and_forwards_the_valid_ones(tmp_path):
+    from tests.cnitool import run_plugin
+    from tests.fakeplugins import records
+
+    path, bin_dir = _fake_net(tmp_path)
+    with open(path) as f:
+        conf = json.load(f)
+    for cid in ("abc123", "def456"):
+        out = run_plugin(BIN, "ADD", conf, container_id=cid, netns="/var/run/netns/none", path=bin_dir)
+        assert out.ok, out
+    r = mpx("gc", "--config", path, "--valid", "abc123", env={"CNI_PATH": bin_dir})
+    assert r.returncode == 0, r.stdout + r.stderr
+    calls = records(tmp_path / "calls.jsonl")
+    assert [(c["command"], c["env"].get("CNI_CONTAINERID")) for c in calls if c["command"] == "DEL"] == \
+        [("DEL", "def456")]
+    gc = [c for c in calls if c["command"] == "GC"]
+    assert len(gc) == 1 and gc[0]["stdin"]["cni.dev/valid-attachments"] == [{"containerID": "abc123", "ifname": "eth0"}]
