@@ -33,12 +33,9 @@ class CNIOutput:
         return self.out.get("code") if isinstance(self.out, dict) else None
 
 
-def run_plugin(plugin: str, command: str, config: dict, *, node: Optional[str] = None,
-               container_id: str = "", netns: str = "", ifname: str = "eth0",
-               args: str = "", path: str = CNI_PATH, extra_env: Optional[dict] = None,
-               timeout: float = 120) -> CNIOutput:
-    """Exec `plugin` (a name on CNI_PATH or a path) with the CNI env, in netns `node` if given."""
-    exe = plugin if os.sep in plugin else (shutil.which(plugin, path=path) or plugin)
+def cni_env(command: str, container_id: str = "", netns: str = "", ifname: str = "eth0", args: str = "",
+            path: str = CNI_PATH, extra_env: Optional[dict] = None) -> dict[str, str]:
+    """The environment a runtime gives a plugin: ours minus CNI_*, plus the call's CNI_* variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
     env.update({"CNI_COMMAND": command, "CNI_PATH": path})
     if container_id:
@@ -50,6 +47,16 @@ def run_plugin(plugin: str, command: str, config: dict, *, node: Optional[str] =
     if args:
         env["CNI_ARGS"] = args
     env.update(extra_env or {})
+    return env
+
+
+def run_plugin(plugin: str, command: str, config: dict, *, node: Optional[str] = None,
+               container_id: str = "", netns: str = "", ifname: str = "eth0",
+               args: str = "", path: str = CNI_PATH, extra_env: Optional[dict] = None,
+               timeout: float = 120) -> CNIOutput:
+    """Exec `plugin` (a name on CNI_PATH or a path) with the CNI env, in netns `node` if given."""
+    exe = plugin if os.sep in plugin else (shutil.which(plugin, path=path) or plugin)
+    env = cni_env(command, container_id, netns, ifname, args, path, extra_env)
     argv = ["ip", "netns", "exec", node, exe] if node else [exe]
     proc = subprocess.run(argv, input=json.dumps(config).encode(), env=env, capture_output=True,
                           timeout=timeout)

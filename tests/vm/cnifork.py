@@ -23,7 +23,7 @@ import time
 from typing import Any, Optional, Union
 
 from multiplex.cni.plugin import Plugin
-from tests.cnitool import CNI_PATH, CNIOutput, run_plugin
+from tests.cnitool import CNI_PATH, CNIOutput, cni_env, run_plugin
 
 EXEC_ENV = "MULTIPLEX_TEST_EXEC"
 
@@ -47,23 +47,6 @@ def run_cni(plugin: Union[str, Plugin], command: str, config: dict, **kw: Any) -
         name = plugin if isinstance(plugin, str) else plugin.type_name
         return run_plugin(name, command, config, **kw)
     return fork_plugin(obj, command, config, **kw)
-
-
-def cni_env(command: str, container_id: str = "", netns: str = "", ifname: str = "eth0", args: str = "",
-            path: str = CNI_PATH, extra_env: Optional[dict] = None) -> dict[str, str]:
-    """The environment run_plugin gives an exec'd plugin (ours minus CNI_*, plus the call's)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
-    env.update({"CNI_COMMAND": command, "CNI_PATH": path})
-    if container_id:
-        env["CNI_CONTAINERID"] = container_id
-    if netns:
-        env["CNI_NETNS"] = netns if os.sep in netns else f"/var/run/netns/{netns}"
-    if ifname:
-        env["CNI_IFNAME"] = ifname
-    if args:
-        env["CNI_ARGS"] = args
-    env.update(extra_env or {})
-    return env
 
 
 _warmed: set[str] = set()
