@@ -91,8 +91,11 @@ class Context:
 def parse_netlist(att: Attachment, default_version: Optional[str] = None):
     from .cni.conflist import parse
 
-    return parse(att.netconf, where=f"{att.network}:$", default_name=att.network.rpartition("/")[2],
-                 default_version=default_version)
+    nl = parse(att.netconf, where=f"{att.network}:$", default_name=att.network.rpartition("/")[2],
+               default_version=default_version)
+    if att.config_name:  # the network's identity (namespace included) is the name its plugins see
+        nl.name = att.config_name
+    return nl
 
 
 def validate_netlist(nl, att: Attachment) -> None:

@@ -26,17 +26,31 @@ class Attachment:
     cni_args: Optional[dict[str, Any]] = None
     default_route: list[str] = field(default_factory=list)   # gateways requested via default-route
     namespace: str = ""               # the NAD's namespace ("" for inline configs)
+    #: The network's identity as its plugins see it (the config `name` they get): for a NAD,
+    #: namespace and NAD name (`identity_name`), so two namespaces' NADs of one name never share
+    #: a bridge, lease owner, veth alias or nft comment. "" keeps the config's own `name` (the
+    #: admin's inline configs, and attachments cached before identities existed).
+    config_name: str = ""
 
     def to_dict(self) -> dict:
         return {"network": self.network, "ifname": self.ifname, "netconf": self.netconf,
                 "cluster": self.cluster, "capabilityArgs": self.capability_args,
-                "cniArgs": self.cni_args, "defaultRoute": self.default_route, "namespace": self.namespace}
+                "cniArgs": self.cni_args, "defaultRoute": self.default_route, "namespace": self.namespace,
+                "configName": self.config_name}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Attachment":
         return cls(network=d["network"], ifname=d["ifname"], netconf=d["netconf"], cluster=d.get("cluster", False),
                    capability_args=d.get("capabilityArgs") or {}, cni_args=d.get("cniArgs"),
-                   default_route=d.get("defaultRoute") or [], namespace=d.get("namespace", ""))
+                   default_route=d.get("defaultRoute") or [], namespace=d.get("namespace", ""),
+                   config_name=d.get("configName") or "")
+
+
+def identity_name(namespace: str, name: str) -> str:
+    """The config `name` a NAD's plugins get: `<namespace>.<NAD name>`. Unambiguous, because a
+    namespace (a DNS label) has no dot, and within CNI's name alphabet, so external plugins that
+    key state on the name (host-local's lease directory) are separated by namespace too."""
+    return f"{namespace}.{name}"
 
 
 def split_name(ref: str, default_ns: str) -> tuple[str, str, str]:

@@ -48,3 +48,10 @@ class Plugin:
     def gc(self, req: Request) -> None:
         """Remove whatever belongs to attachments not in `cni.dev/valid-attachments`."""
         return None
+
+    def sweep(self, req: Request) -> None:
+        """DEL of a container whose attachments are unknown (no usable cache entry): remove what
+        this plugin made for `req.container_id` on this node, found by the marks it leaves (veth
+        aliases, lease owners, nft comments), whatever the network or interface. Idempotent; the
+        default has nothing to sweep."""
+        return None

@@ -66,6 +66,18 @@ class Request:
     args: dict[str, str] = field(default_factory=dict)
     path: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    #: One deadline per call (time.monotonic()); every wait of the call (container lock, IPAM
+    #: database, exec'd plugins) takes what is left of it, so no call waits longer than it says.
+    #: None: no deadline set (each wait uses its own default). Kept by derive().
+    deadline: Optional[float] = None
+
+    def time_left(self, default: float) -> float:
+        """Seconds left before the deadline (never negative); `default` when no deadline is set."""
+        if self.deadline is None:
+            return default
+        import time
+
+        return max(0.0, self.deadline - time.monotonic())
 
     @property
     def cni_version(self) -> str:
