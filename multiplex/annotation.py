@@ -27,17 +27,20 @@ from .cni.errors import CNIError, INVALID_CONFIG
 
 NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
 
-DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Matched whole (fullmatch): a `$` anchor would accept a trailing newline.
+DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 IFNAME_BAD = re.compile(r"[\s/:%]")
 IFNAME_MAX = 15
+#: the largest annotation value read (UTF-8 bytes); a larger one is refused before it is parsed
+MAX_ANNOTATION_BYTES = 64 * 1024
 ALWAYS_RESERVED = ("lo",)
 
 ALLOWED_NAME = "a DNS-1123 subdomain: lowercase letters, digits, '-' and '.', at most 253 characters, " \
                "starting and ending with a letter or digit"
 ALLOWED_NAMESPACE = "a DNS-1123 label: lowercase letters, digits and '-', at most 63 characters, " \
                     "starting and ending with a letter or digit"
-ALLOWED_IFNAME = f"1-{IFNAME_MAX} characters, no '/', ':', '%' or spaces, not '.' or '..'"
+ALLOWED_IFNAME = f"1-{IFNAME_MAX} bytes, no '/', ':', '%' or spaces, not '.' or '..'"
 ALLOWED_TEXT = "comma-separated name, namespace/name, name@interface or namespace/name@interface, " \
                "or a JSON list of objects with at least a name"
 
@@ -91,6 +94,10 @@ def parse_networks(value: str, default_namespace: str, source_name: str = NETWOR
     text = (value or "").strip()
     if not text:
         return []
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_ANNOTATION_BYTES:
+        raise CNIError(INVALID_CONFIG, f"{source_name} is {size} bytes, larger than the {MAX_ANNOTATION_BYTES} "
+                       "bytes multiplex reads", f"field: {source_name}; allowed: at most {MAX_ANNOTATION_BYTES} bytes")
     if text[0] in "[{":
         selections = _parse_json(text, default_namespace, source_name)
     else:
@@ -210,17 +217,18 @@ def _check_together(selections: list[NetworkSelection], where: str, reserved: se
 # --- single values ----------------------------------------------------------------------------
 
 def _check_name(name: Any, entry: str, path: str, where: str) -> None:
-    if not isinstance(name, str) or not name or len(name) > 253 or not DNS1123_SUBDOMAIN.match(name):
+    if not isinstance(name, str) or not name or len(name) > 253 or not DNS1123_SUBDOMAIN.fullmatch(name):
         raise _bad(entry, f"invalid network name {_show(name)}", path, ALLOWED_NAME, where)
 
 
 def _check_namespace(ns: Any, entry: str, path: str, where: str) -> None:
-    if not isinstance(ns, str) or not ns or len(ns) > 63 or not DNS1123_LABEL.match(ns):
+    if not isinstance(ns, str) or not ns or len(ns) > 63 or not DNS1123_LABEL.fullmatch(ns):
         raise _bad(entry, f"invalid namespace {_show(ns)}", path, ALLOWED_NAMESPACE, where)
 
 
 def _check_ifname(ifname: Any, entry: str, path: str, where: str) -> None:
-    if (not isinstance(ifname, str) or not ifname or len(ifname) > IFNAME_MAX or IFNAME_BAD.search(ifname)
+    if (not isinstance(ifname, str) or not ifname or len(ifname.encode("utf-8", "surrogatepass")) > IFNAME_MAX
+            or IFNAME_BAD.search(ifname)
             or ifname in (".", "..")):
         raise _bad(entry, f"invalid interface name {_show(ifname)}", path, ALLOWED_IFNAME, where)
 

@@ -8,7 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from .cni.errors import CNIError, INVALID_CONFIG
+
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
+#: attachments per pod (cluster network and delegates included) unless maxAttachments says otherwise
+DEFAULT_MAX_ATTACHMENTS = 32
 
 
 @dataclass
@@ -20,7 +24,7 @@ class MultiplexConfig:
     delegates: list[dict] = field(default_factory=list)
     default_networks: list[str] = field(default_factory=list)
     system_namespaces: list[str] = field(default_factory=lambda: ["kube-system"])
-    namespace_isolation: bool = False
+    namespace_isolation: bool = True
     global_namespaces: list[str] = field(default_factory=list)
     multus_namespace: str = "default"
     nad_dir: Optional[str] = None
@@ -34,6 +38,7 @@ class MultiplexConfig:
     log_file: Optional[str] = None
     log_level: Optional[str] = None
     plugin_timeout: float = 60.0
+    max_attachments: int = DEFAULT_MAX_ATTACHMENTS
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], validate: bool = True) -> "MultiplexConfig":
@@ -43,6 +48,7 @@ class MultiplexConfig:
             from . import schema
 
             schema.validate("multiplex", d)
+            check_inline_names(d)
         return cls(
             raw=d,
             cni_version=d["cniVersion"],
@@ -51,7 +57,7 @@ class MultiplexConfig:
             delegates=list(d.get("delegates") or []),
             default_networks=list(d.get("defaultNetworks") or []),
             system_namespaces=list(d.get("systemNamespaces", ["kube-system"])),
-            namespace_isolation=bool(d.get("namespaceIsolation", False)),
+            namespace_isolation=bool(d.get("namespaceIsolation", True)),
             global_namespaces=list(d.get("globalNamespaces") or []),
             multus_namespace=d.get("multusNamespace") or "default",
             nad_dir=d.get("nadDir"),
@@ -65,4 +71,22 @@ class MultiplexConfig:
             log_file=d.get("logFile"),
             log_level=d.get("logLevel"),
             plugin_timeout=float(d.get("pluginTimeout", 60.0)),
+            max_attachments=int(d.get("maxAttachments", DEFAULT_MAX_ATTACHMENTS)),
         )
+
+
+def check_inline_names(d: dict[str, Any]) -> None:
+    """Inline `delegates` and an inline `clusterNetwork` need their own `name` (code 7): a config
+    without one used to run as a network called after its plugin type, so two unnamed configs of
+    one type shared a bridge, leases and GC."""
+    inline: list[tuple[str, Any]] = []
+    if isinstance(d.get("clusterNetwork"), dict):
+        inline.append(("$.clusterNetwork", d["clusterNetwork"]))
+    for k, conf in enumerate(d.get("delegates") or []):
+        inline.append((f"$.delegates[{k}]", conf))
+    for path, conf in inline:
+        name = conf.get("name") if isinstance(conf, dict) else None
+        if not isinstance(name, str) or not name.strip():
+            raise CNIError(INVALID_CONFIG, f"the inline network config at {path} has no name",
+                           f"field: {path}.name; allowed: a network name of its own (letters, digits, "
+                           "'_', '.', '-'), unique on the node")

@@ -3,6 +3,12 @@
 Order (as Multus): the cluster network on CNI_IFNAME; then the config's `delegates`; then
 `defaultNetworks` (pods outside `systemNamespaces`); then the pod's annotation. Attachments
 without a requested interface name get the next free `netN`, N counting from 1.
+
+Trust (README "Security model"): the multiplex config is the node admin's; a NAD's `spec.config`
+is its namespace's writer's and is checked by `policy.trust` before anything runs; the annotation
+is the pod author's, and its `ips`/`mac` requests are honoured only where the NAD opts in. Every
+NAD-sourced attachment carries its identity `<namespace>.<name>` as the config name its plugins
+see. Bounds: `maxAttachments` per pod, one NAD lookup per distinct namespace/name per call.
 """
 from __future__ import annotations
 
@@ -11,10 +17,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .cni.errors import CNIError, INVALID_CONFIG, NOT_FOUND
+from .cni.errors import CNIError, INVALID_CONFIG, NOT_FOUND, UNSUPPORTED_FIELD
 from .cni.request import IFNAME_MAX, Request, check_ifname
 from .config import MultiplexConfig
+from .policy.trust import check_untrusted, is_multiplex_config
 from .sources import NETWORKS_ANNOTATION, Source, load_document
+
+#: Requests a pod may make only where the NAD opts in with `"capabilities": {"<key>": true}`.
+OPT_IN_REQUESTS = ("ips", "mac")
 
 @dataclass
 class Attachment:
@@ -67,20 +77,26 @@ def netconf_name(netconf: dict) -> str:
 
 
 def nad_netconf(nad: dict, conf_dir: str) -> dict:
-    """A NAD's spec.config (single config or conflist); empty means a config file of that name."""
+    """A NAD's spec.config (single config or conflist), checked as untrusted input (policy.trust);
+    an empty one means the admin's config file of that name in confDir (never a multiplex one)."""
     meta = nad.get("metadata") or {}
     ns, name = meta.get("namespace") or "default", meta.get("name", "")
     config = (nad.get("spec") or {}).get("config") or ""
+    if not isinstance(config, str):
+        raise CNIError(INVALID_CONFIG, f"NetworkAttachmentDefinition {ns}/{name}: spec.config is not a string",
+                       f"field: spec.config; namespace: {ns}; name: {name}; allowed: a JSON text")
     if not config.strip():
         return find_conf_by_name(name, conf_dir, f"NetworkAttachmentDefinition {ns}/{name} has no spec.config")
     try:
         netconf = json.loads(config)
-    except ValueError as e:
-        raise CNIError(INVALID_CONFIG, f"NetworkAttachmentDefinition {ns}/{name}: spec.config is not JSON: {e}",
+    except (ValueError, RecursionError) as e:
+        what = e if isinstance(e, ValueError) else "nested too deeply"
+        raise CNIError(INVALID_CONFIG, f"NetworkAttachmentDefinition {ns}/{name}: spec.config is not JSON: {what}",
                        f"field: spec.config; namespace: {ns}; name: {name}") from None
     if not isinstance(netconf, dict):
         raise CNIError(INVALID_CONFIG, f"NetworkAttachmentDefinition {ns}/{name}: spec.config is not a JSON object",
                        f"field: spec.config; namespace: {ns}; name: {name}")
+    check_untrusted(netconf, f"{ns}/{name}")
     netconf.setdefault("name", name)
     return netconf
 
@@ -101,19 +117,66 @@ def load_conf_file(path: str) -> dict:
 
 
 def find_conf_by_name(name: str, conf_dir: str, why: str = "") -> dict:
+    """The config file in confDir whose `name` is `name`. Multiplex configs (`type: multiplex`,
+    or `multiplex` in `plugins[]`) are never returned: a NAD or clusterNetwork named like the
+    node's own multiplex conflist would make the meta plugin call itself."""
     for path in conf_files(conf_dir):
         try:
             doc = load_conf_file(path)
         except CNIError:
             continue
-        if doc.get("name") == name and doc.get("type") != "multiplex":
+        if doc.get("name") == name and not is_multiplex_config(doc):
             return doc
-    raise CNIError(NOT_FOUND, (why + ": " if why else "") + f"no CNI config named {name!r} in {conf_dir}",
+    raise CNIError(NOT_FOUND, (why + ": " if why else "") + f"no CNI config named {name!r} in {conf_dir} "
+                   "(multiplex configs are never used as a network)",
                    f"name: {name}; confDir: {conf_dir}")
 
 
-def resolve_cluster_network(conf: MultiplexConfig, source: Optional[Source]) -> tuple[str, dict, list]:
-    """(network name, netconf, remaining delegates) for the cluster network, resolved as Multus does."""
+def _not_multiplex(doc: dict, path: str) -> dict:
+    """An admin-named file or directory that holds a multiplex config is refused (code 7)."""
+    if is_multiplex_config(doc):
+        raise CNIError(INVALID_CONFIG, f"clusterNetwork {path} is a multiplex config: multiplex cannot delegate "
+                       "to itself", f"field: clusterNetwork; allowed: a config of another plugin")
+    return doc
+
+
+@dataclass
+class ClusterNetwork:
+    """The cluster network as resolved from the multiplex config."""
+    network: str                        # the name network-status shows
+    netconf: dict[str, Any]
+    delegates: list[dict]               # the config's remaining delegates
+    namespace: str = ""                 # the NAD's namespace when it came from a NAD
+    config_name: str = ""               # the NAD's identity (identity_name) when it came from one
+
+    def attachment(self, ifname: str, capability_args: Optional[dict] = None) -> "Attachment":
+        return Attachment(network=self.network, ifname=ifname, netconf=self.netconf, cluster=True,
+                          capability_args=dict(capability_args or {}), namespace=self.namespace,
+                          config_name=self.config_name)
+
+
+class NadLookup:
+    """`source.get_nad` with one lookup per distinct namespace/name for the life of one call: a pod
+    that names one network many times costs one GET, not one per entry."""
+
+    def __init__(self, source: Source):
+        self.source = source
+        self._seen: dict[tuple[str, str], dict] = {}
+
+    def get_nad(self, namespace: str, name: str) -> dict:
+        key = (namespace, name)
+        if key not in self._seen:
+            self._seen[key] = self.source.get_nad(namespace, name)
+        return self._seen[key]
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.source, attr)
+
+
+def cluster_network(conf: MultiplexConfig, source: Optional[Source]) -> ClusterNetwork:
+    """The cluster network, resolved as Multus does: an inline config, the first delegate, an
+    absolute file or directory, a NAD (`ns/name` or `name` in multusNamespace), or a config
+    name in confDir. Multiplex configs are never chosen."""
     cn = conf.cluster_network
     delegates = list(conf.delegates)
     if cn is None:
@@ -121,28 +184,54 @@ def resolve_cluster_network(conf: MultiplexConfig, source: Optional[Source]) -> 
             raise CNIError(INVALID_CONFIG, "no cluster network: set clusterNetwork or list at least one delegate",
                            "field: clusterNetwork")
         first = delegates.pop(0)
-        return netconf_name(first), first, delegates
+        return ClusterNetwork(netconf_name(first), first, delegates)
     if isinstance(cn, dict):
-        return netconf_name(cn), cn, delegates
-    # A string: a NAD, an absolute file or directory, or a config name in confDir.
+        return ClusterNetwork(netconf_name(cn), cn, delegates)
     if os.path.isabs(cn):
         if os.path.isdir(cn):
-            files = conf_files(cn)
-            if not files:
-                raise CNIError(NOT_FOUND, f"clusterNetwork directory {cn} holds no CNI config", "field: clusterNetwork")
-            doc = load_conf_file(files[0])
+            docs = []
+            for path in conf_files(cn):
+                try:
+                    doc = load_conf_file(path)
+                except CNIError:
+                    continue
+                if not is_multiplex_config(doc):
+                    docs.append(doc)
+            if not docs:
+                raise CNIError(NOT_FOUND, f"clusterNetwork directory {cn} holds no CNI config (other than "
+                               "multiplex's own)", "field: clusterNetwork")
+            doc = docs[0]
         else:
-            doc = load_conf_file(cn)
-        return netconf_name(doc), doc, delegates
+            doc = _not_multiplex(load_conf_file(cn), cn)
+        return ClusterNetwork(netconf_name(doc), doc, delegates)
     if source is not None:
         ns, name, _ = split_name(cn, conf.multus_namespace)
         try:
             nad = source.get_nad(ns, name)
-            return name if "/" not in cn else cn, nad_netconf(nad, conf.conf_dir), delegates
         except CNIError as e:
             if e.code != NOT_FOUND:
                 raise
-    return cn, find_conf_by_name(cn, conf.conf_dir, "clusterNetwork"), delegates
+        else:
+            return ClusterNetwork(name if "/" not in cn else cn, nad_netconf(nad, conf.conf_dir), delegates,
+                                  namespace=ns, config_name=identity_name(ns, name))
+    return ClusterNetwork(cn, find_conf_by_name(cn, conf.conf_dir, "clusterNetwork"), delegates)
+
+
+def resolve_cluster_network(conf: MultiplexConfig, source: Optional[Source]) -> tuple[str, dict, list]:
+    """(network name, netconf, remaining delegates): `cluster_network` without the identity.
+    Prefer `config_attachments`, which keeps the identity a NAD-sourced cluster network has."""
+    cn = cluster_network(conf, source)
+    return cn.network, cn.netconf, cn.delegates
+
+
+def config_attachments(conf: MultiplexConfig, source: Optional[Source], ifname: str = "eth0") -> list["Attachment"]:
+    """The networks the config itself names (the cluster network on `ifname`, then the delegates
+    on net1, net2, ...), with the identities ADD gives them: what GC, STATUS and a cache-less DEL
+    work on."""
+    cn = cluster_network(conf, source)
+    atts = [cn.attachment(ifname)]
+    atts += [Attachment(network=netconf_name(d), ifname=f"net{n}", netconf=d) for n, d in enumerate(cn.delegates, 1)]
+    return atts
 
 
 def _next_ifname(used: set[str]) -> str:
@@ -154,17 +243,49 @@ def _next_ifname(used: set[str]) -> str:
 
 def select(conf: MultiplexConfig, req: Request, source: Optional[Source],
            annotation_parser=None, authorize=None) -> list[Attachment]:
-    """Every attachment for this pod, in order, validated (names, duplicates) before anything runs."""
+    """Every attachment for this pod, in order, validated (names, duplicates, trust, opt-in
+    requests, the per-pod bound) before anything runs."""
     pod_ns, pod_name, pod_uid = req.pod
-    name, netconf, delegates = resolve_cluster_network(conf, source)
-    out = [Attachment(network=name, ifname=req.ifname, netconf=netconf, cluster=True,
-                      capability_args=dict(req.runtime_config))]
+    nads = NadLookup(source) if source is not None else None
+    cn = cluster_network(conf, nads)
+    out = [cn.attachment(req.ifname, req.runtime_config)]
     used = {req.ifname}
-    for i, d in enumerate(delegates):
+    for d in cn.delegates:
         ifname = _next_ifname(used)
         used.add(ifname)
         out.append(Attachment(network=netconf_name(d), ifname=ifname, netconf=d))
 
+    selections = _selections(conf, req, nads)
+    check_attachment_bound(conf, len(out) + len(selections))
+    for sel in selections:
+        if authorize is not None:
+            authorize(conf, pod_ns or "default", sel)
+        if nads is None:
+            raise CNIError(NOT_FOUND, f"network {sel.namespace}/{sel.name} requested but no definitions source is "
+                           "configured", "field: nadDir; allowed: a directory of NetworkAttachmentDefinitions, or kubeconfig")
+        netconf = nad_netconf(nads.get_nad(sel.namespace, sel.name), conf.conf_dir)
+        check_opt_in(sel, netconf)
+        ifname = sel.interface or _next_ifname(used)
+        check_ifname(ifname, f"{NETWORKS_ANNOTATION}: {sel.namespace}/{sel.name} interface", INVALID_CONFIG)
+        if ifname in used:
+            raise CNIError(INVALID_CONFIG, f"interface name {ifname!r} is used by two attachments",
+                           f"field: {NETWORKS_ANNOTATION}: {sel.namespace}/{sel.name} interface; allowed: "
+                           "a name no other attachment of the pod uses")
+        used.add(ifname)
+        out.append(Attachment(network=f"{sel.namespace}/{sel.name}", ifname=ifname, netconf=netconf,
+                              capability_args=sel.capability_args(), cni_args=sel.cni_args or None,
+                              default_route=list(sel.default_route or []),
+                              namespace=sel.namespace, config_name=identity_name(sel.namespace, sel.name)))
+    for a in out:
+        if len(a.ifname.encode()) > IFNAME_MAX:
+            raise CNIError(INVALID_CONFIG, f"interface name {a.ifname!r} is longer than {IFNAME_MAX} bytes",
+                           f"field: interface of {a.network}")
+    return out
+
+
+def _selections(conf: MultiplexConfig, req: Request, source: Optional[Source]) -> list:
+    """defaultNetworks (outside systemNamespaces), then the pod's annotation, parsed and checked."""
+    pod_ns, pod_name, pod_uid = req.pod
     selections: list = []
     ns_for_defaults = pod_ns or "default"
     if conf.default_networks and ns_for_defaults not in conf.system_namespaces:
@@ -183,33 +304,57 @@ def select(conf: MultiplexConfig, req: Request, source: Optional[Source],
                                f"stale pod: {pod_ns}/{pod_name} has UID {meta['uid']}, the runtime asked for {pod_uid}",
                                "field: CNI_ARGS.K8S_POD_UID")
             value = (meta.get("annotations") or {}).get(NETWORKS_ANNOTATION, "")
-            if value.strip():
+            if isinstance(value, str) and value.strip():
                 from .annotation import parse_networks
 
                 selections += parse_networks(value, pod_ns or "default", reserved_interfaces=[req.ifname])
+    return selections
 
-    for sel in selections:
-        if authorize is not None:
-            authorize(conf, pod_ns or "default", sel)
-        if source is None:
-            raise CNIError(NOT_FOUND, f"network {sel.namespace}/{sel.name} requested but no definitions source is "
-                           "configured", "field: nadDir; allowed: a directory of NetworkAttachmentDefinitions, or kubeconfig")
-        nad = source.get_nad(sel.namespace, sel.name)
-        netconf = nad_netconf(nad, conf.conf_dir)
-        ifname = sel.interface or _next_ifname(used)
-        check_ifname(ifname, f"{NETWORKS_ANNOTATION}: {sel.namespace}/{sel.name} interface", INVALID_CONFIG)
-        if ifname in used:
-            raise CNIError(INVALID_CONFIG, f"interface name {ifname!r} is used by two attachments",
-                           f"field: {NETWORKS_ANNOTATION}: {sel.namespace}/{sel.name} interface; allowed: "
-                           "a name no other attachment of the pod uses")
-        used.add(ifname)
-        out.append(Attachment(network=f"{sel.namespace}/{sel.name}", ifname=ifname, netconf=netconf,
-                              capability_args=sel.capability_args(), cni_args=sel.cni_args or None,
-                              default_route=list(sel.default_route or []),
-                              namespace=sel.namespace))
-    for a in out:
-        if len(a.ifname) > IFNAME_MAX:
-            raise CNIError(INVALID_CONFIG, f"interface name {a.ifname!r} is longer than {IFNAME_MAX} characters",
-                           f"field: interface of {a.network}")
-    return out
 
+def check_attachment_bound(conf: MultiplexConfig, count: int) -> None:
+    """At most `maxAttachments` attachments per pod (cluster network and delegates included),
+    checked before any NAD is looked up: one pod cannot exhaust a pool or flood the API."""
+    if count > conf.max_attachments:
+        raise CNIError(INVALID_CONFIG, f"the pod asks for {count} attachments; this node allows at most "
+                       f"{conf.max_attachments} per pod",
+                       f"field: {NETWORKS_ANNOTATION}; allowed: at most {conf.max_attachments} attachments per pod, "
+                       "the cluster network and the config's delegates included (maxAttachments in the node's "
+                       "multiplex config)")
+
+
+def nad_capabilities(netconf: dict) -> set[str]:
+    """Capabilities the NAD's own config turns on explicitly (`"capabilities": {"ips": true}` on
+    the config or on one plugin of its list). A built-in plugin's own capability set does not
+    count: a pod's address or MAC request is honoured only where the NAD writer opted in."""
+    from .cni.conflist import declared_capabilities
+
+    plugins = netconf.get("plugins")
+    confs = [p for p in plugins if isinstance(p, dict)] if isinstance(plugins, list) else [netconf]
+    caps: set[str] = set()
+    for p in confs:
+        caps |= declared_capabilities(p)
+    return caps
+
+
+def check_opt_in(sel: Any, netconf: dict) -> None:
+    """`ips` and `mac`, from the annotation's fields or its `cni-args`, need the NAD's opt-in
+    (code 2 naming the field and how the NAD opts in)."""
+    wanted: list[tuple[str, str]] = []
+    where = f"{NETWORKS_ANNOTATION}[{sel.index}]"
+    if sel.ips:
+        wanted.append(("ips", f"{where}.ips"))
+    if sel.mac:
+        wanted.append(("mac", f"{where}.mac"))
+    if isinstance(sel.cni_args, dict):
+        for key in OPT_IN_REQUESTS:
+            if sel.cni_args.get(key) not in (None, "", [], {}):
+                wanted.append((key, f"{where}['cni-args'].{key}"))
+    if not wanted:
+        return
+    caps = nad_capabilities(netconf)
+    for key, path in wanted:
+        if key not in caps:
+            raise CNIError(UNSUPPORTED_FIELD,
+                           f"network {sel.namespace}/{sel.name} does not accept a requested {key!r} from pods",
+                           f"field: {path}; allowed: only when NetworkAttachmentDefinition {sel.namespace}/{sel.name} "
+                           f"opts in with \"capabilities\": {{\"{key}\": true}} on one of its plugins")

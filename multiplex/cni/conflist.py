@@ -24,7 +24,8 @@ from .errors import CNIError, DECODE_FAILURE, INCOMPATIBLE_VERSION, IO_FAILURE, 
 from .registry import check_type_name
 
 # libcni's rule for network names (they become file names in caches).
-_NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# Matched whole (fullmatch): a `$` anchor would accept a trailing newline.
+_NETWORK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 NAME_ALLOWED = "a letter or digit, then letters, digits, '_', '.' or '-'"
 
 
@@ -152,7 +153,7 @@ def _name(data: dict, where: str, default: Optional[str]) -> str:
     name = data.get("name", default)
     if name is None:
         raise invalid_config("network config has no 'name'", f"{where}.name", NAME_ALLOWED)
-    if not isinstance(name, str) or not _NETWORK_NAME.match(name):
+    if not isinstance(name, str) or not _NETWORK_NAME.fullmatch(name):
         raise invalid_config(f"invalid network name {name!r}", f"{where}.name", NAME_ALLOWED)
     return name
 
