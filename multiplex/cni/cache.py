@@ -7,8 +7,11 @@ ID nor a Linux interface name, so names never collide. Each file is an envelope
 
 Writes are atomic: a temporary file in the same directory, fsync, rename over the old file, fsync
 the directory. A reader sees the old record or the new one, never half of one, even after a
-power cut. A corrupt file (bad JSON, wrong kind, wrong key) is logged and reported as missing,
-never crashed on. Serialize writers of one container with `lock.container_lock`.
+power cut. A corrupt file (bad JSON, wrong kind, wrong key) is logged and never crashed on: `load`
+reports it as missing, or, with `with_corrupt=True`, as a `CorruptEntry` so that DEL can clean up
+without it and remove the file; `corrupt_entries()` lists them for GC. A write that fails (disk
+full, read-only file system, a state directory that is not a directory) is CNIError 5 naming the
+file. Serialize writers of one container with `lock.container_lock`.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import json
 import os
 import re
 import time
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
 from .. import log, state
@@ -40,10 +44,27 @@ def _check_key(container_id: str, ifname: str) -> None:
                        "field: CNI_IFNAME; allowed: no '/', ':' or spaces")
 
 
+@dataclass(frozen=True)
+class CorruptEntry:
+    """A cache file that exists but cannot be used (not JSON, not ours, another key, unreadable).
+    Falsy, so `if not record` treats it as no record; DEL and GC tell it apart to clean up."""
+    container_id: str
+    ifname: str
+    path: str
+    problem: str
+
+    def __bool__(self) -> bool:
+        return False
+
+
 class ResultCache:
     def __init__(self, directory: Optional[str] = None):
-        self.dir = directory or state.subdir("cache")
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        self.dir = directory or os.path.join(state.root(), "cache")
+        try:
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise CNIError(IO_FAILURE, f"cannot create the cache directory {self.dir}: {e.strerror}",
+                           f"file: {self.dir}; the state directory (stateDir) must be a writable directory") from None
 
     def path(self, container_id: str, ifname: str) -> str:
         _check_key(container_id, ifname)
@@ -66,15 +87,20 @@ class ResultCache:
             tmp = ""
             self._sync_dir()
         except OSError as e:
-            raise CNIError(IO_FAILURE, f"cannot write cache entry for {container_id}/{ifname}: {e.strerror}",
-                           f"file: {final}") from None
+            raise CNIError(IO_FAILURE, f"cannot write cache entry {final} for {container_id}/{ifname}: {e.strerror}",
+                           f"file: {final}; the state directory (stateDir) must be writable, with free space") from None
         finally:
             if tmp:
                 _unlink(tmp)
 
-    def load(self, container_id: str, ifname: str) -> Optional[dict[str, Any]]:
-        """The record, or None when there is none (or it is corrupt: then it is logged)."""
-        return self._read(self.path(container_id, ifname), (container_id, ifname))
+    def load(self, container_id: str, ifname: str, *, with_corrupt: bool = False
+             ) -> Union[dict[str, Any], CorruptEntry, None]:
+        """The record; None when there is none. A corrupt file is logged and reported as None, or
+        as a CorruptEntry when `with_corrupt` (DEL cleans up without it, then removes the file)."""
+        found = self._read(self.path(container_id, ifname), (container_id, ifname))
+        if isinstance(found, CorruptEntry) and not with_corrupt:
+            return None
+        return found
 
     def delete(self, container_id: str, ifname: str) -> None:
         """Remove the record; deleting what is not there succeeds."""
@@ -85,7 +111,7 @@ class ResultCache:
         except FileNotFoundError:
             return
         except OSError as e:
-            raise CNIError(IO_FAILURE, f"cannot remove cache entry for {container_id}/{ifname}: {e.strerror}",
+            raise CNIError(IO_FAILURE, f"cannot remove cache entry {p} for {container_id}/{ifname}: {e.strerror}",
                            f"file: {p}") from None
 
     def entries(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -102,7 +128,25 @@ class ResultCache:
             if not name.endswith(SUFFIX):
                 continue
             found = self._read_envelope(full)
-            if found is not None:
+            if found is not None and not isinstance(found, CorruptEntry):
+                yield found
+
+    def corrupt_entries(self) -> Iterator[CorruptEntry]:
+        """Every cache file that cannot be used, keyed by its file name (`<containerID>:<ifname>.json`)."""
+        try:
+            names = sorted(os.listdir(self.dir))
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.startswith(TMP_PREFIX) or not name.endswith(SUFFIX) or ":" not in name:
+                continue
+            cid, _, ifname = name[:-len(SUFFIX)].partition(":")
+            try:
+                _check_key(cid, ifname)
+            except CNIError:
+                continue
+            found = self._read(os.path.join(self.dir, name), (cid, ifname))
+            if isinstance(found, CorruptEntry):
                 yield found
 
     def stale(self, valid: Iterable[Union[tuple[str, str], Mapping[str, str]]]
@@ -115,33 +159,30 @@ class ResultCache:
 
     # ---- internals ----
 
-    def _read(self, path: str, key: tuple[str, str]) -> Optional[dict[str, Any]]:
-        found = self._read_envelope(path)
-        if found is None:
-            return None
+    def _read(self, path: str, key: tuple[str, str]) -> Union[dict[str, Any], CorruptEntry, None]:
+        found = self._read_envelope(path, key)
+        if found is None or isinstance(found, CorruptEntry):
+            return found
         if found[:2] != key:
-            _report(path, f"holds the entry of {found[0]}/{found[1]}")
-            return None
+            return _report(path, key, f"holds the entry of {found[0]}/{found[1]}")
         return found[2]
 
-    def _read_envelope(self, path: str) -> Optional[tuple[str, str, dict[str, Any]]]:
+    def _read_envelope(self, path: str, key: tuple[str, str] = ("", "")
+                       ) -> Union[tuple[str, str, dict[str, Any]], CorruptEntry, None]:
         try:
             with open(path, "rb") as f:
                 raw = f.read()
         except FileNotFoundError:
             return None
         except OSError as e:
-            _report(path, f"cannot be read: {e.strerror}")
-            return None
+            return _report(path, key, f"cannot be read: {e.strerror}")
         try:
             env = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            _report(path, f"is not JSON: {e}")
-            return None
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            return _report(path, key, f"is not JSON: {e}")
         if (not isinstance(env, dict) or env.get("kind") != KIND or not isinstance(env.get("record"), dict)
                 or not isinstance(env.get("containerID"), str) or not isinstance(env.get("ifname"), str)):
-            _report(path, f"is not a {KIND} entry")
-            return None
+            return _report(path, key, f"is not a {KIND} entry")
         return env["containerID"], env["ifname"], env["record"]
 
     def _remove_if_stale(self, path: str) -> None:
@@ -159,8 +200,9 @@ class ResultCache:
             os.close(fd)
 
 
-def _report(path: str, problem: str) -> None:
-    log.get().error("corrupt cache entry ignored", file=path, problem=problem)
+def _report(path: str, key: tuple[str, str], problem: str) -> CorruptEntry:
+    log.get().error("corrupt cache entry", file=path, problem=problem)
+    return CorruptEntry(key[0], key[1], path, problem)
 
 
 def _unlink(path: str) -> None:

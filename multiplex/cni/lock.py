@@ -17,7 +17,17 @@ lifetime, and a per-container `threading.Lock` serializes threads of one process
 before they touch the file lock. The lock is re-entrant within one thread, never across processes.
 
 Waiting past `timeout` raises CNIError 11 (try again later), as the spec intends for a busy
-container.
+container; the message states how long the call really waited. Callers pass what is left of the
+call's deadline (`timeout=req.time_left(DEFAULT_TIMEOUT)`), so every wait of one call shares it.
+
+The GC lock (`gc_lock`) lives in the same file, on the byte at offset 2**32, which no CRC-32
+reaches: every ADD of the meta plugin holds it shared for its whole duration, GC holds it
+exclusive for its whole run. So GC never sees an ADD half done (an attachment made but not yet
+cached, or cached but not yet listed by the runtime), and ADDs run in parallel with each other.
+POSIX record locks do not separate the threads of one process (a second thread's exclusive lock
+would just convert the process's shared one), so a reader/writer guard orders the threads of one
+process and the file lock is taken by the first reader (or the writer) and dropped by the last.
+Order, to stay free of deadlocks: the GC lock before any container lock.
 """
 from __future__ import annotations
 
@@ -31,10 +41,12 @@ from contextlib import contextmanager
 from typing import Iterator, Optional
 
 from .. import state
-from .errors import CNIError, IO_FAILURE, TRY_AGAIN_LATER
+from .errors import CNIError, INTERNAL, IO_FAILURE, TRY_AGAIN_LATER
 
 DEFAULT_TIMEOUT = 60.0
 LOCK_FILE = "containers.lock"
+#: the byte of the lock file that stands for GC: past every CRC-32 offset (0 .. 2**32-1)
+GC_OFFSET = 2 ** 32
 
 _table_guard = threading.Lock()
 _fds: dict[str, int] = {}
@@ -54,7 +66,8 @@ _slots: dict[tuple[str, int], _Slot] = {}
 
 
 def default_path() -> str:
-    return os.path.join(state.subdir("locks"), LOCK_FILE)
+    """The lock file under the state root; its directory is made (errors mapped) when it is opened."""
+    return os.path.join(state.root(), "locks", LOCK_FILE)
 
 
 def lock_offset(container_id: str) -> int:
@@ -71,7 +84,8 @@ def container_lock(container_id: str, timeout: float = DEFAULT_TIMEOUT,
     not across processes: a plugin exec'd while its caller holds the lock must not take it.
     """
     path = path or default_path()
-    deadline = time.monotonic() + max(0.0, timeout)
+    started = time.monotonic()
+    deadline = started + max(0.0, timeout)
     key = (path, lock_offset(container_id))  # IDs sharing a byte share the thread lock too
     me = threading.get_ident()
     slot = _slot_ref(key)
@@ -84,11 +98,11 @@ def container_lock(container_id: str, timeout: float = DEFAULT_TIMEOUT,
                 slot.depth -= 1
             return
         if not slot.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise _busy(container_id, timeout, path)
+            raise _busy(container_id, started, path)
         try:
             fd = _shared_fd(path)
             offset = lock_offset(container_id)
-            _lock_byte(fd, offset, deadline, container_id, timeout, path)
+            _lock_byte(fd, offset, deadline, container_id, started, path)
             slot.owner, slot.depth = me, 1
             try:
                 yield
@@ -101,25 +115,35 @@ def container_lock(container_id: str, timeout: float = DEFAULT_TIMEOUT,
         _slot_unref(key)
 
 
-def _lock_byte(fd: int, offset: int, deadline: float, cid: str, timeout: float, path: str) -> None:
+def _lock_byte(fd: int, offset: int, deadline: float, cid: str, started: float, path: str) -> None:
+    if not _poll_lock(fd, fcntl.LOCK_EX, offset, deadline, f"container {cid}", path):
+        raise _busy(cid, started, path)
+
+
+def _poll_lock(fd: int, mode: int, offset: int, deadline: float, what: str, path: str) -> bool:
+    """Take a record lock on one byte, polling until `deadline`; False when it stayed busy."""
     delay = 0.002
     while True:
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
-            return
+            fcntl.lockf(fd, mode | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
+            return True
         except OSError as e:
             if e.errno not in (errno.EACCES, errno.EAGAIN):
-                raise CNIError(IO_FAILURE, f"cannot lock container {cid}: {e.strerror}", f"lock: {path}") from None
+                raise CNIError(IO_FAILURE, f"cannot lock {what}: {e.strerror}", f"lock: {path}") from None
         left = deadline - time.monotonic()
         if left <= 0:
-            raise _busy(cid, timeout, path)
+            return False
         time.sleep(min(delay, left))
         delay = min(delay * 2, 0.05)
 
 
-def _busy(cid: str, timeout: float, path: str) -> CNIError:
+def _waited(started: float) -> str:
+    return f"{time.monotonic() - started:.1f}s"
+
+
+def _busy(cid: str, started: float, path: str) -> CNIError:
     return CNIError(TRY_AGAIN_LATER,
-                    f"another CNI call for container {cid} still holds its lock after {timeout:g}s",
+                    f"another CNI call for container {cid} still holds its lock after {_waited(started)}",
                     f"lock: {path} byte {lock_offset(cid)}; retry when that call has finished")
 
 
@@ -134,8 +158,8 @@ def _shared_fd(path: str) -> int:
             os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
-            raise CNIError(IO_FAILURE, f"cannot open the container lock file: {e.strerror}",
-                           f"lock: {path}") from None
+            raise CNIError(IO_FAILURE, f"cannot open the lock file {path}: {e.strerror}",
+                           f"lock: {path}; the state directory (stateDir) must be a writable directory") from None
         _fds[path] = fd
         return fd
 
@@ -146,6 +170,155 @@ def _same_file(fd: int, path: str) -> bool:
     except OSError:
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+# ---- the GC lock: shared by ADDs, exclusive for GC --------------------------------------------
+
+class _RWGuard:
+    """The GC byte as seen by the threads of one process: many readers or one writer (writers
+    first, so a stream of ADDs never starves GC), re-entrant per thread. The file lock is taken by
+    the first reader (shared) or the writer (exclusive) and dropped when the last one leaves."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.file = threading.Lock()   # serializes taking/dropping the file lock
+        self.readers = 0
+        self.writer: Optional[int] = None
+        self.writers_waiting = 0
+        self.holds: dict[int, list] = {}   # thread -> [exclusive?, depth]
+        self.file_shared = False           # this process holds the byte shared in the file
+        self.fd = -1                       # the descriptor the file lock was taken through
+
+
+_guards: dict[str, _RWGuard] = {}
+
+
+def _guard(path: str) -> _RWGuard:
+    with _table_guard:
+        return _guards.setdefault(path, _RWGuard())
+
+
+@contextmanager
+def gc_lock(exclusive: bool, timeout: float = DEFAULT_TIMEOUT, path: Optional[str] = None) -> Iterator[None]:
+    """Hold the GC lock for the body: shared (`exclusive=False`, every ADD) or exclusive (GC).
+
+    CNIError 11 when it is not available within `timeout` s, saying how long the call waited.
+    Re-entrant within one thread; a thread holding it shared may not ask for it exclusive.
+    """
+    path = path or default_path()
+    started = time.monotonic()
+    deadline = started + max(0.0, timeout)
+    g = _guard(path)
+    me = threading.get_ident()
+    with g.cond:
+        held = g.holds.get(me)
+        if held is not None:
+            if exclusive and not held[0]:
+                raise CNIError(INTERNAL, "GC lock asked for exclusively by a thread that holds it shared",
+                               f"lock: {path} byte {GC_OFFSET}")
+            held[1] += 1
+    if held is not None:
+        try:
+            yield
+        finally:
+            with g.cond:
+                held[1] -= 1
+        return
+    if exclusive:
+        _enter_writer(g, me, deadline, started, path)
+    else:
+        _enter_reader(g, me, deadline, started, path)
+    try:
+        yield
+    finally:
+        if exclusive:
+            _leave_writer(g, me, path)
+        else:
+            _leave_reader(g, me, path)
+
+
+def _enter_reader(g: _RWGuard, me: int, deadline: float, started: float, path: str) -> None:
+    with g.cond:
+        if not g.cond.wait_for(lambda: g.writer is None and g.writers_waiting == 0,
+                               timeout=max(0.0, deadline - time.monotonic())):
+            raise _gc_busy(False, started, path)
+        g.readers += 1
+        g.holds[me] = [False, 1]
+    try:
+        if not g.file.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise _gc_busy(False, started, path)
+        try:
+            if not g.file_shared:
+                fd = _shared_fd(path)
+                if not _poll_lock(fd, fcntl.LOCK_SH, GC_OFFSET, deadline, "GC", path):
+                    raise _gc_busy(False, started, path)
+                g.file_shared, g.fd = True, fd
+        finally:
+            g.file.release()
+    except BaseException:
+        _leave_reader(g, me, path)
+        raise
+
+
+def _leave_reader(g: _RWGuard, me: int, path: str) -> None:
+    with g.cond:
+        g.readers -= 1
+        g.holds.pop(me, None)
+        if g.readers == 0:
+            # no reader of this process is taking the file lock (each counts itself first)
+            with g.file:
+                if g.file_shared:
+                    _unlock_gc(g)
+                    g.file_shared = False
+        g.cond.notify_all()
+
+
+def _enter_writer(g: _RWGuard, me: int, deadline: float, started: float, path: str) -> None:
+    with g.cond:
+        g.writers_waiting += 1
+        try:
+            ok = g.cond.wait_for(lambda: g.writer is None and g.readers == 0,
+                                 timeout=max(0.0, deadline - time.monotonic()))
+        finally:
+            g.writers_waiting -= 1
+        if not ok:
+            g.cond.notify_all()
+            raise _gc_busy(True, started, path)
+        g.writer = me
+        g.holds[me] = [True, 1]
+    try:
+        fd = _shared_fd(path)
+        if not _poll_lock(fd, fcntl.LOCK_EX, GC_OFFSET, deadline, "GC", path):
+            raise _gc_busy(True, started, path)
+        g.fd = fd
+    except BaseException:
+        with g.cond:
+            g.writer = None
+            g.holds.pop(me, None)
+            g.cond.notify_all()
+        raise
+
+
+def _leave_writer(g: _RWGuard, me: int, path: str) -> None:
+    with g.cond:
+        _unlock_gc(g)
+        g.writer = None
+        g.holds.pop(me, None)
+        g.cond.notify_all()
+
+
+def _unlock_gc(g: _RWGuard) -> None:
+    if g.fd >= 0:
+        fcntl.lockf(g.fd, fcntl.LOCK_UN, 1, GC_OFFSET, os.SEEK_SET)
+        g.fd = -1
+
+
+def _gc_busy(exclusive: bool, started: float, path: str) -> CNIError:
+    if exclusive:
+        return CNIError(TRY_AGAIN_LATER, f"GC waited {_waited(started)} for the ADDs in progress to finish",
+                        f"lock: {path} byte {GC_OFFSET}; retry GC when they have finished")
+    return CNIError(TRY_AGAIN_LATER, f"ADD waited {_waited(started)} for a garbage collection (GC) to finish",
+                    f"lock: {path} byte {GC_OFFSET}; retry when GC has finished")
 
 
 def _slot_ref(key: tuple[str, int]) -> _Slot:
@@ -169,6 +342,7 @@ def _after_fork_in_child() -> None:
     global _table_guard
     _table_guard = threading.Lock()
     _slots.clear()
+    _guards.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

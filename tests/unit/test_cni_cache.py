@@ -11,7 +11,7 @@ import pytest
 from multiplex import log
 from multiplex.cni import cache as cachemod
 from multiplex.cni import errors
-from multiplex.cni.cache import ResultCache
+from multiplex.cni.cache import CorruptEntry, ResultCache
 from multiplex.cni.errors import CNIError
 
 RECORD = {"complete": True, "attachments": [{"network": "default/net-a", "ifname": "net1",
@@ -146,8 +146,14 @@ def test_corrupt_entry_is_reported_not_crashed_on(cache, logfile, content):
         f.write(content)
     assert cache.load("c1", "eth0") is None
     assert list(cache.entries()) == [("c2", "eth0", {"n": 2})]
-    problems = [r for r in logged(logfile) if r["msg"] == "corrupt cache entry ignored"]
+    problems = [r for r in logged(logfile) if r["msg"] == "corrupt cache entry"]
     assert problems and problems[0]["file"].endswith("c1:eth0.json")
+    # DEL and GC tell a corrupt entry from a missing one
+    found = cache.load("c1", "eth0", with_corrupt=True)
+    assert isinstance(found, CorruptEntry) and not found
+    assert (found.container_id, found.ifname, found.path) == ("c1", "eth0", os.path.join(cache.dir, "c1:eth0.json"))
+    assert cache.load("c9", "eth0", with_corrupt=True) is None
+    assert [(c.container_id, c.ifname) for c in cache.corrupt_entries()] == [("c1", "eth0")]
     cache.delete("c1", "eth0")  # and it can be removed
     assert os.listdir(cache.dir) == ["c2:eth0.json"]
 
@@ -185,3 +191,29 @@ def test_keys_that_could_escape_the_directory_are_refused(cache, cid, ifname, fi
 def test_default_directory_is_under_the_state_root(state_dir, monkeypatch):
     monkeypatch.setenv("MULTIPLEX_STATE_DIR", str(state_dir))
     assert ResultCache().dir == str(state_dir / "cache")
+
+
+def test_a_state_dir_that_is_a_regular_file_is_code_5_naming_the_path(tmp_path):
+    state = tmp_path / "state"
+    state.write_text("not a directory")
+    with pytest.raises(CNIError) as e:
+        ResultCache(str(state / "cache"))
+    assert e.value.code == errors.IO_FAILURE
+    assert str(state / "cache") in e.value.msg and "stateDir" in e.value.details
+
+
+def test_a_write_that_fails_is_code_5_naming_the_file_and_leaves_no_temporary(cache, monkeypatch):
+    import errno
+
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(CNIError) as e:
+        cache.save("c1", "eth0", {"n": 1})
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert e.value.code == errors.IO_FAILURE
+    assert "c1:eth0.json" in e.value.msg and "No space left" in e.value.msg
+    assert os.listdir(cache.dir) == []
