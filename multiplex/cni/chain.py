@@ -13,6 +13,10 @@
 - DEL runs in reverse order, attempts every plugin and raises the first error at the end.
 - CHECK (from 0.4.0) stops at the first failure; `disableCheck` skips it. GC and STATUS (1.1.0)
   are skipped for older versions; `disableGC` skips GC.
+- GC gets a keep-list (valid.Keep). Built-in plugins get it whole: the pairs and
+  `multiplex.dev/valid-containers` (every interface of those containers is kept). Exec'd plugins get
+  the spec's shape, the pairs only; when the caller cannot name every pair (`external=False`), GC is
+  not forwarded to exec'd plugins at all, since a pair left out would be collected.
 Plugins are called through `invoke.invoke`: built-ins in-process, others exec'd from the path.
 """
 from __future__ import annotations
@@ -29,8 +33,7 @@ from .errors import CNIError, INCOMPATIBLE_VERSION, INTERNAL, UNSUPPORTED_FIELD
 from .invoke import DEFAULT_TIMEOUT, invoke
 from .request import Request
 from .types import Result
-
-VALID_ATTACHMENTS = "cni.dev/valid-attachments"
+from .valid import VALID_ATTACHMENTS, VALID_CONTAINERS, Keep, keep_of
 
 
 @dataclass
@@ -214,17 +217,36 @@ def valid_attachments_json(valid: Iterable[Attachment]) -> list[dict[str, str]]:
     return out
 
 
-def gc_list(netlist: NetworkList, valid_attachments: Iterable[Attachment], *,
-            path: Optional[list[str]] = None, timeout: float = DEFAULT_TIMEOUT) -> None:
-    """GC every plugin with the attachments still in use; errors are collected, the first raised."""
+def gc_config(netlist: NetworkList, index: int, keep: Keep) -> dict[str, Any]:
+    """Plugin `index`'s GC config: the whole keep-list for a built-in, the pairs for an exec'd one
+    (whatever a NAD's config carried under these keys is replaced)."""
+    conf = build_config(netlist, index)
+    conf.pop(VALID_CONTAINERS, None)
+    if registry.builtin(str(conf.get("type", ""))) is not None:
+        conf.update(keep.to_config())
+    else:
+        conf[VALID_ATTACHMENTS] = valid_attachments_json(sorted(keep.pairs))
+    return conf
+
+
+def gc_list(netlist: NetworkList, keep: Union[Keep, Iterable[Attachment]], *,
+            path: Optional[list[str]] = None, timeout: float = DEFAULT_TIMEOUT, external: bool = True) -> None:
+    """GC every plugin with what is still in use; errors are collected, the first raised.
+
+    `external=False`: the keep-list cannot name every attachment (pairs), so exec'd plugins, which
+    only understand pairs, are not asked to GC at all (logged); built-ins still are."""
     if not cniversion.at_least(netlist.cni_version, "1.1.0") or netlist.disable_gc:
         return
-    valid = valid_attachments_json(valid_attachments)
+    if not isinstance(keep, Keep):
+        keep = keep_of((a["containerID"], a["ifname"]) for a in valid_attachments_json(keep))
     rt = Runtime(path=list(path or []), timeout=timeout)
     first: Optional[BaseException] = None
     for k in range(len(netlist.plugins)):
-        conf = build_config(netlist, k)
-        conf[VALID_ATTACHMENTS] = copy.deepcopy(valid)
+        if not external and registry.builtin(str(netlist.plugins[k].get("type", ""))) is None:
+            log.get().warning("GC not forwarded to an exec'd plugin: the keep-list lacks the interfaces of "
+                              "containers without a readable cache entry", plugin=_describe(netlist, k))
+            continue
+        conf = gc_config(netlist, k, keep)
         try:
             invoke(_request("GC", conf, rt), timeout=timeout)
         except Exception as e:

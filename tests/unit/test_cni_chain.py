@@ -244,6 +244,28 @@ def test_gc_sends_the_valid_attachments_to_every_plugin(make, bindir, calls):
         assert set(c["env"]) == {"CNI_COMMAND", "CNI_PATH"}
 
 
+def test_gc_gives_built_ins_the_containers_and_exec_d_plugins_the_pairs_only(make, bindir, calls, fake_builtins):
+    from multiplex.cni.valid import keep_of
+
+    nl = make({"type": "fake-builtin", "multiplex.dev/valid-containers": ["a-nad-said-so"]},
+              {"type": "fake-a", "multiplex.dev/valid-containers": ["a-nad-said-so"]}, version="1.1.0")
+    chain.gc_list(nl, keep_of([("c1", "eth0"), ("c1", "net1")], ["c1", "c2"]), path=[bindir])
+    builtin, external = [c["stdin"] for c in records(calls)]
+    pairs = [{"containerID": "c1", "ifname": "eth0"}, {"containerID": "c1", "ifname": "net1"}]
+    assert builtin["cni.dev/valid-attachments"] == pairs
+    assert builtin["multiplex.dev/valid-containers"] == ["c1", "c2"]   # the meta plugin's, not the NAD's
+    assert external["cni.dev/valid-attachments"] == pairs
+    assert "multiplex.dev/valid-containers" not in external
+
+
+def test_gc_not_forwarded_to_exec_d_plugins_when_the_pairs_are_incomplete(make, bindir, calls, fake_builtins):
+    from multiplex.cni.valid import keep_of
+
+    nl = make("fake-builtin", "fake-a", version="1.1.0")
+    chain.gc_list(nl, keep_of([("c1", "eth0")], ["c1"]), path=[bindir], external=False)
+    assert steps(calls) == [("fake-builtin", "GC")]
+
+
 def test_gc_skipped_before_1_1_0_and_with_disable_gc(make, bindir, calls):
     chain.gc_list(make("fake-a", version="1.0.0"), [], path=[bindir])
     chain.gc_list(make("fake-a", version="1.1.0", disableGC=True), [], path=[bindir])
