@@ -3,16 +3,26 @@
 Stdlib only, so every code path (including VERSION and error paths) can log without imports.
 Configured from the multiplex config (`logFile`, `logLevel`) or MULTIPLEX_LOG_FILE /
 MULTIPLEX_LOG_LEVEL; default: warnings and errors to stderr.
+
+The log file is created 0600 (it names pods and containers), opened without following a symlink
+(O_NOFOLLOW: a link planted at the path is refused, with one note on stderr, and the line goes to
+stderr), only when it is a regular file, and rotated by size: past ROTATE_BYTES it becomes
+`<logFile>.1` (one kept, the older one dropped) and a new file is started.
 """
 from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 import time
 from typing import Any, Optional
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "panic": 50}
+#: Size past which the log file is rotated to `<path>.1`. 10 MiB holds tens of thousands of CNI
+#: calls at info level; with the one rotated file a node never keeps more than ~20 MiB of it.
+ROTATE_BYTES = 10 * 1024 * 1024
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class Logger:
@@ -20,6 +30,7 @@ class Logger:
         self.path = path
         self.level = LEVELS.get(level, 30)
         self.fields: dict[str, Any] = {}
+        self._refused: set[str] = set()  # paths already reported as unusable (one note each)
 
     def configure(self, path: Optional[str] = None, level: Optional[str] = None) -> None:
         if path:
@@ -39,14 +50,39 @@ class Logger:
         rec.update(self.fields)
         rec.update(fields)
         line = json.dumps(rec, default=str) + "\n"
-        if self.path:
-            try:
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write(line)
-                return
-            except OSError:
-                pass
+        if self.path and self._write_file(self.path, line.encode("utf-8")):
+            return
         sys.stderr.write(line)
+
+    def _write_file(self, path: str, data: bytes) -> bool:
+        """Append `data` to the log file; False (the caller writes to stderr) when it cannot."""
+        try:
+            fd = os.open(path, _OPEN_FLAGS, 0o600)
+        except OSError as e:
+            self._refuse(path, "a symbolic link, never written through" if _is_symlink(path) else e.strerror)
+            return False
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self._refuse(path, "not a regular file")
+                return False
+            if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+                os.fchmod(fd, 0o600)  # a file made before logs were private
+            if st.st_size and st.st_size + len(data) > ROTATE_BYTES:
+                fd = _rotate(path, fd)
+            os.write(fd, data)
+            return True
+        except OSError as e:
+            self._refuse(path, e.strerror or str(e))
+            return False
+        finally:
+            os.close(fd)
+
+    def _refuse(self, path: str, why: str) -> None:
+        if path not in self._refused:
+            self._refused.add(path)
+            sys.stderr.write(json.dumps({"level": "warning", "msg": "log file not used, logging to stderr",
+                                         "logFile": path, "reason": why}) + "\n")
 
     def debug(self, msg: str, **f: Any) -> None:
         self.log("debug", msg, **f)
@@ -59,6 +95,36 @@ class Logger:
 
     def error(self, msg: str, **f: Any) -> None:
         self.log("error", msg, **f)
+
+
+def _is_symlink(path: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _rotate(path: str, fd: int) -> int:
+    """Move the full log to `<path>.1` and return a descriptor of a new, empty one. Processes
+    logging at once serialize on an flock of the old file; the one that finds the path already
+    replaced just writes to the new file."""
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        st = os.fstat(fd)
+        try:
+            current = os.lstat(path)
+            same = (current.st_dev, current.st_ino) == (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.replace(path, path + ".1")
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    new = os.open(path, _OPEN_FLAGS, 0o600)
+    os.close(fd)
+    return new
 
 
 _logger: Optional[Logger] = None

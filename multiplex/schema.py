@@ -52,9 +52,18 @@ def errors(name: str, instance: Any, prefix: str = "$") -> list[str]:
 
     v = _validator(name)
     out = []
-    for err in sorted(v.iter_errors(instance), key=jsonschema.exceptions.relevance):
+    try:
+        found = sorted(v.iter_errors(instance), key=jsonschema.exceptions.relevance)
+    except RecursionError:
+        return [f"{prefix}: {_too_deep(name, prefix).msg}"]
+    for err in found:
         out.append(f"{_field(err, prefix)}: {_describe(err)}")
     return out
+
+
+def _too_deep(name: str, prefix: str) -> CNIError:
+    return CNIError(INVALID_CONFIG, f"invalid {load(name).get('title', name)} config: it nests too deeply to check",
+                    f"field: {prefix}; allowed: a config nested at most a few dozen levels")
 
 
 def validate(name: str, instance: Any, prefix: str = "$") -> None:
@@ -62,7 +71,10 @@ def validate(name: str, instance: Any, prefix: str = "$") -> None:
     import jsonschema
 
     v = _validator(name)
-    err = jsonschema.exceptions.best_match(v.iter_errors(instance))
+    try:
+        err = jsonschema.exceptions.best_match(v.iter_errors(instance))
+    except RecursionError:  # jsonschema recurses per level: a clear code 7, never a traceback
+        raise _too_deep(name, prefix) from None
     if err is None:
         return
     raise CNIError(INVALID_CONFIG, f"invalid {load(name).get('title', name)} config: {_describe(err)}",

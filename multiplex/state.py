@@ -3,20 +3,72 @@
 Root: the config's `stateDir`, else $MULTIPLEX_STATE_DIR, else /var/lib/cni/multiplex.
 The meta plugin exports its root as MULTIPLEX_STATE_DIR, so delegates and IPAM (in-process or
 exec'd) use the same one.
+
+The root must be an absolute path: a relative one would be resolved against the runtime's working
+directory, which differs between calls, so a later DEL would not find what ADD left (code 7). A
+root that cannot be used (a regular file, a read-only or full file system, no permission) is code
+5 naming the path and what is wrong, never a traceback.
 """
 from __future__ import annotations
 
+import errno
 import os
 from typing import Optional
 
+from .cni.errors import CNIError, INVALID_CONFIG, IO_FAILURE
+
 DEFAULT_ROOT = "/var/lib/cni/multiplex"
+ENV_ROOT = "MULTIPLEX_STATE_DIR"
+
+#: what a user should read for the errno values a state directory typically fails with
+_WHAT = {
+    errno.ENOTDIR: "a path component is a file, not a directory",
+    errno.EEXIST: "exists and is not a directory",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOSPC: "the file system is full",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENAMETOOLONG: "the path is too long",
+    errno.ELOOP: "too many symbolic links",
+}
 
 
 def root(configured: Optional[str] = None) -> str:
-    return configured or os.environ.get("MULTIPLEX_STATE_DIR") or DEFAULT_ROOT
+    """The state root: `configured` (the config's stateDir), else $MULTIPLEX_STATE_DIR, else the
+    default. Code 7 naming the field when it is not an absolute path."""
+    if configured:
+        return _absolute(configured, "stateDir")
+    from_env = os.environ.get(ENV_ROOT)
+    if from_env:
+        # the meta plugin exports its config's stateDir here: name the field the admin wrote
+        return _absolute(from_env, f"stateDir (through ${ENV_ROOT})")
+    return DEFAULT_ROOT
+
+
+def _absolute(path: str, field: str) -> str:
+    if not isinstance(path, str) or not os.path.isabs(path) or "\0" in path:
+        raise CNIError(INVALID_CONFIG, f"state directory {path!r} is not an absolute path",
+                       f"field: {field}; allowed: an absolute path (a relative one would depend on the "
+                       "runtime's working directory)")
+    return os.path.normpath(path)
 
 
 def subdir(name: str, configured_root: Optional[str] = None) -> str:
+    """`<root>/<name>`, created (0700) when missing. Code 5 naming the path and what is wrong."""
     d = os.path.join(root(configured_root), name)
-    os.makedirs(d, mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(d, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise unusable(d, e) from None
+    if not os.path.isdir(d):  # makedirs accepts a symlink to a file on some paths; be sure
+        raise unusable(d, OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), d))
     return d
+
+
+def unusable(path: str, e: OSError) -> CNIError:
+    """Code 5 for a state path that cannot be used, saying which path and why."""
+    what = _WHAT.get(e.errno or 0, e.strerror or str(e))
+    where = e.filename if isinstance(e.filename, str) and e.filename else path
+    return CNIError(IO_FAILURE, f"cannot use state directory {path}: {what}",
+                    f"path: {where}; error: {e.strerror or what}; field: stateDir")

@@ -3,12 +3,16 @@
 Both paths take a Request and give back a Result (ADD) or None, and raise CNIError. An exec'd
 plugin gets the spec's environment and its config on stdin; its stderr goes to our log; a
 plugin that runs past the timeout is killed and reported as code 11 (try again later).
+
+An exec'd plugin gets `min(timeout, what is left of the call's deadline)`: `timeout` (the
+config's `pluginTimeout`) bounds one plugin, the deadline (Request.deadline) bounds the call.
 """
 from __future__ import annotations
 
 import json
 import os
 import subprocess
+import time
 from typing import Optional
 
 from .. import log
@@ -60,13 +64,22 @@ def _run(binary: str, req: Request, timeout: float) -> subprocess.CompletedProce
 
 
 def exec_plugin(binary: str, req: Request, timeout: float = DEFAULT_TIMEOUT) -> Optional[Result]:
+    """Exec `binary` for `req` within min(timeout, the call's time left); a plugin still running
+    then is killed (with everything it started) and reported as code 11 with the time waited."""
     name = os.path.basename(binary)
     logger = log.get()
+    limit = min(timeout, req.time_left(timeout))
+    if limit <= 0:
+        raise CNIError(TRY_AGAIN_LATER, f"no time left in this call's deadline to run plugin {name} {req.command}",
+                       f"plugin: {binary}; retry when the node is less busy")
+    started = time.monotonic()
     try:
-        proc = _run(binary, req, timeout)
+        proc = _run(binary, req, limit)
     except subprocess.TimeoutExpired:
-        raise CNIError(TRY_AGAIN_LATER, f"plugin {name} did not answer {req.command} within {timeout:g}s",
-                       f"plugin: {binary}") from None
+        waited = time.monotonic() - started
+        bound = f"pluginTimeout {timeout:g}s" if limit >= timeout else "the call's deadline"
+        raise CNIError(TRY_AGAIN_LATER, f"plugin {name} did not answer {req.command} within {waited:.1f}s "
+                       f"({bound}); it was killed", f"plugin: {binary}") from None
     except OSError as e:
         raise CNIError(IO_FAILURE, f"cannot run plugin {name}: {e.strerror}", f"plugin: {binary}") from None
     if proc.stderr:  # kept at warning level when the plugin failed, so the default log shows it

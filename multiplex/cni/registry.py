@@ -16,12 +16,13 @@ from .errors import CNIError, INTERNAL, INVALID_CONFIG
 from .plugin import Plugin
 
 GROUP = "multiplex.plugins"
-_TYPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
+# matched whole (fullmatch): `$` would let a trailing newline through
+_TYPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]*")
 
 
 def check_type_name(name: str, field: str = "type") -> str:
     """A `type` is a plugin name, never a path: refuse '/', '..' and anything odd."""
-    if not isinstance(name, str) or not name or "/" in name or ".." in name or not _TYPE_NAME.match(name):
+    if not isinstance(name, str) or not name or "/" in name or ".." in name or not _TYPE_NAME.fullmatch(name):
         raise CNIError(INVALID_CONFIG, f"invalid plugin type {name!r}: a type is a plugin name, not a path",
                        f"field: {field}; allowed: letters, digits, '-', '_', '.', no '/' or '..'")
     return name

@@ -25,16 +25,101 @@ REQUIRED_ENV = {
     "VERSION": (),
 }
 IFNAME_MAX = 15
-# The kernel refuses these in a link name; a container ID may hold letters, digits, _ . -
-_IFNAME_BAD = re.compile(r"[/\s:]")
-_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# The kernel (dev_valid_name) refuses '/', ':', whitespace and NUL in a link name, and "." / "..".
+_IFNAME_BAD = re.compile(r"[/\s:\x00]")
+# A container ID may hold letters, digits, _ . - and starts with a letter or digit (the spec's rule).
+_CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+#: Longest container ID accepted. Runtimes use 64 hex digits (containerd, CRI-O, Docker, Podman);
+#: 128 leaves room for any ID scheme we know while keeping what is derived from the ID within the
+#: kernel's and the file system's limits: the cache file `<id>:<ifname>.json` (NAME_MAX 255) and
+#: the host veth's alias `<id>/<ifname>/<network>` (IFALIASZ 256).
+CONTAINER_ID_MAX = 128
+#: Largest network config accepted on stdin. Real configs are a few KiB (a conflist with a
+#: prevResult of a many-interface pod stays well under 100 KiB); anything near 1 MiB is a mistake
+#: or an attack, refused before it is parsed.
+STDIN_MAX = 1024 * 1024
+#: Deepest JSON nesting accepted on stdin. A conflist with IPAM ranges and a prevResult nests
+#: about 8 levels; 64 is far above any real config and far below the interpreter's recursion limit.
+JSON_DEPTH_MAX = 64
+#: The budget of one call (seconds) when the caller set no deadline: every wait of the call (the
+#: container lock, the IPAM database, exec'd plugins, within `pluginTimeout` each) takes what is
+#: left of it. 60 s is the timeout multiplex always stated, and it answers well before kubelet's
+#: CRI request timeout (2 min), so the runtime gets our error rather than its own.
+CALL_BUDGET = 60.0
 
 
 def check_ifname(name: str, field_name: str = "CNI_IFNAME", code: int = INVALID_ENVIRONMENT) -> str:
-    if not name or len(name) > IFNAME_MAX or _IFNAME_BAD.search(name) or name in (".", ".."):
-        raise CNIError(code, f"invalid interface name {name!r}",
-                       f"field: {field_name}; allowed: 1-{IFNAME_MAX} characters, no '/', ':' or spaces")
+    """An interface name the kernel accepts: 1-15 bytes in UTF-8 (IFNAMSIZ counts bytes, so 9 'é'
+    are 18 bytes and too long), no '/', ':', whitespace or NUL, not "." or "..". The one place
+    this rule lives (CNI_IFNAME, the annotation's interface names)."""
+    if not isinstance(name, str):
+        raise CNIError(code, f"invalid interface name {name!r}: not a string",
+                       f"field: {field_name}; allowed: {_IFNAME_ALLOWED}")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:  # lone surrogates (from undecodable environment bytes)
+        size = IFNAME_MAX + 1
+    if not name or size > IFNAME_MAX:
+        what = "empty" if not name else f"{size} bytes long"
+        raise CNIError(code, f"invalid interface name {name!r}: {what}",
+                       f"field: {field_name}; allowed: {_IFNAME_ALLOWED}")
+    if _IFNAME_BAD.search(name) or name in (".", ".."):
+        raise CNIError(code, f"invalid interface name {name!r}: a character the kernel refuses",
+                       f"field: {field_name}; allowed: {_IFNAME_ALLOWED}")
     return name
+
+
+_IFNAME_ALLOWED = f"1-{IFNAME_MAX} bytes (UTF-8), no '/', ':', whitespace or NUL, not '.' or '..'"
+
+
+def check_container_id(cid: str, field_name: str = "CNI_CONTAINERID") -> str:
+    """A container ID: starts with a letter or digit, then letters, digits, '_', '.', '-', at most
+    CONTAINER_ID_MAX characters. Code 4 naming the variable."""
+    allowed = (f"field: {field_name}; allowed: 1-{CONTAINER_ID_MAX} characters, letters, digits, "
+               "'_', '.', '-', starting with a letter or digit")
+    if not isinstance(cid, str) or not cid:
+        raise CNIError(INVALID_ENVIRONMENT, "empty container ID", allowed)
+    if len(cid) > CONTAINER_ID_MAX:
+        raise CNIError(INVALID_ENVIRONMENT,
+                       f"container ID is {len(cid)} characters long, more than {CONTAINER_ID_MAX}", allowed)
+    if not _CONTAINER_ID.fullmatch(cid):
+        raise CNIError(INVALID_ENVIRONMENT, f"invalid container ID {cid!r}", allowed)
+    return cid
+
+
+# A JSON string (escapes included; an unterminated one runs to the end) or a bracket.
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*(?:"|\Z)|[\[\]{}]', re.DOTALL)
+
+
+def json_depth_exceeds(data: bytes, limit: int = JSON_DEPTH_MAX) -> bool:
+    """True when `data` nests arrays/objects deeper than `limit`. A flat scan (no recursion), so a
+    hostile input is refused in milliseconds instead of reaching json's or jsonschema's recursion
+    limit. Strings are skipped whole, so brackets inside them do not count."""
+    depth = 0
+    for m in _JSON_TOKEN.finditer(data):
+        c = data[m.start()]
+        if c in _OPEN:
+            depth += 1
+            if depth > limit:
+                return True
+        elif c in _CLOSE:
+            depth = max(0, depth - 1)
+    return False
+
+
+_OPEN, _CLOSE = frozenset(b"[{"), frozenset(b"]}")
+
+
+def check_stdin_limits(stdin: bytes, size: Optional[int] = None) -> None:
+    """Refuse (code 7, field stdin) a config larger than STDIN_MAX bytes or nested deeper than
+    JSON_DEPTH_MAX, before it is parsed. `size`: the real size when the caller stopped reading."""
+    size = len(stdin) if size is None else size
+    if size > STDIN_MAX:
+        raise CNIError(INVALID_CONFIG, f"network config on stdin is {size} bytes, more than the limit of {STDIN_MAX}",
+                       f"field: stdin; allowed: at most {STDIN_MAX} bytes")
+    if json_depth_exceeds(stdin):
+        raise CNIError(INVALID_CONFIG, f"network config on stdin nests more than {JSON_DEPTH_MAX} levels deep",
+                       f"field: stdin; allowed: at most {JSON_DEPTH_MAX} levels of arrays and objects")
 
 
 def parse_cni_args(raw: str) -> dict[str, str]:
@@ -78,6 +163,15 @@ class Request:
         import time
 
         return max(0.0, self.deadline - time.monotonic())
+
+    def start_deadline(self, budget: float = CALL_BUDGET) -> "Request":
+        """Start the call's one deadline, `budget` seconds from now, unless a caller already set
+        one (an in-process delegate keeps its caller's). Returns self."""
+        if self.deadline is None:
+            import time
+
+            self.deadline = time.monotonic() + budget
+        return self
 
     @property
     def cni_version(self) -> str:
@@ -132,8 +226,10 @@ class Request:
         return json.dumps(self.config).encode()
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], stdin: bytes) -> "Request":
-        """Parse a runtime's call. Raises CNIError 4 (environment) or 6 (stdin not JSON)."""
+    def from_env(cls, environ: Mapping[str, str], stdin: bytes, stdin_size: Optional[int] = None) -> "Request":
+        """Parse a runtime's call. Raises CNIError 4 (environment), 6 (stdin not JSON) or 7 (stdin
+        over its limits, see check_stdin_limits; `stdin_size` is its real size when the reader
+        stopped early)."""
         command = environ.get("CNI_COMMAND", "")
         if command not in COMMANDS:
             raise CNIError(INVALID_ENVIRONMENT,
@@ -143,9 +239,8 @@ class Request:
             if not environ.get(var):
                 raise CNIError(INVALID_ENVIRONMENT, f"{var} is required for {command}", f"field: {var}")
         cid = environ.get("CNI_CONTAINERID", "")
-        if cid and not _CONTAINER_ID.match(cid):
-            raise CNIError(INVALID_ENVIRONMENT, f"invalid container ID {cid!r}",
-                           "field: CNI_CONTAINERID; allowed: letters, digits, '_', '.', '-'")
+        if cid:
+            check_container_id(cid)
         ifname = environ.get("CNI_IFNAME", "")
         if ifname:
             check_ifname(ifname)
@@ -153,9 +248,11 @@ class Request:
         path = [p for p in environ.get("CNI_PATH", "").split(os.pathsep) if p]
         config: dict[str, Any] = {}
         if command != "VERSION" or stdin.strip():
+            if command != "VERSION":
+                check_stdin_limits(stdin, stdin_size)
             try:
                 config = json.loads(stdin or b"")
-            except (ValueError, UnicodeDecodeError) as e:
+            except (ValueError, UnicodeDecodeError, RecursionError) as e:
                 if command == "VERSION":
                     config = {}
                 else:

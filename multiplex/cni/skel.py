@@ -13,14 +13,61 @@ import sys
 from typing import BinaryIO, Mapping, Optional, TextIO
 
 from . import version as cniversion
-from .errors import CNIError, INCOMPATIBLE_VERSION, INTERNAL, INVALID_CONFIG
+from .errors import CNIError, INCOMPATIBLE_VERSION, INTERNAL, INVALID_CONFIG, INVALID_ENVIRONMENT, IO_FAILURE
 from .plugin import Plugin
-from .request import Request
+from .request import STDIN_MAX, Request
 from .types import Result
+
+#: What main() reads past STDIN_MAX (and throws away) so a runtime writing a huge config sees its
+#: write complete, not a broken pipe; past this the rest is left unread.
+_STDIN_DRAIN_MAX = 64 * STDIN_MAX
+_OWN_NETNS_PATHS = ("/proc/self/ns/net", "/proc/thread-self/ns/net")
 
 
 def dispatch(plugin: Plugin, req: Request) -> Optional[Result]:
+    """Apply the protocol rules and call the plugin. Starts the call's deadline when no caller set
+    one (an in-process delegate keeps its caller's), so every wait of the call shares one budget."""
+    req.start_deadline()
+    try:
+        return _dispatch(plugin, req)
+    except RecursionError:
+        # a config that refers to itself, or nests too deeply for a parser: a clear code 7
+        raise _too_deep() from None
+
+
+def _too_deep() -> CNIError:
+    return CNIError(INVALID_CONFIG, "network config nests too deeply or refers to itself",
+                    "field: stdin; allowed: a config that does not (directly or through a network it "
+                    "names) include itself")
+
+
+def check_netns(req: Request) -> None:
+    """ADD and CHECK must never work on the plugin's own network namespace (the node's): interfaces,
+    addresses and routes meant for a pod would land on the node. Code 4, before anything is touched."""
+    if req.command in ("ADD", "CHECK") and req.netns and is_own_netns(req.netns):
+        raise CNIError(INVALID_ENVIRONMENT,
+                       f"CNI_NETNS {req.netns} is the plugin's own network namespace, not a container's",
+                       "field: CNI_NETNS; allowed: the network namespace of the container, never the node's own")
+
+
+def is_own_netns(path: str) -> bool:
+    """True when `path` names this process's network namespace: by name (/proc/self/ns/net,
+    /proc/<our pid>/ns/net) or by identity (the same nsfs inode, e.g. /proc/1/ns/net or a bind
+    mount of the node's namespace). A path that cannot be stat'ed is left to the plugin."""
+    norm = os.path.normpath(path)
+    if norm in _OWN_NETNS_PATHS or norm == f"/proc/{os.getpid()}/ns/net":
+        return True
+    try:
+        theirs = os.stat(path)
+        ours = os.stat("/proc/self/ns/net")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+
+
+def _dispatch(plugin: Plugin, req: Request) -> Optional[Result]:
     cniversion.check_supported(req.cni_version)
+    check_netns(req)
     if req.command == "CHECK" and not cniversion.at_least(req.cni_version, "0.4.0"):
         raise CNIError(INCOMPATIBLE_VERSION, f"CHECK is not supported for cniVersion {req.cni_version}",
                        "field: cniVersion; allowed: 0.4.0 or later for CHECK")
@@ -50,14 +97,19 @@ def dispatch(plugin: Plugin, req: Request) -> Optional[Result]:
     return None
 
 
-def run(plugin: Plugin, environ: Mapping[str, str], stdin: bytes, stdout: TextIO) -> int:
-    """One process-level call. Returns the exit code (0 ok, 1 error, as the spec says)."""
+def run(plugin: Plugin, environ: Mapping[str, str], stdin: bytes, stdout: TextIO,
+        stdin_size: Optional[int] = None) -> int:
+    """One process-level call. Returns the exit code (0 ok, 1 error, as the spec says).
+
+    Every failure is answered in the protocol: CNIError as is; an OSError (the state directory
+    is a file, read-only, full) as code 5 naming the path; RecursionError as code 7; anything
+    else, a bug, as 100. `stdin_size`: stdin's real size when the reader stopped early."""
     version = cniversion.CURRENT
     try:
         if environ.get("CNI_COMMAND") == "VERSION":
             stdout.write(json.dumps(cniversion.version_info()))
             return 0
-        req = Request.from_env(environ, stdin)
+        req = Request.from_env(environ, stdin, stdin_size).start_deadline()
         if req.cni_version in cniversion.SUPPORTED:
             version = req.cni_version
         result = dispatch(plugin, req)
@@ -65,16 +117,36 @@ def run(plugin: Plugin, environ: Mapping[str, str], stdin: bytes, stdout: TextIO
             stdout.write(json.dumps(result.to_dict(req.cni_version)))
         return 0
     except CNIError as e:
-        _log_error(e)
-        stdout.write(json.dumps(e.to_dict(version)))
-        return 1
+        return _answer(e, version, stdout)
+    except RecursionError:
+        return _answer(_too_deep(), version, stdout)
+    except OSError as e:
+        return _answer(io_error(e), version, stdout)
     except Exception as e:  # a bug: still answer in the protocol, never a traceback on stdout
         import traceback
 
         traceback.print_exc(file=sys.stderr)
-        err = CNIError(INTERNAL, f"internal error: {type(e).__name__}: {e}")
-        stdout.write(json.dumps(err.to_dict(version)))
-        return 1
+        return _answer(CNIError(INTERNAL, f"internal error: {type(e).__name__}: {e}"), version, stdout)
+
+
+def io_error(e: OSError) -> CNIError:
+    """Code 5 for an OSError no layer caught: say which path and what is wrong with it."""
+    path = e.filename if e.filename is not None else ""
+    what = e.strerror or str(e) or type(e).__name__
+    if e.filename2 is not None:
+        path = f"{path} -> {e.filename2}"
+    if path:
+        return CNIError(IO_FAILURE, f"I/O error on {path}: {what}", f"path: {path}; error: {what}")
+    return CNIError(IO_FAILURE, f"I/O error: {what}", f"error: {what}")
+
+
+def _answer(e: CNIError, version: str, stdout: TextIO) -> int:
+    try:
+        _log_error(e)
+    except Exception:  # the answer on stdout matters more than the log line
+        pass
+    stdout.write(json.dumps(e.to_dict(version)))
+    return 1
 
 
 def _log_error(e: CNIError) -> None:
@@ -83,9 +155,25 @@ def _log_error(e: CNIError) -> None:
     log.get().error("cni error", code=e.code, error=e.msg, details=e.details)
 
 
+def read_stdin(stream: BinaryIO) -> tuple[bytes, int]:
+    """The config on stdin, at most STDIN_MAX + 1 bytes kept, and its real size. What is past the
+    limit is read and dropped (up to _STDIN_DRAIN_MAX) so the writer is never left blocked or
+    broken; the limit is then refused before anything is parsed."""
+    data = stream.read(STDIN_MAX + 1) or b""
+    size = len(data)
+    if size > STDIN_MAX:
+        while size < _STDIN_DRAIN_MAX:
+            chunk = stream.read(min(1 << 20, _STDIN_DRAIN_MAX - size))
+            if not chunk:
+                break
+            size += len(chunk)
+    return data, size
+
+
 def main(plugin: Plugin, stdin: Optional[BinaryIO] = None) -> None:
-    data = (stdin or sys.stdin.buffer).read() if os.environ.get("CNI_COMMAND") != "VERSION" else b""
-    code = run(plugin, os.environ, data, sys.stdout)
+    data, size = (read_stdin(stdin or sys.stdin.buffer) if os.environ.get("CNI_COMMAND") != "VERSION"
+                  else (b"", 0))
+    code = run(plugin, os.environ, data, sys.stdout, stdin_size=size)
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip the interpreter's teardown (~40 ms with ~500 modules loaded): by now the result is on

@@ -83,6 +83,18 @@ def custom(group: str, version: str, plural: str) -> Resource:
     return Resource(group, version, plural, f"{plural}.{group}" if group else plural)
 
 
+def require_kubernetes() -> None:
+    """The `kubernetes` package is an extra (`multiplex[k8s]`): without it, a config that names a
+    kubeconfig (or runs in a cluster) gets a CNI error saying what to install, not an ImportError."""
+    try:
+        import kubernetes.client  # noqa: F401
+    except ImportError as e:
+        raise NoCredentials(f"talking to the Kubernetes API needs the 'kubernetes' Python package, which "
+                            f"is not installed ({e}); install multiplex[k8s] (pip install 'multiplex[k8s]')",
+                            "field: kubeconfig; allowed: install multiplex[k8s], or use nadDir/podDir "
+                            "without a kubeconfig") from None
+
+
 class ObjectList(list):
     """The items of a list call, with the list's resourceVersion (to start a watch from)."""
     resource_version: str = ""
@@ -119,6 +131,7 @@ class KubeClient:
             with self._lock:
                 if self._api is None:
                     started = time.perf_counter()
+                    require_kubernetes()
                     from kubernetes.client import ApiClient
                     cfg = self._configuration()
                     self._host = cfg.host
