@@ -27,6 +27,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MANIFESTS = os.path.join(REPO, "manifests")
 SCHEMAS = os.path.join(REPO, "schemas")
 K8S_VERSIONS = ("1.29", "latest")
+#: kinds newer than the oldest release checked: (apiVersion, kind) -> the first release serving it
+FIRST_RELEASE = {("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"): "1.30",
+                 ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding"): "1.30"}
 OUR_DELEGATES = ("multiplex-bridge", "multiplex-vxlan-overlay", "multiplex-bgp-routed", "multiplex-ipvlan")
 #: where each delegate's schema comes from, for the xfail reason while it is missing
 SCHEMA_ISSUE = {"ipvlan": "issue 5 (the ipvlan delegate)"}
@@ -81,6 +84,7 @@ def by_kind(kind: str) -> list[dict]:
 def test_manifests_are_there():
     kinds = {doc["kind"] for _, _, doc in DOCS}
     assert {"CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet",
+            "Deployment", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
             "NetworkAttachmentDefinition"} <= kinds
 
 
@@ -118,7 +122,8 @@ def test_document_is_valid_for_kubernetes(rel, i, doc):
     assert key[0] not in ("k8s.cni.cncf.io",), f"{rel}#{i}: {key} has no CRD in manifests/"
     from kubernetes_validate import utils
 
-    for version in K8S_VERSIONS:
+    oldest = FIRST_RELEASE.get((doc.get("apiVersion"), doc.get("kind")), K8S_VERSIONS[0])
+    for version in (oldest,) + K8S_VERSIONS[1:]:
         v = utils.latest_version() if version == "latest" else version
         try:
             utils.validate(doc, v, strict=True)
@@ -151,29 +156,77 @@ def test_strict_validation_catches_a_misspelt_field():
 # what the install side promises
 
 
-def test_rbac_is_the_least_the_plugin_needs():
-    """The CNI plugin's role. Node agents (IPAM GC) get roles of their own, in files of their own."""
-    [role] = [r for r in by_kind("ClusterRole") if r["metadata"]["name"] == "multiplex"]
-    rules = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
-             for v in rule["verbs"]}
-    assert rules == {
-        ("", "pods", "get"), ("", "pods", "patch"),
-        ("k8s.cni.cncf.io", "network-attachment-definitions", "get"),
-        ("k8s.cni.cncf.io", "network-attachment-definitions", "list"),
-        ("k8s.cni.cncf.io", "network-attachment-definitions", "watch"),
-    }
-    assert not any("*" in x for rule in role["rules"] for x in rule["verbs"] + rule["resources"] + rule["apiGroups"])
-    [binding] = [b for b in by_kind("ClusterRoleBinding") if b["roleRef"]["name"] == "multiplex"]
-    [sa] = by_kind("ServiceAccount")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                                  "name": role["metadata"]["name"]}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
-                                    "namespace": sa["metadata"]["namespace"]}]
+def rules_of(role: dict) -> set[tuple[str, str, str]]:
+    return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+            for v in rule["verbs"]}
+
+
+def role_named(name: str) -> dict:
+    [role] = [r for r in by_kind("ClusterRole") if r["metadata"]["name"] == name]
+    return role
+
+
+def bound_accounts(role_name: str) -> list[tuple[str, str]]:
+    """(namespace, name) of the service accounts bound to a ClusterRole."""
+    return [(s["namespace"], s["name"]) for b in by_kind("ClusterRoleBinding") + by_kind("RoleBinding")
+            if b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name}
+            for s in b["subjects"] if s["kind"] == "ServiceAccount"]
+
+
+def test_rbac_is_split_by_role_and_is_the_least_each_needs():
+    """The node's account (the CNI plugin and its IPAM) and the IPAM collector's are separate; each
+    role holds exactly the verbs the code uses (tests/k8s/test_rbac_matches_code.py records them)."""
+    g = "ipam.multiplex.dev"
+    assert rules_of(role_named("multiplex")) == {
+        ("", "pods", "get"), ("", "pods", "patch"), ("k8s.cni.cncf.io", "network-attachment-definitions", "get")}
+    assert rules_of(role_named("multiplex-ipam")) == {
+        (g, "ippools", "list"), (g, "ipblocks", "get"), (g, "ipblocks", "list"), (g, "ipblocks", "create"),
+        (g, "ipblocks", "update"), ("", "nodes", "get")}
+    assert rules_of(role_named("multiplex-ipam-gc")) == {
+        (g, "ipblocks", "get"), (g, "ipblocks", "list"), (g, "ipblocks", "update"), (g, "ipblocks", "delete"),
+        ("", "nodes", "list"), ("", "pods", "list")}
+    node = ("kube-system", "multiplex")
+    assert bound_accounts("multiplex") == [node] and bound_accounts("multiplex-ipam") == [node]
+    assert bound_accounts("multiplex-ipam-gc") == [("kube-system", "multiplex-ipam-gc")]
+    accounts = {(sa["metadata"]["namespace"], sa["metadata"]["name"]) for sa in by_kind("ServiceAccount")}
+    assert accounts == {node, ("kube-system", "multiplex-ipam-gc")}
+
+
+def test_no_role_has_a_wildcard_or_a_name_restriction_to_forget():
+    for role in by_kind("ClusterRole") + by_kind("Role"):
+        for rule in role["rules"]:
+            assert not any("*" in x for x in rule["verbs"] + rule["resources"] + rule["apiGroups"]), role["metadata"]
+            assert set(rule) == {"apiGroups", "resources", "verbs"}, role["metadata"]
+
+
+def test_each_workload_runs_under_its_own_account():
+    [ds] = by_kind("DaemonSet")
+    [dep] = by_kind("Deployment")
+    assert ds["spec"]["template"]["spec"]["serviceAccountName"] == "multiplex"
+    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "multiplex-ipam-gc"
+    assert dep["metadata"]["namespace"] == "kube-system"
+
+
+def test_admission_policies_bind_the_node_account_and_deny():
+    policies = {p["metadata"]["name"]: p for p in by_kind("ValidatingAdmissionPolicy")}
+    bindings = {b["spec"]["policyName"]: b for b in by_kind("ValidatingAdmissionPolicyBinding")}
+    assert set(policies) == {"multiplex-node-pod-status", "multiplex-node-ipblocks"} == set(bindings)
+    for name, policy in policies.items():
+        assert policy["apiVersion"] == "admissionregistration.k8s.io/v1"
+        assert policy["spec"]["failurePolicy"] == "Fail"
+        [cond] = policy["spec"]["matchConditions"]
+        assert cond["expression"] == "request.userInfo.username == 'system:serviceaccount:kube-system:multiplex'"
+        assert bindings[name]["spec"]["validationActions"] == ["Deny"]
+    [pods] = policies["multiplex-node-pod-status"]["spec"]["matchConstraints"]["resourceRules"]
+    assert (pods["apiGroups"], pods["resources"], pods["operations"]) == ([""], ["pods"], ["UPDATE"])
+    [blocks] = policies["multiplex-node-ipblocks"]["spec"]["matchConstraints"]["resourceRules"]
+    assert (blocks["apiGroups"], blocks["resources"], sorted(blocks["operations"])) == (
+        ["ipam.multiplex.dev"], ["ipblocks"], ["CREATE", "UPDATE"])
 
 
 def test_daemonset_runs_install_on_every_node():
     [ds] = by_kind("DaemonSet")
-    [sa] = by_kind("ServiceAccount")
+    [sa] = [sa for sa in by_kind("ServiceAccount") if sa["metadata"]["name"] == "multiplex"]
     pod = ds["spec"]["template"]["spec"]
     assert ds["metadata"]["namespace"] == sa["metadata"]["namespace"]
     assert pod["serviceAccountName"] == sa["metadata"]["name"]
@@ -182,16 +235,32 @@ def test_daemonset_runs_install_on_every_node():
     assert pod["priorityClassName"] == "system-node-critical"
     [c] = [c for c in pod.get("initContainers", []) + pod["containers"]
            if c["command"][:2] == ["multiplex", "install"]]
-    assert c["securityContext"]["privileged"] is True
     args = dict(a.split("=", 1) for a in c["command"][2:] if "=" in a)
     root = args["--root"]
     hostpaths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
     mounts = {m["mountPath"]: hostpaths[m["name"]] for m in c["volumeMounts"]}
-    # every host directory appears under --root at its own path, as install() resolves it
-    for host_dir in (inst.DEFAULT_BIN_DIR, inst.DEFAULT_CONF_DIR, "/var/lib/cni", args["--runtime-src"]):
+    # every host directory install writes appears under --root at its own path, as install()
+    # resolves it, and nothing else of the host is mounted (no /var/lib/cni: install never writes it)
+    wanted = (inst.DEFAULT_BIN_DIR, inst.DEFAULT_CONF_DIR, args["--runtime-src"])
+    for host_dir in wanted:
         assert mounts.get(root + host_dir) == host_dir, f"{host_dir} is not mounted at {root}{host_dir}"
+    assert sorted(mounts.values()) == sorted(wanted) == sorted(hostpaths.values())
+    assert all(not m.get("readOnly") for m in c["volumeMounts"])
     probe = c["readinessProbe"]["exec"]["command"]
     assert probe[-1] == root + inst.DEFAULT_CONF_DIR + "/" + inst.DEFAULT_CONF_NAME
+
+
+def test_daemonset_is_not_privileged():
+    """install writes files into root-owned host directories: uid 0 as their owner, no capability."""
+    [ds] = by_kind("DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        sc = c["securityContext"]
+        assert sc.get("privileged") is not True, c["name"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"] == {"drop": ["ALL"]}, c["name"]
+        assert sc["runAsUser"] == 0 and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not pod.get("hostPID") and not pod.get("hostIPC")
 
 
 def test_nad_crd_is_the_network_plumbing_wg_one():
