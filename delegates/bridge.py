@@ -7,9 +7,18 @@ bridge and forwarding on (isGateway); masquerade (ipMasq); routes in the pod. A 
 this call made (veth, IPAM lease, masquerade rules, a bridge it created and nobody uses) and raises.
 
 The host end is named from (containerID, ifname) - `mpx` + 12 hex - and carries the alias
-`<containerID>/<ifname>/<network>`, so DEL finds it without the pod netns and GC finds every
-attachment of a network by alias. DEL removes the veth (the pod end goes with it), the masquerade
-rules and the lease; the bridge stays. Config fields: docs/bridge.md, schemas/bridge.json.
+`<containerID>/<ifname>/<network>` (nftables.owner_comment: hashed parts when too long), so DEL
+finds it without the pod netns, GC finds every attachment of a network and a cache-less DEL
+(`sweep`) every attachment of a container by alias. The network is the config `name`, which the
+meta plugin sets to `<namespace>.<NAD name>`. DEL removes the veth (the pod end goes with it, and
+the port's FDB entries with the port), the masquerade rules and the lease; the bridge stays.
+Config fields: docs/bridge.md, schemas/bridge.json.
+
+One MAC, one port: ADD puts a static, sticky FDB entry for the pod's MAC on its bridge port. The
+kernel adds it only when the bridge holds that MAC nowhere else, so a requested MAC (capability
+`mac`) already in use on the bridge - another pod's, the bridge's own - is refused (code 103,
+`field: runtimeConfig.mac`) before IPAM is asked, and the veth is undone; and no other port can
+take the MAC over by sending with it.
 
 IPv6 addresses skip duplicate address detection (accept_dad=0 on the pod interface and IFA_F_NODAD
 on each address): IPAM guarantees uniqueness, and DAD would keep a new address "tentative" - unusable -
@@ -24,16 +33,15 @@ from typing import Any, Optional
 
 from multiplex import log, nftables
 from multiplex.cni import skel
-from multiplex.cni.errors import CHECK_FAILED, CNIError, INVALID_CONFIG
+from multiplex.cni.errors import ADDRESS_UNAVAILABLE, CHECK_FAILED, CNIError, INVALID_CONFIG, invalid_config
 from multiplex.cni.plugin import Plugin
 from multiplex.cni.request import Request
 from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
-from multiplex.steps import Undo, check_prologue, ipam_add, open_pod_for_check
+from multiplex.steps import Undo, check_ipv6_mtu, check_prologue, ipam_add, open_pod_for_check
 
 TYPE_NAME = "multiplex-bridge"
 HOST_PREFIX = "mpx"
 BRIDGE_PREFIX = "mpxbr-"
-VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 
 
 # ---- names ---------------------------------------------------------------------------------------
@@ -80,12 +88,16 @@ class BridgeConfig:
 
     @classmethod
     def parse(cls, conf: dict) -> "BridgeConfig":
-        """Read a config already checked against schemas/bridge.json."""
+        """Read a config checked against schemas/bridge.json (ADD, CHECK) or not (DEL, GC, STATUS:
+        then only the name, the network's identity, must be there)."""
+        name = conf.get("name")
+        if not isinstance(name, str) or not name:
+            raise invalid_config("the config needs a network name", "$.name", "a non-empty string")
         rc = conf.get("runtimeConfig") if isinstance(conf.get("runtimeConfig"), dict) else {}
         mac = str(rc.get("mac") or "").lower().replace("-", ":")
         dns = DNS.from_dict(conf["dns"]) if isinstance(conf.get("dns"), dict) else None
         default_gw = bool(conf.get("isDefaultGateway", False))
-        return cls(network=str(conf["name"]), bridge=str(conf.get("bridge") or default_bridge_name(str(conf["name"]))),
+        return cls(network=name, bridge=str(conf.get("bridge") or default_bridge_name(name)),
                    is_gateway=bool(conf.get("isGateway", False)) or default_gw, is_default_gateway=default_gw,
                    ip_masq=bool(conf.get("ipMasq", False)), hairpin=bool(conf.get("hairpinMode", False)),
                    vlan=int(conf.get("vlan") or 0), mtu=conf.get("mtu") or None, mac=mac,
@@ -97,6 +109,10 @@ class BridgePlugin(Plugin):
     type_name = TYPE_NAME
     capabilities = frozenset({"ips", "mac"})
     schema = "bridge"
+
+    def validate(self, conf: dict, where: str = "$") -> None:
+        super().validate(conf, where)
+        check_ipv6_mtu(conf, where)
 
     def config(self, req: Request) -> BridgeConfig:
         # The JSON Schema (and its jsonschema import) guards what ADD and CHECK act on; teardown
@@ -142,6 +158,7 @@ class BridgePlugin(Plugin):
             node.set_hairpin(host)
         if conf.vlan:
             node.set_port_vlan(host, conf.vlan)
+        claim_mac(node, br, host, peer.mac, conf)
 
         ipam = ipam_add(req, undo)
 
@@ -233,32 +250,78 @@ class BridgePlugin(Plugin):
             invoke_ipam(req)
 
     def gc(self, req: Request) -> None:
-        from multiplex import netlink
-        from multiplex.cni.invoke import invoke_ipam
+        """Remove this network's attachments that the keep-list does not keep: their host veths (the
+        pod ends go with them) and masquerade rules, found by alias and comment; then IPAM's GC.
+        A malformed keep-list is code 7 before anything is touched."""
+        from multiplex.cni.valid import parse_keep
 
+        keep = parse_keep(req.config)
         conf = self.config(req)
-        valid = {(str(a.get("containerID", "")), str(a.get("ifname", "")))
-                 for a in req.config.get(VALID_ATTACHMENTS) or [] if isinstance(a, dict)}
-        tag = nftables.network_tag(conf.network)
+        ipam_type(req)
+        kept = kept_containers(keep)
 
         def stale(comment: str) -> bool:
-            parsed = nftables.parse_owner(comment)
-            return parsed is not None and parsed[2] == tag and (parsed[0], parsed[1]) not in valid
+            o = nftables.parse_owner(comment)
+            if o is None or not o.of_network(conf.network):
+                return False
+            cid = o.container_in(kept)
+            return cid is None or not keep.keeps(cid, o.ifname)
 
-        removed = []
-        with netlink.open_node() as node:
-            for link in node.links():
-                if link.kind == "veth" and link.name.startswith(HOST_PREFIX) and stale(link.alias):
-                    if node.delete_link(link.name):
-                        removed.append(link.name)
-        rules = 0
-        import shutil
-
-        if conf.ip_masq or shutil.which(nftables.NFT):
-            rules = nftables.delete_rules(lambda r: stale(r.comment), f"stale attachments of {conf.network}")
+        removed, rules = remove_owned(stale, f"stale attachments of {conf.network}")
         log.get().info("bridge gc", network=conf.network, veths=removed, masquerade_rules=rules)
         if ipam_speaks(req, "1.1.0"):
+            from multiplex.cni.invoke import invoke_ipam
+
             invoke_ipam(req)
+
+    def sweep(self, req: Request) -> None:
+        """A DEL without a cache entry: every host veth and masquerade rule this plugin made for
+        `req.container_id`, whatever its network or interface, found by alias and comment. The
+        config is not read (it may be another plugin's); leases are the IPAM's own sweep."""
+        cid = req.container_id
+        if not cid:
+            return
+
+        def mine(comment: str) -> bool:
+            o = nftables.parse_owner(comment)
+            return o is not None and o.of_container(cid)
+
+        removed, rules = remove_owned(mine, f"attachments of container {cid}")
+        if removed or rules:
+            log.get().info("bridge sweep", container=cid, veths=removed, masquerade_rules=rules)
+
+
+def kept_containers(keep) -> set[str]:
+    """Every container ID a keep-list names (to read hashed owner comments back)."""
+    return set(keep.containers) | {cid for cid, _ in keep.pairs}
+
+
+def remove_owned(match, what: str) -> tuple[list[str], int]:
+    """Delete the host veths whose alias and the masquerade rules whose comment `match` accepts.
+    Returns (veths deleted, rules deleted). Rules are looked for only where nft is installed."""
+    import shutil
+
+    from multiplex import netlink
+
+    removed = []
+    with netlink.open_node() as node:
+        for link in node.links():
+            if link.kind == "veth" and link.name.startswith(HOST_PREFIX) and link.alias and match(link.alias):
+                if node.delete_link(link.name):
+                    removed.append(link.name)
+    rules = 0
+    if shutil.which(nftables.NFT):
+        rules = nftables.delete_rules(lambda r: bool(r.comment) and match(r.comment), what)
+    return removed, rules
+
+
+def ipam_type(req: Request) -> str:
+    """The config's `ipam.type`, or code 7 naming it (checked before GC touches anything)."""
+    ipam = req.config.get("ipam")
+    if not isinstance(ipam, dict) or not isinstance(ipam.get("type"), str) or not ipam["type"]:
+        raise invalid_config("this plugin needs an IPAM config with a type", "$.ipam.type",
+                             "an IPAM config object with a \"type\"")
+    return ipam["type"]
 
 
 def ipam_speaks(req: Request, version: str) -> bool:
@@ -270,10 +333,10 @@ def ipam_speaks(req: Request, version: str) -> bool:
     from multiplex.cni.invoke import find_plugin
     from multiplex.cni.registry import builtin
 
-    ipam_type = str(req.config["ipam"]["type"])
-    if builtin(ipam_type) is not None:
+    ipam = ipam_type(req)
+    if builtin(ipam) is not None:
         return True
-    binary = find_plugin(ipam_type, req.path)
+    binary = find_plugin(ipam, req.path)
     env = req.derive(command="VERSION").env()
     try:
         proc = subprocess.run([binary], input=json.dumps({"cniVersion": version}).encode(), env=env,
@@ -283,7 +346,7 @@ def ipam_speaks(req: Request, version: str) -> bool:
         supported = []
     if version in supported:
         return True
-    log.get().info("IPAM plugin does not support this CNI version; not forwarded", ipam=ipam_type,
+    log.get().info("IPAM plugin does not support this CNI version; not forwarded", ipam=ipam,
                    command=req.command, version=version)
     return False
 
@@ -345,6 +408,26 @@ def ensure_vlan_gateway(node, br, vlan: int, mtu: Optional[int]):
     gw = node.require_link(gw_name)
     node.set_up(gw)
     return gw
+
+
+def claim_mac(node, br, port, mac: str, conf: BridgeConfig) -> None:
+    """The pod's MAC as a static, sticky FDB entry on its bridge port (in its VLAN). The kernel adds
+    it only when the bridge holds the MAC nowhere yet, which makes it the arbiter between concurrent
+    ADDs: held on another port (another pod, the bridge itself) is code 103; held on this very port
+    (learned already) is taken over."""
+    if not mac:
+        return
+    if node.add_static_fdb(port, mac, conf.vlan):
+        return
+    if any(e.port != port.index for e in node.fdb_entries(br, mac) if e.vlan == conf.vlan):
+        where = f"bridge {br.name}" + (f" (VLAN {conf.vlan})" if conf.vlan else "")
+        if conf.mac:
+            raise CNIError(ADDRESS_UNAVAILABLE, f"MAC address {mac} is already in use on {where}",
+                           "field: runtimeConfig.mac; allowed: a MAC no other interface of this network uses, "
+                           "or none (the kernel picks one)")
+        raise CNIError(ADDRESS_UNAVAILABLE, f"the kernel-chosen MAC address {mac} is already in use on {where}; "
+                       "try again", f"mac: {mac}")
+    node.add_static_fdb(port, mac, conf.vlan, replace=True)
 
 
 def _remove_bridge_if_unused(node, br) -> None:

@@ -7,7 +7,8 @@ multiplex_masq` shows exactly what multiplex made. One rule per pod address:
     ip saddr 198.18.0.5 ip daddr != 198.18.0.0/24 ip daddr != 224.0.0.0/4 masquerade comment "<owner>"
 
 `<owner>` is `<containerID>/<ifname>/<network>` (see `owner_comment`), which is how DEL removes an
-attachment's rules and GC finds rules of attachments that are gone. Adding is one atomic nft batch
+attachment's rules, GC finds rules of attachments that are gone and a cache-less DEL (sweep) finds
+every rule of a container. Adding is one atomic nft batch
 (table, chain and rules; `add` is idempotent for the table and chain, so concurrent callers are fine).
 Rules are added/removed in the namespace the process runs in (the node's).
 """
@@ -19,7 +20,7 @@ import json
 import shutil
 import subprocess
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Iterable, NamedTuple, Optional, Union
 
 from .cni.errors import CNIError, NETLINK_FAILURE
 
@@ -40,24 +41,53 @@ class Rule:
     saddr: str = ""
 
 
+def _digest(text: str) -> str:
+    return "#" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _fits(text: str) -> bool:
+    return len(text.encode()) <= COMMENT_MAX
+
+
 def owner_comment(container_id: str, ifname: str, network: str) -> str:
-    """The comment naming an attachment: `<containerID>/<ifname>/<network>` (a network name too long
-    for nft's 128 characters is replaced by `#` + 16 hex of its SHA-256)."""
-    c = f"{container_id}/{ifname}/{network}"
-    if len(c) <= COMMENT_MAX:
-        return c
-    return f"{container_id}/{ifname}/#" + hashlib.sha256(network.encode()).hexdigest()[:16]
+    """The comment naming an attachment: `<containerID>/<ifname>/<network>`, at most COMMENT_MAX
+    bytes (nft's limit; the host veth's alias, limited to 255 by the kernel, is the same string).
+
+    A namespaced network name (namespace up to 63 + NAD name up to 253) rarely fits: the network
+    part then becomes `#` + 16 hex of its SHA-256, and if the container ID still does not fit, it
+    does too. Neither a container ID nor a network name starts with `#`, so the forms never clash,
+    and comments of earlier versions (plain, or network hashed) parse the same way."""
+    for c in (f"{container_id}/{ifname}/{network}", f"{container_id}/{ifname}/{_digest(network)}"):
+        if _fits(c):
+            return c
+    return f"{_digest(container_id)}/{ifname}/{_digest(network)}"
 
 
-def parse_owner(comment: str) -> Optional[tuple[str, str, str]]:
-    """(containerID, ifname, network-or-#hash) from an owner comment, None when not one of ours."""
+class Owner(NamedTuple):
+    """An owner comment (or veth alias) read back: each part as written, maybe hashed."""
+    container: str
+    ifname: str
+    network: str
+
+    def of_container(self, container_id: str) -> bool:
+        return self.container in (container_id, _digest(container_id))
+
+    def of_network(self, network: str) -> bool:
+        return self.network in (network, _digest(network))
+
+    def container_in(self, container_ids: Iterable[str]) -> Optional[str]:
+        """The container ID among `container_ids` this owner names (plain or hashed), or None."""
+        for cid in container_ids:
+            if self.of_container(cid):
+                return cid
+        return None
+
+
+def parse_owner(comment: str) -> Optional[Owner]:
+    """(containerID, ifname, network) from an owner comment, each maybe `#`-hashed; None when the
+    comment is not one of ours."""
     parts = comment.split("/", 2)
-    return (parts[0], parts[1], parts[2]) if len(parts) == 3 and all(parts) else None
-
-
-def network_tag(network: str) -> str:
-    """How `network` appears as the third part of owner comments."""
-    return parse_owner(owner_comment("x", "x", network))[2]  # type: ignore[index]
+    return Owner(*parts) if len(parts) == 3 and all(parts) else None
 
 
 def _run(args: list[str], stdin: Optional[str] = None) -> subprocess.CompletedProcess:

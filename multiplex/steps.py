@@ -1,8 +1,10 @@
 """Steps every delegate shares (as the reference plugins share pkg/ip and pkg/ipam): undoing an
-ADD that failed half-way, taking the IPAM lease under that undo, opening the pod netns for CHECK."""
+ADD that failed half-way, taking the IPAM lease under that undo, opening the pod netns for CHECK,
+checking an `mtu` against the IPAM's IPv6 ranges."""
 from __future__ import annotations
 
-from typing import Any, Callable
+import ipaddress
+from typing import Any, Callable, Iterator, Mapping
 
 from . import log
 from .cni.errors import CHECK_FAILED, CNIError, DELEGATE_FAILED
@@ -62,3 +64,46 @@ def open_pod_for_check(req: Request, network: str):
     except netlink.NetnsGone:
         raise CNIError(CHECK_FAILED, f"the pod network namespace {req.netns} does not exist",
                        f"field: CNI_NETNS; network: {network}") from None
+
+
+IPV6_MIN_MTU = 1280  # RFC 8200: the kernel removes IPv6 from a link with a smaller MTU
+
+
+def ipam_subnets(ipam: Any, where: str = "$.ipam") -> Iterator[tuple[str, Any]]:
+    """(JSON path, subnet) of each range the IPAM config names in the shapes multiplex-ipam and
+    host-local read: `ranges` (range sets), `range` (one range, or its subnet as a string) and
+    host-local's legacy `subnet`. Whatever cannot be read is skipped: the IPAM plugin judges it."""
+    if not isinstance(ipam, Mapping):
+        return
+    sets = ipam.get("ranges")
+    if isinstance(sets, list):
+        for i, rs in enumerate(sets):
+            for j, r in enumerate(rs if isinstance(rs, list) else []):
+                if isinstance(r, Mapping):
+                    yield f"{where}.ranges[{i}][{j}].subnet", r.get("subnet")
+    one = ipam.get("range")
+    if isinstance(one, str):
+        yield f"{where}.range", one
+    elif isinstance(one, Mapping):
+        yield f"{where}.range.subnet", one.get("subnet")
+    if "subnet" in ipam:
+        yield f"{where}.subnet", ipam.get("subnet")
+
+
+def check_ipv6_mtu(conf: Mapping[str, Any], where: str = "$") -> None:
+    """Code 7 naming `mtu` when it is under 1280 and the IPAM hands out IPv6 addresses: the kernel
+    would refuse the pod's IPv6 address (EINVAL) only after the link and the lease exist."""
+    from .cni.errors import invalid_config
+
+    mtu = conf.get("mtu")
+    if not isinstance(mtu, int) or isinstance(mtu, bool) or mtu >= IPV6_MIN_MTU:
+        return
+    for path, subnet in ipam_subnets(conf.get("ipam"), f"{where}.ipam"):
+        try:
+            net = ipaddress.ip_network(str(subnet), strict=False)
+        except ValueError:
+            continue
+        if net.version == 6:
+            raise invalid_config(f"mtu {mtu} is too small for IPv6 ({path} is {net}): IPv6 needs an MTU of "
+                                 f"at least {IPV6_MIN_MTU}", f"{where}.mtu",
+                                 f"{IPV6_MIN_MTU} to 65535 with an IPv6 range, or leave mtu out")

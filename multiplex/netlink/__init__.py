@@ -8,8 +8,8 @@
         pod.set_up(peer)
 
 - `Handle`: one rtnetlink socket in one namespace (`open_node()` the current one, `open_netns(path)`
-  a pod's, where path is CNI_NETNS). Links, bridges, addresses, routes; kernel errors become
-  CNIError 105 naming the link/address.
+  a pod's, where path is CNI_NETNS). Links, bridges and their FDB, addresses, routes; kernel
+  errors become CNIError 105 naming the link/address.
 - `make_veth_pair`: a veth whose peer is created inside the pod netns and renamed there.
 - `sysctl.read/write(key, value, netns=path)`: sysctls in any namespace.
 - `uplink_mtu()`: the MTU of the node's default-route interface, for MTU defaults.
@@ -23,13 +23,13 @@ from __future__ import annotations
 from typing import Optional
 
 from . import netns, sysctl
-from .handle import AF_INET, AF_INET6, Address, Handle, Link, RouteEntry, family_of, kernel_error
+from .handle import AF_INET, AF_INET6, Address, FdbEntry, Handle, Link, RouteEntry, family_of, kernel_error
 from .netns import NetnsGone
 from .veth import make_veth_pair
 
 DEFAULT_MTU = 1500
 
-__all__ = ["AF_INET", "AF_INET6", "Address", "Handle", "Link", "NetnsGone", "RouteEntry", "family_of",
+__all__ = ["AF_INET", "AF_INET6", "Address", "FdbEntry", "Handle", "Link", "NetnsGone", "RouteEntry", "family_of",
            "kernel_error", "make_veth_pair", "netns", "open_netns", "open_node", "sysctl", "uplink_mtu"]
 
 

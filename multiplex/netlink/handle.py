@@ -27,6 +27,8 @@ AF_INET, AF_INET6 = 2, 10
 MAIN_TABLE = 254
 BRPORT_MODE_HAIRPIN = 1
 BRIDGE_VLAN_INFO_UNTAGGED = "untagged"
+NUD_NOARP, NUD_PERMANENT = 0x40, 0x80   # an FDB entry's state: "static", "permanent" (local)
+NTF_MASTER, NTF_STICKY = 0x04, 0x40     # the bridge's FDB (not the port's own); never roams
 
 
 @dataclass
@@ -40,6 +42,20 @@ class Link:
     master: int = 0         # index of the bridge it is a port of, 0 when none
     alias: str = ""         # IFLA_IFALIAS
     operstate: str = ""
+
+
+@dataclass
+class FdbEntry:
+    """One entry of a bridge's forwarding database (`bridge fdb show`)."""
+    mac: str
+    port: int               # the link the MAC sits behind (a port, or the bridge itself)
+    bridge: int = 0         # NDA_MASTER: the bridge whose FDB holds it (0: the port's own table)
+    vlan: int = 0           # 0: no VLAN
+    state: int = 0
+
+    @property
+    def static(self) -> bool:
+        return bool(self.state & NUD_NOARP) and not self.state & NUD_PERMANENT
 
 
 @dataclass
@@ -345,6 +361,51 @@ class Handle:
             for info in spec.get_attrs("IFLA_BRIDGE_VLAN_INFO"):
                 out.append(int(info["vid"]))
         return out
+
+    # ---- a bridge's forwarding database ---------------------------------------------------------
+    def fdb_entries(self, bridge: Link, mac: str = "") -> list[FdbEntry]:
+        """The entries of `bridge`'s FDB (on its ports and on itself), only `mac`'s when given."""
+        mac = mac.lower()
+        out = []
+        for m in self._call(f"read the forwarding database of {bridge.name}", f"link: {bridge.name}",
+                            self._ipr.fdb, "dump"):
+            lladdr = (m.get("NDA_LLADDR") or "").lower()
+            master = m.get("NDA_MASTER") or 0
+            if (master != bridge.index and m["ifindex"] != bridge.index) or (mac and lladdr != mac):
+                continue
+            out.append(FdbEntry(mac=lladdr, port=m["ifindex"], bridge=master, vlan=m.get("NDA_VLAN") or 0,
+                                state=m["state"]))
+        return out
+
+    def add_static_fdb(self, port: Link, mac: str, vlan: int = 0, replace: bool = False) -> bool:
+        """Put a static, sticky entry for `mac` on bridge port `port` in its bridge's FDB (`bridge fdb
+        add MAC dev PORT master static sticky`): frames to `mac` go to that port only, and the MAC
+        never moves to another port by learning. Static, not permanent: a permanent entry would make
+        the bridge take the MAC for its own. False when the bridge already holds `mac` (on any port,
+        this one included) and not `replace`; `replace` moves an existing entry here."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        kw: dict[str, Any] = {"ifindex": port.index, "lladdr": mac, "state": NUD_NOARP,
+                              "flags": NTF_MASTER | NTF_STICKY}
+        if vlan:
+            kw["vlan"] = vlan
+        what = f"add a static FDB entry for {mac} on {port.name}" + (f" (VLAN {vlan})" if vlan else "")
+        try:
+            self._ipr.fdb("replace" if replace else "add", **kw)
+            return True
+        except NetlinkError as e:
+            if e.code == errno.EEXIST and not replace:
+                return False
+            if e.code != errno.EINVAL:
+                raise kernel_error(e, what, f"link: {port.name}; mac: {mac}") from None
+        kw["flags"] = NTF_MASTER  # a kernel without sticky FDB entries (before 5.0)
+        try:
+            self._ipr.fdb("replace" if replace else "add", **kw)
+            return True
+        except NetlinkError as e:
+            if e.code == errno.EEXIST and not replace:
+                return False
+            raise kernel_error(e, what, f"link: {port.name}; mac: {mac}") from None
 
     # ---- addresses ------------------------------------------------------------------------------
     def addresses(self, link: Optional[Link] = None, family: int = 0) -> list[Address]:

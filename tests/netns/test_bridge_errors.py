@@ -87,12 +87,23 @@ def test_ifname_already_in_the_pod(hl):
     assert links(ns) == {"lo", "net1", "other"}  # the pod's own links are untouched
 
 
-def test_failure_after_ipam_undoes_veth_lease_and_the_new_bridge(hl):
-    # IPv6 needs an MTU of 1280: the kernel refuses the address after the veth and the lease exist
+def test_mtu_too_small_for_ipv6_is_refused_naming_mtu(hl):
+    # IPv6 needs an MTU of 1280: refused at validation (code 7), not by the kernel after the veth
+    # and the lease exist (code 105 EINVAL, as before)
     ns = hl.make_ns("pod")
     out = hl.cni("ADD", hl.conf("fd00:35::/64", bridge="mpxt-undo", mtu=1200), "cundo", ns)
+    assert out.rc == 1 and out.code == 7, out
+    assert out.out["details"].startswith("field: $.mtu;"), out
+    assert_nothing_left(hl, ns)
+
+
+def test_failure_after_ipam_undoes_veth_lease_and_the_new_bridge(hl):
+    # a route whose gateway is off the pod's subnet: the kernel refuses it after the veth and the lease
+    ns = hl.make_ns("pod")
+    conf = hl.conf("198.18.35.0/24", bridge="mpxt-undo", routes=[{"dst": "198.19.35.0/24", "gw": "198.19.255.1"}])
+    out = hl.cni("ADD", conf, "cundo", ns)
     assert out.rc == 1 and out.code == 105, out
-    assert "fd00:35::2/64" in out.out["msg"] and "eth0" in out.out["msg"]
+    assert "198.19.35.0/24" in out.out["msg"]
     assert_nothing_left(hl, ns)
 
 

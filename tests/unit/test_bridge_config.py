@@ -62,6 +62,46 @@ def test_bad_config_is_code_7_naming_the_field(fields, path, allowed):
     assert allowed in err["details"], err
 
 
+@pytest.mark.parametrize("ipam", [
+    {"type": "multiplex-ipam", "ranges": [[{"subnet": "198.18.0.0/24"}], [{"subnet": "fd00:1::/64"}]]},
+    {"type": "multiplex-ipam", "range": "fd00:1::/64"},
+    {"type": "multiplex-ipam", "range": {"subnet": "fd00:1::/64"}},
+    {"type": "host-local", "subnet": "fd00:1::/64"},
+])
+def test_mtu_under_1280_with_an_ipv6_range_is_code_7_naming_mtu(ipam):
+    err = run("ADD", conf(mtu=1200, ipam=ipam))
+    assert err["code"] == 7 and err["details"].startswith("field: $.mtu;"), err
+    assert "IPv6" in err["msg"] and "1280" in err["details"]
+
+
+@pytest.mark.parametrize("ipam", [
+    {"type": "multiplex-ipam", "ranges": [[{"subnet": "198.18.0.0/24"}]]},
+    {"type": "dhcp"},                                    # an IPAM whose ranges we cannot read
+    {"type": "multiplex-ipam", "ranges": [[{"subnet": "not a subnet"}]]},  # its own error, later
+])
+def test_mtu_under_1280_without_a_readable_ipv6_range_passes_validation(ipam):
+    bridge.plugin.validate(conf(mtu=1200, ipam=ipam))
+
+
+def test_gc_with_a_malformed_keep_list_is_code_7_before_anything(monkeypatch):
+    from multiplex import netlink
+
+    def touched(*a, **k):
+        raise AssertionError("GC touched the node before reading its keep-list")
+
+    monkeypatch.setattr(netlink, "open_node", touched)
+    monkeypatch.setattr(nftables, "delete_rules", touched)
+    for bad, field in [(None, '$["cni.dev/valid-attachments"]'),
+                       ("c1", '$["cni.dev/valid-attachments"]'),
+                       ([{"containerId": "c1", "ifName": "eth0"}], '$["cni.dev/valid-attachments"][0].containerID')]:
+        c = conf(**{"cni.dev/valid-attachments": bad}) if bad is not None else conf()
+        env = {"CNI_COMMAND": "GC", "CNI_PATH": "/nonexistent"}
+        out = io.StringIO()
+        assert skel.run(bridge.plugin, env, json.dumps(c).encode(), out) == 1
+        err = json.loads(out.getvalue())
+        assert err["code"] == 7 and err["details"].startswith(f"field: {field}"), err
+
+
 def test_ifname_too_long_is_code_4():
     err = run("ADD", conf(), ifname="x" * 16)
     assert err["code"] == 4 and "CNI_IFNAME" in err["details"]
@@ -104,13 +144,32 @@ def test_host_veth_name_is_deterministic_and_fits():
 
 
 def test_owner_comment_round_trips_and_stays_short():
-    assert bridge.owner("cid", "net1", "default/blue") == "cid/net1/default/blue"
+    assert bridge.owner("cid", "net1", "default.blue") == "cid/net1/default.blue"
+    assert nftables.parse_owner("cid/net1/default.blue") == ("cid", "net1", "default.blue")
     assert nftables.parse_owner("cid/net1/default/blue") == ("cid", "net1", "default/blue")
     assert nftables.parse_owner("not ours") is None
-    long = bridge.owner("c" * 64, "net1", "n" * 200)
-    assert len(long) <= nftables.COMMENT_MAX
-    assert nftables.parse_owner(long)[2] == nftables.network_tag("n" * 200)
-    assert nftables.network_tag("blue") == "blue"
+
+
+@pytest.mark.parametrize("cid_len", [64, 94, 95, 255])
+def test_owner_of_the_longest_namespaced_network_fits_nft_and_the_alias(cid_len):
+    # a namespace of 63 and a NAD name of 253 characters: the identity the meta plugin sets as `name`
+    network = "n" * 63 + "." + "a" * 253
+    cid = "c" * cid_len
+    comment = bridge.owner(cid, "net1-with-15ch", network)
+    assert len(comment.encode()) <= nftables.COMMENT_MAX  # nft's limit; the alias (255) is the same string
+    o = nftables.parse_owner(comment)
+    assert o.of_network(network) and not o.of_network("n" * 63 + ".b")
+    assert o.of_container(cid) and not o.of_container("d" * cid_len)
+    assert o.container_in(["x", cid]) == cid and o.ifname == "net1-with-15ch"
+
+
+def test_owner_comments_of_the_previous_version_still_match():
+    # before identities, the network part was the bare config name, or `#` + 16 hex when too long
+    old_short = "c1/net1/blue"
+    old_long = "c" * 64 + "/net1/#" + __import__("hashlib").sha256(("n" * 200).encode()).hexdigest()[:16]
+    assert nftables.parse_owner(old_short).of_network("blue")
+    assert nftables.parse_owner(old_long).of_network("n" * 200)
+    assert nftables.parse_owner(old_long).of_container("c" * 64)
 
 
 def test_vlan_gateway_names_fit():
