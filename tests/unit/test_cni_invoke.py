@@ -145,8 +145,29 @@ def test_hanging_plugin_times_out_with_try_again_later(bindir, calls):
     with pytest.raises(CNIError) as e:
         invoke(request(bindir, fake={"hang": {"ADD": 120}, "record": calls}), timeout=0.5)
     assert e.value.code == errors.TRY_AGAIN_LATER
-    assert "0.5s" in e.value.msg
+    assert "pluginTimeout 0.5s" in e.value.msg and "killed" in e.value.msg
     assert records(calls) == []  # killed before it did anything
+
+
+def test_exec_is_bounded_by_what_is_left_of_the_calls_deadline(bindir, calls):
+    import time
+
+    req = request(bindir, fake={"hang": {"ADD": 120}, "record": calls}, deadline=time.monotonic() + 0.5)
+    with pytest.raises(CNIError) as e:
+        invoke(req, timeout=60)  # pluginTimeout is 60 s, but the call has 0.5 s left
+    assert e.value.code == errors.TRY_AGAIN_LATER
+    assert "deadline" in e.value.msg and "fake-a" in e.value.msg
+    assert records(calls) == []
+
+
+def test_no_exec_once_the_calls_deadline_has_passed(bindir, calls):
+    import time
+
+    req = request(bindir, fake={"record": calls}, deadline=time.monotonic() - 1)
+    with pytest.raises(CNIError) as e:
+        invoke(req)
+    assert e.value.code == errors.TRY_AGAIN_LATER and "deadline" in e.value.msg
+    assert records(calls) == []  # never started
 
 
 def test_stderr_of_a_successful_plugin_is_logged(bindir, logfile):
