@@ -4,11 +4,21 @@ ADD  select attachments -> validate every config -> for each, in order: authoriz
      (delegate + IPAM + chained hooks), cache -> default route -> network-status -> the cluster
      network's result. A failure at attachment k DELs k..1 in reverse and returns the error.
 DEL  from the cache, in reverse; never needs the API server; idempotent; fine without a netns.
-CHECK every attachment against its cached result. GC removes attachments not in
-`cni.dev/valid-attachments` and forwards GC to every network. STATUS asks every network.
+     Without a usable cache entry (none, corrupt, or a netconf that no longer parses) every
+     built-in plugin sweeps what it made for the container, found by its own marks.
+CHECK every attachment against its cached result. STATUS asks every network.
+GC   keeps exactly what the runtime lists in `cni.dev/valid-attachments` (a malformed list is
+     code 7, nothing touched): a cache entry is collected only when its (containerID, ifname) is
+     not listed, under the container's lock, re-read there, and skipped when another call holds
+     that lock. GC then goes to every network known (the config's and every cached
+     attachment's), under the name its plugins see, with the keep-list: built-ins get the pairs
+     and the listed containers (`multiplex.dev/valid-containers`), exec'd plugins the pairs only,
+     or no GC at all when a listed container's interfaces are unknown (its cache entry unreadable).
 
 The cache entry for a pod is written before each attachment starts, so a crash mid-ADD leaves a
-record that DEL (or GC) uses to clean up.
+record that DEL (or GC) uses to clean up. Every ADD holds the GC lock shared and GC holds it
+exclusive (cni/lock.py), so GC never sees an ADD half done; the GC lock comes before the
+container lock. Every lock wait takes what is left of the call's deadline.
 """
 from __future__ import annotations
 
@@ -28,6 +38,9 @@ from .config import MultiplexConfig
 from .selection import Attachment
 
 CACHE_VERSION = 1
+#: how long GC waits for the lock of a container it would collect before skipping it (a call for
+#: that container is in flight: an ADD or DEL that will settle the entry itself)
+STALE_LOCK_WAIT = 1.0
 
 
 @dataclass
@@ -55,15 +68,27 @@ class Context:
         return ([self.conf.bin_dir] if self.conf.bin_dir else []) + list(self.req.path)
 
     def cache(self):
+        """The result cache; a state directory that cannot hold it is code 5 naming the path."""
         from .cni.cache import ResultCache
-        from .state import subdir
+        from .state import root
 
-        return ResultCache(subdir("cache", self.conf.state_dir))
+        return ResultCache(os.path.join(root(self.conf.state_dir), "cache"))
 
-    def lock(self):
-        from .cni.lock import container_lock
+    def lock(self, timeout: Optional[float] = None):
+        """The container's lock, waiting at most what is left of the call's deadline."""
+        from .cni.lock import DEFAULT_TIMEOUT, container_lock
 
-        return container_lock(self.req.container_id)
+        wait = self.req.time_left(DEFAULT_TIMEOUT)
+        return container_lock(self.req.container_id, timeout=wait if timeout is None else min(timeout, wait))
+
+    def gc_lock(self, exclusive: bool):
+        """The GC lock: shared for an ADD, exclusive for GC (cni/lock.py)."""
+        from .cni.lock import DEFAULT_TIMEOUT, gc_lock
+
+        return gc_lock(exclusive, timeout=self.req.time_left(DEFAULT_TIMEOUT))
+
+    def plugin_timeout(self) -> float:
+        return min(self.conf.plugin_timeout, self.req.time_left(self.conf.plugin_timeout))
 
     def source(self):
         conf = self.conf
@@ -125,14 +150,17 @@ class Multiplexer(Plugin):
     # ---- ADD ---------------------------------------------------------------------------------
     def add(self, req: Request) -> Result:
         ctx = Context.load(req)
-        with ctx.lock():
+        with ctx.gc_lock(exclusive=False), ctx.lock():
             cache = ctx.cache()
-            cached = cache.load(req.container_id, req.ifname)
+            cached = cache.load(req.container_id, req.ifname, with_corrupt=True)
             if cached and cached.get("complete"):
                 # ADD twice for the same container and interface: the same answer, nothing redone
                 return Result.from_dict(cached["attachments"][0]["result"])
             if cached:  # a crashed ADD left a partial record: undo it first
                 self._delete_record(ctx, cached)
+                cache.delete(req.container_id, req.ifname)
+            elif cached is not None:  # a corrupt entry: what it stood for is swept by the marks
+                self._sweep(ctx)
                 cache.delete(req.container_id, req.ifname)
             wait_ready(ctx.conf)
             t_start = time.perf_counter()
@@ -178,7 +206,10 @@ class Multiplexer(Plugin):
                        and record["attachments"][-1]["result"] is None):
                     record["attachments"].pop()
                 self._delete_record(ctx, record, ignore_errors=True)
-                cache.delete(req.container_id, req.ifname)
+                try:
+                    cache.delete(req.container_id, req.ifname)
+                except CNIError as gone:  # e.g. a read-only state dir: the original error matters
+                    log.get().error("cannot remove the cache entry of a failed ADD", error=gone.msg)
                 raise
             publish_status(ctx, source, atts, results, default_idx)
             log_timings(source, len(atts), t_start, t_selected, t_attached, time.perf_counter())
@@ -191,34 +222,85 @@ class Multiplexer(Plugin):
         ctx = Context.load(req)
         with ctx.lock():
             cache = ctx.cache()
-            record = cache.load(req.container_id, req.ifname)
-            if record is None:
+            record = cache.load(req.container_id, req.ifname, with_corrupt=True)
+            if not isinstance(record, dict):  # none, or corrupt: clean by the plugins' own marks
                 self._delete_without_cache(ctx)
+                self._sweep(ctx)
+                if record is not None:
+                    log.get().info("DEL removes the corrupt cache entry", file=record.path, problem=record.problem)
+                    cache.delete(req.container_id, req.ifname)
                 return
             self._delete_record(ctx, record)
             cache.delete(req.container_id, req.ifname)
 
     def _delete_record(self, ctx: Context, record: dict, ignore_errors: bool = False) -> None:
-        """DEL every attachment of a record in reverse; raise the first error after trying all."""
+        """DEL every attachment of a record in reverse; raise the first error after trying all.
+        An attachment whose cached netconf no longer parses cannot be DELed by its plugins: the
+        built-in plugins sweep the container instead."""
         from .cni import chain
 
         from .netlink.batch import deferred_deletes
 
         netns = ctx.req.netns if ctx.req.netns and os.path.exists(ctx.req.netns) else ""
         first: Optional[CNIError] = None
+        unparsed: list[str] = []
         # built-in delegates' node-side links go in one batch, deleted with one request at the end
         with deferred_deletes():
             for entry in reversed(record.get("attachments", [])):
-                att = Attachment.from_dict(entry)
-                prev = Result.from_dict(entry["result"]) if entry.get("result") else None
                 try:
+                    att = Attachment.from_dict(entry)
                     nl = parse_netlist(att, ctx.conf.cni_version)
+                    prev = Result.from_dict(entry["result"]) if entry.get("result") else None
+                except (CNIError, KeyError, TypeError, ValueError, AttributeError) as e:
+                    network = entry.get("network", "?") if isinstance(entry, dict) else "?"
+                    log.get().warning("cached attachment cannot be read; sweeping the container instead",
+                                      network=str(network), error=str(e))
+                    unparsed.append(str(network))
+                    continue
+                try:
                     chain.del_list(nl, ctx.runtime(att, netns=netns), prev)
                 except CNIError as e:
                     log.get().warning("DEL of attachment failed", network=att.network, ifname=att.ifname,
                                       error=str(e))
                     first = first or e
+        if unparsed:
+            try:
+                self._sweep(ctx)
+            except CNIError as e:
+                first = first or e
         if first is not None and not ignore_errors:
+            raise first
+
+    def _sweep(self, ctx: Context) -> None:
+        """Every built-in plugin removes what it made for this container on this node, found by
+        its own marks (veth alias, lease owner, nft comment). What cannot be reached (an API
+        server that is down) is logged as best effort; any other failure is raised after all ran."""
+        from .cni import registry
+
+        netns = ctx.req.netns if ctx.req.netns and os.path.exists(ctx.req.netns) else ""
+        sub = ctx.req.derive(command="DEL", netns=netns)
+        first: Optional[CNIError] = None
+        seen: set[int] = set()
+        for name in registry.builtin_names():
+            try:
+                plugin = registry.builtin(name)
+            except CNIError as e:
+                log.get().error("sweep: built-in plugin cannot be loaded", plugin=name, error=e.msg)
+                first = first or e
+                continue
+            if plugin is None or isinstance(plugin, Multiplexer) or id(plugin) in seen:
+                continue
+            seen.add(id(plugin))
+            try:
+                plugin.sweep(sub)
+            except CNIError as e:
+                if _unreachable(e):
+                    log.get().warning("sweep: best effort, cannot be reached", plugin=name, error=e.msg)
+                    continue
+                log.get().error("sweep failed", plugin=name, code=e.code, error=e.msg)
+                first = first or e
+        log.get().info("swept the container's attachments by their marks", plugins=len(seen))
+        if first is not None:
             raise first
 
     def _delete_without_cache(self, ctx: Context) -> None:
@@ -257,44 +339,77 @@ class Multiplexer(Plugin):
 
     # ---- GC ----------------------------------------------------------------------------------
     def gc(self, req: Request) -> None:
-        ctx = Context.load(req)
         from .cni import chain
+        from .cni.valid import parse_keep
 
-        valid = {(a.get("containerID"), a.get("ifname")) for a in req.config.get("cni.dev/valid-attachments") or []
-                 if isinstance(a, dict)}
-        cache = ctx.cache()
-        kept: list[dict] = []
-        for cid, ifname, record in list(cache.entries()):
-            if (cid, ifname) in valid:
-                kept.append(record)
-                continue
-            log.get().info("GC: removing stale attachment", container=cid, ifname=ifname)
-            sub = ctx.req.derive(command="DEL", container_id=cid, ifname=ifname, netns="")
-            subctx = Context(sub, ctx.conf)
-            with subctx.lock():
-                self._delete_record(subctx, record, ignore_errors=True)
-                cache.delete(cid, ifname)
-        # Forward GC to every network we know, with the attachments still valid on it.
-        networks: dict[str, tuple[Attachment, list[dict]]] = {}
-        try:
-            for att in config_attachments(ctx):
-                networks.setdefault(att.network, (att, []))
-        except CNIError as e:  # e.g. the API is down: the networks in the cache are still collected
-            log.get().warning("GC: cannot resolve the config's own networks", error=str(e))
-        for record in kept:
-            for entry in record.get("attachments", []):
-                att = Attachment.from_dict(entry)
-                networks.setdefault(att.network, (att, []))[1].append(
-                    {"containerID": record["containerID"], "ifname": att.ifname})
-        first: Optional[CNIError] = None
-        for att, still_valid in networks.values():
-            try:
-                chain.gc_list(parse_netlist(att, ctx.conf.cni_version), still_valid, path=ctx.path)
-            except CNIError as e:
-                log.get().warning("GC of network failed", network=att.network, error=str(e))
-                first = first or e
+        keep = parse_keep(req.config)  # a malformed list is code 7 before anything is touched
+        ctx = Context.load(req)
+        with ctx.gc_lock(exclusive=True):  # no ADD is half done while GC runs
+            cache = ctx.cache()
+            records = list(cache.entries())
+            live = self._collect_stale(ctx, cache, keep, records)
+            self._collect_corrupt(ctx, cache, keep)
+            forward = forward_keep(keep, live)
+            unknown = sorted(listed_containers(keep) - {cid for cid, _ in live})
+            if unknown:
+                log.get().warning("GC not forwarded to exec'd plugins: listed containers have no readable "
+                                  "cache entry, so their interfaces cannot be named", containers=unknown)
+            first: Optional[CNIError] = None
+            for nl in gc_networks(ctx, records):
+                try:
+                    chain.gc_list(nl, forward, path=ctx.path, timeout=ctx.plugin_timeout(), external=not unknown)
+                except CNIError as e:
+                    log.get().warning("GC of network failed", network=nl.name, error=str(e))
+                    first = first or e
         if first is not None:
             raise first
+
+    def _collect_stale(self, ctx: Context, cache, keep, records: list) -> list[tuple[str, dict]]:
+        """DEL every cache entry the runtime does not list; return the (containerID, record) kept:
+        the listed ones and those skipped because another call holds their container's lock."""
+        live: list[tuple[str, dict]] = []
+        for cid, ifname, record in records:
+            if keep.keeps(cid, ifname):
+                live.append((cid, record))
+                continue
+            sub = Context(ctx.req.derive(command="DEL", container_id=cid, ifname=ifname, netns=""), ctx.conf)
+            try:
+                with sub.lock(timeout=STALE_LOCK_WAIT):
+                    fresh = cache.load(cid, ifname, with_corrupt=True)  # re-read: it may have changed
+                    if fresh is None:
+                        continue
+                    log.get().info("GC: removing stale attachment", container=cid, ifname=ifname)
+                    if isinstance(fresh, dict):
+                        self._delete_record(sub, fresh)
+                    else:
+                        self._sweep(sub)
+                    cache.delete(cid, ifname)
+            except CNIError as e:
+                if e.code == TRY_AGAIN_LATER and "lock" in e.details:
+                    log.get().info("GC: skipped, a call for this container is in flight", container=cid,
+                                   ifname=ifname)
+                    live.append((cid, record))
+                else:  # the entry stays: the next GC tries again
+                    log.get().warning("GC: cannot remove stale attachment", container=cid, ifname=ifname,
+                                      error=str(e))
+        return live
+
+    def _collect_corrupt(self, ctx: Context, cache, keep) -> None:
+        """A corrupt entry of a container the runtime does not list: sweep it by marks, remove the file."""
+        listed = listed_containers(keep)
+        for bad in list(cache.corrupt_entries()):
+            if bad.container_id in listed or keep.keeps(bad.container_id, bad.ifname):
+                continue
+            sub = Context(ctx.req.derive(command="DEL", container_id=bad.container_id, ifname=bad.ifname,
+                                         netns=""), ctx.conf)
+            try:
+                with sub.lock(timeout=STALE_LOCK_WAIT):
+                    if isinstance(cache.load(bad.container_id, bad.ifname, with_corrupt=True), dict):
+                        continue  # rewritten meanwhile: the next GC judges it
+                    self._sweep(sub)
+                    cache.delete(bad.container_id, bad.ifname)
+            except CNIError as e:
+                log.get().warning("GC: cannot clean a corrupt cache entry", file=bad.path, error=str(e))
 
     # ---- STATUS ------------------------------------------------------------------------------
     def status(self, req: Request) -> None:
@@ -323,6 +438,60 @@ def config_attachments(ctx: Context) -> list[Attachment]:
     atts += [Attachment(network=str(d.get("name", "")), ifname=f"net{n}", netconf=d)
              for n, d in enumerate(delegates, 1)]
     return atts
+
+
+def listed_containers(keep) -> set[str]:
+    """Every container the runtime lists (by one of its pairs, or whole)."""
+    return {cid for cid, _ in keep.pairs} | set(keep.containers)
+
+
+def forward_keep(keep, live: list[tuple[str, dict]]):
+    """The keep-list GC forwards: the runtime's pairs plus every attachment of each live record
+    (the runtime never sees net1, net2, ...), and whole containers: the listed ones and those
+    whose entry GC left alone because a call for them is in flight."""
+    from .cni.valid import keep_of
+
+    pairs = set(keep.pairs)
+    for cid, record in live:
+        for entry in record.get("attachments") or []:
+            if isinstance(entry, dict) and isinstance(entry.get("ifname"), str):
+                pairs.add((cid, entry["ifname"]))
+    return keep_of(pairs, listed_containers(keep) | {cid for cid, _ in live})
+
+
+def gc_networks(ctx: Context, records: list) -> list:
+    """Every network known - the config's own and every cached attachment's - by the name its
+    plugins see (a NAD's `<namespace>.<name>`, or the bare name of an entry cached before
+    identities), and its config, so two networks sharing a name are each reached."""
+    import json
+
+    found: list[Attachment] = []
+    try:
+        found += config_attachments(ctx)
+    except CNIError as e:  # e.g. the API is down: the networks in the cache are still collected
+        log.get().warning("GC: cannot resolve the config's own networks", error=str(e))
+    for _, _, record in records:
+        for entry in record.get("attachments") or []:
+            try:
+                found.append(Attachment.from_dict(entry))
+            except (KeyError, TypeError, AttributeError) as e:
+                log.get().warning("GC: a cached attachment cannot be read", error=str(e))
+    networks: dict[tuple[str, str], Any] = {}
+    for att in found:
+        try:
+            nl = parse_netlist(att, ctx.conf.cni_version)
+        except CNIError as e:
+            log.get().warning("GC: network config does not parse; not forwarded", network=att.network, error=e.msg)
+            continue
+        networks.setdefault((nl.name, json.dumps(nl.plugins, sort_keys=True, default=str)), nl)
+    return list(networks.values())
+
+
+def _unreachable(e: CNIError) -> bool:
+    """An API server that cannot be reached: what a sweep cannot do, it logs as best effort."""
+    from .k8s.errors import Unavailable
+
+    return isinstance(e, Unavailable)
 
 
 def log_timings(source, attachments: int, t_start: float, t_selected: float, t_attached: float,

@@ -77,7 +77,7 @@ def test_cluster_network_by_config_name_in_conf_dir(env):
     env.pod("p", "")
     rc, out = env.call("ADD", env.config(clusterNetwork="podnet"))
     assert rc == 0, out
-    assert env.calls() == [("ADD", "podnet", "eth0")]
+    assert env.calls() == [("ADD", "podnet", "eth0")]  # the admin's conf file keeps its own name
     assert out["interfaces"][-1]["name"] == "fake-a"
 
 
@@ -100,7 +100,8 @@ def test_nad_with_empty_spec_config_uses_the_conf_file_of_that_name(env):
     env.pod("p", "storage")
     rc, out = env.call("ADD", env.config(clusterNetwork="podnet"))
     assert rc == 0, out
-    assert env.calls() == [("ADD", "podnet", "eth0"), ("ADD", "storage", "net1")]
+    # NAD-sourced networks are named with their namespace (two namespaces' NADs never share one)
+    assert env.calls() == [("ADD", "default.podnet", "eth0"), ("ADD", "default.storage", "net1")]
 
 
 def test_annotation_requests_reach_the_delegate_and_runtime_config_only_the_cluster_network(env):
@@ -128,8 +129,9 @@ def test_failure_at_the_third_attachment_undoes_two_and_one_in_reverse(env):
     env.pod("p", "one, two")
     rc, out = env.call("ADD", env.config(clusterNetwork="podnet"))
     assert rc == 1 and out["code"] == 11 and "no capacity" in out["msg"]
-    assert env.calls() == [("ADD", "podnet", "eth0"), ("ADD", "one", "net1"), ("ADD", "two", "net2"),
-                           ("DEL", "two", "net2"), ("DEL", "one", "net1"), ("DEL", "podnet", "eth0")]
+    assert env.calls() == [("ADD", "default.podnet", "eth0"), ("ADD", "default.one", "net1"),
+                           ("ADD", "default.two", "net2"), ("DEL", "default.two", "net2"),
+                           ("DEL", "default.one", "net1"), ("DEL", "default.podnet", "eth0")]
     assert not os.listdir(env.root / "state" / "cache") or all(
         f.startswith(".") for f in os.listdir(env.root / "state" / "cache"))
 
@@ -142,7 +144,7 @@ def test_del_runs_in_reverse_from_the_cache_even_when_definitions_are_gone(env):
     for f in os.listdir(env.root / "nads"):  # the definitions disappear: DEL works from the cache
         os.unlink(env.root / "nads" / f)
     assert env.call("DEL", env.config(clusterNetwork="podnet"))[0] == 0
-    assert env.calls()[2:] == [("DEL", "one", "net1"), ("DEL", "podnet", "eth0")]
+    assert env.calls()[2:] == [("DEL", "default.one", "net1"), ("DEL", "default.podnet", "eth0")]
     dels = [r for r in records(env.record) if r["command"] == "DEL"]
     assert all(r["stdin"].get("prevResult") for r in dels), "DEL gets the cached result as prevResult"
     # again: no cache entry; the config's own cluster network is DELeted best effort, and it succeeds
@@ -161,10 +163,11 @@ def test_gc_removes_stale_pods_and_forwards_the_valid_attachments(env):
     assert rc == 0, out
     recs = records(env.record)
     dels = [(r["env"]["CNI_CONTAINERID"], r["stdin"]["name"]) for r in recs if r["command"] == "DEL"]
-    assert dels == [("stale", "one"), ("stale", "podnet")]
+    assert dels == [("stale", "default.one"), ("stale", "default.podnet")]
     gcs = {r["stdin"]["name"]: r["stdin"]["cni.dev/valid-attachments"] for r in recs if r["command"] == "GC"}
-    assert gcs["podnet"] == [{"containerID": "keep", "ifname": "eth0"}]
-    assert gcs["one"] == [{"containerID": "keep", "ifname": "net1"}]
+    # exec'd plugins get the spec's pairs: every interface of the listed pod, none of the stale one
+    both = [{"containerID": "keep", "ifname": "eth0"}, {"containerID": "keep", "ifname": "net1"}]
+    assert gcs == {"default.podnet": both, "default.one": both}
 
 
 def test_status_names_the_network_that_is_not_ready(env):
@@ -179,7 +182,7 @@ def test_add_twice_returns_the_cached_result_without_calling_delegates_again(env
     first = env.call("ADD", env.config(clusterNetwork="podnet"))
     second = env.call("ADD", env.config(clusterNetwork="podnet"))
     assert first == second and first[0] == 0
-    assert env.calls() == [("ADD", "podnet", "eth0")]
+    assert env.calls() == [("ADD", "default.podnet", "eth0")]
 
 
 def test_status_answers_with_status_codes_even_for_other_errors(env):
@@ -199,4 +202,7 @@ def test_gc_still_collects_cached_pods_when_the_cluster_network_cannot_be_resolv
     conf["cni.dev/valid-attachments"] = []
     rc, out = env.call("GC", conf)
     assert rc == 0, out
-    assert [(r["command"], r["env"].get("CNI_CONTAINERID")) for r in records(env.record)][-1] == ("DEL", "stale")
+    calls = [(r["command"], r["env"].get("CNI_CONTAINERID"), r["stdin"]["name"]) for r in records(env.record)]
+    # the stale pod is DELeted from its cache entry, and its network still gets GC (nothing listed)
+    assert calls[1:] == [("DEL", "stale", "default.podnet"), ("GC", None, "default.podnet")]
+    assert records(env.record)[-1]["stdin"]["cni.dev/valid-attachments"] == []
