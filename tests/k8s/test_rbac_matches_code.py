@@ -1,0 +1,226 @@
+"""The RBAC in manifests/ is exactly what the code does with the API, both ways.
+
+Each role's code paths run against the test API server (tests/k8s/apiserver.py records every
+request it serves as verb + resource); each request is mapped to (apiGroup, resource, verb) and
+must be granted to the account that role runs under, and every rule granted to that account must
+be used by some recorded request (nothing unused, no wildcard).
+
+- the node account (`kube-system/multiplex`, the CNI plugin with the node kubeconfig): plugin
+  ADD/CHECK/DEL/GC with the pods and NADs from the API (network-status patched back) and a network
+  on the kubernetes IPAM store, plus the store's rarer paths (a requested address, a lost claim, a
+  takeover, a borrow, a pool with a nodeSelector, release, CNI GC, the routed delegate's view);
+- the IPAM collector's account (`kube-system/multiplex-ipam-gc`, `multiplex ipam gc`): marks,
+  frees, a conflict re-read, a block handed over, a block released.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import pytest
+import yaml
+
+from multiplex.cni.valid import Keep
+from multiplex.ipam import gc
+from multiplex.ipam.kube_store import API_VERSION, POOL_KIND, POOLS
+from tests.k8s.ipam_kube_support import REPO, cluster, install_crds, ipam_conf, owner, take  # noqa: F401
+
+NODE_ACCOUNT = ("kube-system", "multiplex")
+GC_ACCOUNT = ("kube-system", "multiplex-ipam-gc")
+Rule = tuple[str, str, str]   # (apiGroup, resource, verb)
+
+
+# --- what the manifests grant ------------------------------------------------------------------
+
+def manifest_documents() -> list[dict]:
+    docs = []
+    for path in sorted(glob.glob(os.path.join(REPO, "manifests", "*.yaml"))):
+        with open(path) as f:
+            docs += [d for d in yaml.safe_load_all(f) if d]
+    return docs
+
+
+def granted(account: tuple[str, str]) -> set[Rule]:
+    """Every (apiGroup, resource, verb) the ClusterRoles bound to a service account allow."""
+    docs = manifest_documents()
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
+    out: set[Rule] = set()
+    for b in (d for d in docs if d["kind"] == "ClusterRoleBinding"):
+        if any(s["kind"] == "ServiceAccount" and (s["namespace"], s["name"]) == account for s in b["subjects"]):
+            role = roles[b["roleRef"]["name"]]
+            out |= {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+                    for v in rule["verbs"]}
+    return out
+
+
+# --- what the code does --------------------------------------------------------------------------
+
+def used(api) -> set[Rule]:
+    """The requests the server saw, as RBAC names them (group from the server's resource types)."""
+    group = {plural: g for (g, plural) in api.store.types}
+    return {(group[r.resource], r.resource, r.verb) for r in api.requests if r.resource}
+
+
+def report(role: str, rules: set[Rule]) -> None:
+    print(f"\n{role} used: " + ", ".join(f"{g or 'core'}/{r} {v}" for g, r, v in sorted(rules)))
+
+
+def run_ipam_store_paths(c) -> None:
+    """The kubernetes IPAM store as the CNI plugin drives it on nodes n1..n3 (store.py interface)."""
+    c.pool("tiny", "198.18.106.0/28", blockSize=30, nodeSelector={"kubernetes.io/os": "linux"})
+    for n in ("n1", "n2", "n3"):
+        c.node(n, labels={"kubernetes.io/os": "linux"})
+    conf = ipam_conf("198.18.106.0/28", network="tiny")
+    # claims (create), the hot path (update), until the pool of 3 blocks runs out
+    take(c.store("n1"), conf, owner("c1", network="tiny", pod="p1"))
+    take(c.store("n1"), conf, owner("c2", network="tiny", pod="p2"))
+    take(c.store("n2"), conf, owner("c3", network="tiny", pod="p3"))
+    take(c.store("n2"), conf, owner("c4", network="tiny", pod="p4"), requested="198.18.106.10")  # get
+    c.store("n2").release(owner("c4", network="tiny", pod="p4"))
+    # n3 claims what is left, then takes over an empty block or borrows an address
+    take(c.store("n3"), conf, owner("c5", network="tiny", pod="p5"))
+    take(c.store("n3"), conf, owner("c6", network="tiny", pod="p6"))
+    c.store("n1").gc("tiny", Keep(pairs=frozenset({("c1", "eth0")})))
+    c.store("n3").node_routes()
+    c.store("n1").usage(conf.range_sets[0], conf.exclude)
+    # a claim whose answer was lost: the retried create answers AlreadyExists, the block is re-read
+    store = c.store("n3")
+    real_create = store.client.create_object
+    calls = []
+
+    def lost_answer(*a, **kw):
+        out = real_create(*a, **kw)
+        calls.append(1)
+        if len(calls) == 1:
+            from multiplex.k8s.errors import AlreadyExists
+            raise AlreadyExists("lost answer", "test")
+        return out
+
+    c.pool("wide", "198.18.107.0/24")
+    store.client.create_object = lost_answer
+    try:
+        take(store, ipam_conf("198.18.107.0/24", network="wide"), owner("c7", network="wide", pod="p7"))
+    finally:
+        store.client.create_object = real_create
+
+
+def run_ipam_gc_paths(c) -> None:
+    """`multiplex ipam gc` passes: mark, free after the grace period, a conflict re-read, a block
+    handed over, an empty block released."""
+    c.pool("gcpool", "198.18.108.0/28", blockSize=30)
+    for n in ("n1", "n2", "n3"):
+        c.node(n)
+    conf = ipam_conf("198.18.108.0/28", network="gcpool")
+    for i, n in enumerate(("n1", "n2", "n2", "n3"), 1):
+        c.api.store.add_pod(f"p{i}", node_name=n, uid=f"u{i}")
+        take(c.store(n), conf, owner(f"c{i}", network="gcpool", pod=f"p{i}", uid=f"u{i}"))
+    take(c.store("n1"), conf, owner("c9", network="gcpool"))
+    c.api.store.delete_pod("p1")
+    c.api.store.delete_node("n3")
+    c.api.store.delete_node("n2")
+    c.api.reset_counts()
+    c.api.fail_next(1, 409, verbs="update", resource="ipblocks")   # another writer was first: re-read
+    gc.collect(c.client("gc"), grace=10, now=lambda: 100.0)
+    gc.collect(c.client("gc"), grace=10, now=lambda: 200.0)
+    gc.collect(c.client("gc"), grace=10, now=lambda: 300.0)
+
+
+# --- the node account: the CNI plugin ------------------------------------------------------------
+
+@pytest.fixture
+def node_api(node, tmp_path):
+    """The test API server on the simulated node's loopback (multiplex runs inside the node)."""
+    from tests.k8s.apiserver import running_apiserver
+
+    (tmp_path / "api").mkdir()
+    with running_apiserver(str(tmp_path / "api"), netns=f"/var/run/netns/{node}") as server:
+        install_crds(server)
+        yield server
+
+
+@pytest.fixture
+def node_lab(node, netns_factory, tmp_path, node_api):
+    from tests.netns.mpxlab import Lab, bridge_conf
+
+    lab = Lab(node=node, root=str(tmp_path), netns_factory=netns_factory)
+    lab.extra = {"kubeconfig": node_api.kubeconfig, "nadDir": None, "podDir": None}
+
+    def nad(name: str, conf: dict) -> None:
+        node_api.store.add_nad(name, "default", json.dumps(dict(conf, cniVersion="1.1.0", name=name)))
+
+    nad("podnet", bridge_conf("mpx-pod", "198.18.110.0/24", isGateway=True, isDefaultGateway=True))
+    blue = bridge_conf("mpx-blue", "198.18.111.0/24")
+    blue["ipam"]["store"] = "kubernetes"
+    nad("blue", blue)
+    node_api.store.add({"apiVersion": API_VERSION, "kind": POOL_KIND, "metadata": {"name": "blue"},
+                        "spec": {"cidr": "198.18.111.0/24", "nodeSelector": {"kubernetes.io/os": "linux"}}}, POOLS)
+    node_api.store.add_node("n1", labels={"kubernetes.io/os": "linux"})
+    lab.api = node_api
+    return lab
+
+
+def run_plugin_paths(lab) -> None:
+    """A pod with the cluster network and one on the kubernetes IPAM store: ADD, CHECK, GC, DEL."""
+    conf = {k: v for k, v in lab.config().items() if v is not None}
+    env = {"NODE_NAME": "n1"}
+    pods = []
+    for name in ("web", "db"):
+        pod = lab.api.store.add_pod(name, "default", annotations={"k8s.v1.cni.cncf.io/networks": "blue"},
+                                    node_name="n1")
+        pods.append((name, lab.netns_factory("pod"), pod["metadata"]["uid"]))
+    for name, ns, uid in pods:
+        out = lab.cni("ADD", name, ns, config=conf, uid=uid, env=env)
+        assert out.ok, out
+        assert lab.api.store.get_pod(name)["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"]
+    name, ns, uid = pods[0]
+    assert lab.cni("CHECK", name, ns, config=conf, uid=uid, env=env).ok
+    valid = {"cni.dev/valid-attachments": [{"containerID": f"cid-{name}", "ifname": i} for i in ("eth0", "net1")]}
+    assert lab.cni("GC", None, None, config=dict(conf, **valid), env=env).ok
+    for name, ns, uid in pods:
+        assert lab.cni("DEL", name, ns, config=conf, uid=uid, env=env).ok
+
+
+@pytest.mark.root
+def test_the_node_account_is_granted_exactly_what_the_plugin_and_its_ipam_use(node_lab, cluster):  # noqa: F811
+    run_plugin_paths(node_lab)
+    plugin = used(node_lab.api)
+    report("plugin (ADD/CHECK/GC/DEL)", plugin)
+    run_ipam_store_paths(cluster)
+    store = used(cluster.api)
+    report("kubernetes IPAM store", store)
+    rules = granted(NODE_ACCOUNT)
+    assert plugin <= rules, f"used but not granted to the node account: {sorted(plugin - rules)}"
+    assert store <= rules, f"used but not granted to the node account: {sorted(store - rules)}"
+    assert rules <= plugin | store, f"granted to the node account but never used: {sorted(rules - plugin - store)}"
+    # the plugin alone reads pods and NADs and writes network-status; the IPAM's rules it uses too
+    assert {("", "pods", "get"), ("", "pods", "patch"),
+            ("k8s.cni.cncf.io", "network-attachment-definitions", "get")} <= plugin
+
+
+def test_the_ipam_store_uses_only_what_the_node_account_has(cluster):  # noqa: F811
+    """Without root (no netns): the store's side of the node account, one way."""
+    run_ipam_store_paths(cluster)
+    store = used(cluster.api)
+    report("kubernetes IPAM store", store)
+    assert store <= granted(NODE_ACCOUNT), sorted(store - granted(NODE_ACCOUNT))
+
+
+# --- the IPAM collector's account ---------------------------------------------------------------
+
+def test_the_gc_account_is_granted_exactly_what_ipam_gc_uses(cluster):  # noqa: F811
+    run_ipam_gc_paths(cluster)
+    rules, seen = granted(GC_ACCOUNT), used(cluster.api)
+    report("ipam gc", seen)
+    assert seen <= rules, f"used but not granted to the collector: {sorted(seen - rules)}"
+    assert rules <= seen, f"granted to the collector but never used: {sorted(rules - seen)}"
+
+
+def test_the_accounts_share_nothing_they_do_not_both_use():
+    """The split: the node account cannot delete blocks or list pods and nodes; the collector
+    cannot touch pods, NADs or create blocks."""
+    node, collector = granted(NODE_ACCOUNT), granted(GC_ACCOUNT)
+    assert not {r for r in node if r[2] in ("delete", "deletecollection", "watch", "*")}
+    assert ("", "pods", "list") not in node and ("", "nodes", "list") not in node
+    assert not {r for r in collector if r[1] in ("pods", "nodes") and r[2] != "list"}
+    assert not {r for r in collector if r[1] == "network-attachment-definitions" or r[2] in ("create", "patch")}
