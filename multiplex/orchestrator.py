@@ -306,16 +306,13 @@ class Multiplexer(Plugin):
     def _delete_without_cache(self, ctx: Context) -> None:
         """No cache (never added, or already deleted): DEL the config's own networks, best effort."""
         from .cni import chain
-        from .selection import resolve_cluster_network
 
         log.get().info("DEL without cache entry: deleting the config's networks best effort")
         try:
-            name, netconf, delegates = resolve_cluster_network(ctx.conf, None)
-        except CNIError:
+            atts = config_attachments(ctx, source=None)  # DEL never needs the API server
+        except CNIError as e:
+            log.get().info("best-effort DEL: the config's networks cannot be resolved", error=e.msg)
             return
-        atts = [Attachment(network=name, ifname=ctx.req.ifname, netconf=netconf, cluster=True)]
-        for n, d in enumerate(delegates, 1):
-            atts.append(Attachment(network=str(d.get("name", "")), ifname=f"net{n}", netconf=d))
         netns = ctx.req.netns if ctx.req.netns and os.path.exists(ctx.req.netns) else ""
         for att in reversed(atts):
             try:
@@ -429,15 +426,13 @@ class Multiplexer(Plugin):
                 raise CNIError(code, f"network {att.network}: {e.msg}", e.details) from None
 
 
-def config_attachments(ctx: Context) -> list[Attachment]:
-    """The networks named by the config itself: the cluster network and the delegates."""
-    from .selection import resolve_cluster_network
+def config_attachments(ctx: Context, source: Any = "config") -> list[Attachment]:
+    """The networks named by the config itself (the cluster network and the delegates), with the
+    identities ADD gives them. `source`: where NADs are looked up (default: the config's)."""
+    from . import selection
 
-    name, netconf, delegates = resolve_cluster_network(ctx.conf, ctx.source())
-    atts = [Attachment(network=name, ifname=ctx.req.ifname or "eth0", netconf=netconf, cluster=True)]
-    atts += [Attachment(network=str(d.get("name", "")), ifname=f"net{n}", netconf=d)
-             for n, d in enumerate(delegates, 1)]
-    return atts
+    return selection.config_attachments(ctx.conf, ctx.source() if source == "config" else source,
+                                        ctx.req.ifname or "eth0")
 
 
 def listed_containers(keep) -> set[str]:
