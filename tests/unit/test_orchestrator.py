@@ -11,7 +11,7 @@ import pytest
 
 from multiplex.cni.skel import run
 from multiplex.orchestrator import plugin
-from tests.fakeplugins import install, records
+from tests.fakeplugins import fake_builtins, install, records  # noqa: F401  (fixture)
 
 
 @pytest.fixture
@@ -53,9 +53,10 @@ def env(tmp_path):
             conf.update(extra)
             return conf
 
-        def call(self, command: str, config: dict, pod: str = "p", cid: str = "c1", ifname: str = "eth0"):
+        def call(self, command: str, config: dict, pod: str = "p", cid: str = "c1", ifname: str = "eth0",
+                 namespace: str = "default"):
             e = {"CNI_COMMAND": command, "CNI_PATH": self.path,
-                 "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"}
+                 "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod}"}
             if command not in ("GC", "STATUS"):
                 e.update({"CNI_CONTAINERID": cid, "CNI_NETNS": "/var/run/netns/fake-" + cid, "CNI_IFNAME": ifname})
             out = io.StringIO()
@@ -206,3 +207,261 @@ def test_gc_still_collects_cached_pods_when_the_cluster_network_cannot_be_resolv
     # the stale pod is DELeted from its cache entry, and its network still gets GC (nothing listed)
     assert calls[1:] == [("DEL", "stale", "default.podnet"), ("GC", None, "default.podnet")]
     assert records(env.record)[-1]["stdin"]["cni.dev/valid-attachments"] == []
+
+
+# ---- GC keeps exactly what the runtime lists; DEL cleans without its cache (issue 8) ------------
+
+def cache_dir(env) -> str:
+    return str(env.root / "state" / "cache")
+
+
+def cache_files(env) -> list[str]:
+    d = cache_dir(env)
+    return sorted(f for f in os.listdir(d) if not f.startswith(".")) if os.path.isdir(d) else []
+
+
+def gc_conf(env, valid, **extra) -> dict:
+    conf = env.config(clusterNetwork="podnet", **extra)
+    if valid is not None:
+        conf["cni.dev/valid-attachments"] = valid
+    return conf
+
+
+def two_pods(env) -> None:
+    env.nad("podnet", env.fake("fake-a", "podnet"))
+    env.nad("one", env.fake("fake-b", "one"))
+    env.pod("p", "one")
+    for cid in ("keep", "stale"):
+        assert env.call("ADD", env.config(clusterNetwork="podnet"), cid=cid)[0] == 0
+
+
+@pytest.mark.parametrize("valid, field", [
+    (None, '$["cni.dev/valid-attachments"]'),
+    ("keep/eth0", '$["cni.dev/valid-attachments"]'),
+    ([{"containerId": "keep", "ifName": "eth0"}], '$["cni.dev/valid-attachments"][0].containerID'),
+    ([{"containerID": "keep", "ifName": "eth0"}], '$["cni.dev/valid-attachments"][0].ifname'),
+])
+def test_gc_with_a_malformed_keep_list_is_code_7_and_touches_nothing(env, valid, field):
+    two_pods(env)
+    before = records(env.record)
+    rc, out = env.call("GC", gc_conf(env, valid))
+    assert rc == 1 and out["code"] == 7, out
+    assert f"field: {field}" in out["details"]
+    assert records(env.record) == before          # no DEL, no GC reached any delegate
+    assert cache_files(env) == ["keep:eth0.json", "stale:eth0.json"]
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_gc_keeps_a_listed_pod_whose_cache_entry_is_missing_or_corrupt(env, fake_builtins, damage):
+    env.nad("podnet", env.fake("fake-builtin", "podnet"))
+    env.nad("one", env.fake("fake-a", "one"))
+    env.pod("p", "one")
+    assert env.call("ADD", env.config(clusterNetwork="podnet"), cid="keep")[0] == 0
+    path = os.path.join(cache_dir(env), "keep:eth0.json")
+    if damage == "missing":
+        os.unlink(path)
+    else:
+        with open(path, "w") as f:
+            f.write('{"kind": "multiplex-cache/v1", "containerID": "keep", "rec')
+    n = len(records(env.record))
+    rc, out = env.call("GC", gc_conf(env, [{"containerID": "keep", "ifname": "eth0"}]))
+    assert rc == 0, out
+    calls = records(env.record)[n:]
+    assert [c["command"] for c in calls] == ["GC"]  # nothing DELeted
+    # the built-in is told to keep the whole container (its net1 included) ...
+    assert calls[0]["type"] == "fake-builtin"
+    assert calls[0]["stdin"]["multiplex.dev/valid-containers"] == ["keep"]
+    # ... and the exec'd plugin of `one` gets no GC: its pairs could not name keep's net1
+    assert (os.path.exists(path)) == (damage == "corrupt")  # a listed pod's entry is never removed
+
+
+def test_gc_skips_a_stale_entry_whose_container_lock_is_held(env, fake_builtins):
+    import threading
+
+    from multiplex.cni.lock import LOCK_FILE, container_lock
+
+    env.nad("podnet", env.fake("fake-builtin", "podnet"))
+    env.pod("p", "")
+    for cid in ("keep", "busy"):
+        assert env.call("ADD", env.config(clusterNetwork="podnet"), cid=cid)[0] == 0
+    held, release = threading.Event(), threading.Event()
+
+    def hold():  # a DEL (or any call) for `busy` in flight
+        with container_lock("busy", timeout=30, path=str(env.root / "state" / "locks" / LOCK_FILE)):
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert held.wait(30)
+        n = len(records(env.record))
+        rc, out = env.call("GC", gc_conf(env, [{"containerID": "keep", "ifname": "eth0"}]))
+    finally:
+        release.set()
+        t.join(30)
+    assert rc == 0, out
+    calls = records(env.record)[n:]
+    assert [c["command"] for c in calls] == ["GC"]
+    assert calls[0]["stdin"]["multiplex.dev/valid-containers"] == ["busy", "keep"]
+    assert cache_files(env) == ["busy:eth0.json", "keep:eth0.json"]
+
+
+def test_gc_while_adds_are_in_flight_waits_for_them_and_keeps_them(env):
+    import threading
+
+    env.nad("podnet", env.fake("fake-a", "podnet", hang={"ADD": 1}))
+    env.pod("p", "")
+    results: dict[str, tuple] = {}
+    threads = [threading.Thread(target=lambda c=c: results.__setitem__(c, env.call(
+        "ADD", env.config(clusterNetwork="podnet"), cid=c))) for c in ("a1", "a2")]
+    for t in threads:
+        t.start()
+    try:
+        # both ADDs have written their first cache entry: they are inside their attachment
+        import time
+        while len(cache_files(env)) < 2 and any(t.is_alive() for t in threads):
+            time.sleep(0.01)
+        rc, out = env.call("GC", gc_conf(env, [{"containerID": "a1", "ifname": "eth0"},
+                                               {"containerID": "a2", "ifname": "eth0"}]))
+    finally:
+        for t in threads:
+            t.join(30)
+    assert rc == 0, out
+    assert results["a1"][0] == 0 and results["a2"][0] == 0
+    recs = records(env.record)
+    assert [r["command"] for r in recs] == ["ADD", "ADD", "GC"]  # nothing DELeted
+    gc = recs[-1]
+    assert gc["start"] >= max(r["end"] for r in recs[:2])   # GC ran after both ADDs were done
+    assert gc["stdin"]["cni.dev/valid-attachments"] == [{"containerID": "a1", "ifname": "eth0"},
+                                                         {"containerID": "a2", "ifname": "eth0"}]
+    assert cache_files(env) == ["a1:eth0.json", "a2:eth0.json"]
+
+
+def test_gc_with_same_named_nads_in_two_namespaces_keeps_both_and_reaches_each(env):
+    for ns in ("default", "tenant-b"):
+        env.nad("blue", env.fake("fake-b", "blue"), namespace=ns)
+        env.pod("p", "blue", namespace=ns)
+    env.nad("podnet", env.fake("fake-a", "podnet"))
+    conf = env.config(clusterNetwork="podnet")
+    assert env.call("ADD", conf, cid="pa", namespace="default")[0] == 0
+    assert env.call("ADD", conf, cid="pb", namespace="tenant-b")[0] == 0
+    n = len(records(env.record))
+    rc, out = env.call("GC", gc_conf(env, [{"containerID": "pa", "ifname": "eth0"},
+                                           {"containerID": "pb", "ifname": "eth0"}]))
+    assert rc == 0, out
+    calls = records(env.record)[n:]
+    assert {c["command"] for c in calls} == {"GC"}
+    by_name = {c["stdin"]["name"]: c["stdin"]["cni.dev/valid-attachments"] for c in calls}
+    assert set(by_name) == {"default.podnet", "default.blue", "tenant-b.blue"}
+    for valid in by_name.values():
+        assert {"containerID": "pa", "ifname": "net1"} in valid and {"containerID": "pb", "ifname": "net1"} in valid
+
+
+def sweeps(monkeypatch) -> list[tuple[str, str]]:
+    """Record every sweep a built-in is asked for: (type, container ID)."""
+    from tests.fakeplugins.inproc import FakeBuiltin
+
+    seen: list[tuple[str, str]] = []
+    monkeypatch.setattr(FakeBuiltin, "sweep", lambda self, req: seen.append((self.type_name, req.container_id)),
+                        raising=False)
+    return seen
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "netconf"])
+def test_del_without_a_usable_cache_entry_sweeps_every_built_in_and_removes_the_file(env, fake_builtins,
+                                                                                     monkeypatch, damage):
+    env.nad("podnet", env.fake("fake-builtin", "podnet"))
+    env.pod("p", "")
+    assert env.call("ADD", env.config(clusterNetwork="podnet"), cid="c1")[0] == 0
+    path = os.path.join(cache_dir(env), "c1:eth0.json")
+    if damage == "missing":
+        os.unlink(path)
+    elif damage == "corrupt":
+        with open(path, "w") as f:
+            f.write("{half a rec")
+    else:  # a record whose netconf no longer parses (a plugin list that is not a list)
+        with open(path) as f:
+            doc = json.load(f)
+        doc["record"]["attachments"][0]["netconf"] = {"cniVersion": "1.1.0", "name": "x", "plugins": "nope"}
+        with open(path, "w") as f:
+            json.dump(doc, f)
+    seen = sweeps(monkeypatch)
+    for _ in range(2):  # and DEL twice
+        rc, out = env.call("DEL", env.config(clusterNetwork="podnet"), cid="c1")
+        assert rc == 0, out
+    assert ("fake-builtin", "c1") in seen and ("fake-builtin-mac", "c1") in seen
+    assert cache_files(env) == []
+
+
+def test_an_entry_cached_before_identities_still_dels_and_gcs_with_its_old_name(env):
+    env.nad("podnet", env.fake("fake-a", "podnet"))
+    env.nad("one", env.fake("fake-b", "one"))
+    from multiplex.cni.cache import ResultCache
+
+    def v1_record(cid: str) -> dict:  # what the meta plugin wrote before identities: no configName
+        atts = [{"network": "podnet", "ifname": "eth0", "netconf": env.fake("fake-a", "podnet"), "cluster": True,
+                 "capabilityArgs": {}, "cniArgs": None, "defaultRoute": [], "namespace": "default",
+                 "result": {"cniVersion": "1.1.0", "interfaces": [{"name": "fake-a"}]}},
+                {"network": "default/one", "ifname": "net1", "netconf": env.fake("fake-b", "one"), "cluster": False,
+                 "capabilityArgs": {}, "cniArgs": None, "defaultRoute": [], "namespace": "default",
+                 "result": {"cniVersion": "1.1.0", "interfaces": [{"name": "fake-b"}]}}]
+        return {"version": 1, "containerID": cid, "ifname": "eth0", "netns": "", "cniArgs": {},
+                "attachments": atts, "complete": True, "default": 0}
+
+    cache = ResultCache(cache_dir(env))
+    for cid in ("old1", "old2", "old3"):
+        cache.save(cid, "eth0", v1_record(cid))
+    assert env.call("DEL", env.config(clusterNetwork="podnet"), cid="old1")[0] == 0
+    assert env.calls() == [("DEL", "one", "net1"), ("DEL", "podnet", "eth0")]
+    rc, out = env.call("GC", gc_conf(env, [{"containerID": "old2", "ifname": "eth0"}]))
+    assert rc == 0, out
+    recs = records(env.record)[2:]
+    assert [(r["command"], r["env"].get("CNI_CONTAINERID"), r["stdin"]["name"]) for r in recs if r["command"] == "DEL"] \
+        == [("DEL", "old3", "one"), ("DEL", "old3", "podnet")]
+    gcs = {r["stdin"]["name"]: r["stdin"]["cni.dev/valid-attachments"] for r in recs if r["command"] == "GC"}
+    kept = [{"containerID": "old2", "ifname": "eth0"}, {"containerID": "old2", "ifname": "net1"}]
+    assert gcs["one"] == kept and gcs["podnet"] == kept   # the old names are reached
+    assert cache_files(env) == ["old2:eth0.json"]
+
+
+def test_an_add_that_cannot_write_its_cache_is_code_5_and_leaves_nothing(env, monkeypatch):
+    import errno
+
+    from multiplex.cni.cache import ResultCache
+
+    env.nad("podnet", env.fake("fake-a", "podnet"))
+    env.nad("one", env.fake("fake-b", "one"))
+    env.pod("p", "one")
+    real_save, real_fsync = ResultCache.save, os.fsync
+    saves: list[int] = []
+
+    def save(self, cid, ifname, record):
+        saves.append(1)
+        return real_save(self, cid, ifname, record)
+
+    def fsync(fd):
+        if len(saves) == 3:  # the entry written after the second attachment: the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(ResultCache, "save", save)
+    monkeypatch.setattr(os, "fsync", fsync)
+    rc, out = env.call("ADD", env.config(clusterNetwork="podnet"))
+    assert rc == 1 and out["code"] == 5, out
+    assert "c1:eth0.json" in out["msg"] and "No space left" in out["msg"]
+    assert env.calls() == [("ADD", "default.podnet", "eth0"), ("ADD", "default.one", "net1"),
+                           ("DEL", "default.one", "net1"), ("DEL", "default.podnet", "eth0")]
+    assert cache_files(env) == []
+
+
+def test_a_state_dir_that_is_a_regular_file_is_code_5_for_add_and_del(env):
+    env.nad("podnet", env.fake("fake-a", "podnet"))
+    env.pod("p", "")
+    state = env.root / "state-file"
+    state.write_text("")
+    for command in ("ADD", "DEL"):
+        rc, out = env.call(command, env.config(clusterNetwork="podnet", stateDir=str(state)))
+        assert rc == 1 and out["code"] == 5, out
+        assert str(state) in out["msg"] + out["details"]
+    assert env.calls() == []
