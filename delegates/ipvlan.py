@@ -11,7 +11,11 @@ Ethernet; in `l3`/`l3s` the sub-interface does no ARP/ND, so every route goes vi
 
 DEL removes the sub-interface (nothing to do when the netns is gone) and releases the lease;
 CHECK compares kind, mode, master, MTU, addresses and routes with the config and prevResult;
-STATUS fails with code 50 when the master is gone or down; GC forwards to IPAM.
+STATUS fails with code 50 when the master is gone or down; GC reads its keep-list strictly (code 7
+before anything is touched), forgets this network's mode records that the list does not keep and
+forwards to IPAM; `sweep` (a DEL without a cache) forgets every mode record of the container (its
+sub-interfaces live in the pod netns and go with it). The network is the config `name`, which the
+meta plugin sets to `<namespace>.<NAD name>`.
 
 One mode per master: the kernel keeps the ipvlan mode on the master (its "port"), so a sub-interface
 made in l3 on a master whose sub-interfaces are in l2 silently switches all of them to l3. ADD
@@ -29,7 +33,7 @@ import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from multiplex import log
 from multiplex.cni import skel
@@ -37,14 +41,14 @@ from multiplex.cni.errors import (CHECK_FAILED, CNIError, INVALID_ENVIRONMENT, N
                                   PLUGIN_NOT_AVAILABLE, UNSUPPORTED_FIELD, invalid_config)
 from multiplex.cni.plugin import Plugin
 from multiplex.cni.request import Request
+from multiplex.cni.valid import Keep
 from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
-from multiplex.steps import Undo, check_prologue, ipam_add, open_pod_for_check
+from multiplex.steps import Undo, check_ipv6_mtu, check_prologue, ipam_add, open_pod_for_check
 
 TYPE_NAME = "multiplex-ipvlan"
 MODES = {"l2": 0, "l3": 1, "l3s": 2}
 MODE_NAMES = {v: k for k, v in MODES.items()}
 IFA_F_PERMANENT = 0x80
-VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 SHARED_MAC = ("every ipvlan sub-interface uses its master's MAC address (the kernel tells pods apart by "
               "IP, not by MAC), so no MAC can be set per pod; use multiplex-bridge or macvlan for pods "
               "that need MACs of their own")
@@ -110,6 +114,18 @@ def _records_dir() -> str:
     return state.subdir("ipvlan")
 
 
+def _record_paths() -> list[str]:
+    """Every master's record; none (and no directory made) where ipvlan was never used."""
+    from multiplex import state
+
+    d = os.path.join(state.root(), "ipvlan")
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return []
+    return [os.path.join(d, n) for n in sorted(names) if n.endswith(".json")]
+
+
 @contextmanager
 def _record(path: str) -> Iterator[dict]:
     """The record at `path`, locked; written back when the body changed it."""
@@ -137,6 +153,12 @@ def attachment_key(container_id: str, ifname: str) -> str:
     return f"{container_id}/{ifname}"
 
 
+def split_key(key: str) -> tuple[str, str]:
+    """(containerID, ifname) of an attachment key (neither holds a `/`)."""
+    cid, _, ifname = key.partition("/")
+    return cid, ifname
+
+
 def claim_mode(master: str, master_netns: Optional[str], mode: str, network: str, key: str, pod_netns: str) -> None:
     """Record that attachment `key` uses `mode` on `master`; refuse (code 7, `mode`) when live
     sub-interfaces of the same master use another mode."""
@@ -157,27 +179,32 @@ def claim_mode(master: str, master_netns: Optional[str], mode: str, network: str
 
 def release_mode(key: str, network: str = "") -> None:
     """Forget attachment `key` in every master's record (DEL does not need to know the master)."""
-    d = _records_dir()
-    for name in os.listdir(d):
-        if not name.endswith(".json"):
-            continue
-        with _record(os.path.join(d, name)) as attachments:
+    for path in _record_paths():
+        with _record(path) as attachments:
             if key in attachments and (not network or attachments[key].get("network") == network):
                 del attachments[key]
 
 
-def release_stale(network: str, valid: set[str]) -> int:
-    """GC: forget this network's attachments that are not in `valid`. Returns how many."""
-    d = _records_dir()
+def release_where(doomed: Callable[[str, dict], bool]) -> int:
+    """Forget every attachment (key, record entry) that `doomed` accepts, in every master's record.
+    Returns how many."""
     gone = 0
-    for name in os.listdir(d):
-        if not name.endswith(".json"):
-            continue
-        with _record(os.path.join(d, name)) as attachments:
-            for k in [k for k, v in attachments.items() if v.get("network") == network and k not in valid]:
+    for path in _record_paths():
+        with _record(path) as attachments:
+            for k in [k for k, v in attachments.items() if doomed(k, v if isinstance(v, dict) else {})]:
                 del attachments[k]
                 gone += 1
     return gone
+
+
+def release_stale(network: str, keep: Keep) -> int:
+    """GC: forget this network's attachments that `keep` does not keep. Returns how many."""
+    return release_where(lambda k, v: v.get("network") == network and not keep.keeps(*split_key(k)))
+
+
+def release_container(container_id: str) -> int:
+    """sweep: forget every attachment of `container_id`, whatever its network. Returns how many."""
+    return release_where(lambda k, v: split_key(k)[0] == container_id)
 
 
 # ---- the plugin ----------------------------------------------------------------------------------
@@ -189,6 +216,7 @@ class IpvlanPlugin(Plugin):
     def validate(self, conf: dict, where: str = "$") -> None:
         super().validate(conf, where)
         refuse_mac(conf, {}, where)
+        check_ipv6_mtu(conf, where)
 
     def config(self, req: Request) -> IpvlanConfig:
         self.validate(req.config)
@@ -301,13 +329,23 @@ class IpvlanPlugin(Plugin):
 
     def gc(self, req: Request) -> None:
         from multiplex.cni.invoke import invoke_ipam
+        from multiplex.cni.valid import parse_keep
 
+        keep = parse_keep(req.config)  # code 7 before anything is touched
         conf = self.config(req)
-        valid = {attachment_key(str(a.get("containerID", "")), str(a.get("ifname", "")))
-                 for a in req.config.get(VALID_ATTACHMENTS) or [] if isinstance(a, dict)}
-        forgotten = release_stale(conf.network, valid)
+        forgotten = release_stale(conf.network, keep)
         log.get().info("ipvlan gc", network=conf.network, records_forgotten=forgotten)
         invoke_ipam(req)
+
+    def sweep(self, req: Request) -> None:
+        """A DEL without a cache entry: forget the container's mode records (any network, master or
+        interface). Its sub-interfaces are in the pod netns and go with it; leases are the IPAM's
+        own sweep. The config is not read (it may be another plugin's)."""
+        if not req.container_id:
+            return
+        forgotten = release_container(req.container_id)
+        if forgotten:
+            log.get().info("ipvlan sweep", container=req.container_id, records_forgotten=forgotten)
 
 
 # ---- steps ---------------------------------------------------------------------------------------

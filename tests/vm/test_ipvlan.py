@@ -353,6 +353,18 @@ def test_gc_releases_the_leases_of_attachments_that_are_gone(underlay, cni, pod)
     detach(cni, conf, p2, "c2")
 
 
+def test_gc_with_a_malformed_keep_list_touches_nothing(underlay, cni, pod):
+    u = underlay(0, node_addresses=False)
+    conf = u.conf("wire", "l2")
+    p1 = pod()
+    attach(cni, conf, p1, "c1")
+    for bad in ("c1", [{"containerId": "c1", "ifName": "eth0"}]):
+        out = cni("GC", dict(conf, **{"cni.dev/valid-attachments": bad}))
+        assert out.code == 7 and "cni.dev/valid-attachments" in out.out["details"], out.out
+    assert len(cni.leases()) == 1 and set(cni.mode_records()) == {"c1/eth0"} and pod_links(p1) == {"eth0"}
+    detach(cni, conf, p1, "c1")
+
+
 # ---- the real binary -----------------------------------------------------------------------------
 @pytest.fixture
 def ipvlan_binary():

@@ -12,6 +12,7 @@ import pytest
 from delegates import ipvlan
 from multiplex.cni import skel
 from multiplex.cni.errors import CNIError
+from multiplex.cni.valid import keep_of
 from multiplex.cni.types import IPConfig, Result, Route
 
 
@@ -139,15 +140,73 @@ def test_attachments_whose_netns_is_gone_do_not_hold_the_mode(records):
     ipvlan.claim_mode("eth1", None, "l3", "a", "c2/eth0", records)
 
 
-def test_gc_forgets_only_its_own_networks_stale_attachments(records):
-    ipvlan.claim_mode("eth1", None, "l2", "a", "c1/eth0", records)
-    ipvlan.claim_mode("eth1", None, "l2", "a", "c2/eth0", records)
-    ipvlan.claim_mode("eth1", None, "l2", "b", "c3/eth0", records)
-    assert ipvlan.release_stale("a", {"c1/eth0"}) == 1
+def recorded() -> set[str]:
     d = os.path.join(os.environ["MULTIPLEX_STATE_DIR"], "ipvlan")
-    (name,) = os.listdir(d)
-    with open(os.path.join(d, name)) as f:
-        assert set(json.load(f)["attachments"]) == {"c1/eth0", "c3/eth0"}
+    out: set[str] = set()
+    for name in os.listdir(d):
+        with open(os.path.join(d, name)) as f:
+            out |= set(json.load(f)["attachments"])
+    return out
+
+
+def test_gc_forgets_only_its_own_networks_stale_attachments(records):
+    ipvlan.claim_mode("eth1", None, "l2", "default.a", "c1/eth0", records)
+    ipvlan.claim_mode("eth1", None, "l2", "default.a", "c2/eth0", records)
+    ipvlan.claim_mode("eth1", None, "l2", "tenant-b.a", "c3/eth0", records)  # same NAD name, other namespace
+    assert ipvlan.release_stale("default.a", keep_of([("c1", "eth0")])) == 1
+    assert recorded() == {"c1/eth0", "c3/eth0"}
+
+
+def test_gc_keeps_every_interface_of_a_listed_container(records):
+    for key in ("c1/net1", "c1/net2", "c2/net1"):
+        ipvlan.claim_mode("eth1", None, "l2", "default.a", key, records)
+    assert ipvlan.release_stale("default.a", keep_of([("c1", "eth0")], ["c1"])) == 1
+    assert recorded() == {"c1/net1", "c1/net2"}
+
+
+@pytest.mark.parametrize("bad", [None, "c1", [{"containerId": "c1", "ifName": "eth0"}]])
+def test_gc_with_a_malformed_keep_list_is_code_7_and_forgets_nothing(records, bad):
+    ipvlan.claim_mode("eth1", None, "l2", "wire", "c1/eth0", records)
+    c = conf() if bad is None else conf(**{"cni.dev/valid-attachments": bad})
+    rc, err = call("GC", c)
+    assert rc == 1 and err["code"] == 7 and "cni.dev/valid-attachments" in err["details"], err
+    assert recorded() == {"c1/eth0"}
+
+
+def test_gc_config_may_carry_the_meta_plugins_container_list():
+    # the meta plugin adds multiplex.dev/valid-containers; the schema accepts it
+    ipvlan.plugin.validate(conf(**{"cni.dev/valid-attachments": [], "multiplex.dev/valid-containers": ["c1"]}))
+
+
+def test_sweep_forgets_every_record_of_the_container(records):
+    from multiplex.cni.request import Request
+
+    ipvlan.claim_mode("eth1", None, "l2", "default.a", "c1/net1", records)
+    ipvlan.claim_mode("eth2", None, "l3", "tenant-b.b", "c1/net2", records)
+    ipvlan.claim_mode("eth1", None, "l2", "default.a", "c10/net1", records)  # a prefix is another container
+    req = Request(command="DEL", container_id="c1", ifname="eth0", config={"name": "multiplex", "type": "multiplex"})
+    ipvlan.plugin.sweep(req)
+    assert recorded() == {"c10/net1"}
+    ipvlan.plugin.sweep(req)  # twice: nothing to do
+    assert recorded() == {"c10/net1"}
+
+
+def test_sweep_where_ipvlan_was_never_used_makes_nothing(tmp_path, monkeypatch):
+    from multiplex.cni.request import Request
+
+    monkeypatch.setenv("MULTIPLEX_STATE_DIR", str(tmp_path))
+    ipvlan.plugin.sweep(Request(command="DEL", container_id="c1", ifname="eth0"))
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("ipam", [
+    {"type": "multiplex-ipam", "ranges": [[{"subnet": "198.18.64.0/24"}], [{"subnet": "fd00:64::/64"}]]},
+    {"type": "multiplex-ipam", "range": "fd00:64::/64"},
+])
+def test_mtu_under_1280_with_an_ipv6_range_is_code_7_naming_mtu(ipam):
+    rc, err = call("ADD", conf(mtu=1200, ipam=ipam))
+    assert rc == 1 and err["code"] == 7 and err["details"].startswith("field: $.mtu;"), err
+    ipvlan.plugin.validate(conf(mtu=1200))  # IPv4 only: fine
 
 
 def test_del_without_netns_or_ipam_is_fine(records):
