@@ -127,11 +127,11 @@ def test_duplicate_interface_names_are_refused(lab):
 
 
 def test_unknown_nad_names_namespace_and_name(lab):
-    lab.add_pod("bad", "blue, other/missing")
+    lab.add_pod("bad", "blue, default/missing")  # the pod's own namespace: isolation allows it
     ns = lab.netns_factory("pod")
     out = lab.cni("ADD", "bad", ns, container_id="cid-bad")
     assert out.rc == 1 and out.code == 107, out
-    assert "other/missing" in out.out["msg"]
+    assert "default/missing" in out.out["msg"]
     assert_nothing_left(lab, ns)
 
 
@@ -142,10 +142,108 @@ def test_unsupported_capability_is_refused(lab):
     ns = lab.netns_factory("pod")
     out = lab.cni("ADD", "bad", ns, container_id="cid-bad")
     assert out.rc == 1 and out.code == 2, out
-    assert "runtimeConfig.mac" in out.out["details"]
+    assert "mac" in out.out["details"].split(";")[0]  # the field: the annotation's or runtimeConfig's mac
     assert_nothing_left(lab, ns)
 
 
 def test_version_command_needs_nothing(lab):
     out = run_plugin("multiplex", "VERSION", {"cniVersion": "1.1.0"}, ifname="")
     assert out.ok and out.out["supportedVersions"] == ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+
+
+# ---- input limits (issue 8): each a clear error before anything is touched -----------------------
+
+@pytest.mark.parametrize("command", ["ADD", "CHECK"])
+@pytest.mark.parametrize("which", ["node-netns-bind-mount", "proc-self"])
+def test_cni_netns_naming_the_plugins_own_netns_is_code_4(lab, command, which):
+    """The plugin runs in the node's netns: CNI_NETNS naming it (by its bind mount or by
+    /proc/self) would put the pod's interfaces on the node."""
+    lab.add_pod("bad", "blue")
+    netns = f"/var/run/netns/{lab.node}" if which == "node-netns-bind-mount" else "/proc/self/ns/net"
+    node_links = lab.node_links("veth") | lab.node_links("bridge")
+    rc, out = add_raw(lab, lab.node, lab.config(), CNI_COMMAND=command, CNI_NETNS=netns,
+                      CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=bad")
+    code, msg, details = err(out)
+    assert (rc, code) == (1, 4) and "field: CNI_NETNS" in details, out
+    assert lab.node_links("veth") | lab.node_links("bridge") == node_links
+    assert lab.leases() == [] and lab.cache_entries() == []
+
+
+def test_bridge_standalone_refuses_its_own_netns(lab):
+    conf = dict(bridge_conf("mpx-own", "198.18.3.0/24"), cniVersion="1.1.0", name="own")
+    out = run_plugin("multiplex-bridge", "ADD", conf, node=lab.node, container_id="cid-own",
+                     netns=f"/var/run/netns/{lab.node}",
+                     extra_env={"MULTIPLEX_STATE_DIR": lab.state_dir})
+    assert out.rc == 1 and out.code == 4 and "field: CNI_NETNS" in out.out["details"], out
+    assert lab.node_links("veth") == set() and lab.node_links("bridge") == set()
+
+
+@pytest.mark.parametrize("plugin", ["multiplex", "multiplex-bridge"])
+def test_ifname_of_nine_e_acute_is_18_bytes_and_code_4(lab, plugin):
+    ns = lab.netns_factory("pod")
+    conf = lab.config() if plugin == "multiplex" else dict(bridge_conf("mpx-ifb", "198.18.3.0/24"),
+                                                          cniVersion="1.1.0", name="ifb")
+    out = run_plugin(plugin, "ADD", conf, node=lab.node, container_id="cid-bad", netns=ns, ifname="é" * 9,
+                     args="K8S_POD_NAMESPACE=default;K8S_POD_NAME=bad",
+                     extra_env={"MULTIPLEX_STATE_DIR": lab.state_dir})
+    assert out.rc == 1 and out.code == 4 and "field: CNI_IFNAME" in out.out["details"], out
+    assert "18 bytes" in out.out["msg"]
+    assert_nothing_left(lab, ns)
+
+
+@pytest.mark.parametrize("length", [129, 240, 300])
+@pytest.mark.parametrize("command", ["ADD", "DEL"])
+def test_container_id_over_128_characters_is_code_4(lab, length, command):
+    lab.add_pod("bad", "blue")
+    ns = lab.netns_factory("pod")
+    rc, out = add_raw(lab, ns, lab.config(), CNI_COMMAND=command, CNI_CONTAINERID="c" * length)
+    code, msg, details = err(out)
+    assert (rc, code) == (1, 4) and "field: CNI_CONTAINERID" in details and "128" in details, out
+    assert_nothing_left(lab, ns)
+
+
+def test_container_id_with_a_trailing_newline_is_code_4(lab):
+    ns = lab.netns_factory("pod")
+    rc, out = add_raw(lab, ns, lab.config(), CNI_CONTAINERID="cid-bad\n")
+    assert (rc, err(out)[0]) == (1, 4) and "field: CNI_CONTAINERID" in err(out)[2]
+    assert_nothing_left(lab, ns)
+
+
+@pytest.mark.parametrize("plugin", ["multiplex", "multiplex-bridge"])
+def test_config_over_1_mib_is_refused_before_parsing(lab, plugin):
+    ns = lab.netns_factory("pod")
+    conf = lab.config() if plugin == "multiplex" else dict(bridge_conf("mpx-big", "198.18.3.0/24"),
+                                                          cniVersion="1.1.0", name="big")
+    conf["padding"] = "x" * (10 * 1024 * 1024)
+    out = run_plugin(plugin, "ADD", conf, node=lab.node, container_id="cid-bad", netns=ns,
+                     args="K8S_POD_NAMESPACE=default;K8S_POD_NAME=bad",
+                     extra_env={"MULTIPLEX_STATE_DIR": lab.state_dir})
+    assert out.rc == 1 and out.code == 7 and "field: stdin" in out.out["details"], out
+    assert "1048576" in out.out["details"] and str(len(json.dumps(conf))) in out.out["msg"]
+    assert_nothing_left(lab, ns)
+
+
+@pytest.mark.parametrize("plugin", ["multiplex", "multiplex-bridge"])
+@pytest.mark.parametrize("command", ["ADD", "DEL"])
+def test_deeply_nested_config_is_code_7_not_a_recursion_traceback(lab, plugin, command):
+    ns = lab.netns_factory("pod")
+    head = json.dumps(lab.config() if plugin == "multiplex" else
+                      dict(bridge_conf("mpx-deep", "198.18.3.0/24"), cniVersion="1.1.0", name="deep"))[:-1]
+    data = (head + ', "deep": ' + "[" * 200000 + "]" * 200000 + "}").encode()
+    rc, out = add_raw(lab, ns, data, CNI_COMMAND=command) if plugin == "multiplex" else _raw(lab, plugin, ns, data,
+                                                                                               command)
+    code, msg, details = err(out)
+    assert (rc, code) == (1, 7) and "field: stdin" in details and "64" in details, out
+    assert_nothing_left(lab, ns)
+
+
+def _raw(lab: Lab, plugin: str, ns: str, data: bytes, command: str):
+    import os
+    import subprocess
+
+    from tests.cnitool import BIN, cni_env
+
+    env = cni_env(command, "cid-bad", ns, "eth0", extra_env={"MULTIPLEX_STATE_DIR": lab.state_dir})
+    proc = subprocess.run(["ip", "netns", "exec", lab.node, os.path.join(BIN, plugin)], input=data, env=env,
+                          capture_output=True, timeout=120)
+    return proc.returncode, json.loads(proc.stdout)
