@@ -51,9 +51,10 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 from .. import log
 from ..cni.errors import ADDRESS_UNAVAILABLE, IPAM_EXHAUSTED, TRY_AGAIN_LATER, CNIError, invalid_config
 from ..cni.types import IPAddress, IPNetwork
+from ..cni.valid import Keep
 from .allocator import Space, address as int_to_address
 from .config import IPAMConfig, Range, RangeSet, StoreLocation
-from .store import Lease, Owner, PoolUsage, Store
+from .store import Lease, Owner, PoolUsage, Store, as_keep
 
 GROUP = "ipam.multiplex.dev"
 VERSION = "v1alpha1"
@@ -375,7 +376,7 @@ class KubeStore(Store):
         self._owns_client = False
 
     @classmethod
-    def open(cls, where: IPAMConfig | StoreLocation) -> "KubeStore":
+    def open(cls, where: IPAMConfig | StoreLocation, deadline: Optional[float] = None) -> "KubeStore":
         from ..k8s.client import KubeClient
 
         from .config import default_data_dir
@@ -386,8 +387,10 @@ class KubeStore(Store):
                 lock_dir = default_data_dir()
             except OSError:
                 lock_dir = ""
+        lock_timeout = 60.0 if deadline is None else max(0.0, deadline - time.monotonic())
         store = cls(KubeClient(resolve_kubeconfig(getattr(where, "kubeconfig", ""))),
-                    resolve_node_name(getattr(where, "node_name", "")), lock_dir=lock_dir)
+                    resolve_node_name(getattr(where, "node_name", "")), lock_dir=lock_dir,
+                    lock_timeout=lock_timeout)
         store._owns_client = True
         return store
 
@@ -568,10 +571,9 @@ class KubeStore(Store):
             self.stats["claims"] += 1
             return block.lease(str(ip), fresh=True)
         holder = block.allocations.get(str(ip))
-        if holder is not None:
+        if holder is not None:   # never say who: the holder may be another tenant's pod
             raise CNIError(ADDRESS_UNAVAILABLE,
-                           f"requested address {ip} is unavailable: already leased to {holder.owner().describe()}"
-                           + (f" on node {holder.node}" if holder.node else ""),
+                           f"requested address {ip} is unavailable: in use by another attachment",
                            (f"field: {where}; " if where else "") + f"allowed: a free address in {space.name}")
         lease = self._write(block, ip, owner)
         if block.node != self.node:
@@ -694,13 +696,19 @@ class KubeStore(Store):
             self._retrying(f"release {addr}",
                            lambda: self._remove(lambda a_addr, a: a_addr == addr and a.held_by(lease.owner)))
 
-    def gc(self, network: str, keep: Iterable[tuple[str, str]]) -> list[Lease]:
-        """CNI GC on this node: this node's leases of `network` whose attachment is not in `keep`."""
-        keep = set(keep)
+    def gc(self, network: str, keep: Keep) -> list[Lease]:
+        """CNI GC on this node: this node's leases of exactly `network` that `keep` does not keep."""
+        keep = as_keep(keep)
         with self._node_lock():
             return self._retrying(f"gc of network {network}", lambda: self._remove(
                 lambda addr, a: a.network == network and a.node == self.node
-                and (a.container_id, a.ifname) not in keep))
+                and not keep.keeps(a.container_id, a.ifname)))
+
+    def release_container(self, container_id: str) -> list[Lease]:
+        """This node's leases of a container, whatever network (a DEL without its cache entry)."""
+        with self._node_lock():
+            return self._retrying(f"release container {container_id}", lambda: self._remove(
+                lambda addr, a: a.container_id == container_id and a.node == self.node))
 
     def _remove(self, drop: Callable[[str, Allocation], bool]) -> list[Lease]:
         gone: list[Lease] = []

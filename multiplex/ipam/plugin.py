@@ -11,27 +11,37 @@ Request, whose config carries the `ipam` block) and any CNI plugin that execs it
 - DEL: releases the attachment's leases; nothing leased is not an error.
 - CHECK: the attachment holds a lease in every range set and the prevResult's addresses are it.
 - STATUS: code 50 when a pool of the config has no free address.
-- GC: releases this network's leases whose (containerID, ifname) is not in
-  `cni.dev/valid-attachments`.
+- GC: releases the leases of exactly this network (the config `name` the plugin got, namespaced for
+  NAD networks) that the keep-list does not keep (`cni.dev/valid-attachments`, plus the meta
+  plugin's `multiplex.dev/valid-containers`; read strictly by cni/valid.py, code 7 before anything).
+- sweep (a DEL without a cache entry, called by the meta plugin): releases every lease of the
+  container in the store the config names, whatever network or interface.
+
+One deadline per call: the store gets the Request's (or now + its default), and the undo of a
+failed ADD waits for the database only for what is left of it; a lease it cannot release stays
+owned by the container, so DEL or GC frees it.
 
 Imports stay light: jsonschema only when ADD/CHECK validate the config; never pyroute2/kubernetes.
 """
 from __future__ import annotations
 
 import ipaddress
+import time
 
 from .. import log
 from ..cni import skel
-from ..cni.errors import (CNIError, ADDRESS_UNAVAILABLE, CHECK_FAILED, INVALID_CONFIG, INVALID_ENVIRONMENT,
-                          IO_FAILURE, PLUGIN_NOT_AVAILABLE, TRY_AGAIN_LATER, invalid_config)
+from ..cni.errors import (CNIError, ADDRESS_UNAVAILABLE, CHECK_FAILED, INVALID_ENVIRONMENT, IO_FAILURE,
+                          PLUGIN_NOT_AVAILABLE, TRY_AGAIN_LATER)
 from ..cni.plugin import Plugin
 from ..cni.request import Request
 from ..cni.types import IPConfig, Result
+from ..cni.valid import parse_keep
 from . import config
-from .config import IPAMConfig, Requested
+from .config import IPAMConfig, Requested, StoreLocation
 from .store import Lease, Owner, open_store
 
-VALID_ATTACHMENTS = "cni.dev/valid-attachments"
+#: the longest a call without a deadline of its own waits for the store (database lock, node lock)
+DEFAULT_WAIT = 60.0
 
 
 class IPAMPlugin(Plugin):
@@ -48,7 +58,7 @@ class IPAMPlugin(Plugin):
         owner = owner_of(req, conf.network)
         wanted = assign_requested(conf, config.requested_addresses(req.config, req.args))
         leases: list[Lease] = []
-        with open_store(conf) as store:
+        with open_store(conf, deadline_of(req)) as store:
             try:
                 for n, range_set in enumerate(conf.range_sets):
                     asked = wanted.get(n)
@@ -67,7 +77,7 @@ class IPAMPlugin(Plugin):
     def delete(self, req: Request) -> None:
         where = config.store_location(req.config)
         owner = owner_of(req, req.name)
-        with open_store(where) as store:
+        with open_store(where, deadline_of(req)) as store:
             gone = store.release(owner)
         if gone:
             log.get().info("ipam del", network=owner.network, container=owner.container_id, ifname=owner.ifname,
@@ -76,7 +86,7 @@ class IPAMPlugin(Plugin):
     def check(self, req: Request) -> None:
         conf = config.parse(req.config)
         owner = owner_of(req, conf.network)
-        with open_store(conf) as store:
+        with open_store(conf, deadline_of(req)) as store:
             held = store.leases(owner=owner)
         for range_set in conf.range_sets:
             if not any(lease.pool in range_set.subnets for lease in held):
@@ -97,7 +107,7 @@ class IPAMPlugin(Plugin):
     def status(self, req: Request) -> None:
         conf = config.parse(req.config, check_schema=False)
         try:
-            with open_store(conf) as store:
+            with open_store(conf, deadline_of(req)) as store:
                 usages = [(rs, store.usage(rs, conf.exclude)) for rs in conf.range_sets]
         except CNIError as e:
             if e.code not in (IO_FAILURE, TRY_AGAIN_LATER):   # no database, or no API server
@@ -109,13 +119,52 @@ class IPAMPlugin(Plugin):
                                f"field: {range_set.path}; network: {conf.network}")
 
     def gc(self, req: Request) -> None:
+        keep = parse_keep(req.config)          # code 7 before anything is touched
         where = config.store_location(req.config)
-        keep = valid_attachments(req.config)
-        with open_store(where) as store:
+        if not req.name:
+            return                              # no network: nothing is ours to collect
+        with open_store(where, deadline_of(req)) as store:
             gone = store.gc(req.name, keep)
         if gone:
             log.get().info("ipam gc", network=req.name,
                            released=[f"{lease.owner.container_id}/{lease.owner.ifname}:{lease.address}" for lease in gone])
+
+    def sweep(self, req: Request) -> None:
+        """A DEL without a cache entry: every lease of `req.container_id` in the store the config
+        names (the node's SQLite store when the config has no multiplex-ipam block)."""
+        if not req.container_id:
+            return
+        where = sweep_location(req.config)
+        if where is None:
+            return
+        with open_store(where, deadline_of(req)) as store:
+            gone = store.release_container(req.container_id)
+        if gone:
+            log.get().info("ipam sweep: released the container's leases (DEL without cache)",
+                           container=req.container_id,
+                           released=[f"{lease.owner.network}/{lease.owner.ifname}:{lease.address}" for lease in gone])
+
+
+def deadline_of(req: Request) -> float:
+    """The call's deadline, or one of DEFAULT_WAIT from now: one bound for every wait of the call."""
+    return req.deadline if req.deadline is not None else time.monotonic() + DEFAULT_WAIT
+
+
+def sweep_location(netconf: dict) -> "StoreLocation | None":
+    """The store a sweep cleans: the config's multiplex-ipam block's, else the node's SQLite store
+    when it exists (a sweep never creates a database)."""
+    import os
+
+    ipam = netconf.get("ipam")
+    if isinstance(ipam, dict) and ipam.get("type") == config.TYPE_NAME:
+        return config.store_location(netconf)
+    from .report import default_data_dir
+    from .sqlite_store import FILENAME, MARKER_SUFFIX
+
+    d = default_data_dir()
+    if not (os.path.exists(os.path.join(d, FILENAME)) or os.path.exists(os.path.join(d, FILENAME + MARKER_SUFFIX))):
+        return None
+    return StoreLocation(config.DEFAULT_STORE, d)
 
 
 def owner_of(req: Request, network: str) -> Owner:
@@ -145,23 +194,6 @@ def assign_requested(conf: IPAMConfig, requested: list[Requested]) -> dict[int, 
     return out
 
 
-def valid_attachments(netconf: dict) -> set[tuple[str, str]]:
-    raw = netconf.get(VALID_ATTACHMENTS)
-    path = f'$["{VALID_ATTACHMENTS}"]'
-    if raw is None:
-        raise invalid_config(f"GC needs {VALID_ATTACHMENTS} (the attachments to keep)", path,
-                             '[{"containerID": "...", "ifname": "..."}]; an empty list releases every lease')
-    if not isinstance(raw, list):
-        raise invalid_config(f"{VALID_ATTACHMENTS} must be a list", path, '[{"containerID": "...", "ifname": "..."}]')
-    keep = set()
-    for n, a in enumerate(raw):
-        if not isinstance(a, dict) or not isinstance(a.get("containerID"), str) or not isinstance(a.get("ifname"), str):
-            raise CNIError(INVALID_CONFIG, "a valid attachment needs string containerID and ifname",
-                           f"field: {path}[{n}]; allowed: {{\"containerID\": \"...\", \"ifname\": \"...\"}}")
-        keep.add((a["containerID"], a["ifname"]))
-    return keep
-
-
 def result_for(conf: IPAMConfig, leases: list[Lease], cni_version: str = "1.1.0") -> Result:
     ips = []
     for lease in leases:
@@ -177,10 +209,15 @@ def result_for(conf: IPAMConfig, leases: list[Lease], cni_version: str = "1.1.0"
 
 
 def _release_quietly(store, lease: Lease) -> None:
+    """Undo one lease of a failed ADD, within what is left of the call's deadline (never waiting
+    again past it). A lease it cannot release stays owned by the container: DEL or GC frees it."""
     try:
         store.release_lease(lease)
     except CNIError as e:
-        log.get().error("could not undo a lease after a failed ADD", address=str(lease.address), error=str(e))
+        o = lease.owner
+        log.get().error("could not undo a lease after a failed ADD; it stays owned by the container, "
+                        "DEL or GC of the container frees it", address=str(lease.address), network=o.network,
+                        container=o.container_id, ifname=o.ifname, error=e.msg)
 
 
 plugin = IPAMPlugin()

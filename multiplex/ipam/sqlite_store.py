@@ -11,27 +11,53 @@ Tables:
   range_sets(key, name, family, size, last, updated)
       every range set addresses were handed out from: its size as last configured (for reports)
       and `last`, the last address handed out dynamically (the allocation cursor).
+
+One address space: an address is leased at most once in the whole database, whatever its pool
+(two networks whose subnets overlap but differ, a /24 and a /25 of it, never hand one address to
+two interfaces). The allocator reads every lease of the family that falls in the range set's
+subnets, a requested address is looked up by address alone, and schema 2 adds a UNIQUE index on
+the address (a database made before it that already holds a duplicate keeps working, is logged,
+and `multiplex ipam check` lists the duplicate).
+
+One deadline: a store opened for a CNI call gets the call's deadline (Request.deadline); every
+transaction waits for the lock only for what is left of it, so the undo of a failed ADD never
+waits again past it, and the error says how long the call really waited.
+
+Never silently emptied: creating the database writes a marker beside it (`leases.db.init`). When
+the marker exists but the database is missing, truncated (0 bytes), not a SQLite file, has no
+tables, or SQLite reports it malformed, the store moves it aside (`leases.db.damaged-<time>`) and
+rebuilds the leases from the meta plugin's cache (multiplex/ipam/repair.py). When the cache cannot
+account for every attachment (no cache directory, an unreadable entry), it refuses with code 5
+instead of handing out addresses from an empty store: `multiplex ipam check --repair --force`
+rebuilds from what there is.
 """
 from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import os
 import sqlite3
 import time
+from collections import Counter
 from contextlib import contextmanager
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from .. import log
 from ..cni.errors import CNIError, ADDRESS_UNAVAILABLE, IO_FAILURE, TRY_AGAIN_LATER
+from ..cni.valid import Keep
 from ..cni.types import IPAddress, IPNetwork
 from .allocator import Space, address as int_to_address
 from .config import IPAMConfig, RangeSet, StoreLocation, default_data_dir
-from .store import Lease, Owner, PoolUsage, Store
+from .store import Lease, Owner, PoolUsage, Store, as_keep
 
 FILENAME = "leases.db"
-SCHEMA_VERSION = 1
+MARKER_SUFFIX = ".init"          # leases.db.init: the store was initialised here
+DAMAGED_SUFFIX = ".damaged-"     # leases.db.damaged-<UTC time>: a damaged database moved aside
+REPAIR_LOCK = ".leases.repair.lock"
+SCHEMA_VERSION = 2
 DEFAULT_TIMEOUT = 60.0
+_HEADER = b"SQLite format 3\x00"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
@@ -48,6 +74,7 @@ CREATE TABLE IF NOT EXISTS leases (
     PRIMARY KEY (pool, address)
 );
 CREATE INDEX IF NOT EXISTS leases_by_owner ON leases (network, container_id, ifname);
+CREATE INDEX IF NOT EXISTS leases_by_container ON leases (container_id);
 CREATE TABLE IF NOT EXISTS range_sets (
     key     TEXT PRIMARY KEY,
     name    TEXT NOT NULL,
@@ -57,42 +84,94 @@ CREATE TABLE IF NOT EXISTS range_sets (
     updated REAL NOT NULL
 );
 """
+_UNIQUE_ADDRESS = "CREATE UNIQUE INDEX IF NOT EXISTS leases_by_address ON leases (address)"
 _COLUMNS = "pool, address, network, container_id, ifname, pod_namespace, pod_name, pod_uid, created"
 
 
+class Damaged(Exception):
+    """The database file is not what the marker says was made here (see the module doc)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 def _db_errors(method):
-    """sqlite3 errors as CNI errors: a busy database is 11 (try again), anything else 5 (I/O)."""
+    """sqlite3 errors as CNI errors: a busy database is 11 (try again), anything else 5 (I/O).
+
+    A database SQLite finds malformed in the middle of a call is recovered (moved aside, rebuilt
+    from the cache) and the call runs once more on the rebuilt one (every method is idempotent)."""
     @functools.wraps(method)
     def wrapper(self: "SQLiteStore", *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except sqlite3.OperationalError as e:
-            if "locked" in str(e) or "busy" in str(e):
-                raise CNIError(TRY_AGAIN_LATER, f"IPAM database is busy: {e}",
-                               f"file: {self.path}; waited {self.timeout:g}s for the lock") from None
-            raise CNIError(IO_FAILURE, f"IPAM database error: {e}", f"file: {self.path}") from None
-        except sqlite3.Error as e:
-            raise CNIError(IO_FAILURE, f"IPAM database error: {e}", f"file: {self.path}") from None
-        except OSError as e:
-            raise CNIError(IO_FAILURE, f"cannot open the IPAM database: {e}", f"file: {self.path}") from None
+        for attempt in (1, 2):
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.OperationalError as e:
+                if "locked" in str(e) or "busy" in str(e):
+                    raise self._busy(e) from None
+                raise CNIError(IO_FAILURE, f"IPAM database error: {e}", f"file: {self.path}") from None
+            except sqlite3.DatabaseError as e:
+                if attempt == 2 or not _is_damage(e):
+                    raise CNIError(IO_FAILURE, f"IPAM database error: {e}", f"file: {self.path}") from None
+                self.close()
+                self.recover(f"SQLite reports: {e}")
+            except sqlite3.Error as e:
+                raise CNIError(IO_FAILURE, f"IPAM database error: {e}", f"file: {self.path}") from None
+            except OSError as e:
+                raise CNIError(IO_FAILURE, f"cannot open the IPAM database: {e}", f"file: {self.path}") from None
     return wrapper
 
 
+def _is_damage(e: sqlite3.DatabaseError) -> bool:
+    text = str(e).lower()
+    return "malformed" in text or "not a database" in text or "corrupt" in text
+
+
 class SQLiteStore(Store):
-    def __init__(self, data_dir: str, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, data_dir: str, timeout: float = DEFAULT_TIMEOUT, deadline: Optional[float] = None,
+                 cache_dir: Optional[str] = None):
         self.data_dir = data_dir
         self.path = os.path.join(data_dir, FILENAME)
+        self.marker = self.path + MARKER_SUFFIX
+        #: each transaction's lock wait when no deadline is set
         self.timeout = timeout
+        #: time.monotonic() by which the call must be done (the CNI call's deadline); None: none
+        self.deadline = deadline
+        #: the meta plugin's cache, rebuilt from when the database is damaged (None: <state root>/cache)
+        self.cache_dir = cache_dir
+        #: transactions (txn), lock waits that ran out (busy), and of those the ones that waited at all
+        self.stats: Counter = Counter()
         self._conn: Optional[sqlite3.Connection] = None
+        self._wait: tuple[float, float] = (0.0, 0.0)    # (monotonic start, budget) of the last lock wait
 
     @classmethod
-    def open(cls, where: IPAMConfig | StoreLocation) -> "SQLiteStore":
-        return cls(where.data_dir or default_data_dir())
+    def open(cls, where: IPAMConfig | StoreLocation, deadline: Optional[float] = None) -> "SQLiteStore":
+        return cls(where.data_dir or default_data_dir(), deadline=deadline)
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    # --- the deadline ----------------------------------------------------------------------
+
+    def time_left(self) -> float:
+        """What a lock wait may take now: what is left of the deadline, else `timeout`."""
+        if self.deadline is None:
+            return self.timeout
+        return max(0.0, self.deadline - time.monotonic())
+
+    def _busy(self, e: Exception) -> CNIError:
+        start, budget = self._wait
+        waited = max(0.0, time.monotonic() - start) if start else 0.0
+        self.stats["busy"] += 1
+        if budget > 0:
+            self.stats["waited"] += 1
+        limit = "the call's deadline" if self.deadline is not None else "the lock timeout"
+        return CNIError(TRY_AGAIN_LATER,
+                        f"IPAM database is busy: waited {waited:.1f}s for its lock ({limit}: {budget:.1f}s left "
+                        "when the wait began)",
+                        f"file: {self.path}; {e}; allowed: try again later")
 
     # --- connection and transactions -------------------------------------------------------
 
@@ -100,34 +179,199 @@ class SQLiteStore(Store):
         if self._conn is not None:
             return self._conn
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
-        if not os.path.exists(self.path):  # created 0600: leases name every pod on the node
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            self._conn = self._open_checked()
+        except Damaged as d:
+            self.recover(d.reason)
+            self._conn = self._open_checked()
+        return self._conn
+
+    def damage(self) -> str:
+        """Why the database is damaged, or "" (a missing store with no marker is not damage)."""
+        if not os.path.isdir(self.data_dir):
+            return ""
+        try:
+            conn = self._open_checked(create=False)
+        except Damaged as d:
+            return d.reason
+        if conn is None:
+            return ""
+        try:
+            bad = [r[0] for r in conn.execute("PRAGMA quick_check")]
+        except sqlite3.DatabaseError as e:
+            bad = [str(e)]
+        finally:
+            conn.close()
+        return "" if bad == ["ok"] else "quick_check: " + "; ".join(bad[:3])
+
+    def _open_checked(self, create: bool = True) -> Optional[sqlite3.Connection]:
+        """A connection to a database that is what the marker says (schema made or migrated);
+        raises Damaged otherwise. With create=False, None when there is no store at all."""
+        marked = os.path.exists(self.marker)
+        self._check_file(marked)
+        if not os.path.exists(self.path):
+            if not create:
+                return None
+            # created 0600: leases name every pod on the node
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        self._wait = (time.monotonic(), self.time_left())
+        conn = sqlite3.connect(self.path, timeout=self._wait[1], isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._wait[1] * 1000)}")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0 and marked:
+                raise Damaged("the database has no tables, but the store was initialised here")
             if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
-            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    for stmt in filter(str.strip, _SCHEMA.split(";")):
-                        conn.execute(stmt)
-                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+            if version < SCHEMA_VERSION:
+                _migrate(conn, version)
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            if isinstance(e, sqlite3.OperationalError) and not _is_damage(e):
+                raise
+            raise Damaged(f"SQLite reports: {e}") from None
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
+        if not marked:
+            self._write_marker()
         return conn
+
+    def _check_file(self, marked: bool) -> None:
+        """The cheap checks of every open: the file exists, is not empty, starts as SQLite's do."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            if marked:
+                raise Damaged("the database file is missing, but the store was initialised here") from None
+            return
+        if st.st_size == 0:
+            if marked:
+                raise Damaged("the database file is empty (0 bytes), but the store was initialised here")
+            return
+        with open(self.path, "rb") as f:
+            head = f.read(len(_HEADER))
+        if head != _HEADER:
+            raise Damaged("the file is not a SQLite database")
+
+    def _write_marker(self) -> None:
+        tmp = f"{self.marker}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"database": FILENAME, "created": time.time(),
+                       "note": "multiplex: the leases database was initialised here; if it goes missing "
+                               "or is damaged it is rebuilt from the cache, never silently emptied"}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.marker)
+
+    def recover(self, reason: str, force: bool = False) -> str:
+        """Move a damaged database aside and rebuild it from the cache; returns where it went.
+
+        Serialized by a file lock (one process repairs, the others find it repaired). CNIError 5
+        when the cache cannot account for every attachment (unless `force`): the store stays
+        without a database, so no address is handed out from an empty one."""
+        from . import repair
+
+        with self._repair_lock():
+            try:
+                conn = self._open_checked(create=False)
+            except Damaged:
+                pass
+            else:   # repaired meanwhile by another call, or nothing was ever made here
+                if conn is not None:
+                    conn.close()
+                return ""
+            moved = self._move_aside()
+            view = repair.read_cache(self.data_dir, self.cache_dir)
+            leases = view.leases()
+            log.get().error("IPAM database damaged: moved aside, rebuilding from the cache", file=self.path,
+                            reason=reason, moved_to=moved, cached_leases=len(leases), problems=view.problems)
+            if view.problems and not force:
+                raise CNIError(IO_FAILURE,
+                               f"IPAM database damaged ({reason}) and it cannot be rebuilt from the node's cache: "
+                               + "; ".join(view.problems[:3]),
+                               f"file: {self.path}; damaged file: {moved or 'gone'}; cache: {view.cache_dir}; "
+                               "allowed: restore the database, or run `multiplex ipam check --repair --force` "
+                               "to rebuild from what the cache holds")
+            self._rebuild(leases)
+            log.get().warning("IPAM database rebuilt from the cache", file=self.path, leases=len(leases))
+            return moved
+
+    @contextmanager
+    def _repair_lock(self) -> Iterator[None]:
+        import fcntl
+
+        fd = os.open(os.path.join(self.data_dir, REPAIR_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            budget = self.time_left()
+            end = time.monotonic() + budget
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= end:
+                        raise CNIError(TRY_AGAIN_LATER, "IPAM database is being repaired by another call",
+                                       f"file: {self.path}; waited {budget:.1f}s; allowed: try again later") from None
+                    time.sleep(0.01)
+            yield
+        finally:
+            os.close(fd)
+
+    def _move_aside(self) -> str:
+        """leases.db (and its -wal, -shm) -> leases.db.damaged-<UTC time>; "" when there was none."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
+        target = self.path + DAMAGED_SUFFIX + stamp
+        moved = ""
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.rename(self.path + suffix, target + suffix)
+                moved = moved or target
+            except FileNotFoundError:
+                continue
+        return moved
+
+    def _rebuild(self, leases: list[Lease]) -> None:
+        """A new database with `leases`, made beside and renamed over (readers see none or all)."""
+        tmp = os.path.join(self.data_dir, f".{FILENAME}.rebuild-{os.getpid()}")
+        for suffix in ("", "-journal"):
+            try:
+                os.unlink(tmp + suffix)
+            except FileNotFoundError:
+                pass
+        os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600))
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            _migrate_in(conn, 0)
+            for lease in leases:
+                o = lease.owner
+                conn.execute("INSERT OR IGNORE INTO leases (pool, address, family, network, container_id, ifname, "
+                             "pod_namespace, pod_name, pod_uid, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             (lease.pool, str(lease.address), lease.address.version, o.network, o.container_id,
+                              o.ifname, o.pod_namespace, o.pod_name, o.pod_uid, lease.created or time.time()))
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        self._write_marker()
 
     @contextmanager
     def _txn(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: the database's write lock is held from BEGIN to COMMIT."""
+        """One write transaction: the database's write lock is held from BEGIN to COMMIT. The wait
+        for the lock is what is left of the deadline (0 once it passed: try once, never wait)."""
         db = self._connect()
+        budget = self.time_left()
+        db.execute(f"PRAGMA busy_timeout = {int(budget * 1000)}")
+        self._wait = (time.monotonic(), budget)
+        self.stats["txn"] += 1
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
@@ -168,12 +412,11 @@ class SQLiteStore(Store):
         space.check_requested(ip, where)
         r = space.range_set.range_for(ip)
         assert r is not None
-        row = db.execute(f"SELECT {_COLUMNS} FROM leases WHERE pool = ? AND address = ?",
-                         (str(r.subnet), str(ip))).fetchone()
-        if row is not None:
-            holder = _lease(row)
+        # by address alone: a lease in an overlapping pool of another network holds it too
+        row = db.execute("SELECT 1 FROM leases WHERE address = ?", (str(ip),)).fetchone()
+        if row is not None:   # never say who: the holder may be another tenant's pod
             raise CNIError(ADDRESS_UNAVAILABLE,
-                           f"requested address {ip} is unavailable: already leased to {holder.owner.describe()}",
+                           f"requested address {ip} is unavailable: in use by another attachment",
                            (f"field: {where}; " if where else "") + f"allowed: a free address in {space.name}")
         self._remember(db, space)
         return self._insert(db, str(r.subnet), ip, owner)
@@ -219,15 +462,35 @@ class SQLiteStore(Store):
         return sorted(found, key=_order)
 
     @_db_errors
-    def gc(self, network: str, keep: Iterable[tuple[str, str]]) -> list[Lease]:
-        keep = set(keep)
+    def gc(self, network: str, keep: Keep) -> list[Lease]:
+        """Exactly `network` (the namespaced name the plugin got), never a bare name's namesakes."""
+        keep = as_keep(keep)
         with self._txn() as db:
             rows = db.execute(f"SELECT {_COLUMNS} FROM leases WHERE network = ?", (network,)).fetchall()
             gone = [lease for lease in map(_lease, rows)
-                    if (lease.owner.container_id, lease.owner.ifname) not in keep]
+                    if not keep.keeps(lease.owner.container_id, lease.owner.ifname)]
             for lease in gone:
                 self._delete(db, lease)
         return sorted(gone, key=_order)
+
+    @_db_errors
+    def release_container(self, container_id: str) -> list[Lease]:
+        with self._txn() as db:
+            rows = db.execute(f"SELECT {_COLUMNS} FROM leases WHERE container_id = ?", (container_id,)).fetchall()
+            gone = [_lease(r) for r in rows]
+            for lease in gone:
+                self._delete(db, lease)
+        return sorted(gone, key=_order)
+
+    @_db_errors
+    def restore(self, lease: Lease) -> bool:
+        """Put back a lease the cache knows of (`ipam check --repair`); False when its address is
+        held (by anyone: the holder is reported, not replaced)."""
+        with self._txn() as db:
+            if db.execute("SELECT 1 FROM leases WHERE address = ?", (str(lease.address),)).fetchone():
+                return False
+            self._insert(db, lease.pool, lease.address, lease.owner)
+        return True
 
     @_db_errors
     def usage(self, range_set: RangeSet, exclude: Sequence[IPNetwork]) -> PoolUsage:
@@ -269,10 +532,16 @@ class SQLiteStore(Store):
         return sorted((_lease(r) for r in db.execute(sql, params)), key=_order)
 
     def _leased_ints(self, db: sqlite3.Connection, range_set: RangeSet) -> set[int]:
-        subnets = range_set.subnets
-        marks = ",".join("?" * len(subnets))
-        rows = db.execute(f"SELECT address FROM leases WHERE pool IN ({marks})", subnets)
-        return {int(ipaddress.ip_address(a)) for (a,) in rows}
+        """Every leased address inside the range set's subnets, whatever pool it was leased in
+        (one address space: a /25 of another network's /24 shares its addresses)."""
+        nets = [(int(r.subnet.network_address), int(r.subnet.broadcast_address)) for r in range_set.ranges]
+        rows = db.execute("SELECT address FROM leases WHERE family = ?", (range_set.family,))
+        out = set()
+        for (a,) in rows:
+            v = int(ipaddress.ip_address(a))
+            if any(lo <= v <= hi for lo, hi in nets):
+                out.add(v)
+        return out
 
     @staticmethod
     def _remember(db: sqlite3.Connection, space: Space, last: Optional[IPAddress] = None) -> None:
@@ -294,6 +563,34 @@ class SQLiteStore(Store):
     @staticmethod
     def _delete(db: sqlite3.Connection, lease: Lease) -> None:
         db.execute("DELETE FROM leases WHERE pool = ? AND address = ?", (lease.pool, str(lease.address)))
+
+
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        _migrate_in(conn, version)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _migrate_in(conn: sqlite3.Connection, version: int) -> None:
+    """Schema 1: the tables. Schema 2: one address space (a UNIQUE index on the address). A
+    database that already holds one address twice (made before 2) gets no index and says so; the
+    allocator keeps every address unique whatever the index."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        return   # another call migrated it meanwhile
+    for stmt in filter(str.strip, _SCHEMA.split(";")):
+        conn.execute(stmt)
+    dups = conn.execute("SELECT address, COUNT(*) FROM leases GROUP BY address HAVING COUNT(*) > 1").fetchall()
+    if dups:   # the index cannot be made; the allocator still never leases an address again
+        log.get().error("IPAM database holds addresses leased twice (made before one address space); "
+                        "`multiplex ipam check` lists them, DEL of one holder fixes each",
+                        addresses=[a for a, _ in dups])
+    else:
+        conn.execute(_UNIQUE_ADDRESS)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def spans_of_key(key: str) -> list[tuple[str, IPAddress, IPAddress]]:

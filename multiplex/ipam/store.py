@@ -1,8 +1,11 @@
 """The lease store interface, and the objects every store speaks in.
 
 A lease belongs to an Owner (container ID + interface name + network name: the key of an
-attachment). Addresses are unique per pool, i.e. per subnet, whatever network asked: two networks
-whose ranges share a subnet draw from the same pool and never get the same address.
+attachment; the network name is the one the plugin got, `<namespace>.<NAD>` for NAD networks).
+Addresses are unique in the whole store, whatever network or pool asked: two networks whose ranges
+share a subnet, or whose subnets overlap but differ (a /24 and a /25 of it), never get the same
+address. (The SQLite store checks every lease of the family; the kubernetes store keys blocks by
+IPPool and refuses a range that overlaps an IPPool without being its CIDR, and IPPools that overlap.)
 
 A store answers each question atomically. `allocate` gets the whole range set, the exclusions,
 the owner and an optional requested address, and returns the lease: the owner's existing lease in
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
 from ..cni.types import IPAddress, IPNetwork
+from ..cni.valid import Keep, keep_of
 from .config import IPAMConfig, RangeSet, StoreLocation
 
 #: store name (the config's `store`) -> "module:Class", imported on first use.
@@ -103,8 +107,14 @@ class Store(ABC):
         """Leases, all or of one network or one owner, ordered by pool and address."""
 
     @abstractmethod
-    def gc(self, network: str, keep: Iterable[tuple[str, str]]) -> list[Lease]:
-        """Release the leases of `network` whose (containerID, ifname) is not in `keep`."""
+    def gc(self, network: str, keep: Keep) -> list[Lease]:
+        """Release the leases of exactly `network` (the name the plugin got) that `keep` does not keep
+        (`Keep.keeps(containerID, ifname)`: a listed pair, or any interface of a listed container)."""
+
+    @abstractmethod
+    def release_container(self, container_id: str) -> list[Lease]:
+        """Release every lease of a container, whatever network or interface (a DEL without a cache
+        entry: Plugin.sweep). Returns what was released."""
 
     @abstractmethod
     def usage(self, range_set: RangeSet, exclude: Sequence[IPNetwork]) -> PoolUsage:
@@ -117,8 +127,9 @@ class Store(ABC):
 
     @classmethod
     @abstractmethod
-    def open(cls, where: "IPAMConfig | StoreLocation") -> "Store":
-        """Open the store a config names (its dataDir, or whatever a store needs from the config)."""
+    def open(cls, where: "IPAMConfig | StoreLocation", deadline: Optional[float] = None) -> "Store":
+        """Open the store a config names (its dataDir, or whatever a store needs from the config).
+        `deadline` (time.monotonic()) bounds every wait of the store (the CNI call's deadline)."""
 
     def close(self) -> None:
         return None
@@ -130,8 +141,14 @@ class Store(ABC):
         self.close()
 
 
-def open_store(where: IPAMConfig | StoreLocation) -> Store:
-    """The store a config names, opened (the SQLite store: at its dataDir or the node's default)."""
+def as_keep(keep: "Keep | Iterable[tuple[str, str]]") -> Keep:
+    """A Keep from a Keep or from (containerID, ifname) pairs (callers written before Keep)."""
+    return keep if isinstance(keep, Keep) else keep_of(keep)
+
+
+def open_store(where: IPAMConfig | StoreLocation, deadline: Optional[float] = None) -> Store:
+    """The store a config names, opened (the SQLite store: at its dataDir or the node's default).
+    `deadline`: the call's (Request.deadline, or now + the store's default when the call has none)."""
     module_name, _, cls_name = STORES[where.store].partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls.open(where)
+    return cls.open(where, deadline=deadline)

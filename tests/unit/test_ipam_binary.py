@@ -64,7 +64,8 @@ def test_error_codes_through_the_binary(tmp_path):
     assert full.code == errors.IPAM_EXHAUSTED and full.out["msg"] == "pool 198.18.8.0/30 exhausted: 1 of 1 leased"
 
     taken = run_plugin(EXE, "ADD", dict(tiny, runtimeConfig={"ips": ["198.18.8.2/30"]}), container_id="c3", netns="/x")
-    assert taken.code == errors.ADDRESS_UNAVAILABLE and "container c1" in taken.out["msg"]
+    assert taken.code == errors.ADDRESS_UNAVAILABLE and "in use by another attachment" in taken.out["msg"]
+    assert "c1" not in taken.out["msg"]
 
     status = run_plugin(EXE, "STATUS", tiny, ifname="")
     assert status.code == errors.PLUGIN_NOT_AVAILABLE and "exhausted: 1 of 1" in status.out["msg"]

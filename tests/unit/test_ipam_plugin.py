@@ -116,13 +116,14 @@ def test_requested_out_of_range_is_103_and_leaves_nothing(data_dir):
     assert leases(data_dir) == []
 
 
-def test_requested_taken_is_103_naming_the_holder(data_dir):
+def test_requested_taken_is_103_naming_no_other_pod(data_dir):
     conf = netconf(data_dir)
     conf["runtimeConfig"] = {"ips": ["198.18.5.4"]}
-    assert call("ADD", conf, cid="first", cni_args="K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=web-0")[0] == 0
+    assert call("ADD", conf, cid="first", cni_args="K8S_POD_NAMESPACE=tenant-a;K8S_POD_NAME=p1")[0] == 0
     rc, out = call("ADD", conf, cid="second")
     assert rc == 1 and out["code"] == errors.ADDRESS_UNAVAILABLE
-    assert "already leased to pod ns1/web-0, container first, interface eth0, network blue" in out["msg"]
+    assert out["msg"] == "requested address 198.18.5.4 is unavailable: in use by another attachment"
+    assert "tenant-a" not in json.dumps(out) and "first" not in json.dumps(out)
 
 
 def test_two_requested_addresses_of_one_family_are_refused(data_dir):

@@ -92,12 +92,14 @@ def test_requested_address_is_honoured(store):
     assert take(store, BLUE, owner("c1"), requested="198.18.5.5").address == lease.address
 
 
-def test_requested_address_taken_names_the_holder(store):
-    take(store, BLUE, owner("c1", pod_namespace="ns1", pod_name="web-0"), requested="198.18.5.5")
+def test_requested_address_taken_never_names_the_holder(store):
+    """Error 103 says the address is in use, never whose: the holder may be another tenant's pod."""
+    take(store, BLUE, owner("c1", pod_namespace="tenant-a", pod_name="p1"), requested="198.18.5.5")
     with pytest.raises(CNIError) as e:
         take(store, BLUE, owner("c2"), requested="198.18.5.5")
     assert e.value.code == ADDRESS_UNAVAILABLE
-    assert "already leased to pod ns1/web-0, container c1, interface eth0, network blue" in e.value.msg
+    assert e.value.msg == "requested address 198.18.5.5 is unavailable: in use by another attachment"
+    assert "tenant-a" not in e.value.msg + e.value.details and "c1" not in e.value.msg + e.value.details
     assert "field: $.runtimeConfig.ips[0]" in e.value.details
 
 
@@ -106,7 +108,7 @@ def test_requested_address_taken_in_another_network_of_the_pool(store):
     red = conf_of("red", [[{"subnet": "198.18.5.0/29"}]])
     with pytest.raises(CNIError) as e:
         take(store, red, owner("c9", network="red"), requested="198.18.5.5")
-    assert e.value.code == ADDRESS_UNAVAILABLE and "network blue" in e.value.msg
+    assert e.value.code == ADDRESS_UNAVAILABLE and "in use by another attachment" in e.value.msg
 
 
 @pytest.mark.parametrize("address,words", [
