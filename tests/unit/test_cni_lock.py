@@ -12,7 +12,7 @@ import pytest
 
 from multiplex.cni import errors
 from multiplex.cni.errors import CNIError
-from multiplex.cni.lock import LOCK_FILE, container_lock
+from multiplex.cni.lock import LOCK_FILE, container_lock, gc_lock
 
 MP = multiprocessing.get_context("fork")
 WAIT = 30  # generous bound for a rendezvous; a test that reaches it has failed anyway
@@ -222,3 +222,150 @@ def test_default_lock_file_under_the_state_root(state_dir, monkeypatch):
     monkeypatch.setenv("MULTIPLEX_STATE_DIR", str(state_dir))
     with container_lock("c1", timeout=1):
         assert os.path.exists(state_dir / "locks" / LOCK_FILE)
+
+
+# ---- the GC lock: every ADD shared, GC exclusive ------------------------------------------------
+
+def _hold_gc(path, exclusive, entered, release):
+    with gc_lock(exclusive, timeout=WAIT, path=path):
+        entered.set()
+        release.wait(WAIT)
+
+
+def _try_gc(path, exclusive, timeout, out):
+    try:
+        with gc_lock(exclusive, timeout=timeout, path=path):
+            out.put(("got", time.monotonic()))
+    except CNIError as e:
+        out.put(("refused", e.code, e.msg))
+
+
+def test_gc_lock_shared_by_adds_in_processes_and_threads(lockfile, procs):
+    entered, release = MP.Event(), MP.Event()
+    spawn(procs, _hold_gc, lockfile, False, entered, release)
+    assert entered.wait(WAIT)
+    try:
+        # another process's ADD and another thread's ADD get it while the first holds it
+        out = MP.Queue()
+        spawn(procs, _try_gc, lockfile, False, 0, out)
+        assert out.get(timeout=WAIT)[0] == "got"
+        with gc_lock(False, timeout=0, path=lockfile):
+            t_out: list = []
+            t = threading.Thread(target=lambda: t_out.append(_try_in_thread(lockfile, False, 0)))
+            t.start()
+            t.join(WAIT)
+            assert t_out == ["got"]
+    finally:
+        release.set()
+
+
+def _try_in_thread(path, exclusive, timeout):
+    try:
+        with gc_lock(exclusive, timeout=timeout, path=path):
+            return "got"
+    except CNIError as e:
+        return e.code
+
+
+def test_gc_waits_for_an_add_in_another_process_and_says_how_long(lockfile, procs):
+    entered, release = MP.Event(), MP.Event()
+    spawn(procs, _hold_gc, lockfile, False, entered, release)
+    assert entered.wait(WAIT)
+    out = MP.Queue()
+    spawn(procs, _try_gc, lockfile, True, 0.3, out)
+    kind, code, msg = out.get(timeout=WAIT)
+    assert (kind, code) == ("refused", errors.TRY_AGAIN_LATER)
+    assert "GC waited" in msg and "s for the ADDs" in msg
+    spawn(procs, _try_gc, lockfile, True, WAIT, out)
+    release.set()
+    assert out.get(timeout=WAIT)[0] == "got"
+
+
+def test_an_add_waits_for_gc_in_another_process(lockfile, procs):
+    entered, release = MP.Event(), MP.Event()
+    spawn(procs, _hold_gc, lockfile, True, entered, release)
+    assert entered.wait(WAIT)
+    try:
+        with pytest.raises(CNIError) as e:
+            with gc_lock(False, timeout=0.2, path=lockfile):
+                pass
+        assert e.value.code == errors.TRY_AGAIN_LATER and "ADD waited" in e.value.msg
+        assert f"byte {2 ** 32}" in e.value.details
+        # the containers' bytes are not the GC byte: a DEL (container lock only) still runs
+        with container_lock("c1", timeout=0, path=lockfile):
+            pass
+    finally:
+        release.set()
+
+
+def test_gc_and_adds_exclude_each_other_between_threads_of_one_process(lockfile):
+    """POSIX record locks do not tell threads apart: the reader/writer guard must."""
+    inside, release = threading.Event(), threading.Event()
+
+    def add():
+        with gc_lock(False, timeout=WAIT, path=lockfile):
+            inside.set()
+            release.wait(WAIT)
+
+    t = threading.Thread(target=add)
+    t.start()
+    try:
+        assert inside.wait(WAIT)
+        assert _try_in_thread(lockfile, True, 0.2) == errors.TRY_AGAIN_LATER
+    finally:
+        release.set()
+        t.join(WAIT)
+    with gc_lock(True, timeout=0, path=lockfile):
+        assert _run_thread(lambda: _try_in_thread(lockfile, False, 0.2)) == errors.TRY_AGAIN_LATER
+        with gc_lock(False, timeout=0, path=lockfile):  # re-entrant in the GC's own thread
+            pass
+
+
+def _run_thread(fn):
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(fn()))
+    t.start()
+    t.join(WAIT)
+    return out[0]
+
+
+def test_last_add_thread_leaving_lets_gc_in_from_another_process(lockfile, procs):
+    """Two ADD threads share the process's one file lock: it is dropped only when both left."""
+    first_in, second_in, release_first, release_second = (threading.Event() for _ in range(4))
+
+    def add(entered, release):
+        with gc_lock(False, timeout=WAIT, path=lockfile):
+            entered.set()
+            release.wait(WAIT)
+
+    a = threading.Thread(target=add, args=(first_in, release_first))
+    b = threading.Thread(target=add, args=(second_in, release_second))
+    a.start()
+    assert first_in.wait(WAIT)
+    b.start()
+    assert second_in.wait(WAIT)
+    try:
+        release_first.set()
+        a.join(WAIT)
+        out = MP.Queue()
+        spawn(procs, _try_gc, lockfile, True, 0.2, out)
+        assert out.get(timeout=WAIT)[:2] == ("refused", errors.TRY_AGAIN_LATER)  # b still holds it
+    finally:
+        release_second.set()
+        b.join(WAIT)
+    spawn(procs, _try_gc, lockfile, True, WAIT, out)
+    assert out.get(timeout=WAIT)[0] == "got"
+
+
+def test_container_lock_busy_message_states_the_time_waited(lockfile, procs):
+    entered, release, out = MP.Event(), MP.Event(), MP.Queue()
+    spawn(procs, _hold, lockfile, "c1", entered, release, out)
+    assert entered.wait(WAIT)
+    try:
+        with pytest.raises(CNIError) as e:
+            with container_lock("c1", timeout=0.2, path=lockfile):
+                pass
+    finally:
+        release.set()
+    waited = float(e.value.msg.rsplit("after ", 1)[1].rstrip("s"))
+    assert waited >= 0.2
