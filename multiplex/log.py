@@ -4,7 +4,8 @@ Stdlib only, so every code path (including VERSION and error paths) can log with
 Configured from the multiplex config (`logFile`, `logLevel`) or MULTIPLEX_LOG_FILE /
 MULTIPLEX_LOG_LEVEL; default: warnings and errors to stderr.
 
-The log file is created 0600 (it names pods and containers), opened without following a symlink
+The log file must be an absolute path (a relative one would follow the runtime's working
+directory). It is created 0600 (it names pods and containers), opened without following a symlink
 (O_NOFOLLOW: a link planted at the path is refused, with one note on stderr, and the line goes to
 stderr), only when it is a regular file, and rotated by size: past ROTATE_BYTES it becomes
 `<logFile>.1` (one kept, the older one dropped) and a new file is started.
@@ -56,6 +57,9 @@ class Logger:
 
     def _write_file(self, path: str, data: bytes) -> bool:
         """Append `data` to the log file; False (the caller writes to stderr) when it cannot."""
+        if not os.path.isabs(path):  # relative to whatever directory the runtime ran us in: no
+            self._refuse(path, "not an absolute path")
+            return False
         try:
             fd = os.open(path, _OPEN_FLAGS, 0o600)
         except OSError as e:

@@ -290,6 +290,14 @@ def test_a_fifo_at_the_log_path_is_refused_without_blocking(tmp_path, capsys):
     assert [l["msg"] for l in lines] == ["log file not used, logging to stderr", "hello"]
 
 
+def test_a_relative_log_path_is_not_resolved_against_the_cwd(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    log.Logger("multiplex.log", "info").info("hello")
+    assert os.listdir(tmp_path) == []
+    lines = [json.loads(l) for l in capsys.readouterr().err.splitlines()]
+    assert lines[0]["reason"] == "not an absolute path" and lines[1]["msg"] == "hello"
+
+
 def test_the_log_rotates_by_size_keeping_one(tmp_path, monkeypatch):
     monkeypatch.setattr(log, "ROTATE_BYTES", 2000)
     path = tmp_path / "multiplex.log"
