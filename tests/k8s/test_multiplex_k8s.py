@@ -39,9 +39,12 @@ def k8s(node, netns_factory, tmp_path, apiserver):
     store = apiserver.store
     store.add_nad("podnet", "default", nad_config("podnet", bridge_conf(
         "mpx-pod", "198.18.0.0/24", isGateway=True, isDefaultGateway=True)))
-    store.add_nad("blue", "default", nad_config("blue", bridge_conf("mpx-blue", "198.18.1.0/24", isGateway=True)))
+    # blue and green let pods choose addresses and MACs (the NADs opt in)
+    opt_in = {"capabilities": {"ips": True, "mac": True}}
+    store.add_nad("blue", "default", nad_config("blue", bridge_conf("mpx-blue", "198.18.1.0/24", isGateway=True,
+                                                                    **opt_in)))
     store.add_nad("green", "default", nad_config("green", bridge_conf("mpx-green", "198.18.2.0/24",
-                                                                      "fd00:2::/64")))
+                                                                      "fd00:2::/64", **opt_in)))
     store.add_nad("shared", "infra", nad_config("shared", bridge_conf("mpx-shared", "198.18.3.0/24")))
     lab.api = apiserver
     return lab
@@ -76,7 +79,7 @@ def assert_nothing_left(lab: Lab, ns: str) -> None:
 
 def test_list_form_gives_named_interfaces_and_status(k8s):
     ns, uid = add_pod(k8s, "web", "blue@data0, default/green, infra/shared")
-    out = cni(k8s, "ADD", "web", ns, uid)
+    out = cni(k8s, "ADD", "web", ns, uid, globalNamespaces=["infra"])
     assert out.ok, out
     assert links(ns) == {"lo", "eth0", "data0", "net1", "net2"}
     status = status_of(k8s, "web")
@@ -163,12 +166,27 @@ def test_unknown_nad_names_namespace_and_name(k8s):
 
 def test_namespace_isolation_refuses_a_nad_of_another_namespace(k8s):
     ns, uid = add_pod(k8s, "iso", "blue, infra/shared")
-    out = cni(k8s, "ADD", "iso", ns, uid, namespaceIsolation=True)
+    out = cni(k8s, "ADD", "iso", ns, uid)      # isolation is on by default
     assert out.rc == 1 and out.code == 106, out
     assert "infra/shared" in out.out["msg"]
     assert_nothing_left(k8s, ns)
     # a global namespace is allowed
-    assert cni(k8s, "ADD", "iso", ns, uid, namespaceIsolation=True, globalNamespaces=["infra"]).ok
+    assert cni(k8s, "ADD", "iso", ns, uid, globalNamespaces=["infra"]).ok
+
+
+def test_one_nad_get_per_distinct_network_and_the_bound_before_any(k8s):
+    ns, uid = add_pod(k8s, "twice", "blue@b1, blue@b2, default/blue@b3, green, green@g2")
+    k8s.api.reset_counts()
+    out = cni(k8s, "ADD", "twice", ns, uid)
+    assert out.ok, out
+    # podnet, blue and green: one GET each, however often the pod names them
+    assert k8s.api.count("get", "network-attachment-definitions") == 3
+    ns2, uid2 = add_pod(k8s, "greedy", ", ".join(f"blue@b{n}" for n in range(40)))
+    k8s.api.reset_counts()
+    out = cni(k8s, "ADD", "greedy", ns2, uid2)
+    assert out.rc == 1 and out.code == 7 and "maxAttachments" in out.out["details"], out
+    assert k8s.api.count("get", "network-attachment-definitions") <= 1   # the cluster network at most
+    assert links(ns2) == {"lo"}
 
 
 def test_stale_pod_uid_is_refused(k8s):
