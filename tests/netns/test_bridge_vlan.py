@@ -69,3 +69,17 @@ def test_vlan_ports_isolate_pods_on_one_bridge_and_the_gateway_serves_its_vlan(h
     assert hl.cni("DEL", v42, "cva", a).ok
     assert ra["interfaces"][1]["name"] not in hl.node_links()
     assert ping(b, "198.18.41.1")  # the VLAN gateway stays for the other pods
+
+
+def test_one_mac_per_vlan_of_a_bridge(hl):
+    mac = "02:42:c6:12:41:01"
+    v42 = hl.conf("198.18.42.0/24", name="v42", bridge="mpxt-brvm", vlan=42, runtimeConfig={"mac": mac})
+    v43 = hl.conf("198.18.43.0/24", name="v43", bridge="mpxt-brvm", vlan=43, runtimeConfig={"mac": mac})
+    a, b, c = hl.make_ns("pod"), hl.make_ns("pod"), hl.make_ns("pod")
+    ra, rb = hl.add(v42, "cma", a), hl.add(v43, "cmb", b)  # another VLAN is another network: fine
+    fdb = json.loads(nsexec(hl.node, "bridge", "-j", "fdb", "show", "br", "mpxt-brvm").stdout or "[]")
+    static = {(e["ifname"], e.get("vlan")) for e in fdb if e["mac"] == mac and e.get("state") == "static"}
+    assert static == {(ra["interfaces"][1]["name"], 42), (rb["interfaces"][1]["name"], 43)}
+    out = hl.cni("ADD", v42, "cmc", c)
+    assert out.code == 103 and "field: runtimeConfig.mac" in out.out["details"], out
+    assert hl.node_links("veth") == {ra["interfaces"][1]["name"], rb["interfaces"][1]["name"]}
