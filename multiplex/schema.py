@@ -37,13 +37,54 @@ def _validator(name: str):
     from referencing import Registry, Resource
 
     schema = load(name)
-    cls = jsonschema.validators.validator_for(schema)
+    cls = jsonschema.validators.extend(jsonschema.validators.validator_for(schema), {"pattern": _pattern})
 
     def retrieve(uri: str):
         # "$ref": "ipam.json" resolves to our own schema files, never to the network
         return Resource.from_contents(load(uri.rsplit("/", 1)[-1]))
 
     return cls(schema, registry=Registry(retrieve=retrieve), format_checker=cls.FORMAT_CHECKER)
+
+
+def _pattern(validator, pattern: str, instance: Any, schema: dict):
+    """JSON Schema's `pattern` with ECMA-262 anchors: `$` is the end of the string. Python's `$`
+    also matches before a trailing newline, so "br0\\n" would pass "^[^/:\\s]+$"."""
+    from jsonschema.exceptions import ValidationError
+
+    if validator.is_type(instance, "string") and not _compiled(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@lru_cache(maxsize=None)
+def _compiled(pattern: str):
+    import re
+
+    return re.compile(ecma_anchors(pattern))
+
+
+def ecma_anchors(pattern: str) -> str:
+    """`pattern` with every `$` that is an anchor (not escaped, not in a character class) made
+    `\\Z`, the end of the string and nothing else."""
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            if pattern[i + 1:i + 2] == "]":  # "[]...]": a leading ']' is a literal
+                out.append("[]")
+                i += 2
+                continue
+        elif c == "$":
+            c = r"\Z"
+        out.append(c)
+        i += 1
+    return "".join(out)
 
 
 def errors(name: str, instance: Any, prefix: str = "$") -> list[str]:

@@ -327,3 +327,28 @@ def test_a_kubeconfig_without_the_kubernetes_package_says_to_install_the_extra(m
     assert e.value.code == errors.INVALID_CONFIG
     assert "multiplex[k8s]" in e.value.msg and "field: kubeconfig" in e.value.details
     assert "No module named" not in e.value.msg.split("(")[0]
+
+
+# ---- JSON Schema patterns: `$` is the end of the string, as JSON Schema (ECMA-262) means it ----------
+
+@pytest.mark.parametrize("field, value", [("bridge", "br0\n"), ("name", "net\n")])
+def test_schema_patterns_refuse_a_trailing_newline(field, value):
+    from multiplex import schema
+
+    conf = {"cniVersion": "1.1.0", "name": "net", "type": "multiplex-bridge", "bridge": "br0",
+            "ipam": {"type": "multiplex-ipam", "ranges": [[{"subnet": "198.18.0.0/24"}]]}}
+    conf[field] = value
+    found = schema.errors("bridge", conf)
+    if field == "name" and not any("name" in e for e in found):
+        pytest.skip("the bridge schema has no pattern for name")
+    assert any(e.startswith(f"$.{field}:") for e in found), found
+    conf[field] = value.rstrip("\n")
+    assert schema.errors("bridge", conf) == []
+
+
+@pytest.mark.parametrize("pattern, expected", [("^a$", r"^a\Z"), ("^[$]+$", r"^[$]+\Z"),
+                                               (r"^a\$$", r"^a\$\Z"), ("^(a|b$)$", r"^(a|b\Z)\Z")])
+def test_only_anchor_dollars_are_rewritten(pattern, expected):
+    from multiplex.schema import ecma_anchors
+
+    assert ecma_anchors(pattern) == expected
