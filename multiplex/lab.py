@@ -49,7 +49,8 @@ def lab_networks(ipvlan: bool = False) -> list[dict]:
                                isGateway=True, isDefaultGateway=True)),
         _nad("blue", _bridge("mpx-blue", [[{"subnet": "198.18.1.0/24"}]])),
         _nad("green", _bridge("mpx-green", [[{"subnet": "198.18.2.0/24"}], [{"subnet": "fd00:2::/64"}]])),
-        _nad("violet", _bridge("mpx-violet", [[{"subnet": "fd00:3::/64"}]])),
+        # pod2 asks violet for a fixed address: the NAD opts in to pods' `ips` requests
+        _nad("violet", _bridge("mpx-violet", [[{"subnet": "fd00:3::/64"}]], capabilities={"ips": True})),
     ]
 
 
