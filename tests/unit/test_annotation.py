@@ -151,6 +151,12 @@ BAD = [
     ('[{"name": "a", "infiniband-guid": "c2:11:22"}]', None, f"{A}[0]['infiniband-guid']"),
     ('[{"name": "a", "interface": "net1"}, {"name": "b", "interface": "net1"}]',
      '{"name":"b","interface":"net1"}', f"{A}[1].interface"),
+    # matched whole: a trailing newline is not part of a valid name; interface names count bytes
+    ('[{"name": "blue\\n"}]', None, f"{A}[0].name"),
+    ('[{"name": "a", "namespace": "pods\\n"}]', None, f"{A}[0].namespace"),
+    ('[{"name": "a", "interface": "\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9"}]', None,
+     f"{A}[0].interface"),
+    ("a@" + "\u00e9" * 9, json.dumps("a@" + "\u00e9" * 9), f"{A}[0].interface"),
 ]
 
 
@@ -175,6 +181,17 @@ def test_refused_with_quote_and_field(value, quoted, field):
 def test_refusal_table_is_large_enough():
     assert len(BAD) >= 15
     assert sum(1 for v, _, _ in BAD if v.lstrip()[:1] in "[{") >= 15
+
+
+def test_an_annotation_over_64_kib_is_refused_before_parsing():
+    from multiplex.annotation import MAX_ANNOTATION_BYTES
+
+    value = json.dumps([{"name": "a", "cni-args": {"pad": "x" * MAX_ANNOTATION_BYTES}}])
+    with pytest.raises(CNIError) as e:
+        parse_networks(value, "pods")
+    assert e.value.code == INVALID_CONFIG
+    assert e.value.details == f"field: {A}; allowed: at most {MAX_ANNOTATION_BYTES} bytes"
+    assert parse_networks(json.dumps([{"name": "a", "cni-args": {"pad": "x" * 60000}}]), "pods")[0].name == "a"
 
 
 def test_long_entry_is_quoted_shortened():
