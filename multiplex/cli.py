@@ -117,6 +117,40 @@ def ipam_show(store: str, data_dir: str | None, kubeconfig: str | None, allocati
             click.echo(f"  {lease['address']:<40} {lease['network']:<24} {lease['containerID'][:12]} {lease['ifname']}")
 
 
+@ipam.command("check")
+@click.option("--data-dir", default=None, help="the node IPAM store directory (default <state root>/ipam)")
+@click.option("--cache-dir", default=None, help="the meta plugin's cache (default <state root>/cache)")
+@click.option("--repair", is_flag=True,
+              help="rebuild a damaged database from the cache, lease again what the cache holds, release "
+                   "leases of containers the cache does not know")
+@click.option("--force", is_flag=True,
+              help="with --repair: rebuild a damaged database even when the cache cannot account for every "
+                   "attachment (no cache directory, unreadable entries)")
+@click.option("-o", "output", type=click.Choice(["table", "json"]), default="table")
+def ipam_check(data_dir: str | None, cache_dir: str | None, repair: bool, force: bool, output: str) -> None:
+    """Compare this node's leases with the meta plugin's cache (and repair with --repair).
+
+    Exit 0 when nothing is left to fix, 1 otherwise."""
+    import os
+
+    from .cni.errors import CNIError
+    from .ipam import repair as ipam_repair
+    from .ipam.report import default_data_dir
+    from .ipam.sqlite_store import SQLiteStore
+
+    store = SQLiteStore(data_dir or default_data_dir(), cache_dir=cache_dir)
+    if not (os.path.exists(store.path) or os.path.exists(store.marker)):
+        click.echo(f"ipam check: no IPAM database at {store.path} (no address was handed out on this node)")
+        return
+    try:
+        with store:
+            report = ipam_repair.check(store, repair=repair, force=force, cache_dir=cache_dir)
+    except CNIError as e:
+        _fail("ipam check", e)
+    click.echo(json.dumps(report.to_dict(), indent=2) if output == "json" else "\n".join(report.lines()))
+    sys.exit(0 if report.resolved else 1)
+
+
 @ipam.command("gc")
 @click.option("--kubeconfig", default=None, help="a kubeconfig (default: in-cluster or $KUBECONFIG)")
 @click.option("--grace", type=click.FloatRange(min=0), default=300.0, show_default=True,

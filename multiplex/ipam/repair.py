@@ -204,16 +204,27 @@ class CheckReport:
     conflicts: list[dict] = field(default_factory=list)   # cached address leased to someone else
     problems: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
+    restored: int = 0          # missing leases put back
+    released: int = 0          # orphan leases released
 
     @property
     def clean(self) -> bool:
         return not (self.damaged or self.missing or self.orphans or self.conflicts or self.problems)
 
+    @property
+    def resolved(self) -> bool:
+        """Nothing is left to fix: clean, or (after a repair) every finding was repaired."""
+        if self.clean:
+            return True
+        return bool(self.repaired) and not (self.conflicts or self.problems) \
+            and self.restored == len(self.missing) and self.released == len(self.orphans)
+
     def to_dict(self) -> dict[str, Any]:
         return {"database": self.database, "damaged": self.damaged, "movedTo": self.moved_to,
                 "leases": self.leases, "cachedAttachments": self.cached, "missing": self.missing,
                 "orphans": self.orphans, "netnsGone": self.netns_gone, "conflicts": self.conflicts,
-                "problems": self.problems, "repaired": self.repaired, "clean": self.clean}
+                "problems": self.problems, "repaired": self.repaired, "clean": self.clean,
+                "resolved": self.resolved}
 
     def lines(self) -> list[str]:
         out = [f"ipam check {self.database}: {self.leases} leases, {self.cached} cached attachments"
@@ -274,6 +285,7 @@ def check(store, repair: bool = False, force: bool = False, cache_dir: Optional[
             if held is None:
                 report.missing.append(_item(att.owner, ip))
                 if repair and store.restore(Lease(pool=pool, address=ip, owner=att.owner)):
+                    report.restored += 1
                     report.repaired.append(f"leased {ip} to {att.owner.container_id}/{att.owner.ifname} again")
             elif (held.owner.container_id, held.owner.ifname, held.owner.network) != \
                     (att.owner.container_id, att.owner.ifname, att.owner.network):
@@ -286,5 +298,6 @@ def check(store, repair: bool = False, force: bool = False, cache_dir: Optional[
         report.orphans.append(_item(lease))
         if repair and o.container_id not in containers and not view.problems:
             store.release_lease(lease)
+            report.released += 1
             report.repaired.append(f"released {lease.address} of {o.container_id}/{o.ifname} (no cache entry)")
     return report

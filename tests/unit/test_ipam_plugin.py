@@ -274,3 +274,49 @@ print(json.dumps(heavy()))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert json.loads(out[0]) == []
     assert json.loads(out[1]) == ["jsonschema"]
+
+
+def test_gc_keeps_listed_containers_and_only_its_own_namespaced_network(data_dir):
+    """The meta plugin forwards GC with the namespaced name and multiplex.dev/valid-containers."""
+    a, b = netconf(data_dir, name="tenant-a.blue"), netconf(data_dir, [[{"subnet": "198.18.6.0/29"}]],
+                                                                name="tenant-b.blue")
+    call("ADD", a, cid="pod-a", ifname="net1")
+    call("ADD", a, cid="stale", ifname="net1")
+    call("ADD", b, cid="pod-b", ifname="net1")
+    gc = dict(a, **{"cni.dev/valid-attachments": [{"containerID": "pod-a", "ifname": "eth0"}],
+                    "multiplex.dev/valid-containers": ["pod-a"]})
+    assert call("GC", gc) == (0, {})
+    assert sorted((n, c) for _, n, c, _ in leases(data_dir)) == [("tenant-a.blue", "pod-a"),
+                                                                  ("tenant-b.blue", "pod-b")]
+
+
+def test_gc_with_malformed_valid_containers_is_7_and_releases_nothing(data_dir):
+    conf = netconf(data_dir)
+    call("ADD", conf)
+    gc = dict(conf, **{"cni.dev/valid-attachments": [], "multiplex.dev/valid-containers": "c1"})
+    rc, out = call("GC", gc)
+    assert rc == 1 and out["code"] == errors.INVALID_CONFIG and "multiplex.dev/valid-containers" in out["details"]
+    assert len(leases(data_dir)) == 1
+
+
+def test_sweep_releases_every_lease_of_the_container(data_dir):
+    blue, red = netconf(data_dir), netconf(data_dir, [[{"subnet": "198.18.6.0/29"}]], name="red")
+    call("ADD", blue, cid="gone", ifname="eth0")
+    call("ADD", red, cid="gone", ifname="net1")
+    call("ADD", blue, cid="stays")
+    plugin.sweep(Request(command="DEL", container_id="gone", ifname="eth0", config=red))
+    assert [c for _, _, c, _ in leases(data_dir)] == ["stays"]
+    plugin.sweep(Request(command="DEL", container_id="gone", ifname="eth0", config=red))   # idempotent
+
+
+def test_sweep_without_an_ipam_block_uses_the_node_store_and_never_creates_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("MULTIPLEX_STATE_DIR", str(tmp_path / "state"))
+    bare = {"cniVersion": "1.1.0", "name": "multiplex", "type": "multiplex"}
+    plugin.sweep(Request(command="DEL", container_id="gone", ifname="eth0", config=bare))
+    assert not os.path.exists(tmp_path / "state" / "ipam" / "leases.db")
+    conf = netconf("x")
+    del conf["ipam"]["dataDir"]
+    call("ADD", conf, cid="gone")
+    call("ADD", conf, cid="stays")
+    plugin.sweep(Request(command="DEL", container_id="gone", ifname="eth0", config=bare))
+    assert [c for _, _, c, _ in leases(str(tmp_path / "state" / "ipam"))] == ["stays"]

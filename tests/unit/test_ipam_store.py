@@ -249,3 +249,140 @@ def test_open_store_uses_the_state_dir_by_default(tmp_path, monkeypatch):
     conf = conf_of("blue", [[{"subnet": "198.18.5.0/29"}]], data_dir=str(tmp_path / "elsewhere"))
     with open_store(conf) as s:
         assert s.leases() == []
+
+
+# --- one address space ---------------------------------------------------------------------
+
+def test_overlapping_but_different_subnets_share_one_address_space(store):
+    """A /24 on one network and a /25 of it on another never hand one address to two interfaces."""
+    wide = conf_of("tenant-a.wide", [[{"subnet": "198.18.72.0/24"}]])
+    half = conf_of("tenant-b.half", [[{"subnet": "198.18.72.0/25"}]])
+    got = []
+    for i in range(4):
+        got.append(take(store, wide, owner(f"p{i}", "eth0", "tenant-a.wide")))
+        got.append(take(store, half, owner(f"p{i}", "net1", "tenant-b.half")))
+    addresses = [str(lease.address) for lease in got]
+    assert len(set(addresses)) == len(addresses) == 8
+    assert {lease.pool for lease in got} == {"198.18.72.0/24", "198.18.72.0/25"}
+
+
+def test_a_requested_address_held_in_an_overlapping_pool_is_103(store):
+    wide = conf_of("wide", [[{"subnet": "198.18.72.0/24"}]])
+    half = conf_of("half", [[{"subnet": "198.18.72.0/25"}]])
+    take(store, wide, owner("a", network="wide"), requested="198.18.72.9")
+    with pytest.raises(CNIError) as e:
+        take(store, half, owner("b", "net1", "half"), requested="198.18.72.9")
+    assert e.value.code == ADDRESS_UNAVAILABLE and "in use by another attachment" in e.value.msg
+
+
+def test_an_overlapping_pool_counts_the_other_networks_leases_when_exhausted(store):
+    wide = conf_of("wide", [[{"subnet": "198.18.72.0/29"}]])      # .2-.6 (the gateway is .1)
+    tail = conf_of("tail", [[{"subnet": "198.18.72.0/29", "rangeStart": "198.18.72.5"}]])
+    for i in range(3):
+        take(store, wide, owner(f"w{i}", network="wide"))           # .2 .3 .4
+    take(store, tail, owner("t0", network="tail"))                   # .5
+    take(store, wide, owner("w3", network="wide"))                   # .6: skips .5
+    with pytest.raises(CNIError) as e:
+        take(store, tail, owner("t1", network="tail"))
+    assert e.value.code == IPAM_EXHAUSTED
+
+
+def test_schema_2_refuses_a_second_row_for_one_address(store):
+    take(store, BLUE, owner("c1"))
+    con = sqlite3.connect(os.path.join(store.data_dir, FILENAME))
+    try:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+        with pytest.raises(sqlite3.IntegrityError):
+            con.execute("INSERT INTO leases (pool, address, family, network, container_id, ifname, created) "
+                        "VALUES ('198.18.5.0/25', '198.18.5.2', 4, 'other', 'c9', 'eth0', 0)")
+    finally:
+        con.close()
+
+
+# --- one deadline --------------------------------------------------------------------------
+
+def test_the_undo_of_a_failed_add_never_waits_past_the_deadline(tmp_path, monkeypatch):
+    """Dual stack: v4 is leased, then the lock is held by another process before v6. The ADD
+    waits for what is left of its deadline once; the undo of the v4 lease does not wait again (the
+    lease stays the container's for DEL to free), and the message states the wait."""
+    import time
+
+    from multiplex.cni.request import Request
+    from multiplex.ipam.plugin import plugin
+
+    data_dir = str(tmp_path / "ipam")
+    conf = {"cniVersion": "1.1.0", "name": "blue", "type": "x",
+            "ipam": {"type": "multiplex-ipam", "dataDir": data_dir,
+                     "ranges": [[{"subnet": "198.18.5.0/29"}], [{"subnet": "fd00:5::/120"}]]}}
+    holder = {}
+    stores = []
+    real = SQLiteStore.allocate
+
+    def allocate_then_lock(self, *args, **kwargs):
+        stores.append(self)
+        lease = real(self, *args, **kwargs)
+        if "con" not in holder:             # another process starts a long transaction
+            holder["con"] = sqlite3.connect(self.path, isolation_level=None)
+            holder["con"].execute("BEGIN IMMEDIATE")
+        return lease
+
+    monkeypatch.setattr(SQLiteStore, "allocate", allocate_then_lock)
+    req = Request(command="ADD", container_id="c1", ifname="eth0", config=conf,
+                  deadline=time.monotonic() + 0.4)
+    try:
+        with pytest.raises(CNIError) as e:
+            plugin.add(req)
+    finally:
+        holder["con"].execute("ROLLBACK")
+        holder["con"].close()
+    assert e.value.code == TRY_AGAIN_LATER
+    assert e.value.msg.startswith("IPAM database is busy: waited ") and "the call's deadline" in e.value.msg
+    store = stores[0]
+    assert store.stats["busy"] == 2          # the v6 allocation and the undo of the v4 lease
+    assert store.stats["waited"] == 1        # only the first one waited: the undo found no time left
+    monkeypatch.setattr(SQLiteStore, "allocate", real)
+    with SQLiteStore(data_dir) as s:          # the v4 lease stays the container's ...
+        assert [(lease.owner.container_id, lease.address.version) for lease in s.leases()] == [("c1", 4)]
+    plugin.delete(Request(command="DEL", container_id="c1", ifname="eth0", config=conf))
+    with SQLiteStore(data_dir) as s:          # ... and DEL frees it
+        assert s.leases() == []
+
+
+def test_without_a_deadline_each_wait_is_the_stores_timeout(tmp_path):
+    store = SQLiteStore(str(tmp_path / "ipam"), timeout=0.1)
+    take(store, BLUE, owner("c1"))
+    holder = sqlite3.connect(store.path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(CNIError) as e:
+            take(store, BLUE, owner("c2"))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        store.close()
+    assert "the lock timeout: 0.1s" in e.value.msg and store.stats["waited"] == 1
+
+
+# --- sweep and GC --------------------------------------------------------------------------
+
+def test_release_container_frees_every_network_and_interface(store):
+    red = conf_of("red", [[{"subnet": "198.18.6.0/29"}]])
+    take(store, BLUE, owner("gone"))
+    take(store, red, owner("gone", "net1", "red"))
+    take(store, BLUE, owner("stays"))
+    assert len(store.release_container("gone")) == 2
+    assert [lease.owner.container_id for lease in store.leases()] == ["stays"]
+    assert store.release_container("gone") == []
+
+
+def test_gc_keeps_whole_containers_and_matches_the_network_exactly(store):
+    from multiplex.cni.valid import keep_of
+
+    a = conf_of("tenant-a.blue", [[{"subnet": "198.18.5.0/29"}]])
+    b = conf_of("tenant-b.blue", [[{"subnet": "198.18.6.0/29"}]])
+    take(store, a, owner("pod-a", "net1", "tenant-a.blue"))
+    take(store, a, owner("pod-x", "net1", "tenant-a.blue"))
+    take(store, b, owner("pod-b", "net1", "tenant-b.blue"))
+    gone = store.gc("tenant-a.blue", keep_of(containers=["pod-a"]))
+    assert [lease.owner.container_id for lease in gone] == ["pod-x"]
+    assert {lease.owner.container_id for lease in store.leases()} == {"pod-a", "pod-b"}
