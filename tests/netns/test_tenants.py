@@ -112,21 +112,35 @@ sys.exit(main())
 """
 
 
-def test_a_pod_made_before_the_upgrade_keeps_working_and_del_cleans_it(lab, tmp_path):
+def test_pods_made_before_the_upgrade_keep_working_and_del_and_gc_clean_them(lab, tmp_path):
     old = tmp_path / "old-multiplex"
     old.write_text(OLD_MULTIPLEX.format(python=sys.executable))
     old.chmod(0o755)
-    lab.add_pod("pre", "blue", namespace="tenant-a")
-    pre = lab.netns_factory("pod")
-    args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=tenant-a;K8S_POD_NAME=pre"
-    out = run_plugin(str(old), "ADD", lab.config(), node=lab.node, container_id="cid-pre", netns=pre, args=args)
-    assert out.ok, out
+    pre = {}
+    for name in ("pre1", "pre2"):
+        lab.add_pod(name, "blue", namespace="tenant-a")
+        pre[name] = lab.netns_factory("pod")
+        args = f"IgnoreUnknown=1;K8S_POD_NAMESPACE=tenant-a;K8S_POD_NAME={name}"
+        out = run_plugin(str(old), "ADD", lab.config(), node=lab.node, container_id=f"cid-{name}",
+                         netns=pre[name], args=args)
+        assert out.ok, out
     assert default_bridge_name("blue") in node_bridges(lab)    # the old name's bridge
-    a1, out = add(lab, "a1", "blue", "tenant-a")                # the new binary, next to it
+    a1, out = add(lab, "a1", "blue", "tenant-a")                # the new binary, next to them
     assert out.ok, out
-    assert lab.cni("CHECK", "pre", pre, container_id="cid-pre", namespace="tenant-a").ok
-    assert lab.cni("DEL", "pre", pre, container_id="cid-pre", namespace="tenant-a").ok
-    assert links(pre) == {"lo"}
+    assert default_bridge_name("tenant-a.blue") in node_bridges(lab)
+    # the new binary checks and deletes an old pod
+    assert lab.cni("CHECK", "pre1", pre["pre1"], container_id="cid-pre1", namespace="tenant-a").ok
+    assert lab.cni("DEL", "pre1", pre["pre1"], container_id="cid-pre1", namespace="tenant-a").ok
+    assert links(pre["pre1"]) == {"lo"}
+    # GC keeps what is listed (the new pod, the other old pod), then collects the old pod
+    conf = lab.config()
+    conf["cni.dev/valid-attachments"] = [{"containerID": "cid-tenant-a-a1", "ifname": "eth0"},
+                                         {"containerID": "cid-pre2", "ifname": "eth0"}]
+    assert lab.cni("GC", None, None, config=conf).ok
+    assert links(pre["pre2"]) == {"lo", "eth0", "net1"} and links(a1) == {"lo", "eth0", "net1"}
+    conf["cni.dev/valid-attachments"] = conf["cni.dev/valid-attachments"][:1]
+    assert lab.cni("GC", None, None, config=conf).ok
+    assert links(pre["pre2"]) == {"lo"}
     owners = {v for row in lab.leases() for v in row if isinstance(v, str) and v.startswith("cid-")}
     assert owners == {"cid-tenant-a-a1"}
     assert links(a1) == {"lo", "eth0", "net1"}
