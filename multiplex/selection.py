@@ -265,6 +265,9 @@ def select(conf: MultiplexConfig, req: Request, source: Optional[Source],
                            "configured", "field: nadDir; allowed: a directory of NetworkAttachmentDefinitions, or kubeconfig")
         netconf = nad_netconf(nads.get_nad(sel.namespace, sel.name), conf.conf_dir)
         check_opt_in(sel, netconf)
+        if sel.cni_args:
+            check_untrusted(sel.cni_args, f"{sel.namespace}/{sel.name}",
+                            root=f"{NETWORKS_ANNOTATION}[{sel.index}]['cni-args']")
         ifname = sel.interface or _next_ifname(used)
         check_ifname(ifname, f"{NETWORKS_ANNOTATION}: {sel.namespace}/{sel.name} interface", INVALID_CONFIG)
         if ifname in used:

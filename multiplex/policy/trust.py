@@ -42,29 +42,32 @@ NODE_ONLY = "only the node's own multiplex config (the admin's) may set it"
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def check_untrusted(netconf: Any, network: str) -> None:
+def check_untrusted(netconf: Any, network: str, root: str = "") -> None:
     """Refuse (code 7) a NAD-sourced config that names `type: multiplex` or carries a node field.
 
     `network` is the NAD as `namespace/name`; it prefixes the JSON path in the details, as the
-    meta plugin's other errors about that config do (`tenant-a/blue:$.ipam.kubeconfig`)."""
-    for path, key, value in _walk(netconf, "$"):
+    meta plugin's other errors about that config do (`tenant-a/blue:$.ipam.kubeconfig`). `root`
+    replaces that prefix for other untrusted objects (a pod's `cni-args`, which reach every plugin
+    of the attachment as `args.cni`)."""
+    for path, key, value in _walk(netconf, root or f"{network}:$"):
         if key is None:
             continue
         if key.lower() in NODE_FIELDS:
             raise CNIError(INVALID_CONFIG,
                            f"network {network}: {key!r} is a node field, not allowed in a "
-                           "NetworkAttachmentDefinition",
-                           f"field: {network}:{path}; allowed: not in a NetworkAttachmentDefinition: {NODE_ONLY}")
+                           "NetworkAttachmentDefinition or a pod annotation",
+                           f"field: {path}; allowed: not in a NetworkAttachmentDefinition or a pod "
+                           f"annotation: {NODE_ONLY}")
         if key.lower().startswith(RESERVED_PREFIXES):
             raise CNIError(INVALID_CONFIG,
                            f"network {network}: {key!r} is reserved for the runtime and the meta plugin",
-                           f"field: {network}:{path}; allowed: no cni.dev/ or multiplex.dev/ keys in a "
-                           f"NetworkAttachmentDefinition: {NODE_ONLY}")
+                           f"field: {path}; allowed: no cni.dev/ or multiplex.dev/ keys in a "
+                           f"NetworkAttachmentDefinition or a pod annotation: {NODE_ONLY}")
         if key == "type" and isinstance(value, str) and value.strip().lower() == MULTIPLEX_TYPE:
             raise CNIError(INVALID_CONFIG,
                            f"network {network}: type {MULTIPLEX_TYPE!r} may not be used by a "
-                           "NetworkAttachmentDefinition",
-                           f"field: {network}:{path}; allowed: any delegate or IPAM type except "
+                           "NetworkAttachmentDefinition or a pod annotation",
+                           f"field: {path}; allowed: any delegate or IPAM type except "
                            f"{MULTIPLEX_TYPE!r}: {NODE_ONLY}")
 
 

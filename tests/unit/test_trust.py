@@ -136,6 +136,14 @@ def test_node_fields_in_a_nad_are_refused_naming_the_field(env, field, config):
         assert not (env.root / name).exists()
 
 
+def test_node_fields_in_a_pods_cni_args_are_refused(env):
+    # cni-args reach every plugin of the attachment as args.cni
+    env.nad("blue", env.fake())
+    env.pod("p", [{"name": "blue", "cni-args": {"ipam": {"dataDir": str(env.root / "db")}}}])
+    rc, out = env.add()
+    refused_without_trace(env, rc, out, 7, f"{ANN}[0]['cni-args'].ipam.dataDir")
+
+
 def test_cluster_network_nad_is_checked_too(env):
     env.nad("podnet", env.fake(binDir=env.evil_dir))
     env.pod("p", "")
