@@ -10,8 +10,6 @@ of its choice runs nothing and writes nothing.
 from __future__ import annotations
 
 import ipaddress
-import json
-import os
 import sys
 
 import pytest
