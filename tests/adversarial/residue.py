@@ -50,31 +50,51 @@ class Snapshot:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def node_links(ns: str) -> frozenset:
+PROBES = {
+    "links": "ip -j -d link show",
+    "addrs": "ip -j addr show",
+    "routes4": "ip -j -4 route show table all",
+    "routes6": "ip -j -6 route show table all",
+    "fdb": "bridge -j fdb show",
+    "nft": "nft -j list ruleset",
+}
+SEP = "=====mpx-residue-probe====="
+
+
+def probe(ns: str) -> dict[str, object]:
+    """All kernel probes in one `ip netns exec` (a shell), parsed: fewer processes per snapshot."""
+    script = "; ".join(f"echo {SEP}{k}; {cmd} 2>/dev/null" for k, cmd in PROBES.items())
+    text = _nsrun(ns, "sh", "-c", script)
+    out: dict[str, object] = {}
+    for chunk in text.split(SEP)[1:]:
+        key, _, body = chunk.partition("\n")
+        out[key.strip()] = _json(body)
+    return out
+
+
+def node_links(data: dict) -> frozenset:
     return frozenset((l["ifname"], l.get("linkinfo", {}).get("info_kind", ""), l.get("master", ""))
-                     for l in _json(_nsrun(ns, "ip", "-j", "-d", "link", "show")))
+                     for l in data.get("links", []))
 
 
-def node_addrs(ns: str) -> frozenset:
+def node_addrs(data: dict) -> frozenset:
     return frozenset(f"{i['ifname']} {a['local']}/{a['prefixlen']}"
-                     for i in _json(_nsrun(ns, "ip", "-j", "addr", "show"))
-                     for a in i.get("addr_info", []) if a.get("scope") == "global")
+                     for i in data.get("addrs", []) for a in i.get("addr_info", []) if a.get("scope") == "global")
 
 
-def node_routes(ns: str) -> frozenset:
+def node_routes(data: dict) -> frozenset:
     out = set()
-    for fam in ("-4", "-6"):
-        for r in _json(_nsrun(ns, "ip", "-j", fam, "route", "show", "table", "all")):
-            dst = r.get("dst", "")
-            if r.get("table") == "local" or dst.startswith(("fe80:", "ff00:", "multicast")) or r.get("type") == "multicast":
-                continue
-            out.add(f"{dst} via {r.get('gateway', '-')} dev {r.get('dev', '-')} table {r.get('table', 'main')}")
+    for r in [*data.get("routes4", []), *data.get("routes6", [])]:
+        dst = r.get("dst", "")
+        if r.get("table") == "local" or dst.startswith(("fe80:", "ff00:", "multicast")) or r.get("type") == "multicast":
+            continue
+        out.add(f"{dst} via {r.get('gateway', '-')} dev {r.get('dev', '-')} table {r.get('table', 'main')}")
     return frozenset(out)
 
 
-def node_fdb(ns: str) -> frozenset:
+def node_fdb(data: dict) -> frozenset:
     out = set()
-    for e in _json(_nsrun(ns, "bridge", "-j", "fdb", "show")):
+    for e in data.get("fdb", []):
         mac = e.get("mac", "")
         if mac.startswith(("33:33:", "01:00:5e:")) or e.get("state") not in ("permanent", "static"):
             continue
@@ -82,8 +102,8 @@ def node_fdb(ns: str) -> frozenset:
     return frozenset(out)
 
 
-def node_nft(ns: str) -> frozenset:
-    items = _json(_nsrun(ns, "nft", "-j", "list", "ruleset"))
+def node_nft(data: dict) -> frozenset:
+    items = data.get("nft")
     items = items.get("nftables", []) if isinstance(items, dict) else []
     out = set()
     for item in items:
@@ -113,7 +133,7 @@ def node_procs(ns: str) -> frozenset:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
-        if cmd.startswith(("ip -j", "ip netns", "nft -j", "bridge -j")) or not cmd:
+        if cmd.startswith(("ip -j", "ip netns", "nft -j", "bridge -j", "sh -c echo " + SEP)) or not cmd:
             continue                     # our own probes, or a process already exiting
         out.add(f"{pid} {cmd[:200]}")
     return frozenset(out)
@@ -161,9 +181,10 @@ class Watch:
     paths: list[str] = field(default_factory=list)
 
     def snapshot(self, extra_paths: Iterable[str] = ()) -> Snapshot:
+        data = probe(self.node)
         return Snapshot(
-            links=node_links(self.node), addrs=node_addrs(self.node), routes=node_routes(self.node),
-            fdb=node_fdb(self.node), nft=node_nft(self.node), procs=node_procs(self.node),
+            links=node_links(data), addrs=node_addrs(data), routes=node_routes(data),
+            fdb=node_fdb(data), nft=node_nft(data), procs=node_procs(self.node),
             files=files_under(self.dirs), leases=lease_rows(self.lease_dirs or self.dirs),
             paths=frozenset(p for p in [*self.paths, *extra_paths] if os.path.lexists(p)))
 
