@@ -26,10 +26,10 @@ waits again past it, and the error says how long the call really waited.
 Never silently emptied: creating the database writes a marker beside it (`leases.db.init`). When
 the marker exists but the database is missing, truncated (0 bytes), not a SQLite file, has no
 tables, or SQLite reports it malformed, the store moves it aside (`leases.db.damaged-<time>`) and
-rebuilds the leases from the meta plugin's cache (multiplex/ipam/repair.py). When the cache cannot
-account for every attachment (no cache directory, an unreadable entry), it refuses with code 5
-instead of handing out addresses from an empty store: `multiplex ipam check --repair --force`
-rebuilds from what there is.
+rebuilds the leases from the meta plugin's cache (multiplex/ipam/repair.py), plus the rows SQLite
+can still read from the damaged file. When the cache cannot account for every attachment (no cache
+directory, an unreadable entry), it refuses with code 5 instead of handing out addresses from an
+empty store: `multiplex ipam check --repair --force` rebuilds from what there is.
 """
 from __future__ import annotations
 
@@ -275,19 +275,18 @@ class SQLiteStore(Store):
         from . import repair
 
         with self._repair_lock():
-            try:
-                conn = self._open_checked(create=False)
-            except Damaged:
-                pass
-            else:   # repaired meanwhile by another call, or nothing was ever made here
-                if conn is not None:
-                    conn.close()
+            if not self.damage():   # repaired meanwhile by another call (quick_check included)
+                log.get().info("IPAM database found repaired", file=self.path, reason=reason)
                 return ""
             moved = self._move_aside()
             view = repair.read_cache(self.data_dir, self.cache_dir)
             leases = view.leases()
+            salvaged = _salvage(moved) if moved else []
+            cached = {str(lease.address) for lease in leases}
+            leases += [lease for lease in salvaged if str(lease.address) not in cached]
             log.get().error("IPAM database damaged: moved aside, rebuilding from the cache", file=self.path,
-                            reason=reason, moved_to=moved, cached_leases=len(leases), problems=view.problems)
+                            reason=reason, moved_to=moved, cached_leases=len(cached), salvaged=len(salvaged),
+                            problems=view.problems)
             if view.problems and not force:
                 raise CNIError(IO_FAILURE,
                                f"IPAM database damaged ({reason}) and it cannot be rebuilt from the node's cache: "
@@ -563,6 +562,31 @@ class SQLiteStore(Store):
     @staticmethod
     def _delete(db: sqlite3.Connection, lease: Lease) -> None:
         db.execute("DELETE FROM leases WHERE pool = ? AND address = ?", (lease.pool, str(lease.address)))
+
+
+def _salvage(path: str) -> list[Lease]:
+    """The lease rows SQLite can still read from a damaged file (often all of them when only an
+    index page is bad; none when the file is empty or not a database). The cache's word wins over
+    these on a conflict: it is the evidence of a live attachment."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(_HEADER)) != _HEADER:
+                return []
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0)
+    except (OSError, sqlite3.Error):
+        return []
+    out: list[Lease] = []
+    try:
+        for row in conn.execute(f"SELECT {_COLUMNS} FROM leases"):
+            try:
+                out.append(_lease(row))
+            except (ValueError, TypeError):
+                continue
+    except sqlite3.Error as e:
+        log.get().warning("salvaged part of a damaged IPAM database", file=path, rows=len(out), error=str(e))
+    finally:
+        conn.close()
+    return out
 
 
 def _migrate(conn: sqlite3.Connection, version: int) -> None:

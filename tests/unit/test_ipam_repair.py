@@ -72,7 +72,9 @@ def live_pod(root, cid: str = "live") -> str:
 
 
 def damaged_files(root) -> list[str]:
-    return glob.glob(str(root / "ipam" / (FILENAME + ".damaged-*")))
+    """The damaged databases moved aside (without their -wal and -shm companions)."""
+    return [p for p in glob.glob(str(root / "ipam" / (FILENAME + ".damaged-*")))
+            if not p.endswith(("-wal", "-shm"))]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "delete"])
@@ -210,3 +212,21 @@ def test_read_cache_names_networks_as_the_plugins_saw_them(state):
         == "ns.blue"
     assert repair.network_name({"configName": "", "netconf": {"name": "blue"}, "network": "ns/blue"}) == "blue"
     assert repair.network_name({"netconf": {}, "network": "ns/blue"}) == "blue"
+
+
+def test_a_malformed_page_met_mid_call_is_recovered_with_the_rows_sqlite_still_reads(state):
+    """Damage inside the file (not its header): the call that meets it moves it aside, rebuilds
+    from the cache plus the rows still readable, and goes on: no lease is lost."""
+    (state / "cache").mkdir(parents=True)
+    conf = dict(netconf(), ipam=dict(ipam_block(), ranges=[[{"subnet": "198.18.74.0/24"}]]))
+    for i in range(200):
+        assert call("ADD", conf, f"c{i}")[0] == 0
+    before = leases(state)
+    with open(state / "ipam" / FILENAME, "r+b") as f:     # two pages of the table's b-tree
+        f.seek(4096 * 2)
+        f.write(b"\xff" * 4096 * 2)
+    rc, res = call("ADD", conf, "new")
+    assert rc == 0, res
+    assert res["ips"][0]["address"].split("/")[0] not in {a for a, _, _, _ in before}
+    assert set(before) < set(leases(state)) and len(leases(state)) == 201
+    assert len(damaged_files(state)) == 1
