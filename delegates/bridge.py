@@ -258,13 +258,13 @@ class BridgePlugin(Plugin):
         keep = parse_keep(req.config)
         conf = self.config(req)
         ipam_type(req)
-        kept = kept_containers(keep)
+        kept = nftables.container_marks(set(keep.containers) | {cid for cid, _ in keep.pairs})
 
         def stale(comment: str) -> bool:
             o = nftables.parse_owner(comment)
             if o is None or not o.of_network(conf.network):
                 return False
-            cid = o.container_in(kept)
+            cid = kept.get(o.container)
             return cid is None or not keep.keeps(cid, o.ifname)
 
         removed, rules = remove_owned(stale, f"stale attachments of {conf.network}")
@@ -289,11 +289,6 @@ class BridgePlugin(Plugin):
         removed, rules = remove_owned(mine, f"attachments of container {cid}")
         if removed or rules:
             log.get().info("bridge sweep", container=cid, veths=removed, masquerade_rules=rules)
-
-
-def kept_containers(keep) -> set[str]:
-    """Every container ID a keep-list names (to read hashed owner comments back)."""
-    return set(keep.containers) | {cid for cid, _ in keep.pairs}
 
 
 def remove_owned(match, what: str) -> tuple[list[str], int]:

@@ -41,7 +41,8 @@ class Rule:
     saddr: str = ""
 
 
-def _digest(text: str) -> str:
+def digest(text: str) -> str:
+    """How a part too long for an owner comment is written: `#` + 16 hex of its SHA-256."""
     return "#" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -55,12 +56,12 @@ def owner_comment(container_id: str, ifname: str, network: str) -> str:
 
     A namespaced network name (namespace up to 63 + NAD name up to 253) rarely fits: the network
     part then becomes `#` + 16 hex of its SHA-256, and if the container ID still does not fit, it
-    does too. Neither a container ID nor a network name starts with `#`, so the forms never clash,
+    does too. Neither a container ID nor a CNI network name starts with `#`, so the forms never clash,
     and comments of earlier versions (plain, or network hashed) parse the same way."""
-    for c in (f"{container_id}/{ifname}/{network}", f"{container_id}/{ifname}/{_digest(network)}"):
+    for c in (f"{container_id}/{ifname}/{network}", f"{container_id}/{ifname}/{digest(network)}"):
         if _fits(c):
             return c
-    return f"{_digest(container_id)}/{ifname}/{_digest(network)}"
+    return f"{digest(container_id)}/{ifname}/{digest(network)}"
 
 
 class Owner(NamedTuple):
@@ -70,17 +71,16 @@ class Owner(NamedTuple):
     network: str
 
     def of_container(self, container_id: str) -> bool:
-        return self.container in (container_id, _digest(container_id))
+        return self.container in (container_id, digest(container_id))
 
     def of_network(self, network: str) -> bool:
-        return self.network in (network, _digest(network))
+        return self.network in (network, digest(network))
 
-    def container_in(self, container_ids: Iterable[str]) -> Optional[str]:
-        """The container ID among `container_ids` this owner names (plain or hashed), or None."""
-        for cid in container_ids:
-            if self.of_container(cid):
-                return cid
-        return None
+
+def container_marks(container_ids: Iterable[str]) -> dict[str, str]:
+    """The container part an owner comment may carry (plain or hashed) -> the container ID, for
+    reading many comments against one list."""
+    return {mark: cid for cid in container_ids for mark in (cid, digest(cid))}
 
 
 def parse_owner(comment: str) -> Optional[Owner]:

@@ -160,7 +160,7 @@ def test_owner_of_the_longest_namespaced_network_fits_nft_and_the_alias(cid_len)
     o = nftables.parse_owner(comment)
     assert o.of_network(network) and not o.of_network("n" * 63 + ".b")
     assert o.of_container(cid) and not o.of_container("d" * cid_len)
-    assert o.container_in(["x", cid]) == cid and o.ifname == "net1-with-15ch"
+    assert nftables.container_marks(["x", cid])[o.container] == cid and o.ifname == "net1-with-15ch"
 
 
 def test_owner_comments_of_the_previous_version_still_match():
