@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -370,26 +371,35 @@ class Multiplexer(Plugin):
                 live.append((cid, record))
                 continue
             sub = Context(ctx.req.derive(command="DEL", container_id=cid, ifname=ifname, netns=""), ctx.conf)
-            try:
-                with sub.lock(timeout=STALE_LOCK_WAIT):
-                    fresh = cache.load(cid, ifname, with_corrupt=True)  # re-read: it may have changed
-                    if fresh is None:
-                        continue
-                    log.get().info("GC: removing stale attachment", container=cid, ifname=ifname)
-                    if isinstance(fresh, dict):
-                        self._delete_record(sub, fresh)
-                    else:
-                        self._sweep(sub)
-                    cache.delete(cid, ifname)
-            except CNIError as e:
-                if e.code == TRY_AGAIN_LATER and "lock" in e.details:
+            with ExitStack() as held:
+                try:
+                    held.enter_context(sub.lock(timeout=STALE_LOCK_WAIT))
+                except CNIError as e:
+                    if e.code != TRY_AGAIN_LATER:
+                        raise
                     log.get().info("GC: skipped, a call for this container is in flight", container=cid,
                                    ifname=ifname)
                     live.append((cid, record))
-                else:  # the entry stays: the next GC tries again
+                    continue
+                try:
+                    self._delete_stale(sub, cache)
+                except CNIError as e:  # the entry stays: the next GC tries again
                     log.get().warning("GC: cannot remove stale attachment", container=cid, ifname=ifname,
                                       error=str(e))
         return live
+
+    def _delete_stale(self, sub: Context, cache) -> None:
+        """Under the container's lock: re-read the entry (a DEL may have settled it), then DEL it."""
+        cid, ifname = sub.req.container_id, sub.req.ifname
+        fresh = cache.load(cid, ifname, with_corrupt=True)
+        if fresh is None:
+            return
+        log.get().info("GC: removing stale attachment", container=cid, ifname=ifname)
+        if isinstance(fresh, dict):
+            self._delete_record(sub, fresh)
+        else:
+            self._sweep(sub)
+        cache.delete(cid, ifname)
 
     def _collect_corrupt(self, ctx: Context, cache, keep) -> None:
         """A corrupt entry of a container the runtime does not list: sweep it by marks, remove the file."""
