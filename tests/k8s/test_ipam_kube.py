@@ -502,3 +502,29 @@ def test_a_claim_whose_answer_was_lost_is_recognised_as_ours(cluster):  # noqa: 
         del s.client.create_object
     assert got.fresh and asked.fresh and s.stats["claims"] == 2 and s.stats["claims_lost"] == 0
     assert cluster.allocations() == {str(got.address): "c1", "198.18.64.200": "c2"}
+
+
+def test_gc_keeps_whole_containers_and_only_its_namespaced_network(cluster):  # noqa: F811
+    from multiplex.cni.valid import keep_of
+
+    cluster.pool("blue", BLUE)
+    a, b = ipam_conf(BLUE, network="tenant-a.blue"), ipam_conf(BLUE, network="tenant-b.blue")
+    s = cluster.store("n1")
+    take(s, a, owner("pod-a", "net1", "tenant-a.blue"))
+    take(s, a, owner("stale", "net1", "tenant-a.blue"))
+    take(s, b, owner("pod-b", "net1", "tenant-b.blue"))
+    gone = s.gc("tenant-a.blue", keep_of(containers=["pod-a"]))
+    assert [lease.owner.container_id for lease in gone] == ["stale"]
+    assert {lease.owner.container_id for lease in s.leases()} == {"pod-a", "pod-b"}
+
+
+def test_release_container_frees_this_nodes_leases_of_every_network(cluster):  # noqa: F811
+    cluster.pool("blue", BLUE)
+    conf, red = ipam_conf(BLUE), ipam_conf(BLUE, network="red")
+    take(cluster.store("n1"), conf, owner("gone"))
+    take(cluster.store("n1"), red, owner("gone", "net1", "red"))
+    take(cluster.store("n1"), conf, owner("stays"))
+    gone = cluster.store("n1").release_container("gone")
+    assert sorted(lease.owner.network for lease in gone) == ["blue", "red"]
+    assert [lease.owner.container_id for lease in cluster.store("n1").leases()] == ["stays"]
+    assert cluster.store("n1").release_container("gone") == []
