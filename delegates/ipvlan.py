@@ -169,10 +169,15 @@ def claim_mode(master: str, master_netns: Optional[str], mode: str, network: str
         others = {k: v for k, v in attachments.items() if k != key and v.get("mode") != mode}
         if others:
             k, v = next(iter(others.items()))
+            # the node's log names them; the error (which a tenant may read) never names another
+            # network's attachments
+            log.get().warning("ipvlan mode refused: the master is in another mode", master=master, mode=mode,
+                              network=network, held_by=k, held_by_network=v.get("network"), held_mode=v.get("mode"))
+            ours = sum(1 for x in others.values() if x.get("network") == network)
             raise invalid_config(
-                f"master {master} already carries ipvlan sub-interfaces in mode {v.get('mode')} "
-                f"({len(others)} attachment(s), e.g. {k} of network {v.get('network')}); the kernel keeps one mode "
-                f"per master, so a sub-interface in mode {mode} would switch them all", "$.mode",
+                f"master {master} already carries {len(others)} ipvlan sub-interface(s) in mode {v.get('mode')} "
+                f"({ours} of them on this network); the kernel keeps one mode per master, so a sub-interface "
+                f"in mode {mode} would switch them all", "$.mode",
                 f"\"{v.get('mode')}\" on master {master}, or another master for mode {mode}")
         attachments[key] = {"mode": mode, "network": network, "netns": pod_netns}
 

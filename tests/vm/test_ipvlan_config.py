@@ -129,6 +129,8 @@ def test_one_master_keeps_one_mode(records):
     with pytest.raises(CNIError) as e:
         ipvlan.claim_mode("eth1", None, "l3", "c", "c3/eth0", records)
     assert e.value.code == 7 and "field: $.mode" in e.value.details and "mode l2" in e.value.msg
+    assert "c1" not in e.value.msg and "c2" not in e.value.msg  # never names others' attachments
+    assert "2 ipvlan sub-interface(s)" in e.value.msg and "0 of them on this network" in e.value.msg
     ipvlan.claim_mode("eth2", None, "l3", "c", "c3/eth0", records)  # another master is free
     ipvlan.release_mode("c1/eth0")
     ipvlan.release_mode("c2/eth0", "b")
