@@ -255,10 +255,11 @@ def select(conf: MultiplexConfig, req: Request, source: Optional[Source],
         used.add(ifname)
         out.append(Attachment(network=netconf_name(d), ifname=ifname, netconf=d))
 
-    selections = _selections(conf, req, nads)
-    check_attachment_bound(conf, len(out) + len(selections))
-    for sel in selections:
-        if authorize is not None:
+    defaults, requested = _selections(conf, req, nads)
+    check_attachment_bound(conf, len(out) + len(defaults) + len(requested))
+    for by_admin, sel in [(True, d) for d in defaults] + [(False, r) for r in requested]:
+        # defaultNetworks are the admin's choice for every pod: isolation governs the pod's own requests
+        if authorize is not None and not by_admin:
             authorize(conf, pod_ns or "default", sel)
         if nads is None:
             raise CNIError(NOT_FOUND, f"network {sel.namespace}/{sel.name} requested but no definitions source is "
@@ -286,15 +287,16 @@ def select(conf: MultiplexConfig, req: Request, source: Optional[Source],
     return out
 
 
-def _selections(conf: MultiplexConfig, req: Request, source: Optional[Source]) -> list:
-    """defaultNetworks (outside systemNamespaces), then the pod's annotation, parsed and checked."""
+def _selections(conf: MultiplexConfig, req: Request, source: Optional[Source]) -> tuple[list, list]:
+    """(defaultNetworks outside systemNamespaces, the pod's annotation), parsed and checked."""
     pod_ns, pod_name, pod_uid = req.pod
+    defaults: list = []
     selections: list = []
     ns_for_defaults = pod_ns or "default"
     if conf.default_networks and ns_for_defaults not in conf.system_namespaces:
         from .annotation import parse_networks
 
-        selections += parse_networks(",".join(conf.default_networks), conf.multus_namespace,
+        defaults += parse_networks(",".join(conf.default_networks), conf.multus_namespace,
                                      source_name="defaultNetworks", reserved_interfaces=[req.ifname])
     if source is not None and pod_name:
         pod = source.get_pod(pod_ns or "default", pod_name)
@@ -311,7 +313,7 @@ def _selections(conf: MultiplexConfig, req: Request, source: Optional[Source]) -
                 from .annotation import parse_networks
 
                 selections += parse_networks(value, pod_ns or "default", reserved_interfaces=[req.ifname])
-    return selections
+    return defaults, selections
 
 
 def check_attachment_bound(conf: MultiplexConfig, count: int) -> None:

@@ -302,6 +302,14 @@ def test_namespace_isolation_is_on_by_default_and_global_namespaces_open_it(env)
     assert rc == 0, out
 
 
+def test_default_networks_are_the_admins_choice_and_not_subject_to_isolation(env):
+    env.nad("blue", env.fake())                      # in multusNamespace (default)
+    env.pod("p", "", namespace="tenant-b")
+    rc, out = env.add(namespace="tenant-b", defaultNetworks=["blue"])
+    assert rc == 0, out
+    assert [c["stdin"]["name"] for c in env.calls()] == ["default.podnet", "default.blue"]
+
+
 def test_nad_sourced_attachments_carry_their_namespaced_identity(env):
     env.nad("blue", env.fake(), namespace="tenant-a")
     env.nad("blue", env.fake(), namespace="tenant-b")
