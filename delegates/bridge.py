@@ -33,7 +33,8 @@ from typing import Any, Optional
 
 from multiplex import log, nftables
 from multiplex.cni import skel
-from multiplex.cni.errors import ADDRESS_UNAVAILABLE, CHECK_FAILED, CNIError, INVALID_CONFIG, invalid_config
+from multiplex.cni.errors import (ADDRESS_UNAVAILABLE, CHECK_FAILED, CNIError, INVALID_CONFIG, NETLINK_FAILURE,
+                                  invalid_config)
 from multiplex.cni.plugin import Plugin
 from multiplex.cni.request import Request
 from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
@@ -70,6 +71,18 @@ def vlan_gateway_names(bridge: str, vlan: int) -> tuple[str, str]:
     if len(gw) > 15:
         gw = "mpxg" + _hex(f"{bridge}.{vlan}", 11)
     return gw, "mpxp" + _hex(f"{bridge}.{vlan}", 11)
+
+
+def check_bridge_name(conf: dict, where: str = "$") -> None:
+    """`mpxbr-` names are the networks' default bridges: a config may name its own default bridge,
+    never another network's (a NAD in one namespace could otherwise join the default bridge of a
+    same- or other-named network in another namespace, whose name it can compute)."""
+    bridge, name = conf.get("bridge"), conf.get("name")
+    if isinstance(bridge, str) and bridge.startswith(BRIDGE_PREFIX) and isinstance(name, str) \
+            and bridge != default_bridge_name(name):
+        raise invalid_config(f"bridge {bridge} has the prefix {BRIDGE_PREFIX} of the networks' default bridges "
+                             "and is not this network's own", f"{where}.bridge",
+                             f"a name without the prefix {BRIDGE_PREFIX}, or leave bridge out for this network's own")
 
 
 # ---- config --------------------------------------------------------------------------------------
@@ -113,6 +126,7 @@ class BridgePlugin(Plugin):
     def validate(self, conf: dict, where: str = "$") -> None:
         super().validate(conf, where)
         check_ipv6_mtu(conf, where)
+        check_bridge_name(conf, where)
 
     def config(self, req: Request) -> BridgeConfig:
         # The JSON Schema (and its jsonschema import) guards what ADD and CHECK act on; teardown
@@ -145,6 +159,8 @@ class BridgePlugin(Plugin):
         if created:
             netlink.sysctl.write(f"net/ipv6/conf/{br.name}/accept_ra", "0", missing_ok=True)
             undo.push(f"remove bridge {br.name}", lambda: _remove_bridge_if_unused(node, br))
+        if conf.bridge == default_bridge_name(conf.network):
+            claim_default_bridge(node, br, conf.network)
 
         host_name = host_veth_name(req.container_id, req.ifname)
         if node.delete_link(host_name):  # a stale pair of this very attachment (a crashed ADD)
@@ -403,6 +419,28 @@ def ensure_vlan_gateway(node, br, vlan: int, mtu: Optional[int]):
     gw = node.require_link(gw_name)
     node.set_up(gw)
     return gw
+
+
+def bridge_mark(network: str) -> str:
+    """The alias of a network's default bridge: the network's name (its digest when over the
+    kernel's 255 bytes)."""
+    return network if len(network.encode()) <= 255 else nftables.digest(network)
+
+
+def claim_default_bridge(node, br, network: str) -> None:
+    """A default bridge carries its network's name as alias, so a network whose name hashes to the
+    same 8 hex (a tenant can search for one in minutes) is refused instead of joining another
+    network's L2 domain. A bridge without alias (made by an earlier version, or by a concurrent
+    ADD that has not named it yet) is named now."""
+    mark = bridge_mark(network)
+    if br.alias == mark:
+        return
+    if br.alias:
+        raise CNIError(NETLINK_FAILURE, f"the default bridge name {br.name} of network {network} is taken by "
+                       "another network's bridge (the 8-hex names collide); set `bridge` to a name of its own",
+                       "field: bridge; allowed: a bridge name without the prefix " + BRIDGE_PREFIX)
+    node.set_alias(br, mark)
+    br.alias = mark
 
 
 def claim_mac(node, br, port, mac: str, conf: BridgeConfig) -> None:

@@ -183,6 +183,29 @@ def test_longest_namespaced_name_add_and_del(mi):
     assert veths(mi) == {} and comments(mi) == [] and links(ns) == {"lo"}
 
 
+def test_a_default_bridge_is_named_after_its_network_and_a_colliding_one_refused(hl):
+    from delegates.bridge import default_bridge_name
+
+    ns = hl.make_ns("pod")
+    res = hl.add(hl.conf("198.18.56.0/24", name="default.blue"), "cdb", ns)
+    br = res["interfaces"][0]["name"]
+    assert br == default_bridge_name("default.blue") and hl.link_details(br)["ifalias"] == "default.blue"
+    # a network whose name hashes to the same 8 hex (here: a bridge of that name made for another one)
+    victim = default_bridge_name("tenant-b.green")
+    nsexec(hl.node, "ip", "link", "add", victim, "type", "bridge")
+    nsexec(hl.node, "ip", "link", "set", victim, "alias", "tenant-a.red")
+    other = hl.make_ns("pod")
+    out = hl.cni("ADD", hl.conf("198.18.57.0/24", name="tenant-b.green"), "cdg", other)
+    assert out.rc == 1 and out.code == 105 and "field: bridge" in out.out["details"], out
+    assert links(other) == {"lo"} and hl.leases("tenant-b.green") == []
+    assert [l["ifname"] for l in ip_json(hl.node, "link", "show", "master", victim)] == []
+    # a default bridge made by an earlier version (no alias) is adopted
+    legacy = default_bridge_name("default.old")
+    nsexec(hl.node, "ip", "link", "add", legacy, "type", "bridge")
+    hl.add(hl.conf("198.18.58.0/24", name="default.old"), "cdo", hl.make_ns("pod"))
+    assert hl.link_details(legacy)["ifalias"] == "default.old"
+
+
 # ---- one MAC, one port ---------------------------------------------------------------------------
 def fdb(lab: BridgeLab, bridge: str) -> list[dict]:
     out = nsexec(lab.node, "bridge", "-j", "fdb", "show", "br", bridge).stdout

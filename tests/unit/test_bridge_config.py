@@ -102,6 +102,15 @@ def test_gc_with_a_malformed_keep_list_is_code_7_before_anything(monkeypatch):
         assert err["code"] == 7 and err["details"].startswith(f"field: {field}"), err
 
 
+def test_another_networks_default_bridge_cannot_be_named():
+    # tenant-b cannot put its pods on tenant-a's default bridge by computing its name
+    victim = bridge.default_bridge_name("tenant-a.blue")
+    err = run("ADD", conf(name="tenant-b.blue", bridge=victim))
+    assert err["code"] == 7 and err["details"].startswith("field: $.bridge;"), err
+    bridge.plugin.validate(conf(name="tenant-a.blue", bridge=victim))  # its own default, spelled out: fine
+    bridge.plugin.validate(conf(name="tenant-b.blue", bridge="shared-br"))  # a name of the admin's choice
+
+
 def test_ifname_too_long_is_code_4():
     err = run("ADD", conf(), ifname="x" * 16)
     assert err["code"] == 4 and "CNI_IFNAME" in err["details"]
