@@ -41,8 +41,8 @@ from multiplex.cni.errors import (CHECK_FAILED, CNIError, INVALID_ENVIRONMENT, N
                                   PLUGIN_NOT_AVAILABLE, UNSUPPORTED_FIELD, invalid_config)
 from multiplex.cni.plugin import Plugin
 from multiplex.cni.request import Request
-from multiplex.cni.valid import Keep
 from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
+from multiplex.cni.valid import Keep
 from multiplex.steps import Undo, check_ipv6_mtu, check_prologue, ipam_add, open_pod_for_check
 
 TYPE_NAME = "multiplex-ipvlan"

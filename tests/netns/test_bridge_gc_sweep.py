@@ -169,6 +169,30 @@ def test_gc_matches_long_namespaced_names_and_container_ids(hl):
     assert len(comments(hl)) == 2
 
 
+def test_marks_left_by_the_previous_version_are_still_collected(hl):
+    """Attachments made before namespaced names: the alias and comment carry the bare config name
+    (or `#` + 16 hex of it when long). The meta plugin forwards their GC with that old name."""
+    import hashlib
+
+    from delegates.bridge import host_veth_name
+
+    long_name = "an-old-network-name-" + "x" * 120
+    old = {host_veth_name("cold1", "net1"): "cold1/net1/blue",
+           host_veth_name("c" * 64, "net1"): "c" * 64 + "/net1/#" + hashlib.sha256(long_name.encode()).hexdigest()[:16]}
+    nsexec(hl.node, "nft", "add table inet multiplex_masq")
+    nsexec(hl.node, "nft", "add chain inet multiplex_masq postrouting { type nat hook postrouting priority 100 ; }")
+    for n, (name, alias) in enumerate(old.items()):
+        nsexec(hl.node, "ip", "link", "add", name, "type", "veth", "peer", "name", f"mpxold{n}")
+        nsexec(hl.node, "ip", "link", "set", name, "alias", alias)
+        nsexec(hl.node, "nft", f'add rule inet multiplex_masq postrouting ip saddr 198.18.59.{n + 2} masquerade '
+                                f'comment "{alias}"')
+    assert hl.cni("GC", gc_conf(hl.conf("198.18.59.0/24", name="blue"), [])).ok
+    long_veth = host_veth_name("c" * 64, "net1")
+    assert set(veths(hl)) == {long_veth, "mpxold1"} and comments(hl) == [old[long_veth]]
+    assert hl.cni("GC", gc_conf(hl.conf("198.18.59.0/24", name=long_name), [])).ok
+    assert veths(hl) == {} and comments(hl) == []
+
+
 def test_longest_namespaced_name_add_and_del(mi):
     # namespace 63 + NAD name 253 characters (host-local cannot: its lease directory is named after it)
     network = "n" * 63 + "." + "a" * 253
