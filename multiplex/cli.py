@@ -126,8 +126,11 @@ def ipam_show(store: str, data_dir: str | None, kubeconfig: str | None, allocati
 @click.option("--force", is_flag=True,
               help="with --repair: rebuild a damaged database even when the cache cannot account for every "
                    "attachment (no cache directory, unreadable entries)")
+@click.option("--live/--no-live", default=True, show_default=True,
+              help="look into each cached pod's netns: is the interface there, with its address")
 @click.option("-o", "output", type=click.Choice(["table", "json"]), default="table")
-def ipam_check(data_dir: str | None, cache_dir: str | None, repair: bool, force: bool, output: str) -> None:
+def ipam_check(data_dir: str | None, cache_dir: str | None, repair: bool, force: bool, live: bool,
+               output: str) -> None:
     """Compare this node's leases with the meta plugin's cache (and repair with --repair).
 
     Exit 0 when nothing is left to fix, 1 otherwise."""
@@ -144,7 +147,7 @@ def ipam_check(data_dir: str | None, cache_dir: str | None, repair: bool, force:
         return
     try:
         with store:
-            report = ipam_repair.check(store, repair=repair, force=force, cache_dir=cache_dir)
+            report = ipam_repair.check(store, repair=repair, force=force, cache_dir=cache_dir, live=live)
     except CNIError as e:
         _fail("ipam check", e)
     click.echo(json.dumps(report.to_dict(), indent=2) if output == "json" else "\n".join(report.lines()))

@@ -88,6 +88,8 @@ def read_cache(data_dir: str, cache_dir: Optional[str] = None) -> CacheView:
         view.problems.append(f"cannot list the cache directory {cache_dir}: {e.strerror}")
         return view
     target = _real(data_dir)
+    # an ipam block without dataDir used <state root>/ipam, beside the cache (<state root>/cache)
+    default_dir = _real(os.path.join(os.path.dirname(_real(cache_dir)), "ipam"))
     for name in names:
         if name.startswith(".") or not name.endswith(".json"):
             continue
@@ -96,7 +98,7 @@ def read_cache(data_dir: str, cache_dir: Optional[str] = None) -> CacheView:
         if record is None:
             view.problems.append(f"cache entry {path} {why}: its attachments are unknown")
             continue
-        view.attachments += _attachments_of(record, path, target, view.problems)
+        view.attachments += _attachments_of(record, path, target, default_dir, view.problems)
     return view
 
 
@@ -115,7 +117,8 @@ def _read_record(path: str) -> tuple[Optional[dict], str]:
     return env["record"], ""
 
 
-def _attachments_of(record: dict, path: str, target: str, problems: list[str]) -> Iterator[CachedAttachment]:
+def _attachments_of(record: dict, path: str, target: str, default_dir: str,
+                    problems: list[str]) -> Iterator[CachedAttachment]:
     cid = str(record.get("containerID") or "")
     args = record.get("cniArgs") if isinstance(record.get("cniArgs"), dict) else {}
     pod = (str(args.get("K8S_POD_NAMESPACE", "")), str(args.get("K8S_POD_NAME", "")),
@@ -125,7 +128,7 @@ def _attachments_of(record: dict, path: str, target: str, problems: list[str]) -
             problems.append(f"cache entry {path}: attachment {n} is malformed")
             continue
         network = network_name(entry)
-        blocks = [b for b in ipam_blocks(entry["netconf"]) if _names_store(b, target)]
+        blocks = [b for b in ipam_blocks(entry["netconf"]) if _names_store(b, target, default_dir)]
         if not blocks or not cid:
             continue
         owner = Owner(cid, str(entry.get("ifname") or ""), network, *pod)
@@ -147,14 +150,12 @@ def ipam_blocks(netconf: dict) -> list[dict]:
             and c["ipam"].get("type") == config.TYPE_NAME]
 
 
-def _names_store(block: dict, target: str) -> bool:
+def _names_store(block: dict, target: str, default_dir: str) -> bool:
     if block.get("store", config.DEFAULT_STORE) != "sqlite":
         return False
     data_dir = block.get("dataDir")
     if data_dir is None:
-        from .. import state
-
-        data_dir = os.path.join(state.root(), "ipam")
+        return default_dir == target
     return isinstance(data_dir, str) and _real(data_dir) == target
 
 
@@ -201,6 +202,7 @@ class CheckReport:
     missing: list[dict] = field(default_factory=list)     # cached address without its lease
     orphans: list[dict] = field(default_factory=list)     # lease without a cached attachment
     netns_gone: list[dict] = field(default_factory=list)  # cached attachment whose netns is gone
+    not_live: list[dict] = field(default_factory=list)    # its netns is there, the interface or address is not
     conflicts: list[dict] = field(default_factory=list)   # cached address leased to someone else
     problems: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
@@ -222,7 +224,8 @@ class CheckReport:
     def to_dict(self) -> dict[str, Any]:
         return {"database": self.database, "damaged": self.damaged, "movedTo": self.moved_to,
                 "leases": self.leases, "cachedAttachments": self.cached, "missing": self.missing,
-                "orphans": self.orphans, "netnsGone": self.netns_gone, "conflicts": self.conflicts,
+                "orphans": self.orphans, "netnsGone": self.netns_gone, "notLive": self.not_live,
+                "conflicts": self.conflicts,
                 "problems": self.problems, "repaired": self.repaired, "clean": self.clean,
                 "resolved": self.resolved}
 
@@ -233,7 +236,8 @@ class CheckReport:
             out.append(f"  damaged database moved to {self.moved_to}")
         for what, items in (("missing lease", self.missing), ("lease without a cached attachment", self.orphans),
                             ("leased to another attachment", self.conflicts),
-                            ("netns gone (DEL or GC will free it)", self.netns_gone)):
+                            ("netns gone (DEL or GC will free it)", self.netns_gone),
+                            ("not on a live interface (DEL or GC will free it)", self.not_live)):
             for i in items:
                 out.append(f"  {what}: {i['address'] or '-'} network {i['network']} container "
                            f"{i['containerID'][:12]} {i['ifname']}")
@@ -251,11 +255,41 @@ def _item(lease_or_owner: Any, address: Any = "") -> dict:
             "pod": f"{o.pod_namespace}/{o.pod_name}" if o.pod_name else ""}
 
 
-def check(store, repair: bool = False, force: bool = False, cache_dir: Optional[str] = None) -> CheckReport:
+def live_addresses(netns: str, ifname: str) -> Optional[set[str]]:
+    """The addresses on `ifname` in the netns at `netns`; None when the interface is not there.
+    (pyroute2, imported here: `ipam check` only, never the IPAM's own path.)"""
+    from ..netlink import open_netns
+
+    with open_netns(netns) as h:
+        link = h.link(ifname)
+        if link is None:
+            return None
+        return {str(a.interface.ip) for a in h.addresses(link)}
+
+
+def _check_live(att: CachedAttachment, report: CheckReport) -> None:
+    from ..cni.errors import CNIError
+
+    try:
+        on_link = live_addresses(att.netns, att.owner.ifname)
+    except (CNIError, ImportError, OSError) as e:
+        report.problems.append(f"cannot look into netns {att.netns}: {getattr(e, 'msg', e)}")
+        return
+    if on_link is None:
+        report.not_live.append(_item(att.owner))
+        return
+    for _, ip in att.addresses:
+        if str(ip) not in on_link:
+            report.not_live.append(_item(att.owner, ip))
+
+
+def check(store, repair: bool = False, force: bool = False, cache_dir: Optional[str] = None,
+          live: bool = False) -> CheckReport:
     """Compare the SQLite store with the cache; with `repair`, rebuild a damaged database, add the
     missing leases and release leases whose container has no cache entry at all (an attachment whose
     ADD is running is in the cache before its IPAM is called, so it is never released here).
-    `force` rebuilds a damaged database even when the cache cannot account for every attachment."""
+    `force` rebuilds a damaged database even when the cache cannot account for every attachment.
+    `live` also looks into each cached attachment's netns: its interface and address are there."""
     report = CheckReport(database=store.path)
     if cache_dir:
         store.cache_dir = cache_dir
@@ -280,6 +314,8 @@ def check(store, repair: bool = False, force: bool = False, cache_dir: Optional[
     for att in view.attachments:
         if att.netns and not os.path.exists(att.netns):
             report.netns_gone.append(_item(att.owner))
+        elif att.netns and live and not att.in_flight:
+            _check_live(att, report)
         for pool, ip in att.addresses:
             held = by_address.get(str(ip))
             if held is None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import glob
 import ipaddress
+import json
 import os
+import subprocess
 
 import pytest
 
@@ -69,4 +71,27 @@ def test_a_truncated_database_under_a_live_pod_never_hands_out_its_addresses(lab
     assert {a: leased.get(a) for a in live_addrs} == {a: "cid-live" for a in live_addrs}
 
     assert lab.cni("DEL", "live", live).ok and lab.cni("DEL", "next", nxt).ok
+    assert lab.leases() == []
+
+
+def ipam_check(lab: Lab, *extra: str) -> tuple[int, dict]:
+    from click.testing import CliRunner
+
+    from multiplex.cli import cli
+
+    result = CliRunner().invoke(cli, ["ipam", "check", "--data-dir", os.path.join(lab.state_dir, "ipam"),
+                                      "--cache-dir", os.path.join(lab.state_dir, "cache"), "-o", "json", *extra])
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_ipam_check_looks_into_the_pods_netns(lab):
+    pod = add_pod(lab, "p")
+    rc, report = ipam_check(lab)
+    assert rc == 0 and report["clean"], json.dumps(report)
+    assert report["notLive"] == [] and report["cachedAttachments"] == 2
+    subprocess.run(["ip", "-n", pod, "link", "del", "net1"], check=True)   # the interface is gone
+    rc, report = ipam_check(lab)
+    assert [(i["containerID"], i["ifname"], i["network"]) for i in report["notLive"]] == \
+        [("cid-p", "net1", "default.half")]
+    assert lab.cni("DEL", "p", pod).ok
     assert lab.leases() == []
