@@ -230,3 +230,28 @@ def test_a_malformed_page_met_mid_call_is_recovered_with_the_rows_sqlite_still_r
     assert res["ips"][0]["address"].split("/")[0] not in {a for a, _, _, _ in before}
     assert set(before) < set(leases(state)) and len(leases(state)) == 201
     assert len(damaged_files(state)) == 1
+
+
+def test_check_without_a_database_says_so_and_creates_none(state):
+    result = CliRunner().invoke(cli, ["ipam", "check"])
+    assert result.exit_code == 0 and "no IPAM database" in result.output
+    assert not os.path.exists(state / "ipam" / FILENAME)
+
+
+def _add_in_child(cid: str) -> tuple[int, str]:
+    rc, res = call("ADD", netconf(), cid)
+    return rc, res["ips"][0]["address"].split("/")[0] if rc == 0 else json.dumps(res)
+
+
+def test_concurrent_calls_on_a_truncated_database_repair_it_once(state):
+    import multiprocessing
+
+    held = live_pod(state)
+    os.truncate(state / "ipam" / FILENAME, 0)
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        got = pool.map(_add_in_child, [f"p{i}" for i in range(4)])
+    assert [rc for rc, _ in got] == [0, 0, 0, 0], got
+    addresses = [a for _, a in got]
+    assert held not in addresses and len(set(addresses)) == 4
+    assert len(damaged_files(state)) == 1
+    assert sorted(c for _, _, c, _ in leases(state)) == ["live", "p0", "p1", "p2", "p3"]
