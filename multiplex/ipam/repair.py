@@ -310,6 +310,12 @@ def check(store, repair: bool = False, force: bool = False, cache_dir: Optional[
     report.problems += view.problems
     report.leases, report.cached = len(leases), len(view.attachments)
     by_address = {str(lease.address): lease for lease in leases}
+    if len(by_address) < len(leases):   # made before one address space (schema 1)
+        seen: dict[str, int] = {}
+        for lease in leases:
+            seen[str(lease.address)] = seen.get(str(lease.address), 0) + 1
+        report.problems += [f"address {a} is leased {n} times (made before one address space): DEL of all "
+                            "but one holder ends it" for a, n in sorted(seen.items()) if n > 1]
     owners = view.owners()
     for att in view.attachments:
         if att.netns and not os.path.exists(att.netns):

@@ -386,3 +386,33 @@ def test_gc_keeps_whole_containers_and_matches_the_network_exactly(store):
     gone = store.gc("tenant-a.blue", keep_of(containers=["pod-a"]))
     assert [lease.owner.container_id for lease in gone] == ["pod-x"]
     assert {lease.owner.container_id for lease in store.leases()} == {"pod-a", "pod-b"}
+
+
+def test_a_schema_1_database_with_an_address_leased_twice_keeps_working(tmp_path):
+    """Made before one address space: the same address in a /24 and a /25 pool. The upgrade keeps
+    both rows (DEL of one holder ends it), and no third holder ever gets that address."""
+    d = tmp_path / "ipam"
+    d.mkdir()
+    con = sqlite3.connect(str(d / FILENAME), isolation_level=None)
+    from multiplex.ipam.sqlite_store import _SCHEMA
+
+    for stmt in filter(str.strip, _SCHEMA.split(";")):
+        con.execute(stmt)
+    for pool, net, cid in (("198.18.72.0/24", "wide", "a"), ("198.18.72.0/25", "half", "a")):
+        con.execute("INSERT INTO leases (pool, address, family, network, container_id, ifname, created) "
+                    "VALUES (?, '198.18.72.2', 4, ?, ?, 'eth0', 0)", (pool, net, cid))
+    con.execute("PRAGMA user_version = 1")
+    con.close()
+    with SQLiteStore(str(d)) as s:
+        assert len(s.leases()) == 2
+        half = conf_of("half", [[{"subnet": "198.18.72.0/25"}]])
+        assert str(take(s, half, owner("b", network="half")).address) == "198.18.72.3"
+        with pytest.raises(CNIError):
+            take(s, half, owner("c", network="half"), requested="198.18.72.2")
+    from multiplex.ipam import repair
+
+    (tmp_path / "cache").mkdir()
+    with SQLiteStore(str(d), cache_dir=str(tmp_path / "cache")) as s:
+        report = repair.check(s)
+    assert report.problems == ["address 198.18.72.2 is leased 2 times (made before one address space): "
+                               "DEL of all but one holder ends it"]
