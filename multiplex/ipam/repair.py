@@ -285,6 +285,18 @@ def _check_live(att: CachedAttachment, report: CheckReport) -> None:
 
 def check(store, repair: bool = False, force: bool = False, cache_dir: Optional[str] = None,
           live: bool = False) -> CheckReport:
+    """See _check; file system and SQLite errors are CNIError 5 naming the database."""
+    import sqlite3
+
+    from ..cni.errors import IO_FAILURE, CNIError
+
+    try:
+        return _check(store, repair, force, cache_dir, live)
+    except (OSError, sqlite3.Error) as e:
+        raise CNIError(IO_FAILURE, f"ipam check: {e}", f"file: {store.path}") from None
+
+
+def _check(store, repair: bool, force: bool, cache_dir: Optional[str], live: bool) -> CheckReport:
     """Compare the SQLite store with the cache; with `repair`, rebuild a damaged database, add the
     missing leases and release leases whose container has no cache entry at all (an attachment whose
     ADD is running is in the cache before its IPAM is called, so it is never released here).

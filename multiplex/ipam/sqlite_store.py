@@ -117,6 +117,9 @@ def _db_errors(method):
                 self.recover(f"SQLite reports: {e}")
             except sqlite3.Error as e:
                 raise CNIError(IO_FAILURE, f"IPAM database error: {e}", f"file: {self.path}") from None
+            except Damaged as e:   # still damaged right after a repair: never go on with it
+                raise CNIError(IO_FAILURE, f"IPAM database damaged: {e.reason}",
+                               f"file: {self.path}; allowed: `multiplex ipam check --repair`") from None
             except OSError as e:
                 raise CNIError(IO_FAILURE, f"cannot open the IPAM database: {e}", f"file: {self.path}") from None
     return wrapper
