@@ -111,7 +111,7 @@ class Context:
                        ifname=att.ifname, cni_args=dict(self.req.args), path=self.path,
                        capability_args=dict(att.capability_args),
                        args={"cni": att.cni_args} if att.cni_args else {},
-                       timeout=self.conf.plugin_timeout)
+                       timeout=self.plugin_timeout(), deadline=self.req.deadline)
 
 
 def parse_netlist(att: Attachment, default_version: Optional[str] = None):

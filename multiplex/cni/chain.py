@@ -52,6 +52,10 @@ class Runtime:
     #: merged into each plugin config's `args` (e.g. {"cni": {...}} from an annotation's cni-args)
     args: dict[str, Any] = field(default_factory=dict)
     timeout: float = DEFAULT_TIMEOUT
+    #: the calling request's deadline (time.monotonic()), handed to every plugin it runs, so waits
+    #: in in-process delegates and IPAM share the one budget of the runtime's call. None: each
+    #: plugin call starts its own.
+    deadline: Optional[float] = None
 
     @classmethod
     def from_request(cls, req: Request, **changes: Any) -> "Runtime":
@@ -128,7 +132,7 @@ def _merge_args(own: Any, given: Mapping[str, Any]) -> dict[str, Any]:
 
 def _request(command: str, conf: dict[str, Any], rt: Runtime) -> Request:
     return Request(command=command, container_id=rt.container_id, netns=rt.netns, ifname=rt.ifname,
-                   args=dict(rt.cni_args), path=list(rt.path), config=conf)
+                   args=dict(rt.cni_args), path=list(rt.path), config=conf, deadline=rt.deadline)
 
 
 def _describe(netlist: NetworkList, index: int) -> str:
