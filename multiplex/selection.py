@@ -79,9 +79,13 @@ def netconf_name(netconf: dict) -> str:
 def nad_netconf(nad: dict, conf_dir: str) -> dict:
     """A NAD's spec.config (single config or conflist), checked as untrusted input (policy.trust);
     an empty one means the admin's config file of that name in confDir (never a multiplex one)."""
-    meta = nad.get("metadata") or {}
-    ns, name = meta.get("namespace") or "default", meta.get("name", "")
-    config = (nad.get("spec") or {}).get("config") or ""
+    meta = nad.get("metadata") if isinstance(nad.get("metadata"), dict) else {}
+    ns, name = str(meta.get("namespace") or "default"), str(meta.get("name", ""))
+    spec = nad.get("spec") if nad.get("spec") is not None else {}
+    if not isinstance(spec, dict):
+        raise CNIError(INVALID_CONFIG, f"NetworkAttachmentDefinition {ns}/{name}: spec is not an object",
+                       f"field: spec; namespace: {ns}; name: {name}; allowed: an object with a config string")
+    config = spec.get("config") or ""
     if not isinstance(config, str):
         raise CNIError(INVALID_CONFIG, f"NetworkAttachmentDefinition {ns}/{name}: spec.config is not a string",
                        f"field: spec.config; namespace: {ns}; name: {name}; allowed: a JSON text")
