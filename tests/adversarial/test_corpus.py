@@ -159,10 +159,9 @@ def _live_attachments(node: Node, ctx: Ctx) -> dict:
     return live
 
 
-@pytest.fixture(scope="module")
-def cnode(netns_pool, tmp_path_factory) -> Node:
-    root = str(tmp_path_factory.mktemp("corpus"))
-    name = netns_pool.make("n")
+def make_node(pool: Any, root: str) -> Node:
+    """A node netns with the corpus's NADs and pods, and the live attachments (see _live_attachments)."""
+    name = pool.make("n")
     for d in ("nads", "pods", "state", "outside"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
     ctx0 = Ctx(root=root, node=name, pod_ns="", cid="", pod="", idx=0)
@@ -172,33 +171,72 @@ def cnode(netns_pool, tmp_path_factory) -> Node:
     ctx0.add_pod("blue", name="plain")
     ctx0.add_pod("blue", name="live")
     watch = Watch(node=name, dirs=[os.path.join(root, "state"), os.path.join(root, "outside")])
-    node = Node(name=name, root=root, pool=netns_pool, watch=watch)
+    node = Node(name=name, root=root, pool=pool, watch=watch)
     node.live = _live_attachments(node, ctx0)
-    node.live.update(links=node_links_now(node))
+    node.live.update(links=watch.snapshot().links)
     node.fresh_pod_ns()
     node.last = watch.snapshot()
     return node
 
 
-def node_links_now(node: Node) -> frozenset:
-    return node.watch.snapshot().links
+@dataclass
+class Result:
+    rc: Optional[int]
+    out: Any
+    stderr: str
+    kind: str
+    why: str
+    left: list
 
 
-@pytest.mark.parametrize("idx, case", list(enumerate(CASES, 1)), ids=[c.id for c in CASES])
-def test_bad_input_is_a_clear_error_and_leaves_nothing(cnode: Node, idx: int, case: Case):
-    ctx = cnode.ctx(idx, case)
+def run_one(node: Node, idx: int, case: Case) -> Result:
+    """One case on one node: setup, the call, the verdict, the residue (then clean up what it left)."""
+    ctx = node.ctx(idx, case)
     if case.setup:
         case.setup(ctx)
     if case.networks is not None:
         ctx.add_pod(case.networks)
     rc, out, stderr = run_case(case, ctx)
     kind, why = judge(case, rc, out, stderr)
-    left = residue_of(cnode, ctx, case)
+    left = residue_of(node, ctx, case)
     if left:
-        kind, why = ("residue" if kind in ("clear", "vague") else kind), (why + "; " if why else "") + \
-            f"residue: {'; '.join(left[:6])}{' ...' if len(left) > 6 else ''}"
-        clean_up_after(cnode, case, ctx)
+        kind = "residue" if kind in ("clear", "vague") else kind
+        why = (why + "; " if why else "") + f"residue: {'; '.join(left[:6])}{' ...' if len(left) > 6 else ''}"
+        clean_up_after(node, case, ctx)
     OUTCOMES[case.id] = (kind, why)
+    return Result(rc, out, stderr, kind, why, left)
+
+
+WORKERS = max(1, min(int(os.environ.get("MPX_CORPUS_WORKERS", "2")), os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="module")
+def nodes(netns_pool, tmp_path_factory) -> list[Node]:
+    return [make_node(netns_pool, str(tmp_path_factory.mktemp(f"corpus{w}"))) for w in range(WORKERS)]
+
+
+@pytest.fixture(scope="module")
+def results(nodes) -> dict[str, Result]:
+    """Every case, run up front: one worker per node (its own netns and state dir, so residue is
+    attributed to the case that made it), cases dealt round-robin."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    numbered = list(enumerate(CASES, 1))
+
+    def work(w: int) -> dict[str, Result]:
+        return {case.id: run_one(nodes[w], idx, case) for idx, case in numbered[w::len(nodes)]}
+
+    out: dict[str, Result] = {}
+    with ThreadPoolExecutor(len(nodes)) as ex:
+        for part in ex.map(work, range(len(nodes))):
+            out.update(part)
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_a_clear_error_and_leaves_nothing(results: dict, case: Case):
+    r = results[case.id]
+    rc, out, stderr, left = r.rc, r.out, r.stderr, r.left
     assert rc is not None, f"{case.id}: hung (no answer within {CASE_TIMEOUT}s)"
     assert rc == 1, f"{case.id}: exit {rc}, stdout {out!r}, stderr {stderr[-400:]}"
     assert isinstance(out, dict) and out.get("code") != INTERNAL, f"{case.id}: {out!r} {stderr[-400:]}"
@@ -213,11 +251,43 @@ def test_the_corpus_is_at_least_150_named_cases():
     assert len(CASES) >= 150
 
 
-def test_live_attachments_survived_the_corpus(cnode: Node):
+def test_live_attachments_survived_the_corpus(nodes: list[Node], results: dict):
     """Nothing in the corpus (GC with a malformed list above all) touched what is live."""
-    live = cnode.live
-    assert {"eth0", "net1"} <= links(live["ns"]["cid-live"])
-    assert "eth0" in links(live["ns"]["cid-live-br"])
-    leases = "\n".join(cnode.watch.snapshot().leases)
-    for cid in ("cid-live", "cid-live-br", "cid-live-ipam"):
-        assert cid in leases, f"the lease of {cid} is gone"
+    for node in nodes:
+        live = node.live
+        assert {"eth0", "net1"} <= links(live["ns"]["cid-live"])
+        assert "eth0" in links(live["ns"]["cid-live-br"])
+        leases = "\n".join(node.watch.snapshot().leases)
+        for cid in ("cid-live", "cid-live-br", "cid-live-ipam"):
+            assert cid in leases, f"the lease of {cid} is gone"
+
+
+def test_the_residue_check_sees_a_link_a_rule_a_file_and_a_lease(nodes: list[Node]):
+    """The harness itself: what a leak looks like (a veth, an nft rule, a cache file, a lease row)
+    appears in the diff, and its removal too; so 'no residue' above means something."""
+    import sqlite3
+
+    node = nodes[0]
+    before = node.watch.snapshot()
+    cache = os.path.join(node.root, "state", "cache", "residue-probe:eth0.json")
+    db = os.path.join(node.root, "outside", "probe.db")
+    try:
+        nsexec(node.name, "ip", "link", "add", "mpxc-probe0", "type", "veth", "peer", "name", "mpxc-probe1")
+        nsexec(node.name, "nft", "add table inet mpxc_probe; add chain inet mpxc_probe c; "
+                                 "add rule inet mpxc_probe c counter comment \"probe\"")
+        _write_json(cache, {"probe": True})
+        con = sqlite3.connect(db)
+        con.execute("create table leases (ip text)")
+        con.execute("insert into leases values ('198.18.100.250')")
+        con.commit()
+        con.close()
+        seen = "\n".join(diff(before, node.watch.snapshot()))
+        for what in ("+ links: ('mpxc-probe0'", "+ nft: rule", "residue-probe:eth0.json", "198.18.100.250"):
+            assert what in seen, f"{what!r} not in the diff:\n{seen}"
+    finally:
+        nsexec(node.name, "ip", "link", "del", "mpxc-probe0", check=False)
+        nsexec(node.name, "nft", "delete table inet mpxc_probe", check=False)
+        for f in (cache, db):
+            if os.path.exists(f):
+                os.remove(f)
+    assert diff(before, node.watch.snapshot()) == []
