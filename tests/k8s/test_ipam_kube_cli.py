@@ -173,7 +173,7 @@ def role_rules(name: str = "multiplex-ipam", file: str = "41-rbac-ipam.yaml") ->
 
 def test_rbac_covers_what_the_ipam_store_and_ipam_gc_do(cluster):  # noqa: F811
     """The node's IPAM role (bound to the node account) covers every request the store makes on a
-    node; the GC's own role (its own account) covers `ipam gc` and `ipam show`. (Exactness, both
+    node; the GC's own role (its own account) covers `ipam gc`. (Exactness, both
     ways, is tests/k8s/test_rbac_matches_code.py.)"""
     g = kube_store.GROUP
     [binding] = [d for d in manifest("41-rbac-ipam.yaml") if d["kind"] == "ClusterRoleBinding"]
@@ -200,7 +200,7 @@ def test_rbac_covers_what_the_ipam_store_and_ipam_gc_do(cluster):  # noqa: F811
     assert used <= role_rules()
     assert {(g, "ipblocks", v) for v in ("create", "update")} <= used
 
-    from multiplex.ipam import gc, show
+    from multiplex.ipam import gc
 
     cluster.api.reset_counts()
     cluster.api.store.delete_node("n2")      # one of these two blocks lends nothing: released
