@@ -105,9 +105,13 @@ def ipam_show(store: str, data_dir: str | None, kubeconfig: str | None, allocati
             _fail("ipam show", e)
         click.echo(json.dumps(report, indent=2) if output == "json" else "\n".join(table(report, allocations)))
         return
+    from .cni.errors import CNIError
     from .ipam.report import pool_report
 
-    report = pool_report(data_dir)
+    try:
+        report = pool_report(data_dir)
+    except CNIError as e:  # e.g. a damaged database that cannot be rebuilt: say so, no traceback
+        _fail("ipam show", e)
     if output == "json":
         click.echo(json.dumps(report, indent=2))
         return
