@@ -4,8 +4,9 @@ DEL in every awkward situation a runtime can produce exits 0 and leaves nothing:
 interface, no lease, no cache file, no nft rule, no FDB entry, no process (tests/adversarial/residue.py).
 
 Situations: the pod netns gone; the cache file deleted, truncated, not JSON, empty; DEL twice;
-DEL of a container never added; DEL with another config (a different absolute stateDir); DEL with
-the API down (a kubeconfig pointing to a closed port), with and without the cache.
+DEL of a container never added; DEL with another config (other networks, no NAD or pod source,
+the same stateDir: the state root is where DEL finds what ADD made, so an admin who moves it moves
+the files too); DEL with the API down (a kubeconfig pointing to a closed port), with and without the cache.
 """
 from __future__ import annotations
 
@@ -182,7 +183,14 @@ SCENARIOS = [
     Scenario("cache-deleted-and-netns-gone", between=_both(_cache_deleted, _netns_gone)),
     Scenario("never-added", add=False),
     Scenario("never-added-twice", add=False, dels=2),
-    Scenario("other-config-other-stateDir", config=lambda m: m.config(stateDir=m.other_state_dir)),
+    Scenario("other-config", config=lambda m: m.config(
+        clusterNetwork={"cniVersion": "1.1.0", "name": "othernet", "type": "multiplex-bridge",
+                        "ipam": {"type": "multiplex-ipam", "ranges": [[{"subnet": "198.18.250.0/24"}]]}},
+        nadDir=None, podDir=None)),
+    Scenario("other-config-and-cache-deleted", between=_cache_deleted, config=lambda m: m.config(
+        clusterNetwork={"cniVersion": "1.1.0", "name": "othernet", "type": "multiplex-bridge",
+                        "ipam": {"type": "multiplex-ipam", "ranges": [[{"subnet": "198.18.250.0/24"}]]}},
+        nadDir=None, podDir=None)),
     Scenario("api-down-kubeconfig", config=lambda m: m.config(kubeconfig=m.kubeconfig, nadDir=None, podDir=None)),
     Scenario("api-down-kubeconfig-and-cache-deleted", between=_cache_deleted,
              config=lambda m: m.config(kubeconfig=m.kubeconfig, nadDir=None, podDir=None)),
