@@ -43,8 +43,10 @@ json_scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.float
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
 
-#: a placeholder replaced by raw deep-nesting text when the document is serialized
+#: placeholders replaced when the document is serialized: by [[[...]]] nested DEEP times, and by a
+#: string of HUGE characters (so a failing example prints small)
 DEEP_MARK = "\u0000deep\u0000"
+HUGE_MARK = "\u0000huge:{char}:{size}\u0000"
 
 
 def wrong_type_for(value: Any) -> st.SearchStrategy:
@@ -111,7 +113,8 @@ def mutated(draw, base: dict, protect: tuple = ("type",)) -> dict:
         elif how == "deep":
             _set(doc, path, DEEP_MARK)
         elif how == "huge":
-            _set(doc, path, draw(st.sampled_from(["a", "/", "é", "0"])) * draw(st.sampled_from([4096, HUGE])))
+            _set(doc, path, HUGE_MARK.format(char=draw(st.sampled_from(["a", "/", "é", "0"])),
+                                             size=draw(st.sampled_from([4096, HUGE]))))
         elif how == "drop" and isinstance(_get(doc, path[:-1]), dict):
             del _get(doc, path[:-1])[path[-1]]
     return doc
@@ -124,9 +127,21 @@ def has_deep(doc: Any) -> bool:
 
 def dumps(doc: Any) -> bytes:
     """A document as the runtime's stdin; a DEEP_MARK value becomes [[[...]]] nested DEEP times."""
-    text = json.dumps(doc)
+    text = json.dumps(materialize(doc))
     deep = "[" * DEEP + "]" * DEEP
     return text.replace(json.dumps(DEEP_MARK), deep).encode("utf-8", "surrogatepass")
+
+
+def materialize(doc: Any) -> Any:
+    """`doc` with every huge-string placeholder replaced by its string (deep ones stay)."""
+    if isinstance(doc, str) and doc.startswith("\u0000huge:"):
+        _, char, size = doc.strip("\u0000").split(":")
+        return char * int(size)
+    if isinstance(doc, dict):
+        return {materialize(k): materialize(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [materialize(v) for v in doc]
+    return doc
 
 
 def loads_lenient(data: bytes) -> Any:

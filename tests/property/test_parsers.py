@@ -7,14 +7,17 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from multiplex.cni.errors import CNIError
 from tests.property import strategies as S
 from tests.property.conftest import check_cni_error
 
+# No shrinking: a failing example is reported as generated (they are small: deep and huge values
+# print as placeholders), and a failure never costs minutes of re-running slow inputs.
 PROFILE = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+                   phases=[Phase.explicit, Phase.generate],
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                           HealthCheck.filter_too_much])
 
@@ -78,6 +81,7 @@ def test_bridge_config_is_accepted_or_refused_with_code_7(conf):
 
     S.count("bridge-config")
     assume(not S.has_deep(conf))
+    conf = S.materialize(conf)
     bridge = builtin("multiplex-bridge")
 
     def parse():
@@ -101,6 +105,7 @@ def test_ipam_config_parses_or_is_refused_with_code_7(ipam, check_schema):
 
     S.count("ipam-config")
     assume(not S.has_deep(ipam))
+    ipam = S.materialize(ipam)
     outcome(lambda: config.parse(_network(ipam), check_schema=check_schema),
             f"ipam config.parse(check_schema={check_schema})")
     outcome(lambda: config.store_location(_network(ipam)), "ipam config.store_location")
@@ -152,17 +157,20 @@ def test_nad_netconf_gives_a_config_or_a_cni_error(tmp_path_factory, nad):
 
 
 # ---- the pod annotation ----------------------------------------------------------------------------
-annotation_json = (S.schema_strategy("annotation").flatmap(lambda a: st.one_of(st.just(a), S.mutated(a, protect=())))
-                   .map(S.dumps).map(lambda b: b.decode("utf-8", "surrogatepass")))
+annotation_json = S.schema_strategy("annotation").flatmap(lambda a: st.one_of(st.just(a), S.mutated(a, protect=())))
 
 
 @PROFILE
 @given(S.annotation_text | annotation_json, S.dns_label | st.text(max_size=6),
        st.lists(S.ifname_like, max_size=2))
 def test_annotation_gives_selections_or_code_7(value, namespace, reserved):
+    """Either form of the annotation (JSON ones as the pod's author wrote them, placeholders
+    expanded: nested thousands deep, megabytes long)."""
     from multiplex.annotation import parse_networks
 
     S.count("annotation")
+    if not isinstance(value, str):
+        value = S.dumps(value).decode("utf-8", "surrogatepass")
     got = outcome(lambda: parse_networks(value, namespace, reserved_interfaces=reserved), "parse_networks")
     assert got is None or isinstance(got, list)
 
@@ -189,8 +197,8 @@ envs = st.builds(_env, opt(st.sampled_from(S.COMMANDS) | S.env_text),
                  opt(st.just("cid-1") | S.env_text | st.sampled_from(["a" * 64, "a" * 240, "a" * 300, "é" * 9])),
                  opt(st.just("/var/run/netns/x") | S.env_text), opt(st.just("eth0") | S.ifname_like),
                  opt(S.cni_args_text), opt(S.env_text))
-stdins = (S.schema_strategy("bridge").map(S.dumps) | st.binary(max_size=64)
-          | S.schema_strategy("bridge").flatmap(S.mutated).map(S.dumps)
+stdins = (S.schema_strategy("bridge") | st.binary(max_size=64)
+          | S.schema_strategy("bridge").flatmap(S.mutated)
           | st.sampled_from([b"", b"null", b"[]", b"{}", b'{"cniVersion": 1}', b"\xff\xfe",
                              b"[" * S.DEEP + b"]" * S.DEEP, b'{"a":' * S.DEEP + b"1" + b"}" * S.DEEP]))
 
@@ -201,6 +209,8 @@ def test_request_from_env_gives_a_request_or_a_cni_error(env, stdin):
     from multiplex.cni.request import Request
 
     S.count("request-from-env")
+    if not isinstance(stdin, bytes):
+        stdin = S.dumps(stdin)
     got = outcome(lambda: Request.from_env(env, stdin), "Request.from_env")
     if got is not None:
         assert got.command in S.COMMANDS
