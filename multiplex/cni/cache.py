@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
 from .. import log, state
-from .errors import CNIError, INVALID_ENVIRONMENT, IO_FAILURE
+from .errors import CNIError, IO_FAILURE
+from .request import check_container_id, check_ifname
 
 KIND = "multiplex-cache/v1"
 SUFFIX = ".json"
@@ -31,17 +31,11 @@ TMP_PREFIX = ".tmp-"
 #: a temporary file older than this is a leftover of a crashed writer and is removed by entries()
 STALE_TMP_SECONDS = 600
 
-_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_IFNAME_BAD = re.compile(r"[/\s:]")
-
-
 def _check_key(container_id: str, ifname: str) -> None:
-    if not isinstance(container_id, str) or not _CONTAINER_ID.match(container_id):
-        raise CNIError(INVALID_ENVIRONMENT, f"invalid container ID {container_id!r} for the cache",
-                       "field: CNI_CONTAINERID; allowed: letters, digits, '_', '.', '-'")
-    if not isinstance(ifname, str) or not ifname or _IFNAME_BAD.search(ifname) or ifname in (".", ".."):
-        raise CNIError(INVALID_ENVIRONMENT, f"invalid interface name {ifname!r} for the cache",
-                       "field: CNI_IFNAME; allowed: no '/', ':' or spaces")
+    """The key names a file: the same rules as the environment (request.py holds them, whole-string
+    and length-bounded), so no key can leave the cache directory or collide with another."""
+    check_container_id(container_id)
+    check_ifname(ifname)
 
 
 @dataclass(frozen=True)

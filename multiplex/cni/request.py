@@ -25,8 +25,10 @@ REQUIRED_ENV = {
     "VERSION": (),
 }
 IFNAME_MAX = 15
-# The kernel (dev_valid_name) refuses '/', ':', whitespace and NUL in a link name, and "." / "..".
-_IFNAME_BAD = re.compile(r"[/\s:\x00]")
+# The kernel (dev_valid_name) refuses '/', ':', whitespace and NUL in a link name, and "." / "..";
+# a '%' makes the name a template ("eth%d": the kernel picks the next free number), so the link
+# made would not be the one asked for.
+_IFNAME_BAD = re.compile(r"[/\s:%\x00]")
 # A container ID may hold letters, digits, _ . - and starts with a letter or digit (the spec's rule).
 _CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 #: Longest container ID accepted. Runtimes use 64 hex digits (containerd, CRI-O, Docker, Podman);
@@ -50,7 +52,8 @@ CALL_BUDGET = 60.0
 
 def check_ifname(name: str, field_name: str = "CNI_IFNAME", code: int = INVALID_ENVIRONMENT) -> str:
     """An interface name the kernel accepts: 1-15 bytes in UTF-8 (IFNAMSIZ counts bytes, so 9 'é'
-    are 18 bytes and too long), no '/', ':', whitespace or NUL, not "." or "..". The one place
+    are 18 bytes and too long), no '/', ':', whitespace or NUL, not "." or "..", and no '%' (the
+    kernel would read it as a template and pick a name of its own). The one place
     this rule lives (CNI_IFNAME, the annotation's interface names)."""
     if not isinstance(name, str):
         raise CNIError(code, f"invalid interface name {name!r}: not a string",
@@ -69,7 +72,7 @@ def check_ifname(name: str, field_name: str = "CNI_IFNAME", code: int = INVALID_
     return name
 
 
-_IFNAME_ALLOWED = f"1-{IFNAME_MAX} bytes (UTF-8), no '/', ':', whitespace or NUL, not '.' or '..'"
+_IFNAME_ALLOWED = f"1-{IFNAME_MAX} bytes (UTF-8), no '/', ':', '%', whitespace or NUL, not '.' or '..'"
 
 
 def check_container_id(cid: str, field_name: str = "CNI_CONTAINERID") -> str:
@@ -85,6 +88,57 @@ def check_container_id(cid: str, field_name: str = "CNI_CONTAINERID") -> str:
     if not _CONTAINER_ID.fullmatch(cid):
         raise CNIError(INVALID_ENVIRONMENT, f"invalid container ID {cid!r}", allowed)
     return cid
+
+
+# The CNI spec's network name: starts with a letter or digit, then letters, digits, '_', '.', '-'.
+# A NAD network's name `<namespace>.<nadname>` fits it.
+_NETWORK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+_NETWORK_NAME_ALLOWED = "letters, digits, '_', '.', '-', starting with a letter or digit (the CNI spec's rule)"
+
+
+def check_network_name(name: Any, field_name: str = "name") -> str:
+    """A network name as the CNI spec allows it, matched whole (code 7 naming the field). The name
+    ends up in veth aliases, lease owners and nft comments: a '/' would split an alias, a newline
+    would forge a log or comment line."""
+    if not isinstance(name, str) or not name:
+        raise CNIError(INVALID_CONFIG, f"network config needs a non-empty string {field_name!r}",
+                       f"field: {field_name}; allowed: {_NETWORK_NAME_ALLOWED}")
+    if not _NETWORK_NAME.fullmatch(name):
+        raise CNIError(INVALID_CONFIG, f"invalid network name {name!r}",
+                       f"field: {field_name}; allowed: {_NETWORK_NAME_ALLOWED}")
+    return name
+
+
+# Kubernetes names (apimachinery's validation): a namespace is a DNS-1123 label, a pod name a
+# DNS-1123 subdomain; a UID is a UUID in practice, any token without '/' or whitespace here.
+_DNS1123_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*")
+_POD_UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+_POD_ARGS = {
+    "K8S_POD_NAMESPACE": (_DNS1123_LABEL, 63, "a DNS-1123 label: 1-63 lowercase letters, digits, '-', "
+                          "starting and ending with a letter or digit"),
+    "K8S_POD_NAME": (_DNS1123_SUBDOMAIN, 253, "a DNS-1123 subdomain: at most 253 lowercase letters, digits, "
+                     "'-', '.', each dot-separated part starting and ending with a letter or digit"),
+    "K8S_POD_UID": (_POD_UID, 128, "1-128 letters, digits, '_', '.', '-' (a UUID), starting with a letter or digit"),
+}
+
+
+def check_pod_args(args: Mapping[str, str]) -> None:
+    """K8S_POD_NAMESPACE, K8S_POD_NAME and K8S_POD_UID, when present and not empty, are what
+    Kubernetes allows (code 4 naming CNI_ARGS.<KEY>). They name pod files, lease rows and cache
+    records: `../../x` or a newline must never reach them."""
+    for key, (pattern, longest, allowed) in _POD_ARGS.items():
+        value = args.get(key)
+        if not value:
+            continue
+        if len(value) > longest or not pattern.fullmatch(value):
+            raise CNIError(INVALID_ENVIRONMENT, f"invalid {key} {value[:80]!r} in CNI_ARGS",
+                           f"field: CNI_ARGS.{key}; allowed: {allowed}")
+
+
+def _no_json_constant(name: str) -> Any:
+    """json's parse_constant hook: NaN, Infinity and -Infinity are not JSON (RFC 8259)."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 # A JSON string (escapes included; an unterminated one runs to the end) or a bracket.
@@ -123,7 +177,7 @@ def check_stdin_limits(stdin: bytes, size: Optional[int] = None) -> None:
 
 
 def parse_cni_args(raw: str) -> dict[str, str]:
-    """CNI_ARGS is `K=V;K=V`. A pair without `=` is an error (code 4)."""
+    """CNI_ARGS is `K=V;K=V`. A pair without `=` or with an empty key is an error (code 4)."""
     out: dict[str, str] = {}
     if not raw:
         return out
@@ -134,6 +188,9 @@ def parse_cni_args(raw: str) -> dict[str, str]:
             raise CNIError(INVALID_ENVIRONMENT, f"malformed CNI_ARGS pair {pair!r}",
                            "field: CNI_ARGS; allowed: KEY=VALUE pairs separated by ';'")
         k, v = pair.split("=", 1)
+        if not k:
+            raise CNIError(INVALID_ENVIRONMENT, f"CNI_ARGS pair {pair[:80]!r} has an empty key",
+                           "field: CNI_ARGS; allowed: KEY=VALUE pairs separated by ';', KEY not empty")
         out[k] = v
     return out
 
@@ -227,9 +284,10 @@ class Request:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], stdin: bytes, stdin_size: Optional[int] = None) -> "Request":
-        """Parse a runtime's call. Raises CNIError 4 (environment), 6 (stdin not JSON) or 7 (stdin
-        over its limits, see check_stdin_limits; `stdin_size` is its real size when the reader
-        stopped early)."""
+        """Parse a runtime's call. Raises CNIError 4 (environment, CNI_ARGS' K8S_POD_* included),
+        6 (stdin not JSON; NaN and Infinity are not JSON) or 7 (stdin over its limits, see
+        check_stdin_limits, `stdin_size` being its real size when the reader stopped early; a
+        network name outside the CNI spec's alphabet)."""
         command = environ.get("CNI_COMMAND", "")
         if command not in COMMANDS:
             raise CNIError(INVALID_ENVIRONMENT,
@@ -245,13 +303,14 @@ class Request:
         if ifname:
             check_ifname(ifname)
         args = parse_cni_args(environ.get("CNI_ARGS", ""))
+        check_pod_args(args)
         path = [p for p in environ.get("CNI_PATH", "").split(os.pathsep) if p]
         config: dict[str, Any] = {}
         if command != "VERSION" or stdin.strip():
             if command != "VERSION":
                 check_stdin_limits(stdin, stdin_size)
             try:
-                config = json.loads(stdin or b"")
+                config = json.loads(stdin or b"", parse_constant=_no_json_constant)
             except (ValueError, UnicodeDecodeError, RecursionError) as e:
                 if command == "VERSION":
                     config = {}
@@ -269,5 +328,8 @@ class Request:
                 if key not in config or not isinstance(config[key], str) or not config[key]:
                     raise CNIError(INVALID_CONFIG, f"network config needs a non-empty string {key!r}",
                                    f"field: {key}")
+            if command != "DEL":
+                # a DEL tears down what an earlier version accepted, whatever its name was
+                check_network_name(config["name"])
         return cls(command=command, container_id=cid, netns=environ.get("CNI_NETNS", ""),
                    ifname=ifname, args=args, path=path, config=config)

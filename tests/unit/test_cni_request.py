@@ -234,3 +234,68 @@ def test_process_add_prints_only_the_result():
     p = run_process(env(), conf(type="fake-builtin", cniVersion="0.3.1"))
     assert p.returncode == 0, p.stdout + p.stderr
     assert json.loads(p.stdout) == {"cniVersion": "0.3.1", "interfaces": [{"name": "fake-builtin"}], "dns": {}}
+
+
+# ---- the network name, CNI_ARGS' pod fields, JSON constants, '%' in CNI_IFNAME -------------------
+
+@pytest.mark.parametrize("name", ["multi/plex", "multiplex\n", "cnet\n", "-net", ".net", "net work", "nét",
+                                  "net;x", "a\x00b"])
+@pytest.mark.parametrize("command", ["ADD", "CHECK", "GC", "STATUS"])
+def test_network_name_outside_the_specs_alphabet_is_code_7(command, name):
+    rc, out = call(env(command), conf(name=name))
+    assert_error(rc, out, errors.INVALID_CONFIG, "name")
+
+
+@pytest.mark.parametrize("name", ["net1", "default.blue", "tenant-b.macvlan_2", "0net", "A.B-c_d"])
+def test_network_names_of_the_specs_alphabet_are_accepted(name):
+    rc, out = call(env(), conf(name=name))
+    assert rc == 0, out
+
+
+def test_del_with_a_name_an_older_version_accepted_still_tears_down():
+    p = Echo()
+    rc, _ = call(env("DEL"), conf(name="cnet\n"), p)
+    assert rc == 0 and p.seen[0].name == "cnet\n"
+
+
+@pytest.mark.parametrize("args, key", [
+    ("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=../../pods/default-x", "K8S_POD_NAME"),
+    ("K8S_POD_NAMESPACE=default;K8S_POD_NAME=web\n", "K8S_POD_NAME"),
+    ("K8S_POD_NAMESPACE=default;K8S_POD_NAME=Web", "K8S_POD_NAME"),
+    ("K8S_POD_NAMESPACE=default;K8S_POD_NAME=" + "a" * 254, "K8S_POD_NAME"),
+    ("K8S_POD_NAMESPACE=Bad_NS!;K8S_POD_NAME=p", "K8S_POD_NAMESPACE"),
+    ("K8S_POD_NAMESPACE=a.b;K8S_POD_NAME=p", "K8S_POD_NAMESPACE"),
+    ("K8S_POD_NAMESPACE=" + "a" * 64 + ";K8S_POD_NAME=p", "K8S_POD_NAMESPACE"),
+    ("K8S_POD_NAMESPACE=default;K8S_POD_NAME=p;K8S_POD_UID=../x", "K8S_POD_UID"),
+    ("K8S_POD_NAMESPACE=default;K8S_POD_NAME=p;K8S_POD_UID=a b", "K8S_POD_UID"),
+])
+@pytest.mark.parametrize("command", ["ADD", "DEL"])
+def test_pod_fields_of_cni_args_are_what_kubernetes_allows(command, args, key):
+    assert_error(*call(env(command, CNI_ARGS=args), conf()), errors.INVALID_ENVIRONMENT, f"CNI_ARGS.{key}")
+
+
+def test_pod_fields_kubernetes_allows_are_accepted():
+    p = Echo()
+    uid = "0b5d6c1e-8f3a-4d2b-9c7e-123456789abc"
+    rc, out = call(env(CNI_ARGS=f"K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=web-0.a-b;K8S_POD_UID={uid}"),
+                   conf(), p)
+    assert rc == 0, out
+    assert p.seen[0].pod == ("kube-system", "web-0.a-b", uid)
+
+
+@pytest.mark.parametrize("args", ["=value", "IgnoreUnknown=1;=value", "K8S_POD_NAME=web;="])
+def test_cni_args_pair_with_an_empty_key_is_code_4(args):
+    assert_error(*call(env(CNI_ARGS=args), conf()), errors.INVALID_ENVIRONMENT, "CNI_ARGS")
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_on_stdin_are_not_json(literal):
+    stdin = b'{"cniVersion": "1.1.0", "name": "net1", "type": "echo", "x": %s}' % literal.encode()
+    rc, out = call(env(), stdin)
+    assert_error(rc, out, errors.DECODE_FAILURE, "stdin")
+    assert literal.lstrip("-") in out["msg"]
+
+
+@pytest.mark.parametrize("name", ["eth%d", "%d", "net%"])
+def test_ifname_with_a_percent_is_a_kernel_template_and_refused(name):
+    assert_error(*call(env(CNI_IFNAME=name), conf()), errors.INVALID_ENVIRONMENT, "CNI_IFNAME")

@@ -351,3 +351,31 @@ def test_only_anchor_dollars_are_rewritten(pattern, expected):
     from multiplex.schema import ecma_anchors
 
     assert ecma_anchors(pattern) == expected
+
+
+# ---- the result cache's key: the same rules as the environment --------------------------------
+
+@pytest.mark.parametrize("cid, ifname, field", [
+    ("c0ffee\n", "eth0", "CNI_CONTAINERID"), ("a" * (CONTAINER_ID_MAX + 1), "eth0", "CNI_CONTAINERID"),
+    ("../x", "eth0", "CNI_CONTAINERID"), ("c0ffee", "eth0\n", "CNI_IFNAME"), ("c0ffee", "eth%d", "CNI_IFNAME"),
+    ("c0ffee", "é" * 9, "CNI_IFNAME"), ("c0ffee", "..", "CNI_IFNAME"),
+])
+def test_cache_refuses_a_key_the_environment_would_refuse(tmp_path, cid, ifname, field):
+    from multiplex.cni.cache import ResultCache
+
+    cache = ResultCache(str(tmp_path / "cache"))
+    for op in (lambda: cache.save(cid, ifname, {"x": 1}), lambda: cache.load(cid, ifname),
+               lambda: cache.delete(cid, ifname)):
+        with pytest.raises(CNIError) as e:
+            op()
+        assert e.value.code == errors.INVALID_ENVIRONMENT and f"field: {field}" in e.value.details
+    assert not (tmp_path / "cache").exists() or not os.listdir(tmp_path / "cache")
+
+
+def test_cache_accepts_the_longest_key_the_environment_accepts(tmp_path):
+    from multiplex.cni.cache import ResultCache
+
+    cache = ResultCache(str(tmp_path / "cache"))
+    cid, ifname = "a" * CONTAINER_ID_MAX, "é" * 7 + "x"
+    cache.save(cid, ifname, {"x": 1})
+    assert cache.load(cid, ifname) == {"x": 1}
