@@ -5,6 +5,7 @@ and in the schema's descriptions.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -49,6 +50,7 @@ class MultiplexConfig:
 
             schema.validate("multiplex", d)
             check_inline_names(d)
+            check_node_paths(d)
         return cls(
             raw=d,
             cni_version=d["cniVersion"],
@@ -90,3 +92,27 @@ def check_inline_names(d: dict[str, Any]) -> None:
             raise CNIError(INVALID_CONFIG, f"the inline network config at {path} has no name",
                            f"field: {path}.name; allowed: a network name of its own (letters, digits, "
                            "'_', '.', '-'), unique on the node")
+
+
+def check_node_paths(d: dict[str, Any]) -> None:
+    """What the schema cannot see about the node paths (it already wants each one absolute): a
+    `logFile` that is a directory (every line would silently go to stderr instead), and a
+    `clusterNetwork` written as a relative path (`./net.d/x.conf`, `net.d/a/b.conf`: it would be
+    read against the runtime's working directory, or taken for a NAD that never exists). Code 7
+    naming the field; runs before anything is touched."""
+    log_file = d.get("logFile")
+    if isinstance(log_file, str) and log_file and os.path.isdir(log_file):
+        raise CNIError(INVALID_CONFIG, f"logFile {log_file} is a directory",
+                       "field: logFile; allowed: an absolute path to a regular file (created when missing)")
+    cn = d.get("clusterNetwork")
+    if isinstance(cn, str) and _relative_path(cn):
+        raise CNIError(INVALID_CONFIG, f"clusterNetwork {cn!r} is a relative path",
+                       "field: clusterNetwork; allowed: a NAD name (ns/name or name), a config name in confDir, "
+                       "or an absolute path to a config file or directory")
+
+
+def _relative_path(value: str) -> bool:
+    """A value that can only be meant as a relative path: it starts with './' or '../', or has
+    more '/' than a NAD's `namespace/name`."""
+    return not value.startswith("/") and (value.startswith(("./", "../")) or value in (".", "..")
+                                          or value.count("/") > 1)
