@@ -175,3 +175,24 @@ def test_entry_answers_undecodable_stdin_with_code_6_or_7(scratch, plugin, comma
     rc, out, err = run_entry(builtin(plugin), base_env(command, scratch), stdin, scratch)
     doc = check_outcome(rc, out, err, f"{plugin} {command} stdin={stdin[:20]!r}")
     assert rc == 1 and doc["code"] in (6, 7), f"{plugin} {command}: {doc}"
+
+
+#: A field of the node's multiplex config with a value of the wrong type: ADD refuses it (schema),
+#: and the runtime then DELs with the same config; DEL and GC (which skip the schema) must still
+#: answer in the protocol.
+WRONG_FIELDS = [("readinessTimeout", "soon"), ("pluginTimeout", "x"), ("logFile", 7), ("logLevel", ["debug"]),
+                ("stateDir", 7), ("delegates", "podnet"), ("delegates", [7]), ("clusterNetwork", 7),
+                ("defaultNetworks", "a, b"), ("systemNamespaces", 5), ("nadDir", False), ("confDir", {}),
+                ("multusNamespace", []), ("namespaceIsolation", "yes")]
+
+
+@pytest.mark.parametrize("command", ["DEL", "GC", "STATUS"])
+@pytest.mark.parametrize("field,value", WRONG_FIELDS, ids=[f"{f}={v!r}" for f, v in WRONG_FIELDS])
+def test_multiplex_teardown_with_a_field_of_the_wrong_type_answers_in_the_protocol(scratch, command, field, value):
+    from multiplex.cni.registry import builtin
+
+    S.count("entry multiplex wrong field")
+    conf = dict(base_config("multiplex", scratch), **{field: value})
+    rc, out, err = run_entry(builtin("multiplex"), base_env(command, scratch), S.dumps(conf), scratch)
+    check_outcome(rc, out, err, f"multiplex {command} with {field}={value!r}")
+    assert not residue(scratch)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
 from multiplex.cni.errors import CNIError
@@ -55,6 +55,9 @@ def test_multiplex_config_valid_under_its_schema_is_accepted(conf):
 
 @PROFILE
 @given(S.schema_strategy("multiplex").flatmap(S.mutated), st.booleans())
+@example({"cniVersion": "1.1.0", "name": "x", "type": "multiplex", "delegates": S.DEEP_MARK}, True)
+@example({"cniVersion": "1.1.0", "name": "x", "type": "multiplex", "readinessTimeout": "soon"}, False)
+@example({"cniVersion": "1.1.0", "name": "x", "type": "multiplex", "logFile": 7}, False)
 def test_multiplex_config_mutated_is_a_config_or_code_7(conf, validate):
     from multiplex.config import MultiplexConfig
 
@@ -163,6 +166,9 @@ annotation_json = S.schema_strategy("annotation").flatmap(lambda a: st.one_of(st
 @PROFILE
 @given(S.annotation_text | annotation_json, S.dns_label | st.text(max_size=6),
        st.lists(S.ifname_like, max_size=2))
+@example([S.DEEP_MARK], "default", [])
+@example([{"name": S.HUGE_MARK.format(char="a", size=S.HUGE)}], "default", [])
+@example(", ".join(["blue"] * 5000), "default", [])
 def test_annotation_gives_selections_or_code_7(value, namespace, reserved):
     """Either form of the annotation (JSON ones as the pod's author wrote them, placeholders
     expanded: nested thousands deep, megabytes long)."""
@@ -178,6 +184,8 @@ def test_annotation_gives_selections_or_code_7(value, namespace, reserved):
 # ---- CNI_ARGS and the environment ------------------------------------------------------------------
 @PROFILE
 @given(S.cni_args_text)
+@example("K=V;" * 100000)
+@example("IgnoreUnknown=1;K8S_POD_NAME=" + "a" * S.HUGE)
 def test_cni_args_parse_or_code_4(raw):
     from multiplex.cni.request import parse_cni_args
 
@@ -203,8 +211,16 @@ stdins = (S.schema_strategy("bridge") | st.binary(max_size=64)
                              b"[" * S.DEEP + b"]" * S.DEEP, b'{"a":' * S.DEEP + b"1" + b"}" * S.DEEP]))
 
 
+ADD_ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "cid-1", "CNI_NETNS": "/var/run/netns/x", "CNI_IFNAME": "eth0"}
+
+
 @PROFILE
 @given(envs, stdins)
+@example(ADD_ENV, b"[" * S.DEEP + b"]" * S.DEEP)
+@example(dict(ADD_ENV, CNI_COMMAND="DEL"), b'{"a":' * S.DEEP + b"1" + b"}" * S.DEEP)
+@example(ADD_ENV, {"cniVersion": "1.1.0", "name": "x", "type": "multiplex-bridge", "ipam": {"type": S.HUGE_MARK.format(char="t", size=10 * S.HUGE)}})
+@example(dict(ADD_ENV, CNI_CONTAINERID="a" * 300), b'{"cniVersion": "1.1.0", "name": "x", "type": "multiplex-bridge"}')
+@example(dict(ADD_ENV, CNI_IFNAME="\u00e9" * 9), b'{"cniVersion": "1.1.0", "name": "x", "type": "multiplex-bridge"}')
 def test_request_from_env_gives_a_request_or_a_cni_error(env, stdin):
     from multiplex.cni.request import Request
 
