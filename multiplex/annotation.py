@@ -91,19 +91,25 @@ def parse_networks(value: str, default_namespace: str, source_name: str = NETWOR
     """The selections of an annotation value (either form); [] for an empty one.
     `source_name` prefixes the field paths in errors (e.g. `defaultNetworks`);
     `reserved_interfaces` are names the pod already has (the cluster network's CNI_IFNAME)."""
+    check_annotation_size(value or "", source_name)
     text = (value or "").strip()
     if not text:
         return []
-    size = len(text.encode("utf-8", "surrogatepass"))
-    if size > MAX_ANNOTATION_BYTES:
-        raise CNIError(INVALID_CONFIG, f"{source_name} is {size} bytes, larger than the {MAX_ANNOTATION_BYTES} "
-                       "bytes multiplex reads", f"field: {source_name}; allowed: at most {MAX_ANNOTATION_BYTES} bytes")
     if text[0] in "[{":
         selections = _parse_json(text, default_namespace, source_name)
     else:
         selections = _parse_text(text, default_namespace, source_name)
     _check_together(selections, source_name, set(reserved_interfaces) | set(ALWAYS_RESERVED))
     return selections
+
+
+def check_annotation_size(value: str, source_name: str = NETWORKS_ANNOTATION) -> None:
+    """At most MAX_ANNOTATION_BYTES bytes as written (code 7), measured before anything is stripped
+    or parsed: 100 KB of spaces around one name is as much a flood as 100 KB of names."""
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_ANNOTATION_BYTES:
+        raise CNIError(INVALID_CONFIG, f"{source_name} is {size} bytes, larger than the {MAX_ANNOTATION_BYTES} "
+                       "bytes multiplex reads", f"field: {source_name}; allowed: at most {MAX_ANNOTATION_BYTES} bytes")
 
 
 # --- the two forms ----------------------------------------------------------------------------

@@ -313,9 +313,10 @@ def _selections(conf: MultiplexConfig, req: Request, source: Optional[Source]) -
                                f"stale pod: {pod_ns}/{pod_name} has UID {meta['uid']}, the runtime asked for {pod_uid}",
                                "field: CNI_ARGS.K8S_POD_UID")
             value = (meta.get("annotations") or {}).get(NETWORKS_ANNOTATION, "")
-            if isinstance(value, str) and value.strip():
+            if isinstance(value, str) and value:
                 from .annotation import parse_networks
 
+                # parse_networks bounds the value by its bytes as written, before stripping it
                 selections += parse_networks(value, pod_ns or "default", reserved_interfaces=[req.ifname])
     return defaults, selections
 

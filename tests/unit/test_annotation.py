@@ -210,3 +210,21 @@ def test_parsing_text_imports_no_jsonschema():
 def test_selection_is_a_dataclass_with_defaults():
     s = NetworkSelection(name="n", namespace="ns")
     assert (s.interface, s.ips, s.default_route, s.port_mappings, s.key) == ("", [], [], [], "ns/n")
+
+
+@pytest.mark.parametrize("value", ["blue" + " " * 100_000, " " * 70_000 + "blue", "\n" * 70_000,
+                                   json.dumps([{"name": "blue"}]) + "\t" * 70_000])
+def test_the_size_bound_counts_whitespace_as_written(value):
+    from multiplex.annotation import MAX_ANNOTATION_BYTES
+
+    with pytest.raises(CNIError) as e:
+        parse_networks(value, "default")
+    assert e.value.code == INVALID_CONFIG
+    assert e.value.details == f"field: {A}; allowed: at most {MAX_ANNOTATION_BYTES} bytes"
+
+
+def test_padding_within_the_bound_is_still_stripped():
+    from multiplex.annotation import MAX_ANNOTATION_BYTES
+
+    sels = parse_networks("  blue" + " " * (MAX_ANNOTATION_BYTES - 6), "default")
+    assert [(s.namespace, s.name) for s in sels] == [("default", "blue")]
