@@ -53,8 +53,8 @@ META_PLUGIN = "multiplex"
 CONFIG_EXTENSIONS = (".conf", ".conflist", ".json")
 LAUNCHER_MARK = "# multiplex launcher"
 
-_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
+_TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")  # fullmatch: "$" would let a trailing newline in
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]*")  # fullmatch, as _TARGET
 #: Top-level fields of the conflist's plugin entry that `options` may not override.
 _CORE_FIELDS = ("type", "name", "cniVersion", "clusterNetwork", "kubeconfig", "confDir", "binDir",
                 "capabilities")
@@ -267,9 +267,9 @@ def launcher_script(launcher: Launcher, python: str) -> str:
     `-I` (isolated mode): the runtime's environment (PYTHONPATH, PYTHONHOME) and the current
     directory never change what gets imported.
     """
-    if not _NAME.match(launcher.name) or ".." in launcher.name:
+    if not _NAME.fullmatch(launcher.name) or ".." in launcher.name:
         raise InstallError(f"invalid launcher name {launcher.name!r}: a CNI type is a plugin name, not a path")
-    if not _TARGET.match(launcher.target):
+    if not _TARGET.fullmatch(launcher.target):
         raise InstallError(f"invalid entry {launcher.target!r} for {launcher.name}: expected 'module:attribute'")
     module, _, attr = launcher.target.partition(":")
     head, _, last = attr.rpartition(".")

@@ -227,7 +227,7 @@ def store_location(netconf: dict, where: str = "$") -> StoreLocation:
     return StoreLocation(store, data_dir, **kube)
 
 
-_NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")  # fullmatch: "$" would let a trailing newline in
 
 
 def _kubeconfig(value: Any, path: str) -> str:
@@ -242,7 +242,7 @@ def _kubeconfig(value: Any, path: str) -> str:
 def _node_name(value: Any, path: str) -> str:
     if value is None:
         return ""
-    if not isinstance(value, str) or len(value) > 253 or not _NODE_NAME.match(value):
+    if not isinstance(value, str) or len(value) > 253 or not _NODE_NAME.fullmatch(value):
         raise invalid_config(f"nodeName {value!r} is not a Kubernetes node name", path,
                              "a lowercase DNS name such as node-1 or node-1.example.com (at most 253 characters)")
     return value

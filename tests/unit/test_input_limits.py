@@ -379,3 +379,36 @@ def test_cache_accepts_the_longest_key_the_environment_accepts(tmp_path):
     cid, ifname = "a" * CONTAINER_ID_MAX, "é" * 7 + "x"
     cache.save(cid, ifname, {"x": 1})
     assert cache.load(cid, ifname) == {"x": 1}
+
+
+# ---- whole-string matching where `^...$` used to accept a trailing newline ----------------------
+
+@pytest.mark.parametrize("name, target", [("multiplex-bridge\n", "multiplex.bridge:plugin"),
+                                          ("multiplex-bridge", "multiplex.bridge:plugin\n")])
+def test_install_refuses_a_launcher_with_a_trailing_newline(name, target):
+    from multiplex.install import InstallError, Launcher, launcher_script
+
+    with pytest.raises(InstallError):
+        launcher_script(Launcher(name, target, "plugin"), sys.executable)
+
+
+def test_install_writes_a_launcher_for_a_plain_name():
+    from multiplex.install import Launcher, launcher_script
+
+    assert "multiplex.bridge" in launcher_script(Launcher("multiplex-bridge", "multiplex.bridge:plugin", "plugin"),
+                                                 sys.executable)
+
+
+@pytest.mark.parametrize("node", ["node-1\n", "node-1\n\n", "Node-1", "-node"])
+def test_ipam_node_name_is_matched_whole(node):
+    from multiplex.ipam.config import _node_name
+
+    with pytest.raises(CNIError) as e:
+        _node_name(node, "$.ipam.nodeName")
+    assert e.value.code == errors.INVALID_CONFIG and "nodeName" in e.value.details
+
+
+def test_ipam_node_name_of_a_dns_name_is_accepted():
+    from multiplex.ipam.config import _node_name
+
+    assert _node_name("node-1.example.com", "$.ipam.nodeName") == "node-1.example.com"
