@@ -38,7 +38,8 @@ from multiplex.cni.errors import (ADDRESS_UNAVAILABLE, CHECK_FAILED, CNIError, I
 from multiplex.cni.plugin import Plugin
 from multiplex.cni.request import Request
 from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
-from multiplex.steps import Undo, check_ipv6_mtu, check_prologue, ipam_add, open_pod_for_check
+from multiplex.steps import (Undo, check_ipv6_mtu, check_prologue, ipam_add, ipam_forward, ipam_type,
+                             open_pod_for_check)
 
 TYPE_NAME = "multiplex-bridge"
 HOST_PREFIX = "mpx"
@@ -259,11 +260,8 @@ class BridgePlugin(Plugin):
 
     # ---- STATUS, GC ------------------------------------------------------------------------------
     def status(self, req: Request) -> None:
-        from multiplex.cni.invoke import invoke_ipam
-
         self.config(req)
-        if ipam_speaks(req, "1.1.0"):
-            invoke_ipam(req)
+        ipam_forward(req)
 
     def gc(self, req: Request) -> None:
         """Remove this network's attachments that the keep-list does not keep: their host veths (the
@@ -285,10 +283,7 @@ class BridgePlugin(Plugin):
 
         removed, rules = remove_owned(stale, f"stale attachments of {conf.network}")
         log.get().info("bridge gc", network=conf.network, veths=removed, masquerade_rules=rules)
-        if ipam_speaks(req, "1.1.0"):
-            from multiplex.cni.invoke import invoke_ipam
-
-            invoke_ipam(req)
+        ipam_forward(req)
 
     def sweep(self, req: Request) -> None:
         """A DEL without a cache entry: every host veth and masquerade rule this plugin made for
@@ -324,42 +319,6 @@ def remove_owned(match, what: str) -> tuple[list[str], int]:
     if shutil.which(nftables.NFT):
         rules = nftables.delete_rules(lambda r: bool(r.comment) and match(r.comment), what)
     return removed, rules
-
-
-def ipam_type(req: Request) -> str:
-    """The config's `ipam.type`, or code 7 naming it (checked before GC touches anything)."""
-    ipam = req.config.get("ipam")
-    if not isinstance(ipam, dict) or not isinstance(ipam.get("type"), str) or not ipam["type"]:
-        raise invalid_config("this plugin needs an IPAM config with a type", "$.ipam.type",
-                             "an IPAM config object with a \"type\"")
-    return ipam["type"]
-
-
-def ipam_speaks(req: Request, version: str) -> bool:
-    """Whether the config's IPAM plugin supports `version` (built-in ones speak every version). STATUS
-    and GC are not forwarded to an older IPAM, which would fail them (Debian's host-local is 1.0.0)."""
-    import json
-    import subprocess
-
-    from multiplex.cni.invoke import find_plugin
-    from multiplex.cni.registry import builtin
-
-    ipam = ipam_type(req)
-    if builtin(ipam) is not None:
-        return True
-    binary = find_plugin(ipam, req.path)
-    env = req.derive(command="VERSION").env()
-    try:
-        proc = subprocess.run([binary], input=json.dumps({"cniVersion": version}).encode(), env=env,
-                              capture_output=True, timeout=30)
-        supported = json.loads(proc.stdout or b"{}").get("supportedVersions") or []
-    except (OSError, ValueError, subprocess.TimeoutExpired):
-        supported = []
-    if version in supported:
-        return True
-    log.get().info("IPAM plugin does not support this CNI version; not forwarded", ipam=ipam,
-                   command=req.command, version=version)
-    return False
 
 
 # ---- steps ---------------------------------------------------------------------------------------

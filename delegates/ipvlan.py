@@ -43,7 +43,8 @@ from multiplex.cni.plugin import Plugin
 from multiplex.cni.request import Request
 from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
 from multiplex.cni.valid import Keep
-from multiplex.steps import Undo, check_ipv6_mtu, check_prologue, ipam_add, open_pod_for_check
+from multiplex.steps import (Undo, check_ipv6_mtu, check_prologue, ipam_add, ipam_forward, ipam_type,
+                             open_pod_for_check)
 
 TYPE_NAME = "multiplex-ipvlan"
 MODES = {"l2": 0, "l3": 1, "l3s": 2}
@@ -321,7 +322,6 @@ class IpvlanPlugin(Plugin):
     # ---- STATUS, GC ------------------------------------------------------------------------------
     def status(self, req: Request) -> None:
         from multiplex import netlink
-        from multiplex.cni.invoke import invoke_ipam
 
         conf = self.config(req)
         if not conf.link_in_container:  # otherwise the master lives in pods, which STATUS has none of
@@ -330,17 +330,17 @@ class IpvlanPlugin(Plugin):
                     find_master(node, conf)
                 except CNIError as e:
                     raise CNIError(PLUGIN_NOT_AVAILABLE, f"{TYPE_NAME} cannot attach pods: {e.msg}", e.details) from None
-        invoke_ipam(req)
+        ipam_forward(req)
 
     def gc(self, req: Request) -> None:
-        from multiplex.cni.invoke import invoke_ipam
         from multiplex.cni.valid import parse_keep
 
         keep = parse_keep(req.config)  # code 7 before anything is touched
         conf = self.config(req)
+        ipam_type(req)
         forgotten = release_stale(conf.network, keep)
         log.get().info("ipvlan gc", network=conf.network, records_forgotten=forgotten)
-        invoke_ipam(req)
+        ipam_forward(req)
 
     def sweep(self, req: Request) -> None:
         """A DEL without a cache entry: forget the container's mode records (any network, master or

@@ -7,7 +7,7 @@ import ipaddress
 from typing import Any, Callable, Iterator, Mapping
 
 from . import log
-from .cni.errors import CHECK_FAILED, CNIError, DELEGATE_FAILED
+from .cni.errors import CHECK_FAILED, CNIError, DELEGATE_FAILED, invalid_config
 from .cni.request import Request
 from .cni.types import Result
 
@@ -107,3 +107,60 @@ def check_ipv6_mtu(conf: Mapping[str, Any], where: str = "$") -> None:
             raise invalid_config(f"mtu {mtu} is too small for IPv6 ({path} is {net}): IPv6 needs an MTU of "
                                  f"at least {IPV6_MIN_MTU}", f"{where}.mtu",
                                  f"{IPV6_MIN_MTU} to 65535 with an IPv6 range, or leave mtu out")
+
+
+def ipam_type(req: Request) -> str:
+    """The config's `ipam.type`, or code 7 naming it (checked before GC touches anything)."""
+    ipam = req.config.get("ipam")
+    if not isinstance(ipam, dict) or not isinstance(ipam.get("type"), str) or not ipam["type"]:
+        raise invalid_config("this plugin needs an IPAM config with a type", "$.ipam.type",
+                             "an IPAM config object with a \"type\"")
+    return ipam["type"]
+
+
+def ipam_speaks(req: Request, version: str) -> bool:
+    """Whether the config's IPAM plugin supports `version` (built-in ones speak every version). STATUS
+    and GC are not forwarded to an older IPAM, which would fail them (Debian's host-local is 1.0.0)."""
+    import json
+    import subprocess
+
+    from multiplex.cni.invoke import find_plugin
+    from multiplex.cni.registry import builtin
+
+    ipam = ipam_type(req)
+    if builtin(ipam) is not None:
+        return True
+    binary = find_plugin(ipam, req.path)
+    env = req.derive(command="VERSION").env()
+    try:
+        proc = subprocess.run([binary], input=json.dumps({"cniVersion": version}).encode(), env=env,
+                              capture_output=True, timeout=30)
+        supported = json.loads(proc.stdout or b"{}").get("supportedVersions") or []
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        supported = []
+    if version in supported:
+        return True
+    log.get().info("IPAM plugin does not support this CNI version; not forwarded", ipam=ipam,
+                   command=req.command, version=version)
+    return False
+
+
+def ipam_forward(req: Request) -> None:
+    """STATUS and GC reach the delegate's IPAM as well, when it can take them: a built-in IPAM
+    always; an exec'd one only when it speaks CNI 1.1.0 (Debian's host-local is 1.0.0), and GC only
+    when the keep-list is interface pairs alone. The meta plugin keeps whole containers
+    (`multiplex.dev/valid-containers`) that an exec'd IPAM cannot read: it would free the leases
+    of a kept pod's `net1`, so it gets no GC then (logged)."""
+    from .cni.invoke import invoke_ipam
+    from .cni.registry import builtin
+    from .cni.valid import VALID_CONTAINERS
+
+    ipam = ipam_type(req)
+    if builtin(ipam) is None:
+        if req.command == "GC" and req.config.get(VALID_CONTAINERS):
+            log.get().info("GC not forwarded to an exec'd IPAM: it reads interface pairs only and the keep-list "
+                           "keeps whole containers", ipam=ipam)
+            return
+        if not ipam_speaks(req, "1.1.0"):
+            return
+    invoke_ipam(req)
