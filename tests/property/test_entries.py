@@ -10,7 +10,6 @@ forks), CNI_NETNS names a scratch pod netns, state, logs and the working directo
 CNI_PATH is an empty directory (no external plugin runs). An ADD that succeeds is DELed at once."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest

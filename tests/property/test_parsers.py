@@ -31,17 +31,6 @@ def outcome(fn: Callable[[], Any], where: str) -> Any:
         return None
 
 
-def doc_of(data: bytes) -> Any:
-    doc = S.loads_lenient(data)
-    assume(doc is not None or b"[[[[" in data)
-    return doc
-
-
-def deep_or(doc: Any, data: bytes) -> Any:
-    """The parsed document; for a deep one, what json would give (RecursionError included)."""
-    return json.loads(data) if doc is None else doc
-
-
 # ---- the multiplex config ------------------------------------------------------------------------
 @PROFILE
 @given(S.schema_strategy("multiplex"))
@@ -61,9 +50,9 @@ def test_multiplex_config_valid_under_its_schema_is_accepted(conf):
 def test_multiplex_config_mutated_is_a_config_or_code_7(conf, validate):
     from multiplex.config import MultiplexConfig
 
-    S.count("multiplex-config-mutated")
     if not validate:  # DEL and GC: Request.from_env has checked these three before
         assume(all(isinstance(conf.get(k), str) and conf.get(k) for k in ("cniVersion", "name", "type")))
+    S.count("multiplex-config-mutated")
     data = S.dumps(conf)
 
     def parse():
@@ -82,15 +71,12 @@ def test_multiplex_config_mutated_is_a_config_or_code_7(conf, validate):
 def test_bridge_config_is_accepted_or_refused_with_code_7(conf):
     from multiplex.cni.registry import builtin
 
-    S.count("bridge-config")
     assume(not S.has_deep(conf))
+    S.count("bridge-config")
     conf = S.materialize(conf)
     bridge = builtin("multiplex-bridge")
 
-    def parse():
-        bridge.validate(conf)
-        return type(bridge).config  # validated: parse like ADD does
-    outcome(parse, "multiplex-bridge validate")
+    outcome(lambda: bridge.validate(conf), "multiplex-bridge validate")
     if not S.schema_errors("bridge", conf):
         from delegates.bridge import BridgeConfig
 
@@ -106,8 +92,8 @@ def _network(ipam: Any) -> dict:
 def test_ipam_config_parses_or_is_refused_with_code_7(ipam, check_schema):
     from multiplex.ipam import config
 
-    S.count("ipam-config")
     assume(not S.has_deep(ipam))
+    S.count("ipam-config")
     ipam = S.materialize(ipam)
     outcome(lambda: config.parse(_network(ipam), check_schema=check_schema),
             f"ipam config.parse(check_schema={check_schema})")
