@@ -38,7 +38,7 @@ def install() -> None:
 
     def counted_push(self, what, fn):
         push(self, what, fn)
-        _event(f"after step: {what}")
+        _event(f"after a change (its undo: {what})")
 
     def counted_save(self, container_id, ifname, record):
         done = sum(1 for a in record.get("attachments", []) if a.get("result") is not None)

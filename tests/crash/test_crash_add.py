@@ -180,8 +180,9 @@ def report(trials: list[Trial], cleanup: str) -> str:
     lines = [f"crash injection, cleanup by {cleanup}: {len(trials)} trials (one per step), "
              f"{sum(1 for t in trials if t.left_by_kill)} kills left state behind for {cleanup} to clean, "
              f"{sum(1 for t in trials if t.residue)} with residue after {cleanup}, {len(bad)} failed"]
-    for t in bad:
-        lines.append(f"  step {t.step} ({t.what}): killed={t.killed} {t.cleanup} {t.residue} {t.readd}".rstrip())
+    for t in trials:
+        state = "ok" if t.ok else f"killed={t.killed} {t.cleanup} {t.residue} {t.readd}".rstrip()
+        lines.append(f"  step {t.step:2} {t.what}: left {t.left_by_kill} kinds of state; {state}")
     return "\n".join(lines)
 
 
