@@ -88,18 +88,21 @@ def leases_wrong(lab: Lab, pods: dict[str, str]) -> list[str]:
     twice = {a: owners for a, owners in by_address.items() if len(owners) > 1}
     if twice:
         wrong.append(f"addresses leased twice: {twice}")
+    held: dict[str, list[str]] = {}
     for pod, ns in pods.items():
         for ifname, addrs in snapshot(ns).items():
             for a in addrs:
                 ip = str(ipaddress.ip_interface(a).ip)
+                held.setdefault(ip, []).append(f"{pod}/{ifname}")
                 if (f"cid-{pod}", ifname) not in [tuple(o) for o in by_address.get(ip, [])]:
                     wrong.append(f"{pod} {ifname} {ip} has no lease (lease rows: {by_address.get(ip)})")
+    wrong += [f"{ip} is on {len(where)} interfaces: {where}" for ip, where in held.items() if len(where) > 1]
     return wrong
 
 
 def test_gc_during_concurrent_adds_listing_every_pod_keeps_every_attachment(lab):
     earlier = {f"e{i}": lab.netns_factory("rpod") for i in range(3)}
-    fresh = {f"n{i}": lab.netns_factory("rpod") for i in range(6)}
+    fresh = {f"n{i}": lab.netns_factory("rpod") for i in range(8)}
     for pod in {**earlier, **fresh}:
         lab.add_pod(pod, "blue, violet")
     for pod, ns in earlier.items():
