@@ -76,6 +76,18 @@ def link_names() -> set[str]:
     return {name for _, name in socket.if_nameindex()}
 
 
+def link_kinds() -> dict[str, str]:
+    """{name: kind} of the links of the calling thread's namespace ("" for a link without one)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        out = {}
+        for link in ipr.get_links():
+            info = link.get_attr("IFLA_LINKINFO")
+            out[link.get_attr("IFLA_IFNAME")] = (info.get_attr("IFLA_INFO_KIND") if info else "") or ""
+        return out
+
+
 def lease_rows(state_dir: str) -> list[tuple]:
     rows: list[tuple] = []
     for dirpath, _, files in os.walk(state_dir):

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from tests.property import strategies as S
-from tests.property.conftest import Scratch, check_outcome, inside, lease_rows, link_names, run_entry
+from tests.property.conftest import Scratch, check_outcome, inside, lease_rows, link_kinds, link_names, run_entry
 
 pytestmark = pytest.mark.root
 
@@ -195,3 +195,85 @@ def test_multiplex_teardown_with_a_field_of_the_wrong_type_answers_in_the_protoc
     rc, out, err = run_entry(builtin("multiplex"), base_env(command, scratch), S.dumps(conf), scratch)
     check_outcome(rc, out, err, f"multiplex {command} with {field}={value!r}")
     assert not residue(scratch)
+
+
+# ---- the meta plugin with generated NADs and annotations ----------------------------------------
+NAD_NAMES = [("default", "blue"), ("default", "green"), ("tenant", "blue")]
+
+
+def without_path_keys(doc: Any) -> Any:
+    """`doc` without keys naming node paths (a NAD may not carry them; a test never lets one try)."""
+    if isinstance(doc, dict):
+        return {k: without_path_keys(v) for k, v in doc.items() if k not in S.PATH_KEYS}
+    if isinstance(doc, list):
+        return [without_path_keys(v) for v in doc]
+    return doc
+
+
+def good_bridge(n: int) -> dict:
+    return {"cniVersion": "1.1.0", "type": "multiplex-bridge", "ipam": ipam_block(f"198.18.{210 + n}.0/24")}
+
+
+def nad_configs(n: int) -> st.SearchStrategy:
+    """What a NAD writer may put in spec.config: a good bridge config, one mutated, a schema-valid
+    one with odd values, a conflist, any JSON, any text."""
+    docs = st.one_of(st.just(good_bridge(n)), S.mutated(good_bridge(n)), S.schema_strategy("bridge"),
+                     st.builds(lambda c: {"cniVersion": "1.1.0", "plugins": [c]}, S.mutated(good_bridge(n))),
+                     S.json_values)
+    return docs.map(without_path_keys).map(lambda d: S.dumps(d).decode("utf-8", "surrogatepass")) | st.text(max_size=20)
+
+
+annotations = st.one_of(
+    st.lists(st.sampled_from(["blue", "green", "tenant/blue", "default/green@net7", "blue@eth0", "missing",
+                              "tenant/blue@x" * 3]), min_size=1, max_size=4).map(", ".join),
+    st.lists(st.fixed_dictionaries({"name": st.sampled_from(["blue", "green"])}, optional={
+        "namespace": st.sampled_from(["default", "tenant", "Bad_NS"]),
+        "interface": S.ifname_like, "ips": st.lists(st.sampled_from(["198.18.210.9/24", "fd00::1/64", "x"]), max_size=2),
+        "mac": st.sampled_from(["02:00:00:00:00:01", "01:00:5e:00:00:01", "zz"]),
+        "default-route": st.lists(st.sampled_from(["198.18.210.1", "fd00::1", "nope"]), max_size=2),
+        "cni-args": S.json_values}), min_size=1, max_size=3).map(lambda v: S.dumps(v).decode()),
+    S.annotation_text)
+
+
+def write_nads_and_pod(s: Scratch, configs: list[str], annotation: str) -> None:
+    import json as _json
+    import os
+
+    for (ns, name), config in zip(NAD_NAMES, configs):
+        nad = {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+               "metadata": {"name": name, "namespace": ns}, "spec": {"config": config}}
+        with open(os.path.join(s.path("nads"), f"{ns}-{name}.json"), "w", encoding="utf-8", errors="surrogatepass") as f:
+            _json.dump(nad, f)
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "prop", "namespace": "default", "uid": "uid-prop",
+                                                           "annotations": {"k8s.v1.cni.cncf.io/networks": annotation}}}
+    with open(os.path.join(s.path("pods"), "default-prop.json"), "w", encoding="utf-8", errors="surrogatepass") as f:
+        _json.dump(pod, f)
+
+
+def veths_left(s: Scratch) -> list[str]:
+    """Host veths in the node and any link in the pod: what an attachment leaves (bridges stay)."""
+    with inside(s.node):
+        left = [f"node {n}" for n, kind in link_kinds().items() if kind == "veth"]
+    with inside(s.pod):
+        left += [f"pod {n}" for n in link_names() - {"lo"}]
+    rows = lease_rows(s.path("state"))
+    return left + ([f"leases {rows}"] if rows else [])
+
+
+@PROFILE
+@given(st.tuples(*(nad_configs(n) for n in range(len(NAD_NAMES)))), annotations, st.booleans())
+def test_multiplex_add_with_generated_nads_and_annotation_answers_and_leaves_nothing(scratch, configs, annotation,
+                                                                                      isolation):
+    """NADs and annotations are written by tenants: whatever they hold, ADD answers with a result
+    or a spec error and leaves nothing when it fails; an ADD that worked is DELed to nothing."""
+    S.count("entry multiplex with generated NADs")
+    write_nads_and_pod(scratch, list(configs), annotation)
+    conf = dict(base_config("multiplex", scratch), namespaceIsolation=isolation)
+    conf.pop("cni.dev/valid-attachments")
+    env = base_env("ADD", scratch)
+    rc, doc = call("multiplex", env, conf, scratch, f"multiplex ADD with NADs {configs} and annotation {annotation!r}")
+    if rc == 0:
+        rc_del, _ = call("multiplex", dict(env, CNI_COMMAND="DEL"), conf, scratch, "multiplex DEL after ADD")
+        assert rc_del == 0
+    left = veths_left(scratch)
+    assert not left, f"ADD (exit {rc}, {doc}) left {left}"
