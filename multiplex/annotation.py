@@ -139,8 +139,15 @@ def _parse_text(text: str, default_namespace: str, where: str) -> list[NetworkSe
 
 
 def _parse_json(text: str, default_namespace: str, where: str) -> list[NetworkSelection]:
+    from .cni.request import JSON_DEPTH_MAX, json_depth_exceeds, no_json_constant
+
+    if json_depth_exceeds(text.encode("utf-8", "surrogatepass")):
+        # refused before json.loads, which would give up with a RecursionError
+        raise _bad(_JSONText(text), f"nested more than {JSON_DEPTH_MAX} levels deep", where,
+                   f"a JSON list of objects nested at most {JSON_DEPTH_MAX} levels", where)
     try:
-        doc = json.loads(text)
+        # NaN/Infinity are not JSON: they would reach a plugin's config in its cni-args
+        doc = json.loads(text, parse_constant=no_json_constant)
     except ValueError as e:
         raise _bad(_JSONText(text), f"not valid JSON: {e}", where, ALLOWED_TEXT, where) from None
     if isinstance(doc, dict):

@@ -5,6 +5,7 @@ and in the schema's descriptions.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -44,13 +45,17 @@ class MultiplexConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], validate: bool = True) -> "MultiplexConfig":
         """`validate=False` (DEL, GC) skips the JSON Schema: teardown must work with the config the
-        runtime still has, and must not pay for importing jsonschema."""
+        runtime still has, and must not pay for importing jsonschema. A field of the wrong type is
+        then its default when it only tunes the call (timeouts, logging), code 7 when it says where
+        things are (see _teardown_view)."""
         if validate:
             from . import schema
 
             schema.validate("multiplex", d)
             check_inline_names(d)
             check_node_paths(d)
+        else:
+            d = _teardown_view(d)
         return cls(
             raw=d,
             cni_version=d["cniVersion"],
@@ -116,3 +121,54 @@ def _relative_path(value: str) -> bool:
     more '/' than a NAD's `namespace/name`."""
     return not value.startswith("/") and (value.startswith(("./", "../")) or value in (".", "..")
                                           or value.count("/") > 1)
+
+
+#: Fields that only tune a call: on teardown a value of the wrong type falls back to the default
+#: (a DEL must not fail because `readinessTimeout` is "soon").
+_TUNING = {
+    "readinessTimeout": lambda v: _is_number(v) and v > 0,
+    "pluginTimeout": lambda v: _is_number(v) and v > 0,
+    "maxAttachments": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+    "logFile": lambda v: isinstance(v, str) and (not v or v.startswith("/")),
+    "logLevel": lambda v: isinstance(v, str),
+    "readinessindicatorfile": lambda v: isinstance(v, str),
+}
+#: Fields that say where things are or which networks exist: on teardown a value of the wrong type
+#: is code 7 (guessing would clean the wrong place, or nothing, and report success).
+_WHERE = {
+    "clusterNetwork": (lambda v: isinstance(v, (str, dict)), "a name, an absolute path or an inline config"),
+    "delegates": (lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v), "a list of configs"),
+    "defaultNetworks": (lambda v: _strings(v), "a list of strings"),
+    "systemNamespaces": (lambda v: _strings(v), "a list of strings"),
+    "globalNamespaces": (lambda v: _strings(v), "a list of strings"),
+    "namespaceIsolation": (lambda v: isinstance(v, bool), "true or false"),
+    "multusNamespace": (lambda v: isinstance(v, str), "a namespace"),
+    "nadDir": (lambda v: isinstance(v, str), "an absolute path"),
+    "podDir": (lambda v: isinstance(v, str), "an absolute path"),
+    "kubeconfig": (lambda v: isinstance(v, str), "an absolute path"),
+    "confDir": (lambda v: isinstance(v, str), "an absolute path"),
+    "binDir": (lambda v: isinstance(v, str), "an absolute path"),
+}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _strings(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _teardown_view(d: dict[str, Any]) -> dict[str, Any]:
+    """The config as DEL and GC read it without the schema: tuning fields of the wrong type
+    dropped (their defaults apply), a wrong-typed field that says where things are refused with
+    code 7 naming it. stateDir is left to state.root, which refuses it naming the field."""
+    out = dict(d)
+    for key, ok in _TUNING.items():
+        if key in out and out[key] is not None and not ok(out[key]):
+            del out[key]
+    for key, (ok, allowed) in _WHERE.items():
+        if key in out and out[key] is not None and not ok(out[key]):
+            raise CNIError(INVALID_CONFIG, f"{key} has the wrong type ({type(out[key]).__name__})",
+                           f"field: {key}; allowed: {allowed}")
+    return out

@@ -136,7 +136,7 @@ def check_pod_args(args: Mapping[str, str]) -> None:
                            f"field: CNI_ARGS.{key}; allowed: {allowed}")
 
 
-def _no_json_constant(name: str) -> Any:
+def no_json_constant(name: str) -> Any:
     """json's parse_constant hook: NaN, Infinity and -Infinity are not JSON (RFC 8259)."""
     raise ValueError(f"{name} is not a JSON value")
 
@@ -310,7 +310,7 @@ class Request:
             if command != "VERSION":
                 check_stdin_limits(stdin, stdin_size)
             try:
-                config = json.loads(stdin or b"", parse_constant=_no_json_constant)
+                config = json.loads(stdin or b"", parse_constant=no_json_constant)
             except (ValueError, UnicodeDecodeError, RecursionError) as e:
                 if command == "VERSION":
                     config = {}

@@ -228,3 +228,25 @@ def test_padding_within_the_bound_is_still_stripped():
 
     sels = parse_networks("  blue" + " " * (MAX_ANNOTATION_BYTES - 6), "default")
     assert [(s.namespace, s.name) for s in sels] == [("default", "blue")]
+
+
+@pytest.mark.parametrize("value", ["[" * 5000 + "]" * 5000,
+                                   json.dumps([{"name": "blue", "cni-args": {"x": "PLACE"}}]).replace(
+                                       '"PLACE"', "[" * 2000 + "]" * 2000)])
+def test_json_nested_thousands_deep_is_code_7_not_a_recursion_error(value):
+    with pytest.raises(CNIError) as e:
+        parse_networks(value, "default")
+    assert e.value.code == INVALID_CONFIG and f"field: {A}" in e.value.details
+    assert "levels" in e.value.msg
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_in_the_json_form_are_not_json(literal):
+    with pytest.raises(CNIError) as e:
+        parse_networks('[{"name": "blue", "cni-args": {"x": %s}}]' % literal, "default")
+    assert e.value.code == INVALID_CONFIG and f"field: {A}" in e.value.details
+
+
+def test_cni_args_nested_a_few_levels_are_accepted():
+    sels = parse_networks(json.dumps([{"name": "blue", "cni-args": {"a": {"b": [[{"c": 1}]]}}}]), "default")
+    assert sels[0].cni_args == {"a": {"b": [[{"c": 1}]]}}

@@ -56,3 +56,28 @@ def test_a_cluster_network_name_or_absolute_path_is_accepted(cn):
 def test_del_and_gc_skip_the_checks_so_teardown_works_with_the_runtimes_config():
     conf = MultiplexConfig.from_dict(dict(BASE, binDir="bin", logFile="x.log"), validate=False)
     assert conf.bin_dir == "bin"
+
+
+@pytest.mark.parametrize("over", [{"readinessTimeout": "soon"}, {"pluginTimeout": -1}, {"logFile": 7},
+                                  {"logFile": "relative.log"}, {"maxAttachments": True}, {"logLevel": []}])
+def test_teardown_falls_back_to_the_default_for_a_wrong_tuning_field(over):
+    conf = MultiplexConfig.from_dict(dict(BASE, **over), validate=False)
+    default = MultiplexConfig.from_dict(BASE, validate=False)
+    key = next(iter(over))
+    attr = {"readinessTimeout": "readiness_timeout", "pluginTimeout": "plugin_timeout", "logFile": "log_file",
+            "maxAttachments": "max_attachments", "logLevel": "log_level"}[key]
+    assert getattr(conf, attr) == getattr(default, attr)
+
+
+@pytest.mark.parametrize("key, value", [("confDir", 5), ("binDir", ["x"]), ("delegates", "podnet"),
+                                        ("delegates", ["podnet"]), ("clusterNetwork", 7),
+                                        ("systemNamespaces", "kube-system"), ("namespaceIsolation", "no")])
+def test_teardown_refuses_a_wrong_typed_field_that_says_where_things_are(key, value):
+    with pytest.raises(CNIError) as e:
+        MultiplexConfig.from_dict(dict(BASE, **{key: value}), validate=False)
+    assert e.value.code == errors.INVALID_CONFIG and f"field: {key}" in e.value.details
+
+
+@pytest.mark.parametrize("value", ["/", "/var/log/"])
+def test_a_log_file_ending_in_a_slash_is_refused_by_the_schema(value):
+    assert "field: $.logFile" in refused(logFile=value).details
