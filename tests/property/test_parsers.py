@@ -216,3 +216,29 @@ def test_request_from_env_gives_a_request_or_a_cni_error(env, stdin):
     got = outcome(lambda: Request.from_env(env, stdin), "Request.from_env")
     if got is not None:
         assert got.command in S.COMMANDS
+
+
+# ---- GC's keep-list ---------------------------------------------------------------------------------
+pairs = st.fixed_dictionaries({"containerID": st.text(min_size=1, max_size=10), "ifname": st.text(min_size=1, max_size=6)})
+keep_values = (st.lists(pairs, max_size=4) | S.json_values
+               | st.lists(st.fixed_dictionaries({"containerId": st.text(max_size=4), "ifName": st.text(max_size=4)}), max_size=2))
+
+
+@PROFILE
+@given(st.fixed_dictionaries({}, optional={"cni.dev/valid-attachments": keep_values,
+                                           "multiplex.dev/valid-containers": st.lists(st.text(max_size=6), max_size=3)
+                                           | S.json_values}))
+def test_keep_list_is_read_exactly_or_refused_with_code_7(conf):
+    """A keep-list that cannot be read is refused (never read as "nothing is valid"); one that can
+    is kept exactly: every listed pair and container, and it renders back to itself."""
+    from multiplex.cni.valid import VALID_ATTACHMENTS, VALID_CONTAINERS, parse_keep
+
+    S.count("keep-list")
+    keep = outcome(lambda: parse_keep(conf), "parse_keep")
+    if keep is None:
+        return
+    for item in conf[VALID_ATTACHMENTS]:
+        assert keep.keeps(item["containerID"], item["ifname"])
+    for cid in conf.get(VALID_CONTAINERS) or []:
+        assert keep.keeps(cid, "any-interface")
+    assert parse_keep(keep.to_config()) == keep
