@@ -6,6 +6,7 @@ its netns (addresses, MTU, MAC) and pods ping each other.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -39,6 +40,27 @@ def ipam(kind: str, subnet: str, lab: Lab) -> dict:
     return {"type": "multiplex-ipam", "ranges": [[{"subnet": subnet}]]}
 
 
+def add_network(lab: Lab, name: str, conf: dict) -> None:
+    """A NAD for `conf`. A config with a node path (host-local's `dataDir`) may not come from a NAD
+    (a NAD writer must not choose node paths): as Multus allows, the admin writes it into confDir and
+    the NAD, with an empty spec.config, names it."""
+    if "dataDir" not in conf.get("ipam", {}):
+        lab.add_nad(name, conf)
+        return
+    conf_dir = os.path.join(lab.root, "net.d")
+    os.makedirs(conf_dir, exist_ok=True)
+    with open(os.path.join(conf_dir, f"{name}.conf"), "w") as f:
+        json.dump(dict(conf, name=name), f)
+    lab.extra["confDir"] = conf_dir
+    lab.add_nad(name, {})
+    path = os.path.join(lab.nad_dir, f"default-{name}.json")
+    with open(path) as f:
+        doc = json.load(f)
+    doc["spec"]["config"] = ""
+    with open(path, "w") as f:
+        json.dump(doc, f)
+
+
 def two_pods(lab: Lab, networks: str) -> tuple[str, str]:
     spaces = []
     for name in ("a", "b"):
@@ -57,7 +79,7 @@ def only(addrs: set[str]) -> str:
 
 @pytest.mark.parametrize("ipam_kind", ["host-local", "multiplex-ipam"])
 def test_reference_bridge_as_external_delegate(lab, ipam_kind):
-    lab.add_nad("refbr", {"cniVersion": "1.0.0", "type": "bridge", "bridge": "ref-br0", "ipam": ipam(ipam_kind, "198.18.10.0/24", lab)})
+    add_network(lab, "refbr", {"cniVersion": "1.0.0", "type": "bridge", "bridge": "ref-br0", "ipam": ipam(ipam_kind, "198.18.10.0/24", lab)})
     a, b = two_pods(lab, "refbr")
     assert links(a) == {"lo", "eth0", "net1"}
     target = only(addresses(b, "net1"))
@@ -79,7 +101,7 @@ def test_reference_macvlan_as_external_delegate(lab, ipam_kind):
     nsexec(lab.node, "ip", "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink0p")
     nsexec(lab.node, "ip", "link", "set", "uplink0", "up")
     nsexec(lab.node, "ip", "link", "set", "uplink0p", "up")
-    lab.add_nad("mv", {"cniVersion": "1.0.0", "type": "macvlan", "master": "uplink0", "mode": "bridge",
+    add_network(lab, "mv", {"cniVersion": "1.0.0", "type": "macvlan", "master": "uplink0", "mode": "bridge",
                        "ipam": ipam(ipam_kind, "198.18.11.0/24", lab)})
     a, b = two_pods(lab, "mv")
     kinds = {l["ifname"]: l.get("linkinfo", {}).get("info_kind") for l in ip_json(a, "-d", "link", "show")}
