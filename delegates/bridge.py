@@ -79,6 +79,10 @@ def check_bridge_name(conf: dict, where: str = "$") -> None:
     never another network's (a NAD in one namespace could otherwise join the default bridge of a
     same- or other-named network in another namespace, whose name it can compute)."""
     bridge, name = conf.get("bridge"), conf.get("name")
+    if isinstance(bridge, str):  # the schema counts characters; the kernel counts bytes
+        from multiplex.cni.request import check_ifname
+
+        check_ifname(bridge, f"{where}.bridge", INVALID_CONFIG)
     if isinstance(bridge, str) and bridge.startswith(BRIDGE_PREFIX) and isinstance(name, str) \
             and bridge != default_bridge_name(name):
         raise invalid_config(f"bridge {bridge} has the prefix {BRIDGE_PREFIX} of the networks' default bridges "

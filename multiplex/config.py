@@ -147,6 +147,7 @@ _WHERE = {
     "podDir": (lambda v: isinstance(v, str), "an absolute path"),
     "kubeconfig": (lambda v: isinstance(v, str), "an absolute path"),
     "confDir": (lambda v: isinstance(v, str), "an absolute path"),
+    "stateDir": (lambda v: isinstance(v, str), "an absolute path"),
     "binDir": (lambda v: isinstance(v, str), "an absolute path"),
 }
 
@@ -162,7 +163,7 @@ def _strings(v: Any) -> bool:
 def _teardown_view(d: dict[str, Any]) -> dict[str, Any]:
     """The config as DEL and GC read it without the schema: tuning fields of the wrong type
     dropped (their defaults apply), a wrong-typed field that says where things are refused with
-    code 7 naming it. stateDir is left to state.root, which refuses it naming the field."""
+    code 7 naming it (a relative stateDir is refused by state.root, naming the field)."""
     out = dict(d)
     for key, ok in _TUNING.items():
         if key in out and out[key] is not None and not ok(out[key]):

@@ -25,23 +25,25 @@ from .types import Result
 DEFAULT_TIMEOUT = 60.0
 
 
-def find_plugin(type_name: str, path: list[str]) -> str:
-    check_type_name(type_name)
+def find_plugin(type_name: str, path: list[str], field: str = "type") -> str:
+    check_type_name(type_name, field)
     for d in path:
         candidate = os.path.join(d, type_name)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     raise CNIError(NOT_FOUND, f"plugin {type_name!r} not found",
-                   f"field: type; searched CNI_PATH: {os.pathsep.join(path) or '(empty)'}")
+                   f"field: {field}; searched CNI_PATH: {os.pathsep.join(path) or '(empty)'}")
 
 
-def invoke(req: Request, type_name: Optional[str] = None, timeout: float = DEFAULT_TIMEOUT) -> Optional[Result]:
-    """Run the plugin named `type_name` (default: the config's `type`) for `req`."""
-    t = check_type_name(type_name or req.type)
+def invoke(req: Request, type_name: Optional[str] = None, timeout: float = DEFAULT_TIMEOUT,
+           field: str = "type") -> Optional[Result]:
+    """Run the plugin named `type_name` (default: the config's `type`) for `req`; `field` is the
+    config field that named it, for errors."""
+    t = check_type_name(type_name or req.type, field)
     plugin = builtin(t)
     if plugin is not None:
         return dispatch(plugin, req)
-    return exec_plugin(find_plugin(t, req.path), req, timeout)
+    return exec_plugin(find_plugin(t, req.path, field), req, timeout)
 
 
 def _run(binary: str, req: Request, timeout: float) -> subprocess.CompletedProcess:
@@ -113,4 +115,4 @@ def invoke_ipam(req: Request) -> Optional[Result]:
     ipam = req.config.get("ipam")
     if not isinstance(ipam, dict) or not ipam.get("type"):
         raise CNIError(INVALID_CONFIG, "this plugin needs an IPAM config with a type", "field: ipam.type")
-    return invoke(req, type_name=check_type_name(ipam["type"], "ipam.type"))
+    return invoke(req, type_name=check_type_name(ipam["type"], "ipam.type"), field="ipam.type")

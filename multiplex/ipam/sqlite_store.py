@@ -109,19 +109,19 @@ def _db_errors(method):
             except sqlite3.OperationalError as e:
                 if "locked" in str(e) or "busy" in str(e):
                     raise self._busy(e) from None
-                raise CNIError(IO_FAILURE, f"IPAM database error: {e}", f"file: {self.path}") from None
+                raise CNIError(IO_FAILURE, f"IPAM database error: {e}", f"field: ipam.dataDir; file: {self.path}") from None
             except sqlite3.DatabaseError as e:
                 if attempt == 2 or not _is_damage(e):
-                    raise CNIError(IO_FAILURE, f"IPAM database error: {e}", f"file: {self.path}") from None
+                    raise CNIError(IO_FAILURE, f"IPAM database error: {e}", f"field: ipam.dataDir; file: {self.path}") from None
                 self.close()
                 self.recover(f"SQLite reports: {e}")
             except sqlite3.Error as e:
-                raise CNIError(IO_FAILURE, f"IPAM database error: {e}", f"file: {self.path}") from None
+                raise CNIError(IO_FAILURE, f"IPAM database error: {e}", f"field: ipam.dataDir; file: {self.path}") from None
             except Damaged as e:   # still damaged right after a repair: never go on with it
                 raise CNIError(IO_FAILURE, f"IPAM database damaged: {e.reason}",
-                               f"file: {self.path}; allowed: `multiplex ipam check --repair`") from None
+                               f"field: ipam.dataDir; file: {self.path}; allowed: `multiplex ipam check --repair`") from None
             except OSError as e:
-                raise CNIError(IO_FAILURE, f"cannot open the IPAM database: {e}", f"file: {self.path}") from None
+                raise CNIError(IO_FAILURE, f"cannot open the IPAM database: {e}", f"field: ipam.dataDir; file: {self.path}") from None
     return wrapper
 
 
@@ -174,7 +174,7 @@ class SQLiteStore(Store):
         return CNIError(TRY_AGAIN_LATER,
                         f"IPAM database is busy: waited {waited:.1f}s for its lock ({limit}: {budget:.1f}s left "
                         "when the wait began)",
-                        f"file: {self.path}; {e}; allowed: try again later")
+                        f"field: ipam.dataDir; file: {self.path}; {e}; allowed: try again later")
 
     # --- connection and transactions -------------------------------------------------------
 
@@ -294,7 +294,7 @@ class SQLiteStore(Store):
                 raise CNIError(IO_FAILURE,
                                f"IPAM database damaged ({reason}) and it cannot be rebuilt from the node's cache: "
                                + "; ".join(view.problems[:3]),
-                               f"file: {self.path}; damaged file: {moved or 'gone'}; cache: {view.cache_dir}; "
+                               f"field: ipam.dataDir; file: {self.path}; damaged file: {moved or 'gone'}; cache: {view.cache_dir}; "
                                "allowed: restore the database, or run `multiplex ipam check --repair --force` "
                                "to rebuild from what the cache holds")
             self._rebuild(leases)
@@ -316,7 +316,7 @@ class SQLiteStore(Store):
                 except BlockingIOError:
                     if time.monotonic() >= end:
                         raise CNIError(TRY_AGAIN_LATER, "IPAM database is being repaired by another call",
-                                       f"file: {self.path}; waited {budget:.1f}s; allowed: try again later") from None
+                                       f"field: ipam.dataDir; file: {self.path}; waited {budget:.1f}s; allowed: try again later") from None
                     time.sleep(0.01)
             yield
         finally:
