@@ -31,7 +31,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from multiplex import log, nftables
+from multiplex.util import log
+from multiplex import nftables
 from multiplex.cni import skel
 from multiplex.cni.errors import (ADDRESS_UNAVAILABLE, CHECK_FAILED, CNIError, INVALID_CONFIG, NETLINK_FAILURE,
                                   invalid_config)

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Optional
 
-from multiplex import log
+from multiplex.util import log
 from multiplex.cni import skel
 from multiplex.cni.errors import (CHECK_FAILED, CNIError, INVALID_ENVIRONMENT, NETLINK_FAILURE,
                                   PLUGIN_NOT_AVAILABLE, UNSUPPORTED_FIELD, invalid_config)
@@ -110,14 +110,14 @@ def _netns_inode(path: Optional[str]) -> int:
 
 
 def _records_dir() -> str:
-    from multiplex import state
+    from multiplex.util import state
 
     return state.subdir("ipvlan")
 
 
 def _record_paths() -> list[str]:
     """Every master's record; none (and no directory made) where ipvlan was never used."""
-    from multiplex import state
+    from multiplex.util import state
 
     d = os.path.join(state.root(), "ipvlan")
     try:

@@ -153,7 +153,7 @@ def _parse_json(text: str, default_namespace: str, where: str) -> list[NetworkSe
     if isinstance(doc, dict):
         raise _bad(_JSONText(text), "a single JSON object; the JSON form is a list", where,
                    "a JSON list of objects: [{\"name\": ...}]", where)
-    from . import schema
+    from .util import schema
 
     try:
         schema.validate("annotation", doc, prefix=where)

@@ -49,7 +49,7 @@ class MultiplexConfig:
         then its default when it only tunes the call (timeouts, logging), code 7 when it says where
         things are (see _teardown_view)."""
         if validate:
-            from . import schema
+            from .util import schema
 
             schema.validate("multiplex", d)
             check_inline_names(d)

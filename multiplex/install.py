@@ -455,7 +455,7 @@ def multiplex_conflist(cni_version: str, cluster_network: str, conf_dir: str, bi
 def check_conflist(conflist: dict) -> None:
     """Our plugin entry, as the runtime hands it to multiplex (name and cniVersion injected), must
     pass schemas/multiplex.json: a misspelt option fails here, not on the node's first pod."""
-    from . import schema
+    from .util import schema
 
     plugin = dict(conflist["plugins"][0], name=conflist["name"], cniVersion=conflist["cniVersion"])
     problems = schema.errors("multiplex", plugin, prefix="$.plugins[0]")

@@ -28,7 +28,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from . import log
+from .util import log
 from .cni import version as cniversion
 from .cni.errors import (CNIError, PLUGIN_NOT_AVAILABLE, PLUGIN_NOT_AVAILABLE_LIMITED, TRY_AGAIN_LATER,
                          UNKNOWN_CONTAINER)
@@ -71,7 +71,7 @@ class Context:
     def cache(self):
         """The result cache; a state directory that cannot hold it is code 5 naming the path."""
         from .cni.cache import ResultCache
-        from .state import root
+        from .util.state import root
 
         return ResultCache(os.path.join(root(self.conf.state_dir), "cache"))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Callable, Iterator, Mapping
 
-from . import log
+from .util import log
 from .cni.errors import CHECK_FAILED, CNIError, DELEGATE_FAILED, invalid_config
 from .cni.request import Request
 from .cni.types import Result

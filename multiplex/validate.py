@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from . import schema
+from .util import schema
 from .cni.errors import CNIError
 
 

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
-from .. import log, state
+from ..util import log, state
 from .errors import CNIError, IO_FAILURE
 from .request import check_container_id, check_ifname
 

@@ -25,7 +25,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Union
 
-from .. import log
+from ..util import log
 from . import registry
 from . import version as cniversion
 from .conflist import NetworkList, declared_capabilities

@@ -15,7 +15,7 @@ import subprocess
 import time
 from typing import Optional
 
-from .. import log
+from ..util import log
 from .errors import CNIError, DECODE_FAILURE, DELEGATE_FAILED, IO_FAILURE, NOT_FOUND, TRY_AGAIN_LATER
 from .registry import builtin, check_type_name
 from .request import Request

@@ -40,7 +40,7 @@ import zlib
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-from .. import state
+from ..util import state
 from .errors import CNIError, INTERNAL, IO_FAILURE, TRY_AGAIN_LATER
 
 DEFAULT_TIMEOUT = 60.0

@@ -28,7 +28,7 @@ class Plugin:
         made. The default checks `schema`; plugins with semantic checks (IPAM ranges) extend it.
         """
         if self.schema:
-            from .. import schema
+            from ..util import schema
 
             schema.validate(self.schema, conf, prefix=where)
 

@@ -150,7 +150,7 @@ def _answer(e: CNIError, version: str, stdout: TextIO) -> int:
 
 
 def _log_error(e: CNIError) -> None:
-    from .. import log
+    from ..util import log
 
     log.get().error("cni error", code=e.code, error=e.msg, details=e.details)
 

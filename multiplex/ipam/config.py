@@ -158,7 +158,7 @@ def default_gateway(subnet: IPNetwork) -> IPAddress:
 
 
 def default_data_dir() -> str:
-    from .. import state
+    from ..util import state
 
     return state.subdir("ipam")
 
@@ -175,7 +175,7 @@ def ipam_block(netconf: dict, where: str = "$") -> dict:
 
 def validate_schema(netconf: dict, where: str = "$") -> None:
     """The JSON Schema check (imports jsonschema: ADD and CHECK only)."""
-    from .. import schema
+    from ..util import schema
 
     schema.validate("ipam", ipam_block(netconf, where), prefix=f"{where}.ipam")
 

@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from .. import log
+from ..util import log
 from .kube_store import BLOCKS, GROUP, VERSION, Block
 
 DEFAULT_GRACE = 300.0

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
-from .. import log
+from ..util import log
 from ..cni.errors import ADDRESS_UNAVAILABLE, IPAM_EXHAUSTED, TRY_AGAIN_LATER, CNIError, invalid_config
 from ..cni.types import IPAddress, IPNetwork
 from ..cni.valid import Keep

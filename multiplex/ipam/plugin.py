@@ -28,7 +28,7 @@ from __future__ import annotations
 import ipaddress
 import time
 
-from .. import log
+from ..util import log
 from ..cni import skel
 from ..cni.errors import (CNIError, ADDRESS_UNAVAILABLE, CHECK_FAILED, INVALID_ENVIRONMENT, IO_FAILURE,
                           PLUGIN_NOT_AVAILABLE, TRY_AGAIN_LATER)

@@ -70,7 +70,7 @@ class CacheView:
 
 def default_cache_dir() -> str:
     """`<state root>/cache`, without creating it."""
-    from .. import state
+    from ..util import state
 
     return os.path.join(state.root(), "cache")
 

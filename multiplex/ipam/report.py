@@ -15,7 +15,7 @@ from .store import Lease, Owner, PoolUsage, open_store
 
 def default_data_dir() -> str:
     """The node's IPAM directory (<state root>/ipam), without creating it."""
-    from .. import state
+    from ..util import state
 
     return os.path.join(state.root(), "ipam")
 

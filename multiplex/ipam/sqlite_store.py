@@ -43,7 +43,7 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Iterator, Optional, Sequence
 
-from .. import log
+from ..util import log
 from ..cni.errors import CNIError, ADDRESS_UNAVAILABLE, IO_FAILURE, TRY_AGAIN_LATER
 from ..cni.valid import Keep
 from ..cni.types import IPAddress, IPNetwork

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 from urllib.parse import quote
 
-from .. import log
+from ..util import log
 from . import errors
 from .errors import KubeError, NoCredentials, Unavailable
 

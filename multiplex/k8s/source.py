@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .. import log
+from ..util import log
 from .client import KubeClient
 from .errors import NotFound
 

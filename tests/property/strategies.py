@@ -16,7 +16,7 @@ from typing import Any
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
-from multiplex import schema
+from multiplex.util import schema
 
 #: examples run per property; the conftest prints the total in the run's last line.
 EXAMPLES: Counter = Counter()

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from multiplex import log
+from multiplex.util import log
 from multiplex.cni import cache as cachemod
 from multiplex.cni import errors
 from multiplex.cni.cache import CorruptEntry, ResultCache

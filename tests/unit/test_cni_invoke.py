@@ -7,7 +7,7 @@ import os
 import pytest
 
 from tests.fakeplugins import fake_builtins, install, records  # noqa: F401  (fixture)
-from multiplex import log
+from multiplex.util import log
 from multiplex.cni import errors
 from multiplex.cni.errors import CNIError
 from multiplex.cni.invoke import exec_plugin, find_plugin, invoke

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from multiplex import log, state
+from multiplex.util import log, state
 from multiplex.cni import errors, skel
 from multiplex.cni.errors import CNIError
 from multiplex.cni.plugin import Plugin
@@ -334,7 +334,7 @@ def test_a_kubeconfig_without_the_kubernetes_package_says_to_install_the_extra(m
 @pytest.mark.parametrize("bridge, ipam_type, field", [("br0\n", "multiplex-ipam", "$.bridge"),
                                                       ("br0", "host-local\n", "$.ipam.type")])
 def test_schema_patterns_refuse_a_trailing_newline(bridge, ipam_type, field):
-    from multiplex import schema
+    from multiplex.util import schema
 
     conf = {"cniVersion": "1.1.0", "name": "net", "type": "multiplex-bridge", "bridge": bridge,
             "ipam": {"type": ipam_type, "ranges": [[{"subnet": "198.18.0.0/24"}]]}}
@@ -348,7 +348,7 @@ def test_schema_patterns_refuse_a_trailing_newline(bridge, ipam_type, field):
 @pytest.mark.parametrize("pattern, expected", [("^a$", r"^a\Z"), ("^[$]+$", r"^[$]+\Z"),
                                                (r"^a\$$", r"^a\$\Z"), ("^(a|b$)$", r"^(a|b\Z)\Z")])
 def test_only_anchor_dollars_are_rewritten(pattern, expected):
-    from multiplex.schema import ecma_anchors
+    from multiplex.util.schema import ecma_anchors
 
     assert ecma_anchors(pattern) == expected
 

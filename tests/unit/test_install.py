@@ -106,7 +106,7 @@ def test_conflist_sorts_ahead_of_the_cluster_network_and_names_it(node_root):
 def test_conflist_passes_the_multiplex_schema(node_root):
     """What the runtime hands multiplex (the plugin entry with name and cniVersion injected, as
     libcni does) is a valid multiplex config."""
-    from multiplex import schema
+    from multiplex.util import schema
 
     install(node_root, kubeconfig="/etc/kubernetes/kubelet.conf", environ={},
             options={"namespaceIsolation": True, "globalNamespaces": ["default"], "logLevel": "info"})

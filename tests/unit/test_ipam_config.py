@@ -206,7 +206,7 @@ def test_bad_requested_address_is_code_7(conf, cni_args, path):
 def test_schema_file_is_a_valid_json_schema():
     import jsonschema
 
-    from multiplex import schema
+    from multiplex.util import schema
 
     jsonschema.Draft202012Validator.check_schema(schema.load("ipam"))
     # every property says what is allowed (the error's "allowed:" comes from descriptions)

@@ -318,7 +318,7 @@ def nad_params():
 
 @pytest.mark.parametrize("rel, nad", nad_params())
 def test_example_nad_config_passes_our_schema(rel, nad):
-    from multiplex import schema
+    from multiplex.util import schema
 
     confs = plugin_configs(nad)
     assert confs, f"{rel}: spec.config holds no plugin"

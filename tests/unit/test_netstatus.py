@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from multiplex import schema
+from multiplex.util import schema
 from multiplex.cni.types import Result
 from multiplex.netstatus import (AttachmentStatus, network_status, network_status_entries,
                                  parse_network_status, status_entry)

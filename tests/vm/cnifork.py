@@ -67,7 +67,8 @@ def warm(plugin: Plugin) -> None:
             importlib.import_module(name)
         except ImportError:
             pass
-    from multiplex import netlink, schema
+    from multiplex import netlink
+    from multiplex.util import schema
 
     with netlink.open_node() as h:
         h.links()
@@ -121,7 +122,7 @@ def fork_plugin(plugin: Plugin, command: str, config: dict, *, node: Optional[st
 
 
 def _child(plugin: Plugin, env: dict[str, str], stdin: bytes, node: Optional[str], out_fd: int) -> int:
-    from multiplex import log
+    from multiplex.util import log
     from multiplex.cni import skel
     from multiplex.netlink.netns import _setns
 

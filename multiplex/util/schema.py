@@ -10,9 +10,9 @@ import os
 from functools import lru_cache
 from typing import Any
 
-from .cni.errors import CNIError, INVALID_CONFIG
+from ..cni.errors import CNIError, INVALID_CONFIG
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the multiplex package
 _DIRS = (os.path.join(_HERE, "schemas"), os.path.join(os.path.dirname(_HERE), "schemas"))
 
 

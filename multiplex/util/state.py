@@ -15,7 +15,7 @@ import errno
 import os
 from typing import Optional
 
-from .cni.errors import CNIError, INVALID_CONFIG, IO_FAILURE
+from ..cni.errors import CNIError, INVALID_CONFIG, IO_FAILURE
 
 DEFAULT_ROOT = "/var/lib/cni/multiplex"
 ENV_ROOT = "MULTIPLEX_STATE_DIR"
