@@ -7,7 +7,7 @@ bridge and forwarding on (isGateway); masquerade (ipMasq); routes in the pod. A 
 this call made (veth, IPAM lease, masquerade rules, a bridge it created and nobody uses) and raises.
 
 The host end is named from (containerID, ifname) - `mpx` + 12 hex - and carries the alias
-`<containerID>/<ifname>/<network>` (nftables.owner_comment: hashed parts when too long), so DEL
+`<containerID>/<ifname>/<network>` (nft.owner_comment: hashed parts when too long), so DEL
 finds it without the pod netns, GC finds every attachment of a network and a cache-less DEL
 (`sweep`) every attachment of a container by alias. The network is the config `name`, which the
 meta plugin sets to `<namespace>.<NAD name>`. DEL removes the veth (the pod end goes with it, and
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from multiplex.util import log
-from multiplex import nftables
+from multiplex.netlink import nft
 from multiplex.cni import skel
 from multiplex.cni.errors import (ADDRESS_UNAVAILABLE, CHECK_FAILED, CNIError, INVALID_CONFIG, NETLINK_FAILURE,
                                   invalid_config)
@@ -64,7 +64,7 @@ def host_veth_name(container_id: str, ifname: str) -> str:
 
 def owner(container_id: str, ifname: str, network: str) -> str:
     """`<containerID>/<ifname>/<network>`: the host veth's alias and the masquerade rules' comment."""
-    return nftables.owner_comment(container_id, ifname, network)
+    return nft.owner_comment(container_id, ifname, network)
 
 
 def vlan_gateway_names(bridge: str, vlan: int) -> tuple[str, str]:
@@ -217,8 +217,8 @@ class BridgePlugin(Plugin):
             enable_forwarding({ip.address.version for ip in result.ips if ip.gateway is not None})
         if conf.ip_masq:
             comment = owner(req.container_id, req.ifname, conf.network)
-            nftables.add_masquerade([ip.address for ip in result.ips], comment)
-            undo.push(f"delete masquerade rules {comment}", lambda: nftables.delete_masquerade(comment))
+            nft.add_masquerade([ip.address for ip in result.ips], comment)
+            undo.push(f"delete masquerade rules {comment}", lambda: nft.delete_masquerade(comment))
 
         # routes in the pod (a route without gw goes via its family's gateway, as the spec allows)
         gw_by_family = {ip.address.version: ip.gateway for ip in result.ips if ip.gateway is not None}
@@ -243,7 +243,7 @@ class BridgePlugin(Plugin):
             # the host end has a fixed name: no need for the pod netns, which may be gone
             gone = node.delete_link(name)
         if conf.ip_masq:
-            nftables.delete_masquerade(owner(req.container_id, req.ifname, conf.network))
+            nft.delete_masquerade(owner(req.container_id, req.ifname, conf.network))
         invoke_ipam(req)
         log.get().info("bridge del", network=conf.network, container=req.container_id, ifname=req.ifname,
                        veth_deleted=gone)
@@ -277,10 +277,10 @@ class BridgePlugin(Plugin):
         keep = parse_keep(req.config)
         conf = self.config(req)
         ipam_type(req)
-        kept = nftables.container_marks(set(keep.containers) | {cid for cid, _ in keep.pairs})
+        kept = nft.container_marks(set(keep.containers) | {cid for cid, _ in keep.pairs})
 
         def stale(comment: str) -> bool:
-            o = nftables.parse_owner(comment)
+            o = nft.parse_owner(comment)
             if o is None or not o.of_network(conf.network):
                 return False
             cid = kept.get(o.container)
@@ -299,7 +299,7 @@ class BridgePlugin(Plugin):
             return
 
         def mine(comment: str) -> bool:
-            o = nftables.parse_owner(comment)
+            o = nft.parse_owner(comment)
             return o is not None and o.of_container(cid)
 
         removed, rules = remove_owned(mine, f"attachments of container {cid}")
@@ -321,8 +321,8 @@ def remove_owned(match, what: str) -> tuple[list[str], int]:
                 if node.delete_link(link.name):
                     removed.append(link.name)
     rules = 0
-    if shutil.which(nftables.NFT):
-        rules = nftables.delete_rules(lambda r: bool(r.comment) and match(r.comment), what)
+    if shutil.which(nft.NFT):
+        rules = nft.delete_rules(lambda r: bool(r.comment) and match(r.comment), what)
     return removed, rules
 
 
@@ -388,7 +388,7 @@ def ensure_vlan_gateway(node, br, vlan: int, mtu: Optional[int]):
 def bridge_mark(network: str) -> str:
     """The alias of a network's default bridge: the network's name (its digest when over the
     kernel's 255 bytes)."""
-    return network if len(network.encode()) <= 255 else nftables.digest(network)
+    return network if len(network.encode()) <= 255 else nft.digest(network)
 
 
 def claim_default_bridge(node, br, network: str) -> None:

@@ -14,6 +14,8 @@
 - `sysctl.read/write(key, value, netns=path)`: sysctls in any namespace.
 - `uplink_mtu()`: the MTU of the node's default-route interface, for MTU defaults.
 - `netns.entered(path)`: run a few lines with this thread inside a namespace.
+- `nft` (imported as `from multiplex.netlink import nft`, not from here): masquerade rules in
+  nftables through the `nft` binary.
 
 Nothing here forks or creates a namespace; sockets are made by switching the calling thread into
 the namespace for the socket(2) call, so the helpers also work in a long-lived threaded process.

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from delegates import bridge
-from multiplex import nftables
+from multiplex.netlink import nft
 from multiplex.cni import skel
 from multiplex.cni.types import IPConfig, Result, Route
 from multiplex.netlink import sysctl
@@ -90,7 +90,7 @@ def test_gc_with_a_malformed_keep_list_is_code_7_before_anything(monkeypatch):
         raise AssertionError("GC touched the node before reading its keep-list")
 
     monkeypatch.setattr(netlink, "open_node", touched)
-    monkeypatch.setattr(nftables, "delete_rules", touched)
+    monkeypatch.setattr(nft, "delete_rules", touched)
     for bad, field in [(None, '$["cni.dev/valid-attachments"]'),
                        ("c1", '$["cni.dev/valid-attachments"]'),
                        ([{"containerId": "c1", "ifName": "eth0"}], '$["cni.dev/valid-attachments"][0].containerID')]:
@@ -154,9 +154,9 @@ def test_host_veth_name_is_deterministic_and_fits():
 
 def test_owner_comment_round_trips_and_stays_short():
     assert bridge.owner("cid", "net1", "default.blue") == "cid/net1/default.blue"
-    assert nftables.parse_owner("cid/net1/default.blue") == ("cid", "net1", "default.blue")
-    assert nftables.parse_owner("cid/net1/default/blue") == ("cid", "net1", "default/blue")
-    assert nftables.parse_owner("not ours") is None
+    assert nft.parse_owner("cid/net1/default.blue") == ("cid", "net1", "default.blue")
+    assert nft.parse_owner("cid/net1/default/blue") == ("cid", "net1", "default/blue")
+    assert nft.parse_owner("not ours") is None
 
 
 @pytest.mark.parametrize("cid_len", [64, 94, 95, 255])
@@ -165,20 +165,20 @@ def test_owner_of_the_longest_namespaced_network_fits_nft_and_the_alias(cid_len)
     network = "n" * 63 + "." + "a" * 253
     cid = "c" * cid_len
     comment = bridge.owner(cid, "net1-with-15ch", network)
-    assert len(comment.encode()) <= nftables.COMMENT_MAX  # nft's limit; the alias (255) is the same string
-    o = nftables.parse_owner(comment)
+    assert len(comment.encode()) <= nft.COMMENT_MAX  # nft's limit; the alias (255) is the same string
+    o = nft.parse_owner(comment)
     assert o.of_network(network) and not o.of_network("n" * 63 + ".b")
     assert o.of_container(cid) and not o.of_container("d" * cid_len)
-    assert nftables.container_marks(["x", cid])[o.container] == cid and o.ifname == "net1-with-15ch"
+    assert nft.container_marks(["x", cid])[o.container] == cid and o.ifname == "net1-with-15ch"
 
 
 def test_owner_comments_of_the_previous_version_still_match():
     # before identities, the network part was the bare config name, or `#` + 16 hex when too long
     old_short = "c1/net1/blue"
     old_long = "c" * 64 + "/net1/#" + __import__("hashlib").sha256(("n" * 200).encode()).hexdigest()[:16]
-    assert nftables.parse_owner(old_short).of_network("blue")
-    assert nftables.parse_owner(old_long).of_network("n" * 200)
-    assert nftables.parse_owner(old_long).of_container("c" * 64)
+    assert nft.parse_owner(old_short).of_network("blue")
+    assert nft.parse_owner(old_long).of_network("n" * 200)
+    assert nft.parse_owner(old_long).of_container("c" * 64)
 
 
 def test_vlan_gateway_names_fit():
@@ -216,7 +216,7 @@ def test_default_routes_one_per_family_unless_ipam_gave_one():
 
 
 def test_masquerade_rule_shape():
-    rule = nftables._masq_rule(ipaddress.ip_interface("198.18.0.5/24"), "c/eth0/blue")["add"]["rule"]
+    rule = nft._masq_rule(ipaddress.ip_interface("198.18.0.5/24"), "c/eth0/blue")["add"]["rule"]
     assert (rule["family"], rule["table"], rule["chain"], rule["comment"]) == \
         ("inet", "multiplex_masq", "postrouting", "c/eth0/blue")
     saddr, not_subnet, not_mc, masq = rule["expr"]
@@ -224,7 +224,7 @@ def test_masquerade_rule_shape():
     assert not_subnet["match"]["right"] == {"prefix": {"addr": "198.18.0.0", "len": 24}}
     assert not_mc["match"]["right"] == {"prefix": {"addr": "224.0.0.0", "len": 4}}
     assert masq == {"masquerade": None}
-    v6 = nftables._masq_rule(ipaddress.ip_interface("fd00::5/64"), "x")["add"]["rule"]["expr"]
+    v6 = nft._masq_rule(ipaddress.ip_interface("fd00::5/64"), "x")["add"]["rule"]["expr"]
     assert v6[0]["match"]["left"]["payload"]["protocol"] == "ip6"
 
 

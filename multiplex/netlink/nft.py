@@ -22,7 +22,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple, Optional, Union
 
-from .cni.errors import CNIError, NETLINK_FAILURE
+from ..cni.errors import CNIError, NETLINK_FAILURE
 
 FAMILY = "inet"
 TABLE = "multiplex_masq"
