@@ -72,7 +72,7 @@ def ipam() -> None:
 
 
 def _kube_client(kubeconfig: str | None):
-    from .ipam.kube_store import resolve_kubeconfig
+    from .ipam.kube.store import resolve_kubeconfig
     from .k8s.client import KubeClient
 
     return KubeClient(resolve_kubeconfig(kubeconfig or ""))
@@ -95,7 +95,7 @@ def ipam_show(store: str, data_dir: str | None, kubeconfig: str | None, allocati
     """Leases per pool on this node, or (--store kubernetes) each pool and block of the cluster."""
     if store == "kubernetes":
         from .cni.errors import CNIError
-        from .ipam.kube_store import KubeStore
+        from .ipam.kube.store import KubeStore
         from .ipam.show import cluster_report, table
 
         try:
@@ -143,7 +143,7 @@ def ipam_check(data_dir: str | None, cache_dir: str | None, repair: bool, force:
     from .cni.errors import CNIError
     from .ipam import repair as ipam_repair
     from .ipam.report import default_data_dir
-    from .ipam.sqlite_store import SQLiteStore
+    from .ipam.sqlite.store import SQLiteStore
 
     store = SQLiteStore(data_dir or default_data_dir(), cache_dir=cache_dir)
     if not (os.path.exists(store.path) or os.path.exists(store.marker)):

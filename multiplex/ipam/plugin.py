@@ -159,7 +159,7 @@ def sweep_location(netconf: dict) -> "StoreLocation | None":
     if isinstance(ipam, dict) and ipam.get("type") == config.TYPE_NAME:
         return config.store_location(netconf)
     from .report import default_data_dir
-    from .sqlite_store import FILENAME, MARKER_SUFFIX
+    from .sqlite.store import FILENAME, MARKER_SUFFIX
 
     d = default_data_dir()
     if not (os.path.exists(os.path.join(d, FILENAME)) or os.path.exists(os.path.join(d, FILENAME + MARKER_SUFFIX))):

@@ -9,7 +9,7 @@ import os
 from typing import Optional
 
 from .config import StoreLocation, parse
-from .sqlite_store import FILENAME, SQLiteStore
+from .sqlite.store import FILENAME, SQLiteStore
 from .store import Lease, Owner, PoolUsage, open_store
 
 

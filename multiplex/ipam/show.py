@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Optional
 
-from .kube_store import Block, KubeStore, Pool, pool_size
+from .kube.store import Block, KubeStore, Pool, pool_size
 
 
 def _block_size(block: Block, pool_cidr: Optional[ipaddress._BaseNetwork]) -> int:

@@ -26,8 +26,8 @@ from .config import IPAMConfig, RangeSet, StoreLocation
 
 #: store name (the config's `store`) -> "module:Class", imported on first use.
 STORES = {
-    "sqlite": "multiplex.ipam.sqlite_store:SQLiteStore",
-    "kubernetes": "multiplex.ipam.kube_store:KubeStore",
+    "sqlite": "multiplex.ipam.sqlite.store:SQLiteStore",
+    "kubernetes": "multiplex.ipam.kube.store:KubeStore",
 }
 
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from multiplex.ipam import config
-from multiplex.ipam.kube_store import API_VERSION, BLOCKS, GROUP, POOL_KIND, POOLS, VERSION, Block, KubeStore
+from multiplex.ipam.kube.store import API_VERSION, BLOCKS, GROUP, POOL_KIND, POOLS, VERSION, Block, KubeStore
 from multiplex.ipam.store import Owner
 from multiplex.k8s.client import KubeClient
 

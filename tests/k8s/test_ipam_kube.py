@@ -15,7 +15,7 @@ import pytest
 
 from multiplex.cni import errors
 from multiplex.cni.errors import CNIError
-from multiplex.ipam.kube_store import (NODE_LABEL, POOL_LABEL, Block, block_name, label_value, user_label)
+from multiplex.ipam.kube.store import (NODE_LABEL, POOL_LABEL, Block, block_name, label_value, user_label)
 from tests.k8s.ipam_kube_support import cluster, crd_documents, ipam_conf, owner, take  # noqa: F401
 
 BLUE = "198.18.64.0/24"
@@ -466,7 +466,7 @@ def test_the_examples_in_the_docs_are_valid(cluster):  # noqa: F811
     import yaml
 
     from multiplex.ipam import config
-    from multiplex.ipam.kube_store import Pool
+    from multiplex.ipam.kube.store import Pool
     from tests.k8s.ipam_kube_support import REPO
 
     doc = open(os.path.join(REPO, "docs", "ipam-kubernetes.md"), encoding="utf-8").read()

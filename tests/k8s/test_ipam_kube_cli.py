@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from multiplex.cli import cli
 from multiplex.cni import errors
-from multiplex.ipam import kube_store
+from multiplex.ipam.kube import store as kube_store
 from tests.cnitool import BIN, run_plugin
 from tests.k8s.ipam_kube_support import REPO, cluster, ipam_conf, owner, take  # noqa: F401
 

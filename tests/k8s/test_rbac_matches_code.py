@@ -23,7 +23,7 @@ import yaml
 
 from multiplex.cni.valid import Keep
 from multiplex.ipam import gc
-from multiplex.ipam.kube_store import API_VERSION, POOL_KIND, POOLS
+from multiplex.ipam.kube.store import API_VERSION, POOL_KIND, POOLS
 from tests.k8s.ipam_kube_support import REPO, cluster, install_crds, ipam_conf, owner, take  # noqa: F401
 
 NODE_ACCOUNT = ("kube-system", "multiplex")

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from multiplex.ipam.sqlite_store import SQLiteStore
+from multiplex.ipam.sqlite.store import SQLiteStore
 from tests.cnitool import CNI_PATH, addresses, links, nsexec, ping, run_plugin
 
 pytestmark = [pytest.mark.root, pytest.mark.interop,

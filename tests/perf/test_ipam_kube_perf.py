@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from multiplex.ipam.sqlite_store import SQLiteStore
+from multiplex.ipam.sqlite.store import SQLiteStore
 from tests.k8s.apiserver import running_apiserver
 from tests.k8s.ipam_kube_support import Cluster, install_crds, ipam_conf, owner, take
 

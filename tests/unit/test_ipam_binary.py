@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from multiplex.cni import errors
-from multiplex.ipam.sqlite_store import SQLiteStore
+from multiplex.ipam.sqlite.store import SQLiteStore
 from tests.cnitool import BIN, run_plugin
 
 EXE = os.path.join(BIN, "multiplex-ipam")

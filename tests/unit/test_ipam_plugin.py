@@ -13,7 +13,7 @@ from multiplex.cni import errors, skel
 from multiplex.cni.registry import builtin
 from multiplex.cni.request import Request
 from multiplex.ipam.plugin import plugin
-from multiplex.ipam.sqlite_store import SQLiteStore
+from multiplex.ipam.sqlite.store import SQLiteStore
 
 
 @pytest.fixture

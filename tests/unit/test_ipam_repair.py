@@ -15,7 +15,7 @@ from multiplex.cni import errors, skel
 from multiplex.cni.cache import ResultCache
 from multiplex.ipam import repair
 from multiplex.ipam.plugin import plugin
-from multiplex.ipam.sqlite_store import FILENAME, SQLiteStore
+from multiplex.ipam.sqlite.store import FILENAME, SQLiteStore
 
 
 @pytest.fixture
@@ -198,7 +198,7 @@ def test_the_repair_path_imports_no_heavy_module(state):
     os.truncate(state / "ipam" / FILENAME, 0)
     code = f"""
 import sys
-from multiplex.ipam.sqlite_store import SQLiteStore
+from multiplex.ipam.sqlite.store import SQLiteStore
 with SQLiteStore({str(state / 'ipam')!r}, cache_dir={str(state / 'cache')!r}) as s:
     assert len(s.leases()) == 1
 print(sorted({{m.split('.')[0] for m in sys.modules}} & {{'jsonschema', 'pyroute2', 'kubernetes', 'click'}}))

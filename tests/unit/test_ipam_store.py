@@ -10,7 +10,7 @@ import pytest
 
 from multiplex.cni.errors import ADDRESS_UNAVAILABLE, IPAM_EXHAUSTED, TRY_AGAIN_LATER, CNIError
 from multiplex.ipam import config
-from multiplex.ipam.sqlite_store import FILENAME, SQLiteStore
+from multiplex.ipam.sqlite.store import FILENAME, SQLiteStore
 from multiplex.ipam.store import Owner, open_store
 
 
@@ -394,7 +394,7 @@ def test_a_schema_1_database_with_an_address_leased_twice_keeps_working(tmp_path
     d = tmp_path / "ipam"
     d.mkdir()
     con = sqlite3.connect(str(d / FILENAME), isolation_level=None)
-    from multiplex.ipam.sqlite_store import _SCHEMA
+    from multiplex.ipam.sqlite.store import _SCHEMA
 
     for stmt in filter(str.strip, _SCHEMA.split(";")):
         con.execute(stmt)

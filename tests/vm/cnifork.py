@@ -62,7 +62,7 @@ def warm(plugin: Plugin) -> None:
     import importlib
 
     for name in ("sqlite3", "multiplex.netlink", "multiplex.cni.invoke", "multiplex.ipam.plugin",
-                 "multiplex.ipam.sqlite_store"):
+                 "multiplex.ipam.sqlite.store"):
         try:
             importlib.import_module(name)
         except ImportError:

@@ -43,13 +43,13 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Iterator, Optional, Sequence
 
-from ..util import log
-from ..cni.errors import CNIError, ADDRESS_UNAVAILABLE, IO_FAILURE, TRY_AGAIN_LATER
-from ..cni.valid import Keep
-from ..cni.types import IPAddress, IPNetwork
-from .allocator import Space, address as int_to_address
-from .config import IPAMConfig, RangeSet, StoreLocation, default_data_dir
-from .store import Lease, Owner, PoolUsage, Store, as_keep
+from ...util import log
+from ...cni.errors import CNIError, ADDRESS_UNAVAILABLE, IO_FAILURE, TRY_AGAIN_LATER
+from ...cni.valid import Keep
+from ...cni.types import IPAddress, IPNetwork
+from ..allocator import Space, address as int_to_address
+from ..config import IPAMConfig, RangeSet, StoreLocation, default_data_dir
+from ..store import Lease, Owner, PoolUsage, Store, as_keep
 
 FILENAME = "leases.db"
 MARKER_SUFFIX = ".init"          # leases.db.init: the store was initialised here
@@ -275,7 +275,7 @@ class SQLiteStore(Store):
         Serialized by a file lock (one process repairs, the others find it repaired). CNIError 5
         when the cache cannot account for every attachment (unless `force`): the store stays
         without a database, so no address is handed out from an empty one."""
-        from . import repair
+        from .. import repair
 
         with self._repair_lock():
             if not self.damage():   # repaired meanwhile by another call (quick_check included)

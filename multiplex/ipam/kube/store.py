@@ -48,13 +48,13 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
-from ..util import log
-from ..cni.errors import ADDRESS_UNAVAILABLE, IPAM_EXHAUSTED, TRY_AGAIN_LATER, CNIError, invalid_config
-from ..cni.types import IPAddress, IPNetwork
-from ..cni.valid import Keep
-from .allocator import Space, address as int_to_address
-from .config import IPAMConfig, Range, RangeSet, StoreLocation
-from .store import Lease, Owner, PoolUsage, Store, as_keep
+from ...util import log
+from ...cni.errors import ADDRESS_UNAVAILABLE, IPAM_EXHAUSTED, TRY_AGAIN_LATER, CNIError, invalid_config
+from ...cni.types import IPAddress, IPNetwork
+from ...cni.valid import Keep
+from ..allocator import Space, address as int_to_address
+from ..config import IPAMConfig, Range, RangeSet, StoreLocation
+from ..store import Lease, Owner, PoolUsage, Store, as_keep
 
 GROUP = "ipam.multiplex.dev"
 VERSION = "v1alpha1"
@@ -377,9 +377,9 @@ class KubeStore(Store):
 
     @classmethod
     def open(cls, where: IPAMConfig | StoreLocation, deadline: Optional[float] = None) -> "KubeStore":
-        from ..k8s.client import KubeClient
+        from ...k8s.client import KubeClient
 
-        from .config import default_data_dir
+        from ..config import default_data_dir
 
         lock_dir = where.data_dir
         if not lock_dir:
@@ -460,7 +460,7 @@ class KubeStore(Store):
     def node_labels(self) -> Optional[dict]:
         """This node's labels (for pool node selectors); None when the node object does not exist."""
         if not self._node_read:
-            from ..k8s.errors import NotFound
+            from ...k8s.errors import NotFound
 
             try:
                 node = self.client.get_node(self.node)
@@ -543,7 +543,7 @@ class KubeStore(Store):
         return None
 
     def _take_requested(self, space: Space, pools: list[Pool], owner: Owner, ip: IPAddress, where: str) -> Lease:
-        from ..k8s.errors import AlreadyExists, NotFound
+        from ...k8s.errors import AlreadyExists, NotFound
 
         space.check_requested(ip, where)
         r = space.range_set.range_for(ip)
@@ -595,7 +595,7 @@ class KubeStore(Store):
 
     def _claim(self, space: Space, pools: list[Pool], everything: list[Block], owner: Owner) -> Optional[Lease]:
         """Create a block nobody has, with the allocation in it (the create is the atomic claim)."""
-        from ..k8s.errors import AlreadyExists
+        from ...k8s.errors import AlreadyExists
 
         taken = [b.span() for b in everything]
         for pool in pools:
@@ -628,7 +628,7 @@ class KubeStore(Store):
     def _landed(self, block: Block, owner: Owner) -> Optional[Lease]:
         """After AlreadyExists: our own create, retried by the client after a lost answer, is the
         block that exists. Then the claim is ours; else another node won."""
-        from ..k8s.errors import NotFound
+        from ...k8s.errors import NotFound
 
         try:
             there = Block.from_object(self.client.get_object(GROUP, VERSION, BLOCKS, block.name))
@@ -643,7 +643,7 @@ class KubeStore(Store):
     def _take_over(self, space: Space, names: set[str], everything: list[Block], owner: Owner) -> Optional[Lease]:
         """The pool runs short: an empty block affine to another node becomes ours (one write, with
         its resourceVersion: if its node allocated meanwhile, the write conflicts and we move on)."""
-        from ..k8s.errors import Conflict, NotFound
+        from ...k8s.errors import Conflict, NotFound
 
         for b in everything:
             if b.pool not in names or b.node == self.node or b.allocations:
@@ -665,7 +665,7 @@ class KubeStore(Store):
         return None
 
     def _borrow(self, space: Space, names: set[str], everything: list[Block], owner: Owner) -> Optional[Lease]:
-        from ..k8s.errors import Conflict, NotFound
+        from ...k8s.errors import Conflict, NotFound
 
         for b in everything:
             if b.pool not in names or b.node == self.node:
@@ -776,7 +776,7 @@ class KubeStore(Store):
 
     def _retrying(self, what: str, step: Callable[[], object]):
         """Run `step` until no block changed under it: 409s re-read, with jittered backoff, bounded."""
-        from ..k8s.errors import Conflict, NotFound
+        from ...k8s.errors import Conflict, NotFound
 
         last = ""
         for attempt in range(self.retries + 1):
