@@ -24,7 +24,7 @@ def main() -> None:
     runtime_call = len(sys.argv) == 1 and any(k.startswith("CNI_") for k in os.environ)
     if command or runtime_call:
         from .cni.skel import main as cni_main
-        from .orchestrator import plugin
+        from .meta.orchestrator import plugin
 
         cni_main(plugin)
         return

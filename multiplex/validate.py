@@ -92,7 +92,7 @@ def check_document(doc: Any, where: str = "$") -> list[str]:
 
 
 def validate_file(path: str) -> list[str]:
-    from .sources import load_document
+    from .meta.sources import load_document
 
     if path.endswith((".yaml", ".yml")):
         import yaml

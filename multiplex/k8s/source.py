@@ -1,5 +1,5 @@
 """Pods and NetworkAttachmentDefinitions from the Kubernetes API: the `Source` the orchestrator
-reads (see multiplex.sources), on a KubeClient.
+reads (see multiplex.meta.sources), on a KubeClient.
 
 - `get_nad(ns, name)`: the NAD; NotFound (107) naming namespace and name when it is missing.
 - `get_pod(ns, name)`: the pod, or None when it does not exist (a static pod whose mirror pod is

@@ -348,7 +348,7 @@ def test_one_client_shared_by_threads(apiserver, kube):
 
 def test_import_and_construction_do_not_import_kubernetes():
     code = ("import sys; from multiplex.k8s.client import KubeClient; KubeClient('/nonexistent');"
-            "import multiplex.annotation, multiplex.netstatus;"
+            "import multiplex.meta.annotation, multiplex.meta.netstatus;"
             "print('kubernetes' in sys.modules, 'urllib3' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

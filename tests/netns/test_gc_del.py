@@ -188,8 +188,8 @@ def test_del_with_the_netns_gone_and_no_cache_entry_frees_the_node_side(lab):
 # multiplex as it was before networks had namespaced identities: plugins see the NAD's bare name
 OLD_MULTIPLEX = """#!{python}
 import sys
-import multiplex.selection
-multiplex.selection.identity_name = lambda namespace, name: ""
+import multiplex.meta.selection
+multiplex.meta.selection.identity_name = lambda namespace, name: ""
 from multiplex.entry import main
 sys.exit(main())
 """

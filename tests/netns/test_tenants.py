@@ -103,8 +103,8 @@ def test_gc_of_one_tenant_leaves_the_other(lab):
 OLD_MULTIPLEX = """#!{python}
 # multiplex as it was before networks had namespaced identities: plugins see the NAD's bare name
 import sys
-import multiplex.selection
-multiplex.selection.identity_name = lambda namespace, name: ""
+import multiplex.meta.selection
+multiplex.meta.selection.identity_name = lambda namespace, name: ""
 from multiplex.entry import main
 sys.exit(main())
 """

@@ -4,7 +4,7 @@
 
 Does what the `multiplex` entrypoint does for a CNI command, with clocks around the two parts a
 process pays before and during its one call, and writes them as the last line of stderr:
-`{"imports": s, "call": s}`: `imports` is the entry path (multiplex.cni.skel, multiplex.orchestrator),
+`{"imports": s, "call": s}`: `imports` is the entry path (multiplex.cni.skel, multiplex.meta.orchestrator),
 `call` the call itself, including what it imports lazily (pyroute2, jsonschema, delegates, IPAM)
 and first-use work (schemas loaded, validators built, entry points read). The caller's wall clock
 minus both is the interpreter's own start and exit.
@@ -18,7 +18,7 @@ import os  # noqa: E402
 import sys  # noqa: E402
 
 from multiplex.cni.skel import run  # noqa: E402
-from multiplex.orchestrator import plugin  # noqa: E402
+from multiplex.meta.orchestrator import plugin  # noqa: E402
 
 T1 = time.perf_counter()
 code = run(plugin, os.environ, sys.stdin.buffer.read(), sys.stdout)

@@ -52,7 +52,7 @@ def run_call(env: dict, stdin: str) -> dict:
     c0 = time.process_time()
     t0 = time.perf_counter()
     from multiplex.cni.skel import run
-    from multiplex.orchestrator import plugin
+    from multiplex.meta.orchestrator import plugin
 
     rc = run(plugin, env, stdin.encode(), out)
     seconds = time.perf_counter() - t0

@@ -18,7 +18,7 @@ The same NADs (the same bridges, subnets and IPAM state) are served two ways:
   netlink and IPAM work alone, without the imports a cold process pays inside the delegates.
 
 The split comes from the "ADD done" line each ADD writes to the multiplex log (see
-multiplex.orchestrator.log_timings). DEL works from the cache and never calls the API: asserted
+multiplex.meta.orchestrator.log_timings). DEL works from the cache and never calls the API: asserted
 (the server sees no request during any DEL, and an api DEL under `python -X importtime` imports no
 `kubernetes` module) and shown (api DEL beside files DEL). Last, one api and one files pod under
 `-X importtime` list the modules only the API path imports.

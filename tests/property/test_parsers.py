@@ -35,7 +35,7 @@ def outcome(fn: Callable[[], Any], where: str) -> Any:
 @PROFILE
 @given(S.schema_strategy("multiplex"))
 def test_multiplex_config_valid_under_its_schema_is_accepted(conf):
-    from multiplex.config import MultiplexConfig
+    from multiplex.meta.config import MultiplexConfig
 
     S.count("multiplex-config-valid")
     got = outcome(lambda: MultiplexConfig.from_dict(conf), "MultiplexConfig.from_dict")
@@ -48,7 +48,7 @@ def test_multiplex_config_valid_under_its_schema_is_accepted(conf):
 @example({"cniVersion": "1.1.0", "name": "x", "type": "multiplex", "readinessTimeout": "soon"}, False)
 @example({"cniVersion": "1.1.0", "name": "x", "type": "multiplex", "logFile": 7}, False)
 def test_multiplex_config_mutated_is_a_config_or_code_7(conf, validate):
-    from multiplex.config import MultiplexConfig
+    from multiplex.meta.config import MultiplexConfig
 
     if not validate:  # DEL and GC: Request.from_env has checked these three before
         assume(all(isinstance(conf.get(k), str) and conf.get(k) for k in ("cniVersion", "name", "type")))
@@ -137,7 +137,7 @@ nads = st.fixed_dictionaries({"metadata": st.fixed_dictionaries({"name": S.dns_l
 @given(nads)
 def test_nad_netconf_gives_a_config_or_a_cni_error(tmp_path_factory, nad):
     """A NAD as a file in nadDir or from the API may hold anything: a config dict or a CNI error."""
-    from multiplex.selection import nad_netconf
+    from multiplex.meta.selection import nad_netconf
 
     S.count("nad")
     conf_dir = str(tmp_path_factory.getbasetemp() / "empty-confdir")
@@ -158,7 +158,7 @@ annotation_json = S.schema_strategy("annotation").flatmap(lambda a: st.one_of(st
 def test_annotation_gives_selections_or_code_7(value, namespace, reserved):
     """Either form of the annotation (JSON ones as the pod's author wrote them, placeholders
     expanded: nested thousands deep, megabytes long)."""
-    from multiplex.annotation import parse_networks
+    from multiplex.meta.annotation import parse_networks
 
     S.count("annotation")
     if not isinstance(value, str):

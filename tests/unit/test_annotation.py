@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from multiplex.annotation import NETWORKS_ANNOTATION as A, NetworkSelection, parse_networks
+from multiplex.meta.annotation import NETWORKS_ANNOTATION as A, NetworkSelection, parse_networks
 from multiplex.cni.errors import CNIError, INVALID_CONFIG
 
 
@@ -184,7 +184,7 @@ def test_refusal_table_is_large_enough():
 
 
 def test_an_annotation_over_64_kib_is_refused_before_parsing():
-    from multiplex.annotation import MAX_ANNOTATION_BYTES
+    from multiplex.meta.annotation import MAX_ANNOTATION_BYTES
 
     value = json.dumps([{"name": "a", "cni-args": {"pad": "x" * MAX_ANNOTATION_BYTES}}])
     with pytest.raises(CNIError) as e:
@@ -201,7 +201,7 @@ def test_long_entry_is_quoted_shortened():
 
 
 def test_parsing_text_imports_no_jsonschema():
-    code = ("import sys; from multiplex.annotation import parse_networks; parse_networks('a, b/c@net1', 'p');"
+    code = ("import sys; from multiplex.meta.annotation import parse_networks; parse_networks('a, b/c@net1', 'p');"
             "print('jsonschema' in sys.modules, 'kubernetes' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
@@ -215,7 +215,7 @@ def test_selection_is_a_dataclass_with_defaults():
 @pytest.mark.parametrize("value", ["blue" + " " * 100_000, " " * 70_000 + "blue", "\n" * 70_000,
                                    json.dumps([{"name": "blue"}]) + "\t" * 70_000])
 def test_the_size_bound_counts_whitespace_as_written(value):
-    from multiplex.annotation import MAX_ANNOTATION_BYTES
+    from multiplex.meta.annotation import MAX_ANNOTATION_BYTES
 
     with pytest.raises(CNIError) as e:
         parse_networks(value, "default")
@@ -224,7 +224,7 @@ def test_the_size_bound_counts_whitespace_as_written(value):
 
 
 def test_padding_within_the_bound_is_still_stripped():
-    from multiplex.annotation import MAX_ANNOTATION_BYTES
+    from multiplex.meta.annotation import MAX_ANNOTATION_BYTES
 
     sels = parse_networks("  blue" + " " * (MAX_ANNOTATION_BYTES - 6), "default")
     assert [(s.namespace, s.name) for s in sels] == [("default", "blue")]

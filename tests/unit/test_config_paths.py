@@ -7,7 +7,7 @@ import pytest
 
 from multiplex.cni import errors
 from multiplex.cni.errors import CNIError
-from multiplex.config import MultiplexConfig
+from multiplex.meta.config import MultiplexConfig
 
 BASE = {"cniVersion": "1.1.0", "name": "multiplex", "type": "multiplex", "clusterNetwork": "podnet"}
 PATH_FIELDS = ["binDir", "confDir", "stateDir", "logFile", "nadDir", "podDir", "kubeconfig",

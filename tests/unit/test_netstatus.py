@@ -8,7 +8,7 @@ import pytest
 
 from multiplex.util import schema
 from multiplex.cni.types import Result
-from multiplex.netstatus import (AttachmentStatus, network_status, network_status_entries,
+from multiplex.meta.netstatus import (AttachmentStatus, network_status, network_status_entries,
                                  parse_network_status, status_entry)
 
 CLUSTER = Result.from_dict({

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from multiplex.cni.skel import run
-from multiplex.orchestrator import plugin
+from multiplex.meta.orchestrator import plugin
 from tests.fakeplugins import fake_builtins, install, records  # noqa: F401  (fixture)
 
 

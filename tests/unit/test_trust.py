@@ -19,10 +19,10 @@ import pytest
 from multiplex.cni.errors import CNIError
 from multiplex.cni.request import Request
 from multiplex.cni.skel import run
-from multiplex.config import MultiplexConfig
-from multiplex.orchestrator import plugin
+from multiplex.meta.config import MultiplexConfig
+from multiplex.meta.orchestrator import plugin
 from multiplex.policy import authorize
-from multiplex.selection import identity_name, select
+from multiplex.meta.selection import identity_name, select
 from tests.fakeplugins import install, records
 
 ANN = "k8s.v1.cni.cncf.io/networks"
@@ -221,7 +221,7 @@ def test_ips_and_mac_with_the_opt_in_reach_the_delegate(env):
 
 
 def select_only(env, pod_ns: str = "default", source=None, **extra):
-    from multiplex.sources import LocalSource
+    from multiplex.meta.sources import LocalSource
 
     conf = MultiplexConfig.from_dict(env.config(**extra))
     req = Request(command="ADD", container_id="c1", netns="/var/run/netns/x", ifname="eth0",
@@ -254,7 +254,7 @@ class CountingSource:
 
 
 def test_more_attachments_than_max_attachments_is_code_7_before_any_lookup(env):
-    from multiplex.sources import LocalSource
+    from multiplex.meta.sources import LocalSource
 
     env.nad("blue", env.fake())
     env.pod("p", ", ".join(f"blue@b{n}" for n in range(40)))
@@ -272,7 +272,7 @@ def test_more_attachments_than_max_attachments_is_code_7_before_any_lookup(env):
 
 
 def test_one_lookup_per_distinct_nad_in_one_call(env):
-    from multiplex.sources import LocalSource
+    from multiplex.meta.sources import LocalSource
 
     env.nad("blue", env.fake())
     env.nad("green", env.fake())

@@ -14,7 +14,7 @@ import os
 import tempfile
 from typing import Any, Optional, Protocol
 
-from .cni.errors import CNIError, DECODE_FAILURE, IO_FAILURE, NOT_FOUND
+from ..cni.errors import CNIError, DECODE_FAILURE, IO_FAILURE, NOT_FOUND
 
 NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
 STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/network-status"

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Union
 
-from .cni.types import Interface, Result
+from ..cni.types import Interface, Result
 
 STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/network-status"
 

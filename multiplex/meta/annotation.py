@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from .cni.errors import CNIError, INVALID_CONFIG
+from ..cni.errors import CNIError, INVALID_CONFIG
 
 NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
 
@@ -139,7 +139,7 @@ def _parse_text(text: str, default_namespace: str, where: str) -> list[NetworkSe
 
 
 def _parse_json(text: str, default_namespace: str, where: str) -> list[NetworkSelection]:
-    from .cni.request import JSON_DEPTH_MAX, json_depth_exceeds, no_json_constant
+    from ..cni.request import JSON_DEPTH_MAX, json_depth_exceeds, no_json_constant
 
     if json_depth_exceeds(text.encode("utf-8", "surrogatepass")):
         # refused before json.loads, which would give up with a RecursionError
@@ -153,7 +153,7 @@ def _parse_json(text: str, default_namespace: str, where: str) -> list[NetworkSe
     if isinstance(doc, dict):
         raise _bad(_JSONText(text), "a single JSON object; the JSON form is a list", where,
                    "a JSON list of objects: [{\"name\": ...}]", where)
-    from .util import schema
+    from ..util import schema
 
     try:
         schema.validate("annotation", doc, prefix=where)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 
-from .cni.errors import CNIError, INVALID_CONFIG
-from .cni.types import Result, Route
+from ..cni.errors import CNIError, INVALID_CONFIG
+from ..cni.types import Result, Route
 
 
 def move_default_route(netns: str, ifname: str, gateways: list[str], result: Result, others: list[Result]) -> None:
     """Put the default route(s) via `gateways` on `ifname`; drop them from `others` (other attachments' results)."""
-    from . import netlink
+    from .. import netlink
 
     with netlink.open_netns(netns) as pod:
         link = pod.require_link(ifname)

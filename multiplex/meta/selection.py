@@ -17,10 +17,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .cni.errors import CNIError, INVALID_CONFIG, NOT_FOUND, UNSUPPORTED_FIELD
-from .cni.request import IFNAME_MAX, Request, check_ifname
+from ..cni.errors import CNIError, INVALID_CONFIG, NOT_FOUND, UNSUPPORTED_FIELD
+from ..cni.request import IFNAME_MAX, Request, check_ifname
 from .config import MultiplexConfig
-from .policy.trust import check_untrusted, is_multiplex_config
+from ..policy.trust import check_untrusted, is_multiplex_config
 from .sources import NETWORKS_ANNOTATION, Source, load_document
 
 #: Requests a pod may make only where the NAD opts in with `"capabilities": {"<key>": true}`.
@@ -307,7 +307,7 @@ def _selections(conf: MultiplexConfig, req: Request, source: Optional[Source]) -
         if pod is not None:
             meta = pod.get("metadata") or {}
             if pod_uid and meta.get("uid") and meta["uid"] != pod_uid:
-                from .cni.errors import UNKNOWN_CONTAINER
+                from ..cni.errors import UNKNOWN_CONTAINER
 
                 raise CNIError(UNKNOWN_CONTAINER,
                                f"stale pod: {pod_ns}/{pod_name} has UID {meta['uid']}, the runtime asked for {pod_uid}",
@@ -336,7 +336,7 @@ def nad_capabilities(netconf: dict) -> set[str]:
     """Capabilities the NAD's own config turns on explicitly (`"capabilities": {"ips": true}` on
     the config or on one plugin of its list). A built-in plugin's own capability set does not
     count: a pod's address or MAC request is honoured only where the NAD writer opted in."""
-    from .cni.conflist import declared_capabilities
+    from ..cni.conflist import declared_capabilities
 
     plugins = netconf.get("plugins")
     confs = [p for p in plugins if isinstance(p, dict)] if isinstance(plugins, list) else [netconf]

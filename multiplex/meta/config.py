@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-from .cni.errors import CNIError, INVALID_CONFIG
+from ..cni.errors import CNIError, INVALID_CONFIG
 
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
 #: attachments per pod (cluster network and delegates included) unless maxAttachments says otherwise
@@ -49,7 +49,7 @@ class MultiplexConfig:
         then its default when it only tunes the call (timeouts, logging), code 7 when it says where
         things are (see _teardown_view)."""
         if validate:
-            from .util import schema
+            from ..util import schema
 
             schema.validate("multiplex", d)
             check_inline_names(d)

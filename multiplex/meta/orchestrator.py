@@ -28,13 +28,13 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .util import log
-from .cni import version as cniversion
-from .cni.errors import (CNIError, PLUGIN_NOT_AVAILABLE, PLUGIN_NOT_AVAILABLE_LIMITED, TRY_AGAIN_LATER,
+from ..util import log
+from ..cni import version as cniversion
+from ..cni.errors import (CNIError, PLUGIN_NOT_AVAILABLE, PLUGIN_NOT_AVAILABLE_LIMITED, TRY_AGAIN_LATER,
                          UNKNOWN_CONTAINER)
-from .cni.plugin import Plugin
-from .cni.request import Request
-from .cni.types import Result
+from ..cni.plugin import Plugin
+from ..cni.request import Request
+from ..cni.types import Result
 from .config import MultiplexConfig
 from .selection import Attachment
 
@@ -70,21 +70,21 @@ class Context:
 
     def cache(self):
         """The result cache; a state directory that cannot hold it is code 5 naming the path."""
-        from .cni.cache import ResultCache
-        from .util.state import root
+        from ..cni.cache import ResultCache
+        from ..util.state import root
 
         return ResultCache(os.path.join(root(self.conf.state_dir), "cache"))
 
     def lock(self, timeout: Optional[float] = None):
         """The container's lock, waiting at most what is left of the call's deadline."""
-        from .cni.lock import DEFAULT_TIMEOUT, container_lock
+        from ..cni.lock import DEFAULT_TIMEOUT, container_lock
 
         wait = self.req.time_left(DEFAULT_TIMEOUT)
         return container_lock(self.req.container_id, timeout=wait if timeout is None else min(timeout, wait))
 
     def gc_lock(self, exclusive: bool):
         """The GC lock: shared for an ADD, exclusive for GC (cni/lock.py)."""
-        from .cni.lock import DEFAULT_TIMEOUT, gc_lock
+        from ..cni.lock import DEFAULT_TIMEOUT, gc_lock
 
         return gc_lock(exclusive, timeout=self.req.time_left(DEFAULT_TIMEOUT))
 
@@ -94,7 +94,7 @@ class Context:
     def source(self):
         conf = self.conf
         if conf.kubeconfig:
-            from .k8s.source import KubeSource
+            from ..k8s.source import KubeSource
 
             return KubeSource(conf.kubeconfig)
         if conf.nad_dir or conf.pod_dir:
@@ -104,7 +104,7 @@ class Context:
         return None
 
     def runtime(self, att: Attachment, netns: Optional[str] = None):
-        from .cni.chain import Runtime
+        from ..cni.chain import Runtime
 
         return Runtime(container_id=self.req.container_id,
                        netns=self.req.netns if netns is None else netns,
@@ -115,7 +115,7 @@ class Context:
 
 
 def parse_netlist(att: Attachment, default_version: Optional[str] = None):
-    from .cni.conflist import parse
+    from ..cni.conflist import parse
 
     nl = parse(att.netconf, where=f"{att.network}:$", default_name=att.network.rpartition("/")[2],
                default_version=default_version)
@@ -126,8 +126,8 @@ def parse_netlist(att: Attachment, default_version: Optional[str] = None):
 
 def validate_netlist(nl, att: Attachment) -> None:
     """Check every built-in plugin's config (and its built-in IPAM's) before anything is touched."""
-    from .cni.chain import build_config
-    from .cni.registry import builtin
+    from ..cni.chain import build_config
+    from ..cni.registry import builtin
 
     for k, conf in enumerate(nl.plugins):
         where = f"{att.network}:$" + (f".plugins[{k}]" if "plugins" in nl.raw else "")
@@ -166,14 +166,14 @@ class Multiplexer(Plugin):
             wait_ready(ctx.conf)
             t_start = time.perf_counter()
             source = ctx.source()
-            from .policy import authorize
+            from ..policy import authorize
             from .selection import select
 
             atts = select(ctx.conf, req, source, authorize=authorize)
             t_selected = time.perf_counter()
             # every config is checked before anything is touched
             netlists = [parse_netlist(a, ctx.conf.cni_version) for a in atts]
-            from .cni import chain
+            from ..cni import chain
 
             for a, nl in zip(atts, netlists):
                 validate_netlist(nl, a)
@@ -238,9 +238,9 @@ class Multiplexer(Plugin):
         """DEL every attachment of a record in reverse; raise the first error after trying all.
         An attachment whose cached netconf no longer parses cannot be DELed by its plugins: the
         built-in plugins sweep the container instead."""
-        from .cni import chain
+        from ..cni import chain
 
-        from .netlink.batch import deferred_deletes
+        from ..netlink.batch import deferred_deletes
 
         netns = ctx.req.netns if ctx.req.netns and os.path.exists(ctx.req.netns) else ""
         first: Optional[CNIError] = None
@@ -276,7 +276,7 @@ class Multiplexer(Plugin):
         """Every built-in plugin removes what it made for this container on this node, found by
         its own marks (veth alias, lease owner, nft comment). What cannot be reached (an API
         server that is down) is logged as best effort; any other failure is raised after all ran."""
-        from .cni import registry
+        from ..cni import registry
 
         netns = ctx.req.netns if ctx.req.netns and os.path.exists(ctx.req.netns) else ""
         sub = ctx.req.derive(command="DEL", netns=netns)
@@ -306,7 +306,7 @@ class Multiplexer(Plugin):
 
     def _delete_without_cache(self, ctx: Context) -> None:
         """No cache (never added, or already deleted): DEL the config's own networks, best effort."""
-        from .cni import chain
+        from ..cni import chain
 
         log.get().info("DEL without cache entry: deleting the config's networks best effort")
         try:
@@ -324,7 +324,7 @@ class Multiplexer(Plugin):
     # ---- CHECK -------------------------------------------------------------------------------
     def check(self, req: Request) -> None:
         ctx = Context.load(req)
-        from .cni import chain
+        from ..cni import chain
 
         with ctx.lock():
             record = ctx.cache().load(req.container_id, req.ifname)
@@ -337,8 +337,8 @@ class Multiplexer(Plugin):
 
     # ---- GC ----------------------------------------------------------------------------------
     def gc(self, req: Request) -> None:
-        from .cni import chain
-        from .cni.valid import parse_keep
+        from ..cni import chain
+        from ..cni.valid import parse_keep
 
         keep = parse_keep(req.config)  # a malformed list is code 7 before anything is touched
         ctx = Context.load(req)
@@ -421,7 +421,7 @@ class Multiplexer(Plugin):
     # ---- STATUS ------------------------------------------------------------------------------
     def status(self, req: Request) -> None:
         ctx = Context.load(req)
-        from .cni import chain
+        from ..cni import chain
 
         try:
             atts = config_attachments(ctx)
@@ -454,7 +454,7 @@ def forward_keep(keep, live: list[tuple[str, dict]]):
     """The keep-list GC forwards: the runtime's pairs plus every attachment of each live record
     (the runtime never sees net1, net2, ...), and whole containers: the listed ones and those
     whose entry GC left alone because a call for them is in flight."""
-    from .cni.valid import keep_of
+    from ..cni.valid import keep_of
 
     pairs = set(keep.pairs)
     for cid, record in live:
@@ -494,7 +494,7 @@ def gc_networks(ctx: Context, records: list) -> list:
 
 def _unreachable(e: CNIError) -> bool:
     """An API server that cannot be reached: what a sweep cannot do, it logs as best effort."""
-    from .k8s.errors import Unavailable
+    from ..k8s.errors import Unavailable
 
     return isinstance(e, Unavailable)
 
@@ -535,7 +535,7 @@ def apply_default_route(req: Request, atts: list[Attachment], results: list[Resu
     wanted = [i for i, a in enumerate(atts) if a.default_route]
     if not wanted:
         return 0
-    from .routes import move_default_route
+    from .default_route import move_default_route
 
     idx = wanted[-1]
     move_default_route(req.netns, atts[idx].ifname, atts[idx].default_route, results[idx],
