@@ -28,7 +28,7 @@ def main() -> None:
 
         cni_main(plugin)
         return
-    from .cli import cli
+    from .cli.commands import cli
 
     cli()
 

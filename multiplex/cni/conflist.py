@@ -86,7 +86,7 @@ def parse(data: Union[dict, str, bytes], *, where: str = "$", default_name: Opti
     )
 
 
-parse_network = parse  # the name multiplex.validate uses
+parse_network = parse  # the name multiplex.cli.validate uses
 
 
 def load(path: str, **kw: Any) -> NetworkList:

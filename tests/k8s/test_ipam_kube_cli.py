@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from multiplex.cli import cli
+from multiplex.cli.commands import cli
 from multiplex.cni import errors
 from multiplex.ipam.kube import store as kube_store
 from tests.cnitool import BIN, run_plugin

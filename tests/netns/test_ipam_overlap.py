@@ -77,7 +77,7 @@ def test_a_truncated_database_under_a_live_pod_never_hands_out_its_addresses(lab
 def ipam_check(lab: Lab, *extra: str) -> tuple[int, dict]:
     from click.testing import CliRunner
 
-    from multiplex.cli import cli
+    from multiplex.cli.commands import cli
 
     result = CliRunner().invoke(cli, ["ipam", "check", "--data-dir", os.path.join(lab.state_dir, "ipam"),
                                       "--cache-dir", os.path.join(lab.state_dir, "cache"), "-o", "json", *extra])

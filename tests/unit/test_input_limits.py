@@ -386,14 +386,14 @@ def test_cache_accepts_the_longest_key_the_environment_accepts(tmp_path):
 @pytest.mark.parametrize("name, target", [("multiplex-bridge\n", "multiplex.bridge:plugin"),
                                           ("multiplex-bridge", "multiplex.bridge:plugin\n")])
 def test_install_refuses_a_launcher_with_a_trailing_newline(name, target):
-    from multiplex.install import InstallError, Launcher, launcher_script
+    from multiplex.cli.install import InstallError, Launcher, launcher_script
 
     with pytest.raises(InstallError):
         launcher_script(Launcher(name, target, "plugin"), sys.executable)
 
 
 def test_install_writes_a_launcher_for_a_plain_name():
-    from multiplex.install import Launcher, launcher_script
+    from multiplex.cli.install import Launcher, launcher_script
 
     assert "multiplex.bridge" in launcher_script(Launcher("multiplex-bridge", "multiplex.bridge:plugin", "plugin"),
                                                  sys.executable)

@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
-from multiplex import install as inst
-from multiplex.install import InstallError, Launcher, discover_launchers, install, uninstall
+from multiplex.cli import install as inst
+from multiplex.cli.install import InstallError, Launcher, discover_launchers, install, uninstall
 
 FLANNEL = {
     "name": "cbr0",

@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 
-from multiplex import install as inst
+from multiplex.cli import install as inst
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="runs install as uid 0 without capabilities: needs root"),
@@ -25,7 +25,7 @@ pytestmark = [
 
 RUN = textwrap.dedent("""
     import json, sys
-    from multiplex.install import install
+    from multiplex.cli.install import install
     status = open("/proc/self/status").read()
     caps = {l.split(":")[0]: int(l.split()[1], 16) for l in status.splitlines() if l.startswith("Cap")}
     args = json.loads(sys.argv[1])

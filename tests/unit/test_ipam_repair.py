@@ -10,7 +10,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from multiplex.cli import cli
+from multiplex.cli.commands import cli
 from multiplex.cni import errors, skel
 from multiplex.cni.cache import ResultCache
 from multiplex.ipam import repair

@@ -21,7 +21,7 @@ import os
 import pytest
 import yaml
 
-from multiplex import install as inst
+from multiplex.cli import install as inst
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MANIFESTS = os.path.join(REPO, "manifests")

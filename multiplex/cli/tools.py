@@ -5,7 +5,7 @@ import io
 import json
 import os
 
-from .cni.skel import run
+from ..cni.skel import run
 
 
 def _config(path: str) -> dict:
@@ -17,7 +17,7 @@ def _config(path: str) -> dict:
 
 
 def _call(command: str, conf: dict) -> tuple[int, str]:
-    from .meta.orchestrator import plugin
+    from ..meta.orchestrator import plugin
 
     env = dict(os.environ, CNI_COMMAND=command, CNI_PATH=os.environ.get("CNI_PATH", "/opt/cni/bin"))
     out = io.StringIO()

@@ -21,7 +21,7 @@ files back, and never touches the node's own network config. Paths are resolved 
 way a chroot would (an absolute symlink under root points under root), so nothing outside `root`
 is ever written.
 
-The click commands (`multiplex install`, `multiplex uninstall`) in multiplex/cli.py are thin
+The click commands (`multiplex install`, `multiplex uninstall`) in multiplex/cli/commands.py are thin
 wrappers around `install()` and `uninstall()`. Stdlib only.
 """
 from __future__ import annotations
@@ -455,7 +455,7 @@ def multiplex_conflist(cni_version: str, cluster_network: str, conf_dir: str, bi
 def check_conflist(conflist: dict) -> None:
     """Our plugin entry, as the runtime hands it to multiplex (name and cniVersion injected), must
     pass schemas/multiplex.json: a misspelt option fails here, not on the node's first pod."""
-    from .util import schema
+    from ..util import schema
 
     plugin = dict(conflist["plugins"][0], name=conflist["name"], cniVersion=conflist["cniVersion"])
     problems = schema.errors("multiplex", plugin, prefix="$.plugins[0]")
@@ -678,7 +678,7 @@ def install(root: str = "/", bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEF
     report.cluster_network, report.cluster_network_file = net.name, net.file
 
     version = cni_version or net.cni_version
-    from .cni.version import SUPPORTED, CURRENT
+    from ..cni.version import SUPPORTED, CURRENT
 
     if version is None:
         version = CURRENT

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from .util import schema
-from .cni.errors import CNIError
+from ..util import schema
+from ..cni.errors import CNIError
 
 
 def schema_for_type(type_name: str) -> Optional[str]:
@@ -29,7 +29,7 @@ def schema_for_type(type_name: str) -> Optional[str]:
 
 
 def check_plugin(conf: dict, where: str) -> list[str]:
-    from .cni.registry import check_type_name
+    from ..cni.registry import check_type_name
 
     problems: list[str] = []
     t = conf.get("type")
@@ -46,7 +46,7 @@ def check_plugin(conf: dict, where: str) -> list[str]:
     if isinstance(ipam, dict) and ipam.get("type") == "multiplex-ipam" and name != "multiplex":
         problems += schema.errors("ipam", ipam, f"{where}.ipam")
     if not problems:  # the schema holds: now the plugins' own checks (ranges inside subnets, ...)
-        from .cni.registry import builtin
+        from ..cni.registry import builtin
 
         for type_name in (t, ipam.get("type") if isinstance(ipam, dict) else None):
             plugin = builtin(type_name) if isinstance(type_name, str) else None
@@ -62,7 +62,7 @@ def check_plugin(conf: dict, where: str) -> list[str]:
 def check_netconf(conf: Any, where: str = "$") -> list[str]:
     if not isinstance(conf, dict):
         return [f"{where}: not a JSON object"]
-    from .cni.conflist import parse_network
+    from ..cni.conflist import parse_network
 
     try:
         parse_network(conf, where=where)
@@ -92,7 +92,7 @@ def check_document(doc: Any, where: str = "$") -> list[str]:
 
 
 def validate_file(path: str) -> list[str]:
-    from .meta.sources import load_document
+    from ..meta.sources import load_document
 
     if path.endswith((".yaml", ".yml")):
         import yaml

@@ -72,8 +72,8 @@ def ipam() -> None:
 
 
 def _kube_client(kubeconfig: str | None):
-    from .ipam.kube.store import resolve_kubeconfig
-    from .k8s.client import KubeClient
+    from ..ipam.kube.store import resolve_kubeconfig
+    from ..k8s.client import KubeClient
 
     return KubeClient(resolve_kubeconfig(kubeconfig or ""))
 
@@ -94,9 +94,9 @@ def _fail(what: str, e: Exception) -> None:
 def ipam_show(store: str, data_dir: str | None, kubeconfig: str | None, allocations: bool, output: str) -> None:
     """Leases per pool on this node, or (--store kubernetes) each pool and block of the cluster."""
     if store == "kubernetes":
-        from .cni.errors import CNIError
-        from .ipam.kube.store import KubeStore
-        from .ipam.show import cluster_report, table
+        from ..cni.errors import CNIError
+        from ..ipam.kube.store import KubeStore
+        from ..ipam.show import cluster_report, table
 
         try:
             report = cluster_report(KubeStore(_kube_client(kubeconfig), node=""),
@@ -105,8 +105,8 @@ def ipam_show(store: str, data_dir: str | None, kubeconfig: str | None, allocati
             _fail("ipam show", e)
         click.echo(json.dumps(report, indent=2) if output == "json" else "\n".join(table(report, allocations)))
         return
-    from .cni.errors import CNIError
-    from .ipam.report import pool_report
+    from ..cni.errors import CNIError
+    from ..ipam.report import pool_report
 
     try:
         report = pool_report(data_dir)
@@ -140,10 +140,10 @@ def ipam_check(data_dir: str | None, cache_dir: str | None, repair: bool, force:
     Exit 0 when nothing is left to fix, 1 otherwise."""
     import os
 
-    from .cni.errors import CNIError
-    from .ipam import repair as ipam_repair
-    from .ipam.report import default_data_dir
-    from .ipam.sqlite.store import SQLiteStore
+    from ..cni.errors import CNIError
+    from ..ipam import repair as ipam_repair
+    from ..ipam.report import default_data_dir
+    from ..ipam.sqlite.store import SQLiteStore
 
     store = SQLiteStore(data_dir or default_data_dir(), cache_dir=cache_dir)
     if not (os.path.exists(store.path) or os.path.exists(store.marker)):
@@ -167,8 +167,8 @@ def ipam_check(data_dir: str | None, cache_dir: str | None, repair: bool, force:
 @click.option("-o", "output", type=click.Choice(["table", "json"]), default="table")
 def ipam_gc(kubeconfig: str | None, grace: float, every: float | None, dry_run: bool, output: str) -> None:
     """Free cluster IPAM addresses of pods and nodes that are gone; release blocks of gone nodes."""
-    from .cni.errors import CNIError
-    from .ipam import gc as ipam_gc_mod
+    from ..cni.errors import CNIError
+    from ..ipam import gc as ipam_gc_mod
 
     client = _kube_client(kubeconfig)
 
