@@ -39,7 +39,7 @@ from multiplex.cni.errors import (ADDRESS_UNAVAILABLE, CHECK_FAILED, CNIError, I
 from multiplex.cni.plugin import Plugin
 from multiplex.cni.request import Request
 from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
-from multiplex.steps import (Undo, check_ipv6_mtu, check_prologue, ipam_add, ipam_forward, ipam_type,
+from delegates.steps import (Undo, check_ipv6_mtu, check_prologue, ipam_add, ipam_forward, ipam_type,
                              open_pod_for_check)
 
 TYPE_NAME = "multiplex-bridge"

@@ -43,7 +43,7 @@ from multiplex.cni.plugin import Plugin
 from multiplex.cni.request import Request
 from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
 from multiplex.cni.valid import Keep
-from multiplex.steps import (Undo, check_ipv6_mtu, check_prologue, ipam_add, ipam_forward, ipam_type,
+from delegates.steps import (Undo, check_ipv6_mtu, check_prologue, ipam_add, ipam_forward, ipam_type,
                              open_pod_for_check)
 
 TYPE_NAME = "multiplex-ipvlan"

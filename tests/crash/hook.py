@@ -30,7 +30,7 @@ def _event(what: str) -> None:
 
 
 def install() -> None:
-    from multiplex import steps
+    from delegates import steps
     from multiplex.cni import cache
 
     push = steps.Undo.push

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from multiplex import steps
+from delegates import steps
 from multiplex.cni.errors import CNIError
 from multiplex.cni.request import Request
 from multiplex.cni.valid import VALID_ATTACHMENTS, VALID_CONTAINERS

@@ -6,10 +6,10 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Callable, Iterator, Mapping
 
-from .util import log
-from .cni.errors import CHECK_FAILED, CNIError, DELEGATE_FAILED, invalid_config
-from .cni.request import Request
-from .cni.types import Result
+from multiplex.util import log
+from multiplex.cni.errors import CHECK_FAILED, CNIError, DELEGATE_FAILED, invalid_config
+from multiplex.cni.request import Request
+from multiplex.cni.types import Result
 
 
 class Undo:
@@ -32,7 +32,7 @@ class Undo:
 
 def ipam_add(req: Request, undo: Undo) -> Result:
     """IPAM ADD for this attachment; its release is pushed on `undo`. No address is an error."""
-    from .cni.invoke import invoke_ipam
+    from multiplex.cni.invoke import invoke_ipam
 
     ipam = invoke_ipam(req.derive(command="ADD"))
     undo.push("release the IPAM lease", lambda: invoke_ipam(req.derive(command="DEL")))
@@ -45,8 +45,8 @@ def ipam_add(req: Request, undo: Undo) -> Result:
 def check_prologue(req: Request) -> Result:
     """CHECK's first steps in every delegate: the ADD result it checks against (prevResult, which
     CHECK requires) and IPAM's own CHECK of the leases."""
-    from .cni.errors import invalid_config
-    from .cni.invoke import invoke_ipam
+    from multiplex.cni.errors import invalid_config
+    from multiplex.cni.invoke import invoke_ipam
 
     if req.prev_result is None:
         raise invalid_config("CHECK needs the result of ADD in prevResult", "$.prevResult")
@@ -57,7 +57,7 @@ def check_prologue(req: Request) -> Result:
 
 def open_pod_for_check(req: Request, network: str):
     """The pod's netlink handle for CHECK; a pod netns that is gone fails CHECK (code 104)."""
-    from . import netlink
+    from multiplex import netlink
 
     try:
         return netlink.open_netns(req.netns)
@@ -93,7 +93,7 @@ def ipam_subnets(ipam: Any, where: str = "$.ipam") -> Iterator[tuple[str, Any]]:
 def check_ipv6_mtu(conf: Mapping[str, Any], where: str = "$") -> None:
     """Code 7 naming `mtu` when it is under 1280 and the IPAM hands out IPv6 addresses: the kernel
     would refuse the pod's IPv6 address (EINVAL) only after the link and the lease exist."""
-    from .cni.errors import invalid_config
+    from multiplex.cni.errors import invalid_config
 
     mtu = conf.get("mtu")
     if not isinstance(mtu, int) or isinstance(mtu, bool) or mtu >= IPV6_MIN_MTU:
@@ -151,9 +151,9 @@ def ipam_forward(req: Request) -> None:
     when the keep-list is interface pairs alone. The meta plugin keeps whole containers
     (`multiplex.dev/valid-containers`) that an exec'd IPAM cannot read: it would free the leases
     of a kept pod's `net1`, so it gets no GC then (logged)."""
-    from .cni.invoke import invoke_ipam
-    from .cni.registry import builtin
-    from .cni.valid import VALID_CONTAINERS
+    from multiplex.cni.invoke import invoke_ipam
+    from multiplex.cni.registry import builtin
+    from multiplex.cni.valid import VALID_CONTAINERS
 
     ipam = ipam_type(req)
     if builtin(ipam) is None:
