@@ -10,7 +10,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from .errors import CNIError, DECODE_FAILURE, INVALID_CONFIG, INVALID_ENVIRONMENT
 
@@ -199,6 +199,16 @@ def format_cni_args(args: Mapping[str, str]) -> str:
     return ";".join(f"{k}={v}" for k, v in args.items())
 
 
+if TYPE_CHECKING:
+    from .context import CallContext
+
+
+def _context():
+    from . import context
+
+    return context
+
+
 @dataclass
 class Request:
     command: str
@@ -212,6 +222,9 @@ class Request:
     #: database, exec'd plugins) takes what is left of it, so no call waits longer than it says.
     #: None: no deadline set (each wait uses its own default). Kept by derive().
     deadline: Optional[float] = None
+    #: What the call carries besides its CNI parameters (state root, kubeconfig, logger with the
+    #: call's fields, netlink delete batch): multiplex/cni/context.py. Kept by derive().
+    ctx: "CallContext" = field(default_factory=lambda: _context().CallContext())
 
     def time_left(self, default: float) -> float:
         """Seconds left before the deadline (never negative); `default` when no deadline is set."""
@@ -277,6 +290,7 @@ class Request:
         if self.args:
             env["CNI_ARGS"] = format_cni_args(self.args)
         env["CNI_PATH"] = os.pathsep.join(self.path)
+        env.update(self.ctx.environ())  # the call's state root and kubeconfig, explicitly
         return env
 
     def stdin(self) -> bytes:
@@ -332,4 +346,5 @@ class Request:
                 # a DEL tears down what an earlier version accepted, whatever its name was
                 check_network_name(config["name"])
         return cls(command=command, container_id=cid, netns=environ.get("CNI_NETNS", ""),
-                   ifname=ifname, args=args, path=path, config=config)
+                   ifname=ifname, args=args, path=path, config=config,
+                   ctx=_context().CallContext.from_environ(environ))

@@ -43,6 +43,15 @@ class Logger:
         """Fields added to every later line (container ID, pod, command)."""
         self.fields.update({k: v for k, v in fields.items() if v})
 
+    def child(self, path: Optional[str] = None, level: Optional[str] = None, **fields: Any) -> "Logger":
+        """A logger for one call: this one's destination (or `path`/`level`) and fields, plus
+        `fields`. The parent is not changed, so concurrent calls never see each other's fields."""
+        out = Logger(path or self.path)
+        out.level = LEVELS.get(level, self.level) if level else self.level
+        out.fields = {**self.fields, **{k: v for k, v in fields.items() if v}}
+        out._refused = self._refused
+        return out
+
     def log(self, level: str, msg: str, **fields: Any) -> None:
         if LEVELS.get(level, 0) < self.level:
             return

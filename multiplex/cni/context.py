@@ -1,0 +1,53 @@
+"""What one CNI call carries besides its CNI parameters, passed down explicitly.
+
+A warm process (the node daemon) serves many calls at once, so nothing of one call may live in
+`os.environ`, a module global or a thread-local. What a call needs travels on its Request as a
+CallContext, and every Request derived from it (a delegate's, its IPAM's) shares it:
+
+- `state_dir`: the state root (result cache, locks, the node IPAM database), the multiplex
+  config's `stateDir`; None means the default root.
+- `kubeconfig`: the meta plugin's kubeconfig, for a delegate's IPAM with `store: kubernetes`.
+- `log`: a logger carrying this call's fields (command, container, pod).
+- `batch`: the netlink delete batch (node-side links deleted as one link group at the end of a
+  DEL), or None.
+The deadline stays on the Request itself (`Request.deadline`).
+
+An exec'd plugin is another process: it gets `state_dir` and `kubeconfig` in its environment
+(`environ()`, read back by `from_environ()` at its entry), as the CNI spec has plugins read their
+parameters from config and environment.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Optional
+
+from ..util import log as _log
+
+STATE_DIR_ENV = "MULTIPLEX_STATE_DIR"
+KUBECONFIG_ENV = "MULTIPLEX_KUBECONFIG"
+
+
+@dataclass(frozen=True)
+class CallContext:
+    state_dir: Optional[str] = None
+    kubeconfig: Optional[str] = None
+    log: _log.Logger = field(default_factory=_log.get)
+    batch: Optional[Any] = None
+
+    def with_(self, **changes: Any) -> "CallContext":
+        """A copy with some fields replaced (the original, shared by other requests, is frozen)."""
+        return replace(self, **changes)
+
+    def environ(self) -> dict[str, str]:
+        """What an exec'd plugin finds in its environment."""
+        out: dict[str, str] = {}
+        if self.state_dir:
+            out[STATE_DIR_ENV] = self.state_dir
+        if self.kubeconfig:
+            out[KUBECONFIG_ENV] = self.kubeconfig
+        return out
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> "CallContext":
+        """The context an exec'd plugin starts with: what its caller put in its environment."""
+        return cls(state_dir=environ.get(STATE_DIR_ENV) or None, kubeconfig=environ.get(KUBECONFIG_ENV) or None)
