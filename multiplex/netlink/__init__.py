@@ -25,19 +25,21 @@ from __future__ import annotations
 from typing import Optional
 
 from . import netns, sysctl
+from .batch import DeleteBatch
 from .handle import AF_INET, AF_INET6, Address, FdbEntry, Handle, Link, RouteEntry, family_of, kernel_error
 from .netns import NetnsGone
 from .veth import make_veth_pair
 
 DEFAULT_MTU = 1500
 
-__all__ = ["AF_INET", "AF_INET6", "Address", "FdbEntry", "Handle", "Link", "NetnsGone", "RouteEntry", "family_of",
+__all__ = ["AF_INET", "AF_INET6", "Address", "DeleteBatch", "FdbEntry", "Handle", "Link", "NetnsGone", "RouteEntry", "family_of",
            "kernel_error", "make_veth_pair", "netns", "open_netns", "open_node", "sysctl", "uplink_mtu"]
 
 
-def open_node() -> Handle:
-    """A handle on the namespace this process runs in (the node's)."""
-    return Handle(None)
+def open_node(batch: Optional[DeleteBatch] = None) -> Handle:
+    """A handle on the namespace this process runs in (the node's). With the call's delete batch
+    (`open_node(batch=req.ctx.batch)`), its `delete_link` joins the batch; None: deletes at once."""
+    return Handle(None, batch=batch)
 
 
 def open_netns(path: str, field: str = "CNI_NETNS") -> Handle:

@@ -12,10 +12,13 @@ import errno
 import ipaddress
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from ..cni.errors import CNIError, NETLINK_FAILURE
 from .netns import netlink_socket
+
+if TYPE_CHECKING:  # batch.py imports this module (in DeleteBatch.run), never the reverse at run time
+    from .batch import DeleteBatch
 
 IPInterface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -87,12 +90,17 @@ def kernel_error(e: Exception, what: str, where: str) -> CNIError:
 
 
 class Handle:
-    """Netlink in one namespace: `Handle()` is the current (node) one, `Handle(path)` a pod's."""
+    """Netlink in one namespace: `Handle()` is the current (node) one, `Handle(path)` a pod's.
 
-    def __init__(self, netns: Optional[str] = None, field: str = "CNI_NETNS"):
+    `batch`: the call's DeleteBatch (`req.ctx.batch`); a node handle given one defers
+    `delete_link` to it. None: links are deleted at once."""
+
+    def __init__(self, netns: Optional[str] = None, field: str = "CNI_NETNS",
+                 batch: Optional["DeleteBatch"] = None):
         from pyroute2 import IPRoute
 
         self.netns = netns or ""
+        self.batch = batch
         sock = netlink_socket(netns, field)
         try:
             self._ipr = IPRoute(fileno=sock.detach())
@@ -233,18 +241,20 @@ class Handle:
     def delete_link(self, name: str) -> bool:
         """Delete the link called `name`. False when there was none (DEL is idempotent).
 
-        In the node's namespace inside `batch.deferred_deletes()`, the link joins the batch's link
-        group instead and is deleted with the rest of the pod's links at the end of the batch.
+        On the node's namespace with a batch (given at open), the link joins the batch's link
+        group instead and is deleted with the rest of the pod's links when the batch runs.
         """
         from pyroute2.netlink.exceptions import NetlinkError
 
-        from . import batch
+        batch = self.batch
+        if batch is None:  # transitional: the orchestrator's thread-local batch
+            from .batch import pending
 
-        group = batch.pending_group()
+            batch = pending()
         try:
-            if group is not None and not self.netns:
-                self._ipr.link("set", ifname=name, group=group)
-                batch.note_marked()
+            if batch is not None and not self.netns:
+                self._ipr.link("set", ifname=name, group=batch.group)
+                batch.mark()
                 return True
             self._ipr.link("del", ifname=name)
             return True
