@@ -212,7 +212,9 @@ def _install_options(fn):
 def install(root, bin_dir, conf_dir, conf_name, python, runtime_src, runtime_dir, cluster_network, cni_version,
             kubeconfig, kubeconfig_from_sa, options, every) -> None:
     """Place launchers, a node kubeconfig and the multiplex conflist on this node (the DaemonSet runs this)."""
-    from .install import InstallError, install as do_install, install_periodically
+    from .install.loop import install_periodically
+    from .install.report import InstallError
+    from .install.steps import install as do_install
 
     extra = {}
     for item in options:
@@ -242,7 +244,8 @@ def install(root, bin_dir, conf_dir, conf_name, python, runtime_src, runtime_dir
 @_install_options
 def uninstall(root, bin_dir, conf_dir, conf_name) -> None:
     """Remove what install placed and restore the node's own config."""
-    from .install import InstallError, uninstall as do_uninstall
+    from .install.report import InstallError
+    from .install.uninstall import uninstall as do_uninstall
 
     try:
         report = do_uninstall(root=root, bin_dir=bin_dir, conf_dir=conf_dir, conf_name=conf_name)

@@ -15,8 +15,13 @@ import sys
 
 import pytest
 
-from multiplex.cli import install as inst
-from multiplex.cli.install import InstallError, Launcher, discover_launchers, install, uninstall
+from multiplex.cli.install.launchers import Launcher, discover_launchers, is_our_launcher, launcher_script
+from multiplex.cli.install.layout import in_root
+from multiplex.cli.install.loop import install_periodically
+from multiplex.cli.install.network import config_files
+from multiplex.cli.install.report import InstallError
+from multiplex.cli.install.steps import install
+from multiplex.cli.install.uninstall import uninstall
 
 FLANNEL = {
     "name": "cbr0",
@@ -70,6 +75,11 @@ def real(root: str, host_path: str) -> str:
     return os.path.join(root, host_path.lstrip("/"))
 
 
+def paths(report, action: str) -> list[str]:
+    """The host paths the report lists with `action` (created, updated, removed, ...), in its order."""
+    return [c.path for c in report.changes if c.action == action]
+
+
 def read_json(path: str) -> dict:
     with open(path) as f:
         return json.load(f)
@@ -87,7 +97,7 @@ def not_in_pod(**kw):
 
 def test_conflist_sorts_ahead_of_the_cluster_network_and_names_it(node_root):
     report = install(node_root, **not_in_pod())
-    files = inst.config_files(real(node_root, CONF_DIR))
+    files = config_files(real(node_root, CONF_DIR))
     assert files == ["00-multiplex.conflist", "10-flannel.conflist"]  # the runtime picks the first
     conf = read_json(real(node_root, CONF_DIR + "/00-multiplex.conflist"))
     assert conf["name"] == "multiplex"
@@ -143,7 +153,7 @@ def test_cluster_network_change_is_picked_up_on_the_next_run(node_root):
     flannel = dict(FLANNEL, name="flannel-net", cniVersion="1.0.0")
     _write(real(node_root, CONF_DIR + "/10-flannel.conflist"), json.dumps(flannel))
     report = install(node_root, **not_in_pod())
-    assert report.paths("updated") == [CONF_DIR + "/00-multiplex.conflist"]
+    assert paths(report, "updated") == [CONF_DIR + "/00-multiplex.conflist"]
     conf = read_json(real(node_root, CONF_DIR + "/00-multiplex.conflist"))
     assert conf["cniVersion"] == "1.0.0"
     assert conf["plugins"][0]["clusterNetwork"] == "flannel-net"
@@ -162,7 +172,7 @@ def test_a_launcher_for_multiplex_and_every_builtin_plugin(node_root):
         path = os.path.join(bin_real, name)
         assert os.path.isfile(path), name
         assert os.stat(path).st_mode & 0o111 == 0o111, f"{name} is not executable"
-        assert inst.is_our_launcher(path)
+        assert is_our_launcher(path)
         with open(path) as f:
             assert sys.executable in f.read()
 
@@ -173,7 +183,7 @@ def test_launchers_follow_the_entry_point_group(node_root):
     install(node_root, launchers=entries, **not_in_pod())
     assert os.path.exists(real(node_root, BIN_DIR + "/multiplex-newnet"))
     report = install(node_root, launchers={"multiplex": "multiplex.entry:main"}, **not_in_pod())
-    assert report.paths("removed") == [BIN_DIR + "/multiplex-newnet"]
+    assert paths(report, "removed") == [BIN_DIR + "/multiplex-newnet"]
     assert not os.path.exists(real(node_root, BIN_DIR + "/multiplex-newnet"))
 
 
@@ -201,7 +211,7 @@ def test_installed_launcher_answers_version(node_root, name):
 def test_plugin_kind_launcher_runs_skel(tmp_path):
     """A plugin without a console script runs through multiplex.cni.skel.main."""
     path = str(tmp_path / "multiplex-x")
-    text = inst.launcher_script(Launcher("multiplex-x", "multiplex.cni.plugin:Plugin", "plugin"), sys.executable)
+    text = launcher_script(Launcher("multiplex-x", "multiplex.cni.plugin:Plugin", "plugin"), sys.executable)
     _write(path, text, 0o755)
     out = subprocess.run([path], env={"CNI_COMMAND": "VERSION"}, capture_output=True, timeout=120)
     assert out.returncode == 0, out.stderr.decode()
@@ -217,7 +227,7 @@ def test_plugin_kind_launcher_runs_skel(tmp_path):
 ])
 def test_bad_launcher_entries_are_refused(launcher, what):
     with pytest.raises(InstallError, match=what):
-        inst.launcher_script(launcher, sys.executable)
+        launcher_script(launcher, sys.executable)
 
 
 def test_someone_elses_binary_is_kept_and_restored(node_root):
@@ -225,11 +235,11 @@ def test_someone_elses_binary_is_kept_and_restored(node_root):
     _write(other, b"\x7fELF not ours", 0o755)
     before = snapshot(node_root)
     report = install(node_root, **not_in_pod())
-    assert report.paths("backed-up") == [BIN_DIR + "/multiplex-ipam"]
-    assert inst.is_our_launcher(other)
+    assert paths(report, "backed-up") == [BIN_DIR + "/multiplex-ipam"]
+    assert is_our_launcher(other)
     assert install(node_root, **not_in_pod()).changed is False
     report = uninstall(node_root)
-    assert BIN_DIR + "/multiplex-ipam" in report.paths("restored")
+    assert BIN_DIR + "/multiplex-ipam" in paths(report, "restored")
     assert snapshot(node_root) == before
 
 
@@ -240,7 +250,7 @@ def test_someone_elses_binary_is_kept_and_restored(node_root):
 def test_second_run_changes_nothing(node_root):
     first = install(node_root, **not_in_pod())
     assert first.changed
-    assert set(first.paths("created")) >= {CONF_DIR + "/00-multiplex.conflist", BIN_DIR + "/multiplex"}
+    assert set(paths(first, "created")) >= {CONF_DIR + "/00-multiplex.conflist", BIN_DIR + "/multiplex"}
     after_first = snapshot(node_root)
     second = install(node_root, **not_in_pod())
     assert not second.changed
@@ -256,7 +266,7 @@ def test_a_launcher_edited_by_hand_is_rewritten(node_root):
         f.write("# edited\n")
     os.chmod(path, 0o700)
     report = install(node_root, **not_in_pod())
-    assert report.paths("updated") == [BIN_DIR + "/multiplex"]
+    assert paths(report, "updated") == [BIN_DIR + "/multiplex"]
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o755
 
 
@@ -264,8 +274,8 @@ def test_uninstall_restores_the_node(node_root):
     before = snapshot(node_root)
     install(node_root, **not_in_pod())
     report = uninstall(node_root)
-    assert CONF_DIR + "/00-multiplex.conflist" in report.paths("removed")
-    assert inst.config_files(real(node_root, CONF_DIR)) == ["10-flannel.conflist"]
+    assert CONF_DIR + "/00-multiplex.conflist" in paths(report, "removed")
+    assert config_files(real(node_root, CONF_DIR)) == ["10-flannel.conflist"]
     assert not os.path.exists(real(node_root, CONF_DIR + "/multiplex.d"))
     assert snapshot(node_root) == before  # flannel's conflist byte-identical, nothing else left
     assert uninstall(node_root).changed is False  # twice is fine
@@ -333,7 +343,7 @@ def test_bad_node_configs_are_refused(node_root, name, body, what):
 def test_a_conf_name_that_sorts_first_fixes_the_order(node_root):
     _write(real(node_root, CONF_DIR + "/00-aaa.conflist"), json.dumps(dict(FLANNEL, name="aaa")))
     install(node_root, conf_name="00-0-multiplex.conflist", **not_in_pod())
-    assert inst.config_files(real(node_root, CONF_DIR))[0] == "00-0-multiplex.conflist"
+    assert config_files(real(node_root, CONF_DIR))[0] == "00-0-multiplex.conflist"
 
 
 def test_a_foreign_file_with_our_name_is_not_replaced(node_root):
@@ -399,7 +409,7 @@ def test_kubeconfig_from_the_service_account(tmp_path, service_account):
     # the token rotates: only the token file changes, the kubeconfig and conflist stay
     _write(os.path.join(service_account, "token"), "eyJhbGciOi.token-two\n", 0o600)
     report = install("/", bin_dir, conf_dir, service_account_dir=service_account, environ=env)
-    assert report.paths("updated") == [os.path.join(conf_dir, "multiplex.d", "token")]
+    assert paths(report, "updated") == [os.path.join(conf_dir, "multiplex.d", "token")]
 
     # uninstall takes the credentials away too
     uninstall("/", bin_dir, conf_dir)
@@ -421,7 +431,7 @@ def test_outside_a_pod_no_kubeconfig_and_a_stale_one_goes(node_root, service_acc
     install(node_root, service_account_dir=service_account, environ=env)
     assert os.path.exists(real(node_root, CONF_DIR + "/multiplex.d/multiplex.kubeconfig"))
     report = install(node_root, service_account_dir=service_account, environ=env, kubeconfig_from_sa=False)
-    assert CONF_DIR + "/multiplex.d/multiplex.kubeconfig" in report.paths("removed")
+    assert CONF_DIR + "/multiplex.d/multiplex.kubeconfig" in paths(report, "removed")
     conf = read_json(real(node_root, CONF_DIR + "/00-multiplex.conflist"))
     assert "kubeconfig" not in conf["plugins"][0]
 
@@ -450,12 +460,12 @@ def test_in_root_clamps_dotdot_and_absolute_links(tmp_path):
     os.makedirs(real(root, "/a/b"))
     os.symlink("/etc", real(root, "/a/b/up"))
     os.symlink("../../../../../../tmp", real(root, "/a/rel"))
-    assert inst.in_root(root, "/a/b/up/x") == os.path.join(os.path.realpath(root), "etc/x")
-    assert inst.in_root(root, "/../../x") == os.path.join(os.path.realpath(root), "x")
-    assert inst.in_root(root, "/a/rel/y") == os.path.join(os.path.realpath(root), "tmp/y")
+    assert in_root(root, "/a/b/up/x") == os.path.join(os.path.realpath(root), "etc/x")
+    assert in_root(root, "/../../x") == os.path.join(os.path.realpath(root), "x")
+    assert in_root(root, "/a/rel/y") == os.path.join(os.path.realpath(root), "tmp/y")
     os.symlink("loop", real(root, "/loop"))
     with pytest.raises(InstallError, match="too many levels"):
-        inst.in_root(root, "/loop/x")
+        in_root(root, "/loop/x")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -476,7 +486,7 @@ def test_runtime_is_mirrored_and_removed(node_root, runtime_src):
     rdir = "/opt/multiplex"
     before = snapshot(node_root)
     report = install(node_root, runtime_src=runtime_src, runtime_dir=rdir, **not_in_pod())
-    assert report.paths("created")[0] == rdir
+    assert paths(report, "created")[0] == rdir
     dst = real(node_root, rdir)
     assert os.readlink(os.path.join(dst, "bin/python")) == "python3"
     assert os.path.islink(os.path.join(dst, "lib/python3"))
@@ -494,7 +504,7 @@ def test_runtime_is_mirrored_and_removed(node_root, runtime_src):
     _write(os.path.join(runtime_src, "lib/new.py"), "x = 1\n")
     os.unlink(os.path.join(runtime_src, "lib/python3.12/site-packages/multiplex/__init__.py"))
     report = install(node_root, runtime_src=runtime_src, runtime_dir=rdir, **not_in_pod())
-    assert report.paths("updated") == [rdir]
+    assert paths(report, "updated") == [rdir]
     assert snapshot(dst) == {k: v for k, v in snapshot(runtime_src).items()} | {
         ".multiplex-runtime": snapshot(dst)[".multiplex-runtime"]}
 
@@ -531,6 +541,6 @@ def test_install_periodically_retries_until_the_cluster_network_appears(tmp_path
         if len(reports) == 2:
             stop.set()
 
-    inst.install_periodically(0, stop, on_report=on_report, on_error=on_error, root=root, environ={})
+    install_periodically(0, stop, on_report=on_report, on_error=on_error, root=root, environ={})
     assert len(errors) == 1 and "no cluster network" in str(errors[0])
     assert reports[0].changed and not reports[1].changed

@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 
-from multiplex.cli import install as inst
+from multiplex.cli.install import kubeconfig, layout
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="runs install as uid 0 without capabilities: needs root"),
@@ -25,7 +25,7 @@ pytestmark = [
 
 RUN = textwrap.dedent("""
     import json, sys
-    from multiplex.cli.install import install
+    from multiplex.cli.install.steps import install
     status = open("/proc/self/status").read()
     caps = {l.split(":")[0]: int(l.split()[1], 16) for l in status.splitlines() if l.startswith("Cap")}
     args = json.loads(sys.argv[1])
@@ -68,12 +68,12 @@ def test_install_places_everything_with_no_capability_at_all(node):
     root, sa, args = node
     first = install_without_capabilities(args)
     assert first["caps"]["CapEff"] == 0 and first["caps"]["CapPrm"] == 0 and first["caps"]["CapBnd"] == 0
-    conf = root / inst.DEFAULT_CONF_DIR.lstrip("/") / inst.DEFAULT_CONF_NAME
-    sub = root / inst.DEFAULT_CONF_DIR.lstrip("/") / inst.STATE_SUBDIR
+    conf = root / layout.DEFAULT_CONF_DIR.lstrip("/") / layout.DEFAULT_CONF_NAME
+    sub = root / layout.DEFAULT_CONF_DIR.lstrip("/") / layout.STATE_SUBDIR
     assert json.loads(conf.read_text())["plugins"][0]["clusterNetwork"] == "cbr0"
-    assert (sub / inst.TOKEN_NAME).read_text() == "token-1"
-    assert oct((sub / inst.KUBECONFIG_NAME).stat().st_mode & 0o777) == "0o600"
-    assert os.access(root / "opt/cni/bin" / inst.META_PLUGIN, os.X_OK)
+    assert (sub / kubeconfig.TOKEN_NAME).read_text() == "token-1"
+    assert oct((sub / kubeconfig.KUBECONFIG_NAME).stat().st_mode & 0o777) == "0o600"
+    assert os.access(root / "opt/cni/bin" / layout.META_PLUGIN, os.X_OK)
     assert (root / "opt/multiplex/bin/python3").is_file()
     for cur, dirs, files in os.walk(root):
         for name in dirs + files:
@@ -81,5 +81,5 @@ def test_install_places_everything_with_no_capability_at_all(node):
 
     (sa / "token").write_text("token-2")                            # the kubelet rotated the token
     second = install_without_capabilities(args)
-    assert (sub / inst.TOKEN_NAME).read_text() == "token-2"
+    assert (sub / kubeconfig.TOKEN_NAME).read_text() == "token-2"
     assert any(action == "updated" for _, action in second["changes"])
