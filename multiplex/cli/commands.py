@@ -30,19 +30,9 @@ def lab(keep: bool, down: bool, pods: int) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 def validate(files: tuple[str, ...]) -> None:
     """Check CNI configs, conflists and NetworkAttachmentDefinition files against our schemas."""
-    from .validate import validate_file
+    from .validate import report_files
 
-    bad = 0
-    for path in files:
-        problems = validate_file(path)
-        if problems:
-            bad += 1
-            click.echo(f"{path}: invalid")
-            for p in problems:
-                click.echo(f"  {p}")
-        else:
-            click.echo(f"{path}: ok")
-    sys.exit(1 if bad else 0)
+    sys.exit(report_files(files, click.echo))
 
 
 @cli.command()
@@ -71,19 +61,6 @@ def ipam() -> None:
     """The shared IPAM: leases, pools and blocks; cluster-wide garbage collection."""
 
 
-def _kube_client(kubeconfig: str | None):
-    from ..ipam.kube.store import resolve_kubeconfig
-    from ..k8s.client import KubeClient
-
-    return KubeClient(resolve_kubeconfig(kubeconfig or ""))
-
-
-def _fail(what: str, e: Exception) -> None:
-    details = getattr(e, "details", "")
-    click.echo(f"{what}: {getattr(e, 'msg', e)}" + (f" ({details})" if details else ""), err=True)
-    sys.exit(1)
-
-
 @ipam.command("show")
 @click.option("--store", type=click.Choice(["sqlite", "kubernetes"]), default="sqlite", show_default=True,
               help="sqlite: this node's leases; kubernetes: the cluster's pools and blocks")
@@ -93,32 +70,12 @@ def _fail(what: str, e: Exception) -> None:
 @click.option("-o", "output", type=click.Choice(["table", "json"]), default="table")
 def ipam_show(store: str, data_dir: str | None, kubeconfig: str | None, allocations: bool, output: str) -> None:
     """Leases per pool on this node, or (--store kubernetes) each pool and block of the cluster."""
+    from .ipam import show_cluster, show_node
+
     if store == "kubernetes":
-        from ..cni.errors import CNIError
-        from ..ipam.kube.store import KubeStore
-        from ..ipam.show import cluster_report, table
-
-        try:
-            report = cluster_report(KubeStore(_kube_client(kubeconfig), node=""),
-                                    with_allocations=allocations or output == "json")
-        except CNIError as e:
-            _fail("ipam show", e)
-        click.echo(json.dumps(report, indent=2) if output == "json" else "\n".join(table(report, allocations)))
-        return
-    from ..cni.errors import CNIError
-    from ..ipam.report import pool_report
-
-    try:
-        report = pool_report(data_dir)
-    except CNIError as e:  # e.g. a damaged database that cannot be rebuilt: say so, no traceback
-        _fail("ipam show", e)
-    if output == "json":
-        click.echo(json.dumps(report, indent=2))
-        return
-    for pool in report:
-        click.echo(f"{pool['pool']}: {pool['used']} used, {pool['free']} free")
-        for lease in pool.get("leases", []):
-            click.echo(f"  {lease['address']:<40} {lease['network']:<24} {lease['containerID'][:12]} {lease['ifname']}")
+        show_cluster(kubeconfig, allocations, output)
+    else:
+        show_node(data_dir, output)
 
 
 @ipam.command("check")
@@ -138,24 +95,9 @@ def ipam_check(data_dir: str | None, cache_dir: str | None, repair: bool, force:
     """Compare this node's leases with the meta plugin's cache (and repair with --repair).
 
     Exit 0 when nothing is left to fix, 1 otherwise."""
-    import os
+    from .ipam import check_leases
 
-    from ..cni.errors import CNIError
-    from ..ipam import repair as ipam_repair
-    from ..ipam.report import default_data_dir
-    from ..ipam.sqlite.store import SQLiteStore
-
-    store = SQLiteStore(data_dir or default_data_dir(), cache_dir=cache_dir)
-    if not (os.path.exists(store.path) or os.path.exists(store.marker)):
-        click.echo(f"ipam check: no IPAM database at {store.path} (no address was handed out on this node)")
-        return
-    try:
-        with store:
-            report = ipam_repair.check(store, repair=repair, force=force, cache_dir=cache_dir, live=live)
-    except CNIError as e:
-        _fail("ipam check", e)
-    click.echo(json.dumps(report.to_dict(), indent=2) if output == "json" else "\n".join(report.lines()))
-    sys.exit(0 if report.resolved else 1)
+    sys.exit(check_leases(data_dir, cache_dir, repair, force, live, output))
 
 
 @ipam.command("gc")
@@ -167,22 +109,9 @@ def ipam_check(data_dir: str | None, cache_dir: str | None, repair: bool, force:
 @click.option("-o", "output", type=click.Choice(["table", "json"]), default="table")
 def ipam_gc(kubeconfig: str | None, grace: float, every: float | None, dry_run: bool, output: str) -> None:
     """Free cluster IPAM addresses of pods and nodes that are gone; release blocks of gone nodes."""
-    from ..cni.errors import CNIError
-    from ..ipam import gc as ipam_gc_mod
+    from .ipam import collect_garbage
 
-    client = _kube_client(kubeconfig)
-
-    def show(report) -> None:
-        click.echo(json.dumps(report.to_dict()) if output == "json" else "\n".join(report.lines()))
-
-    if every:
-        ipam_gc_mod.run_every(client, every, grace, on_report=show, dry_run=dry_run,
-                              on_error=lambda e: click.echo(f"ipam gc: {getattr(e, 'msg', e)}", err=True))
-        return
-    try:
-        show(ipam_gc_mod.collect(client, grace, dry_run=dry_run))
-    except CNIError as e:
-        _fail("ipam gc", e)
+    collect_garbage(kubeconfig, grace, every, dry_run, output)
 
 
 def _install_options(fn):
@@ -197,6 +126,20 @@ def _install_options(fn):
     return fn
 
 
+def _parse_options(_ctx: click.Context, _param: click.Parameter, items: tuple[str, ...]) -> dict:
+    """--option KEY=JSON, repeated, as a dict; a value that is not JSON is taken as a string."""
+    extra = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r}: expected KEY=JSON", param_hint="--option")
+        try:
+            extra[key] = json.loads(value)
+        except ValueError:
+            extra[key] = value
+    return extra
+
+
 @cli.command()
 @_install_options
 @click.option("--python", default=None, help="the Python the launchers run (default: this one)")
@@ -207,7 +150,8 @@ def _install_options(fn):
 @click.option("--kubeconfig", default=None, help="a kubeconfig path to reference in the config")
 @click.option("--kubeconfig-from-sa/--no-kubeconfig", default=None,
               help="write a node kubeconfig from the service account (default: when running in a pod)")
-@click.option("--option", "options", multiple=True, metavar="KEY=JSON", help="an extra multiplex config field")
+@click.option("--option", "options", multiple=True, metavar="KEY=JSON", callback=_parse_options,
+              help="an extra multiplex config field")
 @click.option("--every", type=float, default=None, help="run again every SECONDS (the DaemonSet's mode)")
 def install(root, bin_dir, conf_dir, conf_name, python, runtime_src, runtime_dir, cluster_network, cni_version,
             kubeconfig, kubeconfig_from_sa, options, every) -> None:
@@ -216,18 +160,9 @@ def install(root, bin_dir, conf_dir, conf_name, python, runtime_src, runtime_dir
     from .install.report import InstallError
     from .install.steps import install as do_install
 
-    extra = {}
-    for item in options:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r}: expected KEY=JSON", param_hint="--option")
-        try:
-            extra[key] = json.loads(value)
-        except ValueError:
-            extra[key] = value
     args = dict(root=root, bin_dir=bin_dir, conf_dir=conf_dir, python=python, conf_name=conf_name,
                 cluster_network=cluster_network, cni_version=cni_version, kubeconfig_from_sa=kubeconfig_from_sa,
-                kubeconfig=kubeconfig, runtime_src=runtime_src, runtime_dir=runtime_dir, options=extra or None)
+                kubeconfig=kubeconfig, runtime_src=runtime_src, runtime_dir=runtime_dir, options=options or None)
     if every:
         install_periodically(every, on_report=lambda r: click.echo("\n".join(r.lines())),
                              on_error=lambda e: click.echo(f"install: {e}", err=True), **args)

@@ -9,7 +9,7 @@ Plugins of other projects get the generic checks (a `type` that is a name, a kno
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from ..util import schema
 from ..cni.errors import CNIError
@@ -111,3 +111,19 @@ def validate_file(path: str) -> list[str]:
     for i, doc in enumerate(docs):
         problems += check_document(doc, "$" if len(docs) == 1 else f"$[{i}]")
     return problems
+
+
+def report_files(paths: Sequence[str], echo: Callable[[str], None]) -> int:
+    """Validate each file and `echo` its verdict (then its problems, indented); the exit code:
+    1 when any file is invalid."""
+    bad = 0
+    for path in paths:
+        problems = validate_file(path)
+        if problems:
+            bad += 1
+            echo(f"{path}: invalid")
+            for p in problems:
+                echo(f"  {p}")
+        else:
+            echo(f"{path}: ok")
+    return 1 if bad else 0
