@@ -5,8 +5,8 @@ Layout: one JSON file per (container ID, interface) in the cache directory (defa
 ID nor a Linux interface name, so names never collide. Each file is an envelope
 `{"kind": "multiplex-cache/v1", "containerID", "ifname", "record"}`; the record is the caller's.
 
-Writes are atomic: a temporary file in the same directory, fsync, rename over the old file, fsync
-the directory. A reader sees the old record or the new one, never half of one, even after a
+Writes are atomic (util/files.atomic_write): a temporary file in the same directory (named
+`.tmp-...`), fsync, rename over the old file, fsync the directory. A reader sees the old record or the new one, never half of one, even after a
 power cut. A corrupt file (bad JSON, wrong kind, wrong key) is logged and never crashed on: `load`
 reports it as missing, or, with `with_corrupt=True`, as a `CorruptEntry` so that DEL can clean up
 without it and remove the file; `corrupt_entries()` lists them for GC. A write that fails (disk
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
-from ..util import log, state
+from ..util import files, log, state
 from .errors import CNIError, IO_FAILURE
 from .request import check_container_id, check_ifname
 
@@ -69,23 +69,11 @@ class ResultCache:
         final = self.path(container_id, ifname)
         data = json.dumps({"kind": KIND, "containerID": container_id, "ifname": ifname,
                            "record": dict(record)}, sort_keys=True).encode()
-        tmp = ""
         try:
-            tmp = os.path.join(self.dir, f"{TMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}{SUFFIX}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-            tmp = ""
-            self._sync_dir()
+            files.atomic_write(final, data, 0o600)
         except OSError as e:
             raise CNIError(IO_FAILURE, f"cannot write cache entry {final} for {container_id}/{ifname}: {e.strerror}",
                            f"file: {final}; the state directory (stateDir) must be writable, with free space") from None
-        finally:
-            if tmp:
-                _unlink(tmp)
 
     def load(self, container_id: str, ifname: str, *, with_corrupt: bool = False
              ) -> Union[dict[str, Any], CorruptEntry, None]:
@@ -101,7 +89,7 @@ class ResultCache:
         p = self.path(container_id, ifname)
         try:
             os.unlink(p)
-            self._sync_dir()
+            files.fsync_dir(self.dir)
         except FileNotFoundError:
             return
         except OSError as e:
@@ -186,24 +174,10 @@ class ResultCache:
         except OSError:
             pass
 
-    def _sync_dir(self) -> None:
-        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
 
 def _report(path: str, key: tuple[str, str], problem: str) -> CorruptEntry:
     log.get().error("corrupt cache entry", file=path, problem=problem)
     return CorruptEntry(key[0], key[1], path, problem)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 Cache = ResultCache  # short alias

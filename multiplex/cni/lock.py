@@ -31,8 +31,6 @@ Order, to stay free of deadlocks: the GC lock before any container lock.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import threading
 import time
@@ -40,7 +38,7 @@ import zlib
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-from ..util import state
+from ..util import files, state
 from .errors import CNIError, INTERNAL, IO_FAILURE, TRY_AGAIN_LATER
 
 DEFAULT_TIMEOUT = 60.0
@@ -65,9 +63,10 @@ class _Slot:
 _slots: dict[tuple[str, int], _Slot] = {}
 
 
-def default_path() -> str:
-    """The lock file under the state root; its directory is made (errors mapped) when it is opened."""
-    return os.path.join(state.root(), "locks", LOCK_FILE)
+def default_path(state_dir: Optional[str] = None) -> str:
+    """The lock file under the state root (`state_dir`: the call's, CallContext.state_dir; None:
+    the default root); its directory is made (errors mapped) when it is opened."""
+    return os.path.join(state.root(state_dir), "locks", LOCK_FILE)
 
 
 def lock_offset(container_id: str) -> int:
@@ -108,7 +107,7 @@ def container_lock(container_id: str, timeout: float = DEFAULT_TIMEOUT,
                 yield
             finally:
                 slot.owner, slot.depth = None, 0
-                fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
+                files.unlock(fd, offset)
         finally:
             slot.lock.release()
     finally:
@@ -116,34 +115,22 @@ def container_lock(container_id: str, timeout: float = DEFAULT_TIMEOUT,
 
 
 def _lock_byte(fd: int, offset: int, deadline: float, cid: str, started: float, path: str) -> None:
-    if not _poll_lock(fd, fcntl.LOCK_EX, offset, deadline, f"container {cid}", path):
+    if not _lock_record(fd, offset, deadline, True, f"container {cid}", path):
         raise _busy(cid, started, path)
 
 
-def _poll_lock(fd: int, mode: int, offset: int, deadline: float, what: str, path: str) -> bool:
-    """Take a record lock on one byte, polling until `deadline`; False when it stayed busy."""
-    delay = 0.002
-    while True:
-        try:
-            fcntl.lockf(fd, mode | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
-            return True
-        except OSError as e:
-            if e.errno not in (errno.EACCES, errno.EAGAIN):
-                raise CNIError(IO_FAILURE, f"cannot lock {what}: {e.strerror}", f"lock: {path}") from None
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        time.sleep(min(delay, left))
-        delay = min(delay * 2, 0.05)
-
-
-def _waited(started: float) -> str:
-    return f"{time.monotonic() - started:.1f}s"
+def _lock_record(fd: int, offset: int, deadline: float, exclusive: bool, what: str, path: str) -> bool:
+    """files.lock on one byte until `deadline`; False when it stayed busy, code 5 when the kernel
+    refuses the lock itself (naming `what` and the lock file)."""
+    try:
+        return files.lock(fd, deadline, exclusive=exclusive, offset=offset)
+    except OSError as e:
+        raise CNIError(IO_FAILURE, f"cannot lock {what}: {e.strerror}", f"lock: {path}") from None
 
 
 def _busy(cid: str, started: float, path: str) -> CNIError:
     return CNIError(TRY_AGAIN_LATER,
-                    f"another CNI call for container {cid} still holds its lock after {_waited(started)}",
+                    f"another CNI call for container {cid} still holds its lock after {files.waited(started)}",
                     f"lock: {path} byte {lock_offset(cid)}; retry when that call has finished")
 
 
@@ -250,7 +237,7 @@ def _enter_reader(g: _RWGuard, me: int, deadline: float, started: float, path: s
         try:
             if not g.file_shared:
                 fd = _shared_fd(path)
-                if not _poll_lock(fd, fcntl.LOCK_SH, GC_OFFSET, deadline, "GC", path):
+                if not _lock_record(fd, GC_OFFSET, deadline, False, "GC", path):
                     raise _gc_busy(False, started, path)
                 g.file_shared, g.fd = True, fd
         finally:
@@ -288,7 +275,7 @@ def _enter_writer(g: _RWGuard, me: int, deadline: float, started: float, path: s
         g.holds[me] = [True, 1]
     try:
         fd = _shared_fd(path)
-        if not _poll_lock(fd, fcntl.LOCK_EX, GC_OFFSET, deadline, "GC", path):
+        if not _lock_record(fd, GC_OFFSET, deadline, True, "GC", path):
             raise _gc_busy(True, started, path)
         g.fd = fd
     except BaseException:
@@ -309,15 +296,15 @@ def _leave_writer(g: _RWGuard, me: int, path: str) -> None:
 
 def _unlock_gc(g: _RWGuard) -> None:
     if g.fd >= 0:
-        fcntl.lockf(g.fd, fcntl.LOCK_UN, 1, GC_OFFSET, os.SEEK_SET)
+        files.unlock(g.fd, GC_OFFSET)
         g.fd = -1
 
 
 def _gc_busy(exclusive: bool, started: float, path: str) -> CNIError:
     if exclusive:
-        return CNIError(TRY_AGAIN_LATER, f"GC waited {_waited(started)} for the ADDs in progress to finish",
+        return CNIError(TRY_AGAIN_LATER, f"GC waited {files.waited(started)} for the ADDs in progress to finish",
                         f"lock: {path} byte {GC_OFFSET}; retry GC when they have finished")
-    return CNIError(TRY_AGAIN_LATER, f"ADD waited {_waited(started)} for a garbage collection (GC) to finish",
+    return CNIError(TRY_AGAIN_LATER, f"ADD waited {files.waited(started)} for a garbage collection (GC) to finish",
                     f"lock: {path} byte {GC_OFFSET}; retry when GC has finished")
 
 

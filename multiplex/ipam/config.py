@@ -40,6 +40,7 @@ from typing import Any, Optional
 
 from ..cni.errors import CNIError, INVALID_CONFIG, invalid_config
 from ..cni.types import DNS, IPAddress, IPNetwork, Route
+from .registry import STORES
 
 TYPE_NAME = "multiplex-ipam"
 DEFAULT_STORE = "sqlite"
@@ -131,15 +132,17 @@ class IPAMConfig:
     type: str = TYPE_NAME
     kubeconfig: str = ""     # the kubernetes store: credentials ("" = see docs/ipam-kubernetes.md)
     node_name: str = ""      # the kubernetes store: this node ("" = $NODE_NAME or the host name)
+    state_dir: Optional[str] = None   # the call's state root: the default dataDir is <state_dir>/ipam
 
 
 @dataclass(frozen=True)
 class StoreLocation:
     """Where leases live: all DEL and GC need (they never need the ranges)."""
     store: str
-    data_dir: str
-    kubeconfig: str = ""     # the kubernetes store only
+    data_dir: str            # "" = <state root>/ipam, made when the store opens
+    kubeconfig: str = ""     # the kubernetes store only: the config's, else the caller's
     node_name: str = ""
+    state_dir: Optional[str] = None   # the call's state root (CallContext.state_dir); None: the default
 
 
 # --- defaults -------------------------------------------------------------------------------
@@ -157,10 +160,14 @@ def default_gateway(subnet: IPNetwork) -> IPAddress:
     return subnet.network_address + 1
 
 
-def default_data_dir() -> str:
+def default_data_dir(state_dir: Optional[str] = None, create: bool = True) -> str:
+    """<state root>/ipam, the node's IPAM directory (`state_dir`: the call's root; None: the
+    default root). Made (0700) unless `create` is False: a read-only look never creates it."""
     from ..util import state
 
-    return state.subdir("ipam")
+    if create:
+        return state.subdir("ipam", state_dir)
+    return os.path.join(state.root(state_dir), "ipam")
 
 
 # --- parsing --------------------------------------------------------------------------------
@@ -180,11 +187,13 @@ def validate_schema(netconf: dict, where: str = "$") -> None:
     schema.validate("ipam", ipam_block(netconf, where), prefix=f"{where}.ipam")
 
 
-def parse(netconf: dict, *, check_schema: bool = True, where: str = "$") -> IPAMConfig:
+def parse(netconf: dict, *, check_schema: bool = True, where: str = "$", state_dir: Optional[str] = None,
+          kubeconfig: Optional[str] = None) -> IPAMConfig:
     """The IPAM config of a network config (the object with `name` and `ipam`).
 
     `where` is the JSON path of the network config in what the user wrote (the meta plugin passes
     e.g. "blue:$.plugins[0]"); errors name fields below it ("<where>.ipam.ranges[0][0].subnet").
+    `state_dir` and `kubeconfig` are the call's (CallContext): see store_location().
     """
     ipam = ipam_block(netconf, where)
     p = f"{where}.ipam"
@@ -198,26 +207,28 @@ def parse(netconf: dict, *, check_schema: bool = True, where: str = "$") -> IPAM
     range_sets = _parse_range_sets(ipam, p)
     exclude = [_network(v, f"{p}.exclude[{n}]", "exclude", allow_address=True)
                for n, v in enumerate(_list(ipam, "exclude", p))]
-    loc = store_location(netconf, where)
+    loc = store_location(netconf, where, state_dir=state_dir, kubeconfig=kubeconfig)
     return IPAMConfig(network=network, range_sets=range_sets, exclude=exclude,
                       routes=_parse_routes(ipam, p), dns=_parse_dns(ipam, p), data_dir=loc.data_dir,
                       store=loc.store, type=str(ipam.get("type", TYPE_NAME)),
-                      kubeconfig=loc.kubeconfig, node_name=loc.node_name)
+                      kubeconfig=loc.kubeconfig, node_name=loc.node_name, state_dir=loc.state_dir)
 
 
-def store_location(netconf: dict, where: str = "$") -> StoreLocation:
+def store_location(netconf: dict, where: str = "$", *, state_dir: Optional[str] = None,
+                   kubeconfig: Optional[str] = None) -> StoreLocation:
     """`store`, `dataDir` (and the kubernetes store's `kubeconfig`, `nodeName`) only, so DEL and GC
-    work even when the ranges changed or are broken."""
+    work even when the ranges changed or are broken.
+
+    The call's context completes it: `state_dir` is the state root the default dataDir lies in,
+    `kubeconfig` the caller's (the meta plugin's), used when the ipam block names none."""
     ipam = netconf.get("ipam")
     ipam = ipam if isinstance(ipam, dict) else {}
     store = ipam.get("store", DEFAULT_STORE)
-    from .store import STORES
-
     if not isinstance(store, str) or store not in STORES:
         raise invalid_config(f"unknown IPAM store {store!r}", f"{where}.ipam.store",
                              " or ".join(f'"{s}"' for s in STORES))
-    kube = {"kubeconfig": _kubeconfig(ipam.get("kubeconfig"), f"{where}.ipam.kubeconfig"),
-            "node_name": _node_name(ipam.get("nodeName"), f"{where}.ipam.nodeName")}
+    kube = {"kubeconfig": _kubeconfig(ipam.get("kubeconfig"), f"{where}.ipam.kubeconfig") or kubeconfig or "",
+            "node_name": _node_name(ipam.get("nodeName"), f"{where}.ipam.nodeName"), "state_dir": state_dir}
     data_dir = ipam.get("dataDir")
     if data_dir is None:
         return StoreLocation(store, "", **kube)  # resolved lazily: the default creates a directory

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from ..util import log
-from .kube.store import BLOCKS, GROUP, VERSION, Block
+from .kube.model import BLOCKS, GROUP, VERSION, Block
 
 DEFAULT_GRACE = 300.0
 RETRIES = 5

@@ -17,6 +17,11 @@ Request, whose config carries the `ipam` block) and any CNI plugin that execs it
 - sweep (a DEL without a cache entry, called by the meta plugin): releases every lease of the
   container in the store the config names, whatever network or interface.
 
+The call's context (req.ctx) says where: its `state_dir` is the state root (the default dataDir
+<state_dir>/ipam), its `kubeconfig` the credentials of `store: kubernetes` when the ipam block
+names none, and its `log` carries the call's fields. Nothing is read from os.environ here: an
+exec'd IPAM got its context from its environment at its entry (CallContext.from_environ).
+
 One deadline per call: the store gets the Request's (or now + its default), and the undo of a
 failed ADD waits for the database only for what is left of it; a lease it cannot release stays
 owned by the container, so DEL or GC frees it.
@@ -27,8 +32,8 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from typing import Optional
 
-from ..util import log
 from ..cni import skel
 from ..cni.errors import (CNIError, ADDRESS_UNAVAILABLE, CHECK_FAILED, INVALID_ENVIRONMENT, IO_FAILURE,
                           PLUGIN_NOT_AVAILABLE, TRY_AGAIN_LATER)
@@ -54,11 +59,11 @@ class IPAMPlugin(Plugin):
         config.parse(conf, where=where)
 
     def add(self, req: Request) -> Result:
-        conf = config.parse(req.config)
+        conf = parse(req)
         owner = owner_of(req, conf.network)
         wanted = assign_requested(conf, config.requested_addresses(req.config, req.args))
         leases: list[Lease] = []
-        with open_store(conf, deadline_of(req)) as store:
+        with open_store(conf, deadline_of(req), req.ctx.log) as store:
             try:
                 for n, range_set in enumerate(conf.range_sets):
                     asked = wanted.get(n)
@@ -67,26 +72,26 @@ class IPAMPlugin(Plugin):
             except BaseException:
                 for lease in leases:
                     if lease.fresh:
-                        _release_quietly(store, lease)
+                        _release_quietly(store, lease, req)
                 raise
-        log.get().info("ipam add", network=conf.network, container=owner.container_id, ifname=owner.ifname,
+        req.ctx.log.info("ipam add", network=conf.network, container=owner.container_id, ifname=owner.ifname,
                        addresses=[str(lease.address) for lease in leases],
                        fresh=[lease.fresh for lease in leases])
         return result_for(conf, leases, req.cni_version)
 
     def delete(self, req: Request) -> None:
-        where = config.store_location(req.config)
+        where = location(req)
         owner = owner_of(req, req.name)
-        with open_store(where, deadline_of(req)) as store:
+        with open_store(where, deadline_of(req), req.ctx.log) as store:
             gone = store.release(owner)
         if gone:
-            log.get().info("ipam del", network=owner.network, container=owner.container_id, ifname=owner.ifname,
+            req.ctx.log.info("ipam del", network=owner.network, container=owner.container_id, ifname=owner.ifname,
                            addresses=[str(lease.address) for lease in gone])
 
     def check(self, req: Request) -> None:
-        conf = config.parse(req.config)
+        conf = parse(req)
         owner = owner_of(req, conf.network)
-        with open_store(conf, deadline_of(req)) as store:
+        with open_store(conf, deadline_of(req), req.ctx.log) as store:
             held = store.leases(owner=owner)
         for range_set in conf.range_sets:
             if not any(lease.pool in range_set.subnets for lease in held):
@@ -105,9 +110,9 @@ class IPAMPlugin(Plugin):
                                + (", ".join(str(a) for a in sorted(held_addresses, key=str)) or "nothing"))
 
     def status(self, req: Request) -> None:
-        conf = config.parse(req.config, check_schema=False)
+        conf = parse(req, check_schema=False)
         try:
-            with open_store(conf, deadline_of(req)) as store:
+            with open_store(conf, deadline_of(req), req.ctx.log) as store:
                 usages = [(rs, store.usage(rs, conf.exclude)) for rs in conf.range_sets]
         except CNIError as e:
             if e.code not in (IO_FAILURE, TRY_AGAIN_LATER):   # no database, or no API server
@@ -120,13 +125,13 @@ class IPAMPlugin(Plugin):
 
     def gc(self, req: Request) -> None:
         keep = parse_keep(req.config)          # code 7 before anything is touched
-        where = config.store_location(req.config)
+        where = location(req)
         if not req.name:
             return                              # no network: nothing is ours to collect
-        with open_store(where, deadline_of(req)) as store:
+        with open_store(where, deadline_of(req), req.ctx.log) as store:
             gone = store.gc(req.name, keep)
         if gone:
-            log.get().info("ipam gc", network=req.name,
+            req.ctx.log.info("ipam gc", network=req.name,
                            released=[f"{lease.owner.container_id}/{lease.owner.ifname}:{lease.address}" for lease in gone])
 
     def sweep(self, req: Request) -> None:
@@ -134,13 +139,13 @@ class IPAMPlugin(Plugin):
         names (the node's SQLite store when the config has no multiplex-ipam block)."""
         if not req.container_id:
             return
-        where = sweep_location(req.config)
+        where = sweep_location(req.config, req.ctx.state_dir, req.ctx.kubeconfig)
         if where is None:
             return
-        with open_store(where, deadline_of(req)) as store:
+        with open_store(where, deadline_of(req), req.ctx.log) as store:
             gone = store.release_container(req.container_id)
         if gone:
-            log.get().info("ipam sweep: released the container's leases (DEL without cache)",
+            req.ctx.log.info("ipam sweep: released the container's leases (DEL without cache)",
                            container=req.container_id,
                            released=[f"{lease.owner.network}/{lease.owner.ifname}:{lease.address}" for lease in gone])
 
@@ -150,21 +155,32 @@ def deadline_of(req: Request) -> float:
     return req.deadline if req.deadline is not None else time.monotonic() + DEFAULT_WAIT
 
 
-def sweep_location(netconf: dict) -> "StoreLocation | None":
+def parse(req: Request, check_schema: bool = True) -> IPAMConfig:
+    """The request's IPAM config, completed by its context (state root, the caller's kubeconfig)."""
+    return config.parse(req.config, check_schema=check_schema, state_dir=req.ctx.state_dir,
+                        kubeconfig=req.ctx.kubeconfig)
+
+
+def location(req: Request) -> StoreLocation:
+    """Where the request's leases live (DEL and GC: never the ranges), completed by its context."""
+    return config.store_location(req.config, state_dir=req.ctx.state_dir, kubeconfig=req.ctx.kubeconfig)
+
+
+def sweep_location(netconf: dict, state_dir: Optional[str] = None,
+                   kubeconfig: Optional[str] = None) -> "StoreLocation | None":
     """The store a sweep cleans: the config's multiplex-ipam block's, else the node's SQLite store
-    when it exists (a sweep never creates a database)."""
+    (<state_dir>/ipam) when it exists (a sweep never creates a database)."""
     import os
 
     ipam = netconf.get("ipam")
     if isinstance(ipam, dict) and ipam.get("type") == config.TYPE_NAME:
-        return config.store_location(netconf)
-    from .report import default_data_dir
-    from .sqlite.store import FILENAME, MARKER_SUFFIX
+        return config.store_location(netconf, state_dir=state_dir, kubeconfig=kubeconfig)
+    from .sqlite.schema import FILENAME, MARKER_SUFFIX
 
-    d = default_data_dir()
+    d = config.default_data_dir(state_dir, create=False)
     if not (os.path.exists(os.path.join(d, FILENAME)) or os.path.exists(os.path.join(d, FILENAME + MARKER_SUFFIX))):
         return None
-    return StoreLocation(config.DEFAULT_STORE, d)
+    return StoreLocation(config.DEFAULT_STORE, d, state_dir=state_dir)
 
 
 def owner_of(req: Request, network: str) -> Owner:
@@ -208,14 +224,14 @@ def result_for(conf: IPAMConfig, leases: list[Lease], cni_version: str = "1.1.0"
     return Result(cni_version=cni_version, ips=ips, routes=list(conf.routes), dns=conf.dns)
 
 
-def _release_quietly(store, lease: Lease) -> None:
+def _release_quietly(store, lease: Lease, req: Request) -> None:
     """Undo one lease of a failed ADD, within what is left of the call's deadline (never waiting
     again past it). A lease it cannot release stays owned by the container: DEL or GC frees it."""
     try:
         store.release_lease(lease)
     except CNIError as e:
         o = lease.owner
-        log.get().error("could not undo a lease after a failed ADD; it stays owned by the container, "
+        req.ctx.log.error("could not undo a lease after a failed ADD; it stays owned by the container, "
                         "DEL or GC of the container frees it", address=str(lease.address), network=o.network,
                         container=o.container_id, ifname=o.ifname, error=e.msg)
 

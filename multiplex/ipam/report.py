@@ -8,16 +8,15 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from .config import StoreLocation, parse
+from . import config
+from .config import StoreLocation
 from .sqlite.store import FILENAME, SQLiteStore
 from .store import Lease, Owner, PoolUsage, open_store
 
 
-def default_data_dir() -> str:
+def default_data_dir(state_dir: Optional[str] = None) -> str:
     """The node's IPAM directory (<state root>/ipam), without creating it."""
-    from ..util import state
-
-    return os.path.join(state.root(), "ipam")
+    return config.default_data_dir(state_dir, create=False)
 
 
 def _existing_store(data_dir: Optional[str]) -> Optional[SQLiteStore]:
@@ -46,13 +45,6 @@ def pools(data_dir: Optional[str] = None) -> list[PoolUsage]:
 def pool_report(data_dir: Optional[str] = None) -> list[dict]:
     """pools() as JSON-ready dicts: pool, family, size, used, free, leases[address, network, containerID, ifname, ...]."""
     return [p.to_dict(with_leases=True) for p in pools(data_dir)]
-
-
-def pool_usage(netconf: dict) -> list[PoolUsage]:
-    """Usage of each range set of a network config (its `ipam` block), from the store it names."""
-    conf = parse(netconf)
-    with open_store(conf) as store:
-        return [store.usage(rs, conf.exclude) for rs in conf.range_sets]
 
 
 def release(container_id: str, ifname: str, network: str, data_dir: Optional[str] = None) -> list[Lease]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Optional
 
-from .kube.store import Block, KubeStore, Pool, pool_size
+from .kube.blocks import pool_size
+from .kube.model import Block, Pool
+from .kube.store import KubeStore
 
 
 def _block_size(block: Block, pool_cidr: Optional[ipaddress._BaseNetwork]) -> int:

@@ -11,7 +11,7 @@ A store answers each question atomically. `allocate` gets the whole range set, t
 the owner and an optional requested address, and returns the lease: the owner's existing lease in
 that set (ADD is idempotent), the requested address, or the next free one. The SQLite store keeps
 one database file per node; a cluster-wide store (Kubernetes custom resources) implements the same
-methods. Stores are listed in STORES by name (the config's `store`) and imported only when used.
+methods. Stores are listed by name (the config's `store`) in registry.STORES and imported only when used.
 """
 from __future__ import annotations
 
@@ -22,13 +22,9 @@ from typing import Iterable, Optional, Sequence
 
 from ..cni.types import IPAddress, IPNetwork
 from ..cni.valid import Keep, keep_of
+from ..util import log as _log
 from .config import IPAMConfig, RangeSet, StoreLocation
-
-#: store name (the config's `store`) -> "module:Class", imported on first use.
-STORES = {
-    "sqlite": "multiplex.ipam.sqlite.store:SQLiteStore",
-    "kubernetes": "multiplex.ipam.kube.store:KubeStore",
-}
+from .registry import STORES
 
 
 @dataclass(frozen=True)
@@ -127,9 +123,11 @@ class Store(ABC):
 
     @classmethod
     @abstractmethod
-    def open(cls, where: "IPAMConfig | StoreLocation", deadline: Optional[float] = None) -> "Store":
+    def open(cls, where: "IPAMConfig | StoreLocation", deadline: Optional[float] = None,
+             log: Optional[_log.Logger] = None) -> "Store":
         """Open the store a config names (its dataDir, or whatever a store needs from the config).
-        `deadline` (time.monotonic()) bounds every wait of the store (the CNI call's deadline)."""
+        `deadline` (time.monotonic()) bounds every wait of the store (the CNI call's deadline);
+        `log` is the call's logger (default: the process logger)."""
 
     def close(self) -> None:
         return None
@@ -146,9 +144,11 @@ def as_keep(keep: "Keep | Iterable[tuple[str, str]]") -> Keep:
     return keep if isinstance(keep, Keep) else keep_of(keep)
 
 
-def open_store(where: IPAMConfig | StoreLocation, deadline: Optional[float] = None) -> Store:
-    """The store a config names, opened (the SQLite store: at its dataDir or the node's default).
-    `deadline`: the call's (Request.deadline, or now + the store's default when the call has none)."""
+def open_store(where: IPAMConfig | StoreLocation, deadline: Optional[float] = None,
+               log: Optional[_log.Logger] = None) -> Store:
+    """The store a config names, opened (the SQLite store: at its dataDir or <where.state_dir>/ipam).
+    `deadline`: the call's (Request.deadline, or now + the store's default when the call has none);
+    `log`: the call's logger (req.ctx.log)."""
     module_name, _, cls_name = STORES[where.store].partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls.open(where, deadline=deadline)
+    return cls.open(where, deadline=deadline, log=log)

@@ -30,10 +30,10 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import quote
 
-from ..util import log
+from ..util import log as _log
 from . import errors
 from .errors import KubeError, NoCredentials, Unavailable
 
@@ -41,7 +41,6 @@ SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 PAGE_SIZE = 500
 
 MERGE_PATCH = "application/merge-patch+json"
-JSON_PATCH = "application/json-patch+json"
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ class KubeClient:
 
     def __init__(self, kubeconfig: Optional[str] = None, timeout: float = 10.0, retries: int = 3, *,
                  context: Optional[str] = None, backoff: float = 0.2, max_backoff: float = 5.0,
-                 service_account_dir: str = SERVICE_ACCOUNT_DIR):
+                 service_account_dir: str = SERVICE_ACCOUNT_DIR, log: Optional[_log.Logger] = None):
         self.kubeconfig = kubeconfig or None
         self.timeout = float(timeout)
         self.retries = max(0, int(retries))
@@ -113,6 +112,8 @@ class KubeClient:
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
         self.service_account_dir = service_account_dir
+        #: where it logs: a call's logger when made for one call (the IPAM's store), else the process's
+        self.log = log or _log.get()
         self.stats: Counter = Counter()        # requests, retries, failures (for benchmarks)
         self.sleep: Callable[[float], None] = time.sleep
         self._api = None
@@ -158,7 +159,7 @@ class KubeClient:
         cfg.retries = False           # our loop retries, so every attempt is counted and bounded
         if hasattr(cfg, "client_go_retries"):
             cfg.client_go_retries = False
-        log.get().debug("kubernetes credentials loaded", source=source, server=cfg.host)
+        self.log.debug("kubernetes credentials loaded", source=source, server=cfg.host)
         return cfg
 
     def _load_credentials(self, cfg) -> str:
@@ -211,17 +212,17 @@ class KubeClient:
                                  f"server: {self._host}", resp.status) from None
 
     def _send(self, verb, method, resource, namespace, name, subresource, query, body, content_type,
-              read_timeout: float, stream: bool = False):
+              read_timeout: float):
         api = self._client()  # first: the client's import is counted in setup_ms, not request_ms
         started = time.perf_counter()
         try:
             return self._send_timed(api, verb, method, resource, namespace, name, subresource, query, body,
-                                    content_type, read_timeout, stream)
+                                    content_type, read_timeout)
         finally:
             self.stats["request_ms"] += (time.perf_counter() - started) * 1000
 
     def _send_timed(self, api, verb, method, resource, namespace, name, subresource, query, body, content_type,
-                    read_timeout: float, stream: bool):
+                    read_timeout: float):
         import urllib3
         from kubernetes.client.exceptions import ApiException
 
@@ -274,7 +275,7 @@ class KubeClient:
         delay = min(self.max_backoff, self.backoff * (2 ** attempt)) * random.uniform(0.5, 1.0)
         if retry_after and str(retry_after).isdigit():
             delay = max(delay, min(float(retry_after), self.max_backoff))
-        log.get().warning("kubernetes API call failed, retrying", verb=verb, target=target, server=self._host,
+        self.log.warning("kubernetes API call failed, retrying", verb=verb, target=target, server=self._host,
                           attempt=attempt + 1, retries=self.retries, error=why, delay=round(delay, 3))
         self.sleep(delay)
 
@@ -330,9 +331,6 @@ class KubeClient:
     def get_nad(self, namespace: str, name: str) -> dict:
         return self.request("get", "GET", NADS, namespace, name)
 
-    def list_nads(self, namespace: Optional[str] = None) -> ObjectList:
-        return self._list(NADS, namespace)
-
     def get_node(self, name: str) -> dict:
         return self.request("get", "GET", NODES, None, name)
 
@@ -360,56 +358,12 @@ class KubeClient:
         return self.request("update", "PUT", custom(group, version, plural), namespace, name,
                             subresource=subresource, body=body)
 
-    def patch_object(self, group: str, version: str, plural: str, name: str, patch: Any,
-                     namespace: Optional[str] = None, subresource: str = "") -> dict:
-        """A JSON merge patch (dict) or a JSON patch (list of operations)."""
-        return self.request("patch", "PATCH", custom(group, version, plural), namespace, name,
-                            subresource=subresource, body=patch,
-                            content_type=JSON_PATCH if isinstance(patch, list) else MERGE_PATCH)
-
     def delete_object(self, group: str, version: str, plural: str, name: str, namespace: Optional[str] = None,
                       *, resource_version: str = "", uid: str = "") -> dict:
         """Delete; with `resource_version`/`uid` only if the object is still that one (Conflict if not)."""
         pre = {k: v for k, v in (("resourceVersion", resource_version), ("uid", uid)) if v}
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": pre} if pre else None
         return self.request("delete", "DELETE", custom(group, version, plural), namespace, name, body=body)
-
-    def watch_objects(self, group: str, version: str, plural: str, namespace: Optional[str] = None, *,
-                      resource_version: str = "", label_selector: str = "", field_selector: str = "",
-                      timeout_seconds: int = 300) -> Iterator[tuple[str, dict]]:
-        """One watch: yields (ADDED|MODIFIED|DELETED, object) until the server ends it after
-        `timeout_seconds`. Without `resource_version` it starts with every object as ADDED.
-        Expired (410) when `resource_version` is too old: list again and watch from the list's."""
-        resource = custom(group, version, plural)
-        query = {"watch": "true", "resourceVersion": resource_version, "labelSelector": label_selector,
-                 "fieldSelector": field_selector, "timeoutSeconds": str(int(timeout_seconds)),
-                 "allowWatchBookmarks": "false"}
-        resp = self._send("watch", "GET", resource, namespace, "", "", query, None, "",
-                          read_timeout=timeout_seconds + self.timeout)
-        raw = resp.response
-        buf = b""
-        try:
-            for chunk in raw.stream(4096, decode_content=True):
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    if line.strip():
-                        yield self._event(line, resource, namespace)
-            if buf.strip():
-                yield self._event(buf, resource, namespace)
-        except (OSError, ValueError) as e:
-            raise Unavailable(f"Kubernetes API server {self._host}: watch on {resource.describe(namespace)} "
-                              f"broke: {_short(e)}", f"server: {self._host}") from None
-        finally:
-            raw.release_conn()
-
-    def _event(self, line: bytes, resource: Resource, namespace: Optional[str]) -> tuple[str, dict]:
-        ev = json.loads(line)
-        etype, obj = ev.get("type", ""), ev.get("object") or {}
-        if etype == "ERROR":
-            raise self._error("watch", resource, namespace, "", int(obj.get("code") or 500),
-                              json.dumps(obj).encode(), 1)
-        return etype, obj
 
     def _list(self, resource: Resource, namespace: Optional[str], label_selector: str = "",
               field_selector: str = "") -> ObjectList:

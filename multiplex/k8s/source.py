@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..util import log
+from ..util import log as _log
 from .client import KubeClient
 from .errors import NotFound
 
@@ -21,8 +21,10 @@ STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/network-status"
 
 class KubeSource:
     def __init__(self, kubeconfig: Optional[str] = None, timeout: float = 10.0, retries: int = 3,
-                 client: Optional[KubeClient] = None):
-        self.client = client or KubeClient(kubeconfig, timeout=timeout, retries=retries)
+                 client: Optional[KubeClient] = None, log: Optional[_log.Logger] = None):
+        #: the call's logger when the source serves one call (the meta plugin's), else the process's
+        self.log = log or _log.get()
+        self.client = client or KubeClient(kubeconfig, timeout=timeout, retries=retries, log=self.log)
         self._uids: dict[tuple[str, str], str] = {}
 
     def get_nad(self, namespace: str, name: str) -> dict:
@@ -32,7 +34,7 @@ class KubeSource:
         try:
             pod = self.client.get_pod(namespace, name)
         except NotFound:
-            log.get().warning("pod not found in the API; only the cluster network and defaults apply",
+            self.log.warning("pod not found in the API; only the cluster network and defaults apply",
                               pod=f"{namespace}/{name}", server=self.client.server)
             return None
         uid = (pod.get("metadata") or {}).get("uid")

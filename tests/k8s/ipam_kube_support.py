@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import pytest
 import yaml
 
 from multiplex.ipam import config
-from multiplex.ipam.kube.store import API_VERSION, BLOCKS, GROUP, POOL_KIND, POOLS, VERSION, Block, KubeStore
+from multiplex.ipam.kube.model import API_VERSION, BLOCKS, GROUP, POOL_KIND, POOLS, VERSION, Block
+from multiplex.ipam.kube.store import KubeStore
 from multiplex.ipam.store import Owner
 from multiplex.k8s.client import KubeClient
 
@@ -103,3 +104,19 @@ def take(store: KubeStore, conf: config.IPAMConfig, who: Owner, requested: Optio
     rs = conf.range_sets[n]
     return store.allocate(rs, conf.exclude, who, ipaddress.ip_address(requested) if requested else None,
                           "$.runtimeConfig.ips[0]" if requested else "")
+
+
+class NodeRoutes(NamedTuple):
+    blocks: tuple       # CIDRs of the blocks affine to the node
+    borrowed: tuple     # addresses it holds in other nodes' blocks (announced as /32 or /128)
+
+
+def node_routes(store: KubeStore, node: Optional[str] = None) -> NodeRoutes:
+    """What a routed delegate would announce for `node` (default: the store's), read as the node
+    reads its blocks (one LIST by its label)."""
+    node = node or store.node
+    blocks = store.node_blocks(node=node)
+    own = tuple(b.cidr for b in blocks if b.node == node)
+    borrowed = tuple(ipaddress.ip_address(a) for b in blocks if b.node != node
+                     for a, v in b.allocations.items() if v.node == node)
+    return NodeRoutes(own, borrowed)

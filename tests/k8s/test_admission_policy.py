@@ -21,7 +21,7 @@ from typing import Optional
 import pytest
 import yaml
 
-from multiplex.ipam.kube.store import GROUP
+from multiplex.ipam.kube.model import GROUP
 from multiplex.k8s.client import KubeClient
 from multiplex.k8s.source import STATUS_ANNOTATION, KubeSource
 from tests.k8s.ipam_kube_support import REPO, cluster, ipam_conf, owner, take  # noqa: F401

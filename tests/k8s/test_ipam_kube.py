@@ -15,8 +15,8 @@ import pytest
 
 from multiplex.cni import errors
 from multiplex.cni.errors import CNIError
-from multiplex.ipam.kube.store import (NODE_LABEL, POOL_LABEL, Block, block_name, label_value, user_label)
-from tests.k8s.ipam_kube_support import cluster, crd_documents, ipam_conf, owner, take  # noqa: F401
+from multiplex.ipam.kube.model import (NODE_LABEL, POOL_LABEL, Block, block_name, label_value, user_label)
+from tests.k8s.ipam_kube_support import node_routes, cluster, crd_documents, ipam_conf, owner, take  # noqa: F401
 
 BLUE = "198.18.64.0/24"
 
@@ -83,7 +83,7 @@ def test_requested_addresses_are_honoured_or_refused(cluster):  # noqa: F811
     b = cluster.block("v4-198-18-64-128-26")
     assert b.node == "n1" and b.allocations[str(lent.address)].node == "n2"
     assert b.to_object()["spec"]["allocations"][str(lent.address)]["borrowed"] is True
-    assert cluster.store("n2").node_routes().borrowed == (lent.address,)
+    assert node_routes(cluster.store("n2")).borrowed == (lent.address,)
 
     with pytest.raises(CNIError) as e:
         take(cluster.store("n3"), conf, owner("c3", pod="db-0"), requested="198.18.64.150")
@@ -137,7 +137,7 @@ def test_a_full_pool_makes_the_next_node_borrow_and_release_returns_the_address(
     assert obj["spec"]["allocations"][str(lent.address)]["borrowed"] is True
     assert obj["metadata"]["labels"][user_label("n5")] == "borrowed"
     assert obj["metadata"]["labels"][NODE_LABEL] == home.node
-    routes = cluster.store("n5").node_routes()
+    routes = node_routes(cluster.store("n5"))
     assert routes.blocks == () and routes.borrowed == (lent.address,)
     print(f"\nn5 borrowed {lent.address} from {home.name} (affine to {home.node}); stats {dict(s5.stats)}")
 
@@ -207,7 +207,7 @@ def test_ipv6_pool_blocks_are_122_by_default(cluster):  # noqa: F811
     assert all(lease.address in b.cidr and lease.pool == "fd00:64::/64" for lease in got)
     assert ipaddress.ip_address("fd00:64::1") not in {lease.address for lease in got}   # the gateway
     lent = take(cluster.store("n2"), conf, owner("x", network="v6"), requested=str(b.cidr[40]))
-    assert cluster.store("n2").node_routes().borrowed == (lent.address,)
+    assert node_routes(cluster.store("n2")).borrowed == (lent.address,)
 
 
 def test_dual_stack_gets_one_address_per_family_and_del_releases_both(cluster):  # noqa: F811
@@ -341,7 +341,7 @@ def test_long_node_names_fit_in_labels(cluster):  # noqa: F811
     node = "node-" + "x" * 70 + ".example.com"
     assert len(label_value(node)) <= 63 and label_value(node) != label_value(node + "y")
     got = take(cluster.store(node), ipam_conf(BLUE), owner("c1"))
-    assert cluster.store(node).node_routes().blocks == (ipaddress.ip_network(f"{got.address}/26", strict=False),)
+    assert node_routes(cluster.store(node)).blocks == (ipaddress.ip_network(f"{got.address}/26", strict=False),)
     assert cluster.store(node).release(owner("c1"))
 
 
@@ -466,7 +466,7 @@ def test_the_examples_in_the_docs_are_valid(cluster):  # noqa: F811
     import yaml
 
     from multiplex.ipam import config
-    from multiplex.ipam.kube.store import Pool
+    from multiplex.ipam.kube.model import Pool
     from tests.k8s.ipam_kube_support import REPO
 
     doc = open(os.path.join(REPO, "docs", "ipam-kubernetes.md"), encoding="utf-8").read()

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from multiplex.cli.commands import cli
 from multiplex.cni import errors
-from multiplex.ipam.kube import store as kube_store
+from multiplex.ipam.kube import model as kube_model
 from tests.cnitool import BIN, run_plugin
 from tests.k8s.ipam_kube_support import REPO, cluster, ipam_conf, owner, take  # noqa: F401
 
@@ -175,7 +175,7 @@ def test_rbac_covers_what_the_ipam_store_and_ipam_gc_do(cluster):  # noqa: F811
     """The node's IPAM role (bound to the node account) covers every request the store makes on a
     node; the GC's own role (its own account) covers `ipam gc`. (Exactness, both
     ways, is tests/k8s/test_rbac_matches_code.py.)"""
-    g = kube_store.GROUP
+    g = kube_model.GROUP
     [binding] = [d for d in manifest("41-rbac-ipam.yaml") if d["kind"] == "ClusterRoleBinding"]
     assert binding["roleRef"]["name"] == "multiplex-ipam"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "multiplex", "namespace": "kube-system"}]

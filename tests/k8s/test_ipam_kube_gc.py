@@ -18,7 +18,7 @@ from multiplex.cni import errors
 from multiplex.cni.errors import CNIError
 from multiplex.ipam import gc
 from tests.cnitool import BIN, CNI_PATH, run_plugin
-from tests.k8s.ipam_kube_support import cluster, ipam_conf, owner, take  # noqa: F401
+from tests.k8s.ipam_kube_support import node_routes, cluster, ipam_conf, owner, take  # noqa: F401
 
 GRACE = 300.0
 T0 = 1_800_000_000.0
@@ -123,7 +123,7 @@ def test_a_block_of_a_deleted_node_is_handed_over_to_the_node_borrowing_from_it(
     assert done.count("freed") == 1 and done.count("handed-over") == 0
     [block] = cluster.blocks().values()
     assert block.node == "n2" and list(block.allocations) == [str(lent.address)] and not block.borrowed()
-    assert cluster.store("n2").node_routes().borrowed == ()
+    assert node_routes(cluster.store("n2")).borrowed == ()
     # n2 allocates from it now as its own block (one write, no borrowing)
     assert take(cluster.store("n2"), conf, owner("cc")).address in block.cidr
 

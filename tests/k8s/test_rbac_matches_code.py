@@ -23,8 +23,8 @@ import yaml
 
 from multiplex.cni.valid import Keep
 from multiplex.ipam import gc
-from multiplex.ipam.kube.store import API_VERSION, POOL_KIND, POOLS
-from tests.k8s.ipam_kube_support import REPO, cluster, install_crds, ipam_conf, owner, take  # noqa: F401
+from multiplex.ipam.kube.model import API_VERSION, POOL_KIND, POOLS
+from tests.k8s.ipam_kube_support import node_routes, REPO, cluster, install_crds, ipam_conf, owner, take  # noqa: F401
 
 NODE_ACCOUNT = ("kube-system", "multiplex")
 GC_ACCOUNT = ("kube-system", "multiplex-ipam-gc")
@@ -82,7 +82,7 @@ def run_ipam_store_paths(c) -> None:
     take(c.store("n3"), conf, owner("c5", network="tiny", pod="p5"))
     take(c.store("n3"), conf, owner("c6", network="tiny", pod="p6"))
     c.store("n1").gc("tiny", Keep(pairs=frozenset({("c1", "eth0")})))
-    c.store("n3").node_routes()
+    node_routes(c.store("n3"))
     c.store("n1").usage(conf.range_sets[0], conf.exclude)
     # a claim whose answer was lost: the retried create answers AlreadyExists, the block is re-read
     store = c.store("n3")

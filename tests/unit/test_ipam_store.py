@@ -394,7 +394,7 @@ def test_a_schema_1_database_with_an_address_leased_twice_keeps_working(tmp_path
     d = tmp_path / "ipam"
     d.mkdir()
     con = sqlite3.connect(str(d / FILENAME), isolation_level=None)
-    from multiplex.ipam.sqlite.store import _SCHEMA
+    from multiplex.ipam.sqlite.schema import SCHEMA as _SCHEMA
 
     for stmt in filter(str.strip, _SCHEMA.split(";")):
         con.execute(stmt)

@@ -1,17 +1,10 @@
-"""The cluster-wide lease store: IPPool and IPBlock custom resources on the Kubernetes API.
+"""The cluster-wide lease store: leases in IPPool and IPBlock custom resources on the Kubernetes API.
 
-The API server (and the etcd behind it) is the database; every node writes it directly.
-
-- An **IPPool** (cluster-scoped, made by the admin) is one subnet: `spec.cidr`, `spec.blockSize`
-  (a prefix length; default /26 for IPv4, /122 for IPv6), `spec.nodeSelector` (node labels, all
-  must match) and `spec.disabled`. A range of the IPAM config uses the pool whose CIDR equals its
-  subnet.
-- An **IPBlock** (cluster-scoped) is one block of a pool, affine to one node: `spec.cidr`,
-  `spec.node`, `spec.pool`, `spec.poolCIDR`, `spec.last` (the allocation cursor) and
-  `spec.allocations`: address -> containerID, ifname, network, podNamespace, podName, podUID,
-  node (who holds it), borrowed (held by another node than the block's), created, missingSince (GC).
-  Its name comes from its CIDR (`v4-198-18-0-64-26`), so **creating it is the claim**: the API
-  server refuses a second create of the same name (AlreadyExists: another node won; try the next).
+The API server (and the etcd behind it) is the database; every node writes it directly. The
+objects and their (de)serialising are multiplex.ipam.kube.model, the arithmetic of blocks
+multiplex.ipam.kube.blocks; this module is what a node does with them. Creating a block is the
+claim: the API server refuses a second create of the same name (AlreadyExists: another node won;
+try the next).
 
 ADD on node N (the hot path is one LIST and one write to N's own block):
 1. LIST the blocks of the pools labelled with N (its own, and those it borrowed from); the owner's
@@ -22,7 +15,7 @@ ADD on node N (the hot path is one LIST and one write to N's own block):
 4. None free: LIST the pool's blocks and create a free one with the allocation in it.
 5. No free block: take over an empty block affine to another node (the pool runs short).
 6. None: borrow a free address from another node's block. The allocation is marked `borrowed`,
-   so the routed delegate announces it as a /32 (/128); `node_routes()` lists them.
+   so the routed delegate announces it as a /32 (/128).
 Every write carries the resourceVersion it read: a 409 re-reads and retries with jittered
 backoff, `retries` times, then CNI code 11. A node-local file lock (in dataDir) serializes the
 CNI calls of one node, so concurrent ADDs on one node do not conflict with each other.
@@ -33,8 +26,6 @@ multiplex.ipam.gc; the cluster view is multiplex.ipam.show.
 """
 from __future__ import annotations
 
-import bisect
-import calendar
 import contextlib
 import copy
 import hashlib
@@ -44,81 +35,34 @@ import random
 import socket
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from itertools import islice
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
-from ...util import log
+from ...util import files, log as _log
 from ...cni.errors import ADDRESS_UNAVAILABLE, IPAM_EXHAUSTED, TRY_AGAIN_LATER, CNIError, invalid_config
 from ...cni.types import IPAddress, IPNetwork
 from ...cni.valid import Keep
 from ..allocator import Space, address as int_to_address
 from ..config import IPAMConfig, Range, RangeSet, StoreLocation
 from ..store import Lease, Owner, PoolUsage, Store, as_keep
+from .blocks import candidate_blocks, free_in, pool_size
+from .model import (API_VERSION, BLOCKS, GROUP, POOL_KIND, POOL_LABEL, POOLS, VERSION, Allocation, Block, Pool,
+                    address_int, block_name, label_value, user_label)
 
-GROUP = "ipam.multiplex.dev"
-VERSION = "v1alpha1"
-POOLS = "ippools"
-BLOCKS = "ipblocks"
-POOL_KIND = "IPPool"
-BLOCK_KIND = "IPBlock"
-API_VERSION = f"{GROUP}/{VERSION}"
-
-POOL_LABEL = f"{GROUP}/pool"            # the block's pool
-NODE_LABEL = f"{GROUP}/node"            # the block's affine node
-USER_LABEL_PREFIX = f"node.{GROUP}/"    # one per node with a stake in the block: affine or borrowed
-
-DEFAULT_BLOCK_SIZE = {4: 26, 6: 122}
 #: the node kubeconfig `multiplex install` writes (install.DEFAULT_CONF_DIR/STATE_SUBDIR/KUBECONFIG_NAME)
 NODE_KUBECONFIG = "/etc/cni/net.d/multiplex.d/multiplex.kubeconfig"
-KUBECONFIG_ENV = "MULTIPLEX_KUBECONFIG"
 NODE_NAME_ENV = "NODE_NAME"
 
 DEFAULT_RETRIES = 8
 CANDIDATES = 64          # free blocks a claim chooses among (spread by node, fewer races)
 
 
-# --- names, labels, times ---------------------------------------------------------------------
-
-def block_name(cidr: IPNetwork) -> str:
-    """`v4-198-18-0-64-26`, `v6-fd00-5--40-122`: a DNS subdomain name unique per CIDR."""
-    addr = str(cidr.network_address).replace(".", "-").replace(":", "-")
-    return f"v{cidr.version}-{addr}-{cidr.prefixlen}"
-
-
-def label_value(name: str) -> str:
-    """A node or pool name as a label value / label key name (<= 63 characters)."""
-    if len(name) <= 63:
-        return name
-    return name[:46].rstrip("-.") + "-" + hashlib.sha256(name.encode()).hexdigest()[:16]
-
-
-def user_label(node: str) -> str:
-    return USER_LABEL_PREFIX + label_value(node)
-
-
-def rfc3339(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
-def parse_time(value: object) -> Optional[float]:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return float(calendar.timegm(time.strptime(value.rstrip("Z")[:19], "%Y-%m-%dT%H:%M:%S")))
-    except ValueError:
-        return None
-
-
-def resolve_kubeconfig(configured: str = "") -> Optional[str]:
-    """The IPAM config's `kubeconfig`, else $MULTIPLEX_KUBECONFIG (the meta plugin's `kubeconfig`),
-    else the node kubeconfig `multiplex install` writes when it exists; None: the client's own
-    order (in-cluster service account, $KUBECONFIG, ~/.kube/config)."""
-    if configured:
-        return configured
-    env = os.environ.get(KUBECONFIG_ENV, "")
-    if env:
-        return env
+def resolve_kubeconfig(configured: str = "", caller: Optional[str] = None) -> Optional[str]:
+    """The IPAM config's `kubeconfig`, else the caller's (the meta plugin's `kubeconfig`, from the
+    call context), else the node kubeconfig `multiplex install` writes when it exists; None: the
+    client's own order (in-cluster service account, $KUBECONFIG, ~/.kube/config)."""
+    if configured or caller:
+        return configured or caller
     return NODE_KUBECONFIG if os.path.isfile(NODE_KUBECONFIG) else None
 
 
@@ -127,218 +71,6 @@ def resolve_node_name(configured: str = "") -> str:
     kubelet names its node unless --hostname-override is given."""
     return configured or os.environ.get(NODE_NAME_ENV, "").strip() or socket.gethostname().strip().lower()
 
-
-# --- the resources ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Pool:
-    """An IPPool: one subnet, carved into blocks of `block_prefix`."""
-    name: str
-    cidr: IPNetwork
-    block_prefix: int
-    node_selector: dict = field(default_factory=dict, compare=False)
-    disabled: bool = False
-
-    @classmethod
-    def from_object(cls, obj: dict) -> "Pool":
-        """Raises ValueError naming the field when the object is malformed."""
-        name = str((obj.get("metadata") or {}).get("name") or "")
-        spec = obj.get("spec") or {}
-        try:
-            cidr = ipaddress.ip_network(str(spec.get("cidr")), strict=True)
-        except ValueError:
-            raise ValueError(f"IPPool {name}: spec.cidr {spec.get('cidr')!r} is not a CIDR with no host bits") from None
-        size = spec.get("blockSize", DEFAULT_BLOCK_SIZE[cidr.version])
-        if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= cidr.max_prefixlen:
-            raise ValueError(f"IPPool {name}: spec.blockSize {size!r} is not a prefix length 1-{cidr.max_prefixlen}")
-        selector = spec.get("nodeSelector") or {}
-        if not isinstance(selector, dict):
-            raise ValueError(f"IPPool {name}: spec.nodeSelector must be a map of node labels")
-        return cls(name, cidr, max(size, cidr.prefixlen), {str(k): str(v) for k, v in selector.items()},
-                   bool(spec.get("disabled", False)))
-
-    @property
-    def family(self) -> int:
-        return self.cidr.version
-
-    def block_of(self, ip: IPAddress) -> IPNetwork:
-        return ipaddress.ip_network(f"{ip}/{self.block_prefix}", strict=False)
-
-    def selects(self, labels: Optional[dict]) -> bool:
-        return all((labels or {}).get(k) == v for k, v in self.node_selector.items())
-
-    def why_unusable(self, node: str, labels: Optional[dict]) -> str:
-        if self.disabled:
-            return f"IPPool {self.name} is disabled"
-        if self.node_selector and not self.selects(labels):
-            sel = ",".join(f"{k}={v}" for k, v in sorted(self.node_selector.items()))
-            return f"IPPool {self.name} does not select node {node} (nodeSelector {sel})"
-        return ""
-
-
-@dataclass
-class Allocation:
-    """One address of a block: who holds it."""
-    container_id: str
-    ifname: str
-    network: str
-    node: str
-    pod_namespace: str = ""
-    pod_name: str = ""
-    pod_uid: str = ""
-    created: float = 0.0
-    missing_since: Optional[float] = None    # set by GC when its pod or node was first seen gone
-
-    @classmethod
-    def for_owner(cls, owner: Owner, node: str, now: float) -> "Allocation":
-        return cls(owner.container_id, owner.ifname, owner.network, node, owner.pod_namespace, owner.pod_name,
-                   owner.pod_uid, now)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Allocation":
-        return cls(str(d.get("containerID", "")), str(d.get("ifname", "")), str(d.get("network", "")),
-                   str(d.get("node", "")), str(d.get("podNamespace", "")), str(d.get("podName", "")),
-                   str(d.get("podUID", "")), parse_time(d.get("created")) or 0.0, parse_time(d.get("missingSince")))
-
-    def to_dict(self, borrowed: bool) -> dict:
-        d = {"containerID": self.container_id, "ifname": self.ifname, "network": self.network, "node": self.node,
-             "podNamespace": self.pod_namespace, "podName": self.pod_name, "podUID": self.pod_uid,
-             "borrowed": borrowed, "created": rfc3339(self.created)}
-        if self.missing_since is not None:
-            d["missingSince"] = rfc3339(self.missing_since)
-        return d
-
-    def owner(self) -> Owner:
-        return Owner(self.container_id, self.ifname, self.network, self.pod_namespace, self.pod_name, self.pod_uid)
-
-    def held_by(self, owner: Owner) -> bool:
-        return (self.container_id, self.ifname, self.network) == (owner.container_id, owner.ifname, owner.network)
-
-
-@dataclass
-class Block:
-    """An IPBlock: a CIDR of a pool, affine to one node, and its allocations (address -> holder)."""
-    cidr: IPNetwork
-    pool: str
-    pool_cidr: str
-    node: str
-    allocations: dict[str, Allocation] = field(default_factory=dict)
-    last: str = ""
-    resource_version: str = ""
-
-    @property
-    def name(self) -> str:
-        return block_name(self.cidr)
-
-    @classmethod
-    def from_object(cls, obj: dict) -> "Block":
-        spec = obj.get("spec") or {}
-        meta = obj.get("metadata") or {}
-        cidr = ipaddress.ip_network(str(spec.get("cidr")), strict=False)
-        allocs = {str(ipaddress.ip_address(a)): Allocation.from_dict(v or {})
-                  for a, v in (spec.get("allocations") or {}).items()}
-        return cls(cidr, str(spec.get("pool", "")), str(spec.get("poolCIDR", "")), str(spec.get("node", "")),
-                   allocs, str(spec.get("last") or ""), str(meta.get("resourceVersion") or ""))
-
-    def labels(self) -> dict[str, str]:
-        """Computed from the content on every write: pool, affine node, and one label per node
-        with a stake (`affine` or `borrowed`), so a node LISTs exactly the blocks it may hold leases in."""
-        out = {POOL_LABEL: label_value(self.pool), NODE_LABEL: label_value(self.node)}
-        for a in self.allocations.values():
-            if a.node and a.node != self.node:
-                out[user_label(a.node)] = "borrowed"
-        out[user_label(self.node)] = "affine"
-        return out
-
-    def to_object(self) -> dict:
-        meta: dict = {"name": self.name, "labels": self.labels()}
-        if self.resource_version:
-            meta["resourceVersion"] = self.resource_version
-        spec = {"pool": self.pool, "poolCIDR": self.pool_cidr, "cidr": str(self.cidr), "node": self.node,
-                "allocations": {a: v.to_dict(borrowed=v.node != self.node)
-                                for a, v in sorted(self.allocations.items(), key=lambda kv: _int(kv[0]))}}
-        if self.last:
-            spec["last"] = self.last
-        return {"apiVersion": API_VERSION, "kind": BLOCK_KIND, "metadata": meta, "spec": spec}
-
-    def span(self) -> tuple[int, int]:
-        return int(self.cidr.network_address), int(self.cidr.broadcast_address)
-
-    def used(self) -> set[int]:
-        return {_int(a) for a in self.allocations}
-
-    def borrowed(self) -> dict[str, Allocation]:
-        """Addresses of this block held by other nodes."""
-        return {a: v for a, v in self.allocations.items() if v.node != self.node}
-
-    def lease(self, addr: str, fresh: bool = False) -> Lease:
-        a = self.allocations[addr]
-        return Lease(pool=self.pool_cidr or str(self.cidr), address=ipaddress.ip_address(addr), owner=a.owner(),
-                     created=a.created, fresh=fresh)
-
-
-@dataclass(frozen=True)
-class NodeRoutes:
-    """What a routed delegate announces for a node: its blocks, and single addresses it holds in
-    other nodes' blocks (as /32 or /128)."""
-    blocks: tuple[IPNetwork, ...]
-    borrowed: tuple[IPAddress, ...]
-
-
-def _int(addr: str) -> int:
-    return int(ipaddress.ip_address(addr))
-
-
-# --- address arithmetic over a Space ----------------------------------------------------------
-
-def _spans(space: Space, lo: int, hi: int) -> list[tuple[int, int]]:
-    """The allocatable parts of [lo, hi], in address order."""
-    out = []
-    for iv in sorted(space.intervals, key=lambda i: i.lo):
-        a, b = max(iv.lo, lo), min(iv.hi, hi)
-        if a <= b:
-            out.append((a, b))
-    return out
-
-
-def free_in(space: Space, lo: int, hi: int, used: set[int], after: Optional[int] = None) -> Optional[int]:
-    """The first allocatable address of [lo, hi] not in `used`, after `after` (wrapping)."""
-    spans = _spans(space, lo, hi)
-    if after is not None:
-        spans = [(max(a, after + 1), b) for a, b in spans if b > after] + \
-                [(a, min(b, after)) for a, b in spans if a <= after]
-    for a, b in spans:
-        v = a
-        while v <= b:
-            if v not in used:
-                return v
-            v += 1
-    return None
-
-
-def candidate_blocks(pool: Pool, space: Space, taken: Sequence[tuple[int, int]]) -> Iterator[IPNetwork]:
-    """Blocks of the pool that overlap no existing block (`taken`: their spans, which may be of
-    another size if the pool's blockSize changed) and hold an allocatable address, in order."""
-    size = 2 ** (pool.cidr.max_prefixlen - pool.block_prefix)
-    base, top = int(pool.cidr.network_address), int(pool.cidr.broadcast_address)
-    spans = sorted(taken)
-    starts = [lo for lo, _ in spans]
-    seen: set[int] = set()
-    for lo, hi in _spans(space, base, top):
-        b = base + (lo - base) // size * size
-        while b <= hi:
-            end = b + size - 1
-            # blocks are disjoint: only the last one starting at or before `end` can reach `b`
-            k = bisect.bisect_right(starts, end) - 1
-            clash = spans[k] if k >= 0 and spans[k][1] >= b else None
-            if clash is None and b not in seen:
-                seen.add(b)
-                yield ipaddress.ip_network(f"{int_to_address(b, pool.family)}/{pool.block_prefix}")
-                b += size
-            elif clash is not None:
-                b = base + (clash[1] + 1 - base + size - 1) // size * size   # the first block after it
-            else:
-                b += size
 
 
 # --- the store --------------------------------------------------------------------------------
@@ -356,7 +88,7 @@ class KubeStore(Store):
 
     def __init__(self, client, node: str, lock_dir: str = "", retries: int = DEFAULT_RETRIES,
                  backoff: float = 0.02, max_backoff: float = 0.5, clock: Callable[[], float] = time.time,
-                 lock_timeout: float = 60.0):
+                 lock_timeout: float = 60.0, log: Optional[_log.Logger] = None):
         self.client = client
         self.node = node
         self.lock_dir = lock_dir
@@ -365,6 +97,8 @@ class KubeStore(Store):
         self.max_backoff = max_backoff
         self.clock = clock
         self.lock_timeout = lock_timeout
+        #: the call's logger (the process logger when the store serves no call)
+        self.log = log or _log.get()
         self.sleep: Callable[[float], None] = time.sleep
         #: conflicts (409 on a block write), claims, claims_lost (create lost to another node),
         #: takeovers, borrows, retries
@@ -376,7 +110,11 @@ class KubeStore(Store):
         self._owns_client = False
 
     @classmethod
-    def open(cls, where: IPAMConfig | StoreLocation, deadline: Optional[float] = None) -> "KubeStore":
+    def open(cls, where: IPAMConfig | StoreLocation, deadline: Optional[float] = None,
+             log: Optional[_log.Logger] = None) -> "KubeStore":
+        """The store for this node, with a client of its own (closed by close()): credentials from
+        the config's kubeconfig or the caller's (`where.kubeconfig`), the node lock in dataDir
+        (default: <state root>/ipam of `where.state_dir`)."""
         from ...k8s.client import KubeClient
 
         from ..config import default_data_dir
@@ -384,13 +122,12 @@ class KubeStore(Store):
         lock_dir = where.data_dir
         if not lock_dir:
             try:
-                lock_dir = default_data_dir()
-            except OSError:
+                lock_dir = default_data_dir(where.state_dir)
+            except (OSError, CNIError):
                 lock_dir = ""
         lock_timeout = 60.0 if deadline is None else max(0.0, deadline - time.monotonic())
-        store = cls(KubeClient(resolve_kubeconfig(getattr(where, "kubeconfig", ""))),
-                    resolve_node_name(getattr(where, "node_name", "")), lock_dir=lock_dir,
-                    lock_timeout=lock_timeout)
+        store = cls(KubeClient(resolve_kubeconfig(where.kubeconfig), log=log),
+                    resolve_node_name(where.node_name), lock_dir=lock_dir, lock_timeout=lock_timeout, log=log)
         store._owns_client = True
         return store
 
@@ -409,7 +146,7 @@ class KubeStore(Store):
                 try:
                     pools.append(Pool.from_object(obj))
                 except ValueError as e:
-                    log.get().warning("ignoring a malformed IPPool", error=str(e))
+                    self.log.warning("ignoring a malformed IPPool", error=str(e))
             self._pools = pools
         return self._pools
 
@@ -419,7 +156,7 @@ class KubeStore(Store):
             try:
                 out.append(Block.from_object(obj))
             except (ValueError, TypeError, AttributeError) as e:
-                log.get().warning("ignoring a malformed IPBlock", block=(obj.get("metadata") or {}).get("name"),
+                self.log.warning("ignoring a malformed IPBlock", block=(obj.get("metadata") or {}).get("name"),
                                   error=str(e))
         return sorted(out, key=lambda b: (b.cidr.version, int(b.cidr.network_address)))
 
@@ -500,7 +237,7 @@ class KubeStore(Store):
         names = {p.name for p in usable}
         for b in mine:  # 1. our own blocks: the hot path, one write
             if b.node == self.node and b.pool in names:
-                v = free_in(space, *b.span(), b.used(), _int(b.last) if b.last else None)
+                v = free_in(space, *b.span(), b.used(), address_int(b.last) if b.last else None)
                 if v is not None:
                     return self._write(b, int_to_address(v, space.family), owner, cursor=True)
         everything = self.pool_blocks(usable)
@@ -535,7 +272,7 @@ class KubeStore(Store):
                                        (f"field: {requested_from}; " if requested_from else "")
                                        + f"allowed: {ip}, or DEL the attachment first")
                     return b.lease(addr)
-                log.get().warning("releasing a lease outside the current ranges", pool=b.pool_cidr, address=addr,
+                self.log.warning("releasing a lease outside the current ranges", pool=b.pool_cidr, address=addr,
                                   network=owner.network)
                 del b.allocations[addr]
                 self._replace(b)
@@ -617,10 +354,10 @@ class KubeStore(Store):
                     if mine is not None:
                         return mine
                     self.stats["claims_lost"] += 1
-                    log.get().info("block claimed by another node, trying the next", block=block.name)
+                    self.log.info("block claimed by another node, trying the next", block=block.name)
                     continue
                 self.stats["claims"] += 1
-                log.get().info("claimed block", block=block.name, node=self.node, pool=pool.name)
+                self.log.info("claimed block", block=block.name, node=self.node, pool=pool.name)
                 return block.lease(str(ip), fresh=True)
             raise _Again(f"every free block of pool {pool.name} was claimed meanwhile")
         return None
@@ -660,7 +397,7 @@ class KubeStore(Store):
                 self._raced = True
                 continue
             self.stats["takeovers"] += 1
-            log.get().info("took over an empty block", block=b.name, node=self.node, previous=previous)
+            self.log.info("took over an empty block", block=b.name, node=self.node, previous=previous)
             return lease
         return None
 
@@ -680,7 +417,7 @@ class KubeStore(Store):
                 self._raced = True
                 continue
             self.stats["borrows"] += 1
-            log.get().info("borrowed an address", block=b.name, address=str(lease.address), node=self.node,
+            self.log.info("borrowed an address", block=b.name, address=str(lease.address), node=self.node,
                            affine=b.node)
             return lease
         return None
@@ -746,15 +483,6 @@ class KubeStore(Store):
                                  leases=tuple(sorted(mine, key=lambda lease: int(lease.address)))))
         return out
 
-    def node_routes(self, node: Optional[str] = None) -> NodeRoutes:
-        """The blocks affine to `node` and the addresses it borrowed (for the routed delegate)."""
-        node = node or self.node
-        blocks = self.node_blocks(node=node)
-        own = tuple(b.cidr for b in blocks if b.node == node)
-        borrowed = tuple(ipaddress.ip_address(a) for b in blocks if b.node != node
-                         for a, v in b.allocations.items() if v.node == node)
-        return NodeRoutes(own, borrowed)
-
     # --- writes, retries, the node lock ---------------------------------------------------
 
     def _write(self, block: Block, ip: IPAddress, owner: Owner, cursor: bool = False) -> Lease:
@@ -793,7 +521,7 @@ class KubeStore(Store):
                 last = e.msg
             except _Again as e:
                 last = e.what
-            log.get().info("IPAM block changed under us, retrying", what=what, attempt=attempt + 1, reason=last)
+            self.log.info("IPAM block changed under us, retrying", what=what, attempt=attempt + 1, reason=last)
         raise CNIError(TRY_AGAIN_LATER, f"IPAM: could not {what}: the blocks kept changing "
                        f"({self.retries + 1} attempts)",
                        f"node: {self.node}; last: {last}; allowed: try again later")
@@ -805,36 +533,22 @@ class KubeStore(Store):
         if not self.lock_dir:
             yield
             return
-        import fcntl
-
         path = os.path.join(self.lock_dir, f"kube-{label_value(self.node)}.lock")
         try:
             os.makedirs(self.lock_dir, mode=0o700, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
-            log.get().warning("no node lock; going on without it", path=path, error=str(e))
+            self.log.warning("no node lock; going on without it", path=path, error=str(e))
             yield
             return
         try:
-            deadline = time.monotonic() + self.lock_timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        log.get().warning("node lock held too long; going on without it", path=path)
-                        break
-                    time.sleep(0.002)
+            started = time.monotonic()
+            if not files.lock(fd, started + self.lock_timeout):
+                self.log.warning("node lock held too long; going on without it", path=path,
+                                 waited=files.waited(started))
             yield
         finally:
             os.close(fd)   # closing the descriptor drops the lock
-
-
-def pool_size(cidr: IPNetwork) -> int:
-    """Addresses of a CIDR less the network address (and the IPv4 broadcast)."""
-    n = cidr.num_addresses
-    return max(n - (2 if cidr.version == 4 else 1), 0) if cidr.prefixlen < cidr.max_prefixlen - 1 else n
 
 
 def _pool_selector(pools: Sequence[Pool]) -> str:
