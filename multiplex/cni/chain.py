@@ -25,10 +25,10 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Union
 
-from ..util import log
 from . import registry
 from . import version as cniversion
 from .conflist import NetworkList, declared_capabilities
+from .context import CallContext
 from .errors import CNIError, INCOMPATIBLE_VERSION, INTERNAL, UNSUPPORTED_FIELD
 from .invoke import DEFAULT_TIMEOUT, invoke
 from .request import Request
@@ -57,14 +57,9 @@ class Runtime:
     #: plugin call starts its own.
     deadline: Optional[float] = None
 
-    @classmethod
-    def from_request(cls, req: Request, **changes: Any) -> "Runtime":
-        """The runtime of an incoming call; `runtimeConfig` becomes the capability args."""
-        rt = cls(container_id=req.container_id, netns=req.netns, ifname=req.ifname,
-                 cni_args=dict(req.args), path=list(req.path), capability_args=dict(req.runtime_config))
-        for k, v in changes.items():
-            setattr(rt, k, v)
-        return rt
+    #: the calling request's context (state root, kubeconfig, logger, delete batch), handed to
+    #: every plugin it runs: cni/context.py
+    ctx: CallContext = field(default_factory=CallContext)
 
 
 # ---- building each plugin's config -------------------------------------------------------------
@@ -132,7 +127,7 @@ def _merge_args(own: Any, given: Mapping[str, Any]) -> dict[str, Any]:
 
 def _request(command: str, conf: dict[str, Any], rt: Runtime) -> Request:
     return Request(command=command, container_id=rt.container_id, netns=rt.netns, ifname=rt.ifname,
-                   args=dict(rt.cni_args), path=list(rt.path), config=conf, deadline=rt.deadline)
+                   args=dict(rt.cni_args), path=list(rt.path), config=conf, deadline=rt.deadline, ctx=rt.ctx)
 
 
 def _describe(netlist: NetworkList, index: int) -> str:
@@ -152,7 +147,7 @@ def add_list(netlist: NetworkList, rt: Runtime) -> Result:
             if out is None:  # invoke returns a Result for every ADD; this would be a bug
                 raise CNIError(INTERNAL, f"plugin {_describe(netlist, k)} returned no result for ADD")
         except Exception as e:
-            log.get().warning("plugin failed ADD, undoing the chain", plugin=_describe(netlist, k),
+            rt.ctx.log.warning("plugin failed ADD, undoing the chain", plugin=_describe(netlist, k),
                               container=rt.container_id, ifname=rt.ifname, error=str(e))
             _undo(netlist, rt, k, result)
             raise
@@ -168,7 +163,7 @@ def _undo(netlist: NetworkList, rt: Runtime, failed: int, result: Optional[Resul
         try:
             invoke(_request("DEL", _del_config(netlist, k, rt, result), rt), timeout=rt.timeout)
         except Exception as e:
-            log.get().error("undo of a failed ADD could not DEL a plugin", plugin=_describe(netlist, k),
+            rt.ctx.log.error("undo of a failed ADD could not DEL a plugin", plugin=_describe(netlist, k),
                             container=rt.container_id, ifname=rt.ifname, error=str(e))
 
 
@@ -186,7 +181,7 @@ def del_list(netlist: NetworkList, rt: Runtime, prev_result: Optional[Result] = 
         try:
             invoke(_request("DEL", _del_config(netlist, k, rt, prev_result), rt), timeout=rt.timeout)
         except Exception as e:
-            log.get().error("plugin failed DEL", plugin=_describe(netlist, k), container=rt.container_id,
+            rt.ctx.log.error("plugin failed DEL", plugin=_describe(netlist, k), container=rt.container_id,
                             ifname=rt.ifname, error=str(e))
             if first is None:
                 first = e
@@ -234,7 +229,8 @@ def gc_config(netlist: NetworkList, index: int, keep: Keep) -> dict[str, Any]:
 
 
 def gc_list(netlist: NetworkList, keep: Union[Keep, Iterable[Attachment]], *,
-            path: Optional[list[str]] = None, timeout: float = DEFAULT_TIMEOUT, external: bool = True) -> None:
+            path: Optional[list[str]] = None, timeout: float = DEFAULT_TIMEOUT, external: bool = True,
+            ctx: Optional[CallContext] = None) -> None:
     """GC every plugin with what is still in use; errors are collected, the first raised.
 
     `external=False`: the keep-list cannot name every attachment (pairs), so exec'd plugins, which
@@ -243,18 +239,18 @@ def gc_list(netlist: NetworkList, keep: Union[Keep, Iterable[Attachment]], *,
         return
     if not isinstance(keep, Keep):
         keep = keep_of((a["containerID"], a["ifname"]) for a in valid_attachments_json(keep))
-    rt = Runtime(path=list(path or []), timeout=timeout)
+    rt = Runtime(path=list(path or []), timeout=timeout, ctx=ctx or CallContext())
     first: Optional[BaseException] = None
     for k in range(len(netlist.plugins)):
         if not external and registry.builtin(str(netlist.plugins[k].get("type", ""))) is None:
-            log.get().warning("GC not forwarded to an exec'd plugin: the keep-list lacks the interfaces of "
+            rt.ctx.log.warning("GC not forwarded to an exec'd plugin: the keep-list lacks the interfaces of "
                               "containers without a readable cache entry", plugin=_describe(netlist, k))
             continue
         conf = gc_config(netlist, k, keep)
         try:
             invoke(_request("GC", conf, rt), timeout=timeout)
         except Exception as e:
-            log.get().error("plugin failed GC", plugin=_describe(netlist, k), error=str(e))
+            rt.ctx.log.error("plugin failed GC", plugin=_describe(netlist, k), error=str(e))
             if first is None:
                 first = e
     if first is not None:
@@ -262,10 +258,10 @@ def gc_list(netlist: NetworkList, keep: Union[Keep, Iterable[Attachment]], *,
 
 
 def status_list(netlist: NetworkList, *, path: Optional[list[str]] = None,
-                timeout: float = DEFAULT_TIMEOUT) -> None:
+                timeout: float = DEFAULT_TIMEOUT, ctx: Optional[CallContext] = None) -> None:
     """STATUS every plugin; the first error (50/51 when a plugin cannot serve ADDs) is raised."""
     if not cniversion.at_least(netlist.cni_version, "1.1.0"):
         return
-    rt = Runtime(path=list(path or []), timeout=timeout)
+    rt = Runtime(path=list(path or []), timeout=timeout, ctx=ctx or CallContext())
     for k in range(len(netlist.plugins)):
         invoke(_request("STATUS", build_config(netlist, k), rt), timeout=timeout)

@@ -15,7 +15,6 @@ import subprocess
 import time
 from typing import Optional
 
-from ..util import log
 from .errors import CNIError, DECODE_FAILURE, DELEGATE_FAILED, IO_FAILURE, NOT_FOUND, TRY_AGAIN_LATER
 from .registry import builtin, check_type_name
 from .request import Request
@@ -69,7 +68,7 @@ def exec_plugin(binary: str, req: Request, timeout: float = DEFAULT_TIMEOUT) -> 
     """Exec `binary` for `req` within min(timeout, the call's time left); a plugin still running
     then is killed (with everything it started) and reported as code 11 with the time waited."""
     name = os.path.basename(binary)
-    logger = log.get()
+    logger = req.ctx.log
     limit = min(timeout, req.time_left(timeout))
     if limit <= 0:
         raise CNIError(TRY_AGAIN_LATER, f"no time left in this call's deadline to run plugin {name} {req.command}",

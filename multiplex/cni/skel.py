@@ -105,6 +105,7 @@ def run(plugin: Plugin, environ: Mapping[str, str], stdin: bytes, stdout: TextIO
     is a file, read-only, full) as code 5 naming the path; RecursionError as code 7; anything
     else, a bug, as 100. `stdin_size`: stdin's real size when the reader stopped early."""
     version = cniversion.CURRENT
+    req: Optional[Request] = None
     try:
         if environ.get("CNI_COMMAND") == "VERSION":
             stdout.write(json.dumps(cniversion.version_info()))
@@ -117,16 +118,16 @@ def run(plugin: Plugin, environ: Mapping[str, str], stdin: bytes, stdout: TextIO
             stdout.write(json.dumps(result.to_dict(req.cni_version)))
         return 0
     except CNIError as e:
-        return _answer(e, version, stdout)
+        return _answer(e, version, stdout, req)
     except RecursionError:
-        return _answer(_too_deep(), version, stdout)
+        return _answer(_too_deep(), version, stdout, req)
     except OSError as e:
-        return _answer(io_error(e), version, stdout)
+        return _answer(io_error(e), version, stdout, req)
     except Exception as e:  # a bug: still answer in the protocol, never a traceback on stdout
         import traceback
 
         traceback.print_exc(file=sys.stderr)
-        return _answer(CNIError(INTERNAL, f"internal error: {type(e).__name__}: {e}"), version, stdout)
+        return _answer(CNIError(INTERNAL, f"internal error: {type(e).__name__}: {e}"), version, stdout, req)
 
 
 def io_error(e: OSError) -> CNIError:
@@ -140,19 +141,25 @@ def io_error(e: OSError) -> CNIError:
     return CNIError(IO_FAILURE, f"I/O error: {what}", f"error: {what}")
 
 
-def _answer(e: CNIError, version: str, stdout: TextIO) -> int:
+def _answer(e: CNIError, version: str, stdout: TextIO, req: Optional[Request] = None) -> int:
     try:
-        _log_error(e)
+        _log_error(e, req)
     except Exception:  # the answer on stdout matters more than the log line
         pass
     stdout.write(json.dumps(e.to_dict(version)))
     return 1
 
 
-def _log_error(e: CNIError) -> None:
-    from ..util import log
+def _log_error(e: CNIError, req: Optional[Request]) -> None:
+    """The error, in the call's log when there is a request (the plugin may have given it the
+    call's logger: the meta plugin's logFile, with the pod), else in the process's."""
+    if req is not None:
+        logger = req.ctx.log
+    else:
+        from ..util import log
 
-    log.get().error("cni error", code=e.code, error=e.msg, details=e.details)
+        logger = log.get()
+    logger.error("cni error", code=e.code, error=e.msg, details=e.details)
 
 
 def read_stdin(stream: BinaryIO) -> tuple[bytes, int]:

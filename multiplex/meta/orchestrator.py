@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -46,23 +46,33 @@ STALE_LOCK_WAIT = 1.0
 
 @dataclass
 class Context:
+    """One call of the meta plugin: its request (whose `ctx` is the call's CallContext) and config."""
+
     req: Request
     conf: MultiplexConfig
 
     @classmethod
     def load(cls, req: Request) -> "Context":
+        """Parse the config and give the request the call's context: the config's state root and
+        kubeconfig (else what the process was started with) and a logger of its own (the config's
+        logFile/logLevel, the call's command, container and pod). Everything the call derives -
+        its delegates' and their IPAM's requests - carries it; nothing goes to os.environ."""
         conf = MultiplexConfig.from_dict(req.config, validate=req.command not in ("DEL", "GC"))
-        logger = log.get()
-        logger.configure(conf.log_file, conf.log_level)
         ns, pod, _ = req.pod
-        logger.bind(command=req.command, container=req.container_id[:12], pod=f"{ns}/{pod}" if pod else "")
-        if conf.state_dir:
-            # delegates and IPAM, in-process or exec'd, find the same state root
-            os.environ["MULTIPLEX_STATE_DIR"] = conf.state_dir
-        if conf.kubeconfig:
-            # a delegate's IPAM with `store: kubernetes` finds the cluster through the same kubeconfig
-            os.environ["MULTIPLEX_KUBECONFIG"] = conf.kubeconfig
+        logger = req.ctx.log.child(conf.log_file or None, conf.log_level or None, command=req.command,
+                                   container=req.container_id[:12], pod=f"{ns}/{pod}" if pod else "")
+        req.ctx = req.ctx.with_(state_dir=conf.state_dir or req.ctx.state_dir,
+                                kubeconfig=conf.kubeconfig or req.ctx.kubeconfig, log=logger)
         return cls(req, conf)
+
+    @property
+    def log(self) -> log.Logger:
+        """The call's logger."""
+        return self.req.ctx.log
+
+    def with_batch(self, batch) -> "Context":
+        """This call with `batch` as its netlink delete batch (on a request of its own)."""
+        return Context(self.req.derive(ctx=self.req.ctx.with_(batch=batch)), self.conf)
 
     @property
     def path(self) -> list[str]:
@@ -73,20 +83,28 @@ class Context:
         from ..cni.cache import ResultCache
         from ..util.state import root
 
-        return ResultCache(os.path.join(root(self.conf.state_dir), "cache"))
+        return ResultCache(os.path.join(root(self.req.ctx.state_dir), "cache"))
+
+    def lock_file(self) -> str:
+        """The lock file under this call's state root (cni/lock.py)."""
+        from ..cni.lock import LOCK_FILE
+        from ..util.state import root
+
+        return os.path.join(root(self.req.ctx.state_dir), "locks", LOCK_FILE)
 
     def lock(self, timeout: Optional[float] = None):
         """The container's lock, waiting at most what is left of the call's deadline."""
         from ..cni.lock import DEFAULT_TIMEOUT, container_lock
 
         wait = self.req.time_left(DEFAULT_TIMEOUT)
-        return container_lock(self.req.container_id, timeout=wait if timeout is None else min(timeout, wait))
+        return container_lock(self.req.container_id, timeout=wait if timeout is None else min(timeout, wait),
+                              path=self.lock_file())
 
     def gc_lock(self, exclusive: bool):
         """The GC lock: shared for an ADD, exclusive for GC (cni/lock.py)."""
         from ..cni.lock import DEFAULT_TIMEOUT, gc_lock
 
-        return gc_lock(exclusive, timeout=self.req.time_left(DEFAULT_TIMEOUT))
+        return gc_lock(exclusive, timeout=self.req.time_left(DEFAULT_TIMEOUT), path=self.lock_file())
 
     def plugin_timeout(self) -> float:
         return min(self.conf.plugin_timeout, self.req.time_left(self.conf.plugin_timeout))
@@ -111,7 +129,7 @@ class Context:
                        ifname=att.ifname, cni_args=dict(self.req.args), path=self.path,
                        capability_args=dict(att.capability_args),
                        args={"cni": att.cni_args} if att.cni_args else {},
-                       timeout=self.plugin_timeout(), deadline=self.req.deadline)
+                       timeout=self.plugin_timeout(), deadline=self.req.deadline, ctx=self.req.ctx)
 
 
 def parse_netlist(att: Attachment, default_version: Optional[str] = None):
@@ -188,7 +206,7 @@ class Multiplexer(Plugin):
                     entry["result"] = None
                     record["attachments"].append(entry)
                     cache.save(req.container_id, req.ifname, record)
-                    log.get().info("attaching", network=a.network, ifname=a.ifname)
+                    ctx.log.info("attaching", network=a.network, ifname=a.ifname)
                     res = chain.add_list(nl, ctx.runtime(a))
                     entry["result"] = res.to_dict(cniversion.CURRENT)
                     results.append(res)
@@ -200,7 +218,7 @@ class Multiplexer(Plugin):
                 cache.save(req.container_id, req.ifname, record)
                 t_attached = time.perf_counter()
             except BaseException as e:
-                log.get().warning("ADD failed, undoing attachments", error=str(e))
+                ctx.log.warning("ADD failed, undoing attachments", error=str(e))
                 # the attachment that failed has undone its own chain (chain.add_list); the record
                 # kept it only so that a crash mid-ADD would be undone by a later DEL
                 while (isinstance(e, Exception) and record["attachments"]
@@ -210,10 +228,10 @@ class Multiplexer(Plugin):
                 try:
                     cache.delete(req.container_id, req.ifname)
                 except CNIError as gone:  # e.g. a read-only state dir: the original error matters
-                    log.get().error("cannot remove the cache entry of a failed ADD", error=gone.msg)
+                    ctx.log.error("cannot remove the cache entry of a failed ADD", error=gone.msg)
                 raise
             publish_status(ctx, source, atts, results, default_idx)
-            log_timings(source, len(atts), t_start, t_selected, t_attached, time.perf_counter())
+            log_timings(ctx.log, source, len(atts), t_start, t_selected, t_attached, time.perf_counter())
             out = results[0]
             out.cni_version = req.cni_version
             return out
@@ -228,7 +246,7 @@ class Multiplexer(Plugin):
                 self._delete_without_cache(ctx)
                 self._sweep(ctx)
                 if record is not None:
-                    log.get().info("DEL removes the corrupt cache entry", file=record.path, problem=record.problem)
+                    ctx.log.info("DEL removes the corrupt cache entry", file=record.path, problem=record.problem)
                     cache.delete(req.container_id, req.ifname)
                 return
             self._delete_record(ctx, record)
@@ -240,13 +258,16 @@ class Multiplexer(Plugin):
         built-in plugins sweep the container instead."""
         from ..cni import chain
 
-        from ..netlink.batch import deferred_deletes
+        from ..netlink.batch import DeleteBatch
 
         netns = ctx.req.netns if ctx.req.netns and os.path.exists(ctx.req.netns) else ""
         first: Optional[CNIError] = None
         unparsed: list[str] = []
         # built-in delegates' node-side links go in one batch, deleted with one request at the end
-        with deferred_deletes():
+        # (a caller's batch, when there is one, deletes them at its own end)
+        batch = DeleteBatch() if ctx.req.ctx.batch is None else None
+        inner = ctx.with_batch(batch) if batch is not None else ctx
+        with batch if batch is not None else nullcontext():
             for entry in reversed(record.get("attachments", [])):
                 try:
                     att = Attachment.from_dict(entry)
@@ -254,15 +275,15 @@ class Multiplexer(Plugin):
                     prev = Result.from_dict(entry["result"]) if entry.get("result") else None
                 except (CNIError, KeyError, TypeError, ValueError, AttributeError) as e:
                     network = entry.get("network", "?") if isinstance(entry, dict) else "?"
-                    log.get().warning("cached attachment cannot be read; sweeping the container instead",
-                                      network=str(network), error=str(e))
+                    ctx.log.warning("cached attachment cannot be read; sweeping the container instead",
+                                    network=str(network), error=str(e))
                     unparsed.append(str(network))
                     continue
                 try:
-                    chain.del_list(nl, ctx.runtime(att, netns=netns), prev)
+                    chain.del_list(nl, inner.runtime(att, netns=netns), prev)
                 except CNIError as e:
-                    log.get().warning("DEL of attachment failed", network=att.network, ifname=att.ifname,
-                                      error=str(e))
+                    ctx.log.warning("DEL of attachment failed", network=att.network, ifname=att.ifname,
+                                    error=str(e))
                     first = first or e
         if unparsed:
             try:
@@ -286,7 +307,7 @@ class Multiplexer(Plugin):
             try:
                 plugin = registry.builtin(name)
             except CNIError as e:
-                log.get().error("sweep: built-in plugin cannot be loaded", plugin=name, error=e.msg)
+                ctx.log.error("sweep: built-in plugin cannot be loaded", plugin=name, error=e.msg)
                 first = first or e
                 continue
             if plugin is None or isinstance(plugin, Multiplexer) or id(plugin) in seen:
@@ -296,11 +317,11 @@ class Multiplexer(Plugin):
                 plugin.sweep(sub)
             except CNIError as e:
                 if _unreachable(e):
-                    log.get().warning("sweep: best effort, cannot be reached", plugin=name, error=e.msg)
+                    ctx.log.warning("sweep: best effort, cannot be reached", plugin=name, error=e.msg)
                     continue
-                log.get().error("sweep failed", plugin=name, code=e.code, error=e.msg)
+                ctx.log.error("sweep failed", plugin=name, code=e.code, error=e.msg)
                 first = first or e
-        log.get().info("swept the container's attachments by their marks", plugins=len(seen))
+        ctx.log.info("swept the container's attachments by their marks", plugins=len(seen))
         if first is not None:
             raise first
 
@@ -308,18 +329,18 @@ class Multiplexer(Plugin):
         """No cache (never added, or already deleted): DEL the config's own networks, best effort."""
         from ..cni import chain
 
-        log.get().info("DEL without cache entry: deleting the config's networks best effort")
+        ctx.log.info("DEL without cache entry: deleting the config's networks best effort")
         try:
             atts = config_attachments(ctx, source=None)  # DEL never needs the API server
         except CNIError as e:
-            log.get().info("best-effort DEL: the config's networks cannot be resolved", error=e.msg)
+            ctx.log.info("best-effort DEL: the config's networks cannot be resolved", error=e.msg)
             return
         netns = ctx.req.netns if ctx.req.netns and os.path.exists(ctx.req.netns) else ""
         for att in reversed(atts):
             try:
                 chain.del_list(parse_netlist(att, ctx.conf.cni_version), ctx.runtime(att, netns=netns), None)
             except CNIError as e:
-                log.get().info("best-effort DEL failed", network=att.network, error=str(e))
+                ctx.log.info("best-effort DEL failed", network=att.network, error=str(e))
 
     # ---- CHECK -------------------------------------------------------------------------------
     def check(self, req: Request) -> None:
@@ -350,14 +371,15 @@ class Multiplexer(Plugin):
             forward = forward_keep(keep, live)
             unknown = sorted(listed_containers(keep) - {cid for cid, _ in live})
             if unknown:
-                log.get().warning("GC not forwarded to exec'd plugins: listed containers have no readable "
+                ctx.log.warning("GC not forwarded to exec'd plugins: listed containers have no readable "
                                   "cache entry, so their interfaces cannot be named", containers=unknown)
             first: Optional[CNIError] = None
             for nl in gc_networks(ctx, records):
                 try:
-                    chain.gc_list(nl, forward, path=ctx.path, timeout=ctx.plugin_timeout(), external=not unknown)
+                    chain.gc_list(nl, forward, path=ctx.path, timeout=ctx.plugin_timeout(), external=not unknown,
+                                  ctx=ctx.req.ctx)
                 except CNIError as e:
-                    log.get().warning("GC of network failed", network=nl.name, error=str(e))
+                    ctx.log.warning("GC of network failed", network=nl.name, error=str(e))
                     first = first or e
         if first is not None:
             raise first
@@ -377,14 +399,14 @@ class Multiplexer(Plugin):
                 except CNIError as e:
                     if e.code != TRY_AGAIN_LATER:
                         raise
-                    log.get().info("GC: skipped, a call for this container is in flight", container=cid,
+                    ctx.log.info("GC: skipped, a call for this container is in flight", container=cid,
                                    ifname=ifname)
                     live.append((cid, record))
                     continue
                 try:
                     self._delete_stale(sub, cache)
                 except CNIError as e:  # the entry stays: the next GC tries again
-                    log.get().warning("GC: cannot remove stale attachment", container=cid, ifname=ifname,
+                    ctx.log.warning("GC: cannot remove stale attachment", container=cid, ifname=ifname,
                                       error=str(e))
         return live
 
@@ -394,7 +416,7 @@ class Multiplexer(Plugin):
         fresh = cache.load(cid, ifname, with_corrupt=True)
         if fresh is None:
             return
-        log.get().info("GC: removing stale attachment", container=cid, ifname=ifname)
+        sub.log.info("GC: removing stale attachment", container=cid, ifname=ifname)
         if isinstance(fresh, dict):
             self._delete_record(sub, fresh)
         else:
@@ -416,7 +438,7 @@ class Multiplexer(Plugin):
                     self._sweep(sub)
                     cache.delete(bad.container_id, bad.ifname)
             except CNIError as e:
-                log.get().warning("GC: cannot clean a corrupt cache entry", file=bad.path, error=str(e))
+                ctx.log.warning("GC: cannot clean a corrupt cache entry", file=bad.path, error=str(e))
 
     # ---- STATUS ------------------------------------------------------------------------------
     def status(self, req: Request) -> None:
@@ -429,7 +451,7 @@ class Multiplexer(Plugin):
             raise CNIError(PLUGIN_NOT_AVAILABLE, f"cannot resolve the cluster network: {e.msg}", e.details) from None
         for att in atts:
             try:
-                chain.status_list(parse_netlist(att, ctx.conf.cni_version), path=ctx.path)
+                chain.status_list(parse_netlist(att, ctx.conf.cni_version), path=ctx.path, ctx=ctx.req.ctx)
             except CNIError as e:
                 # STATUS answers with the spec's STATUS codes: 51 passes through, all else is 50
                 code = e.code if e.code in (PLUGIN_NOT_AVAILABLE, PLUGIN_NOT_AVAILABLE_LIMITED) else PLUGIN_NOT_AVAILABLE
@@ -474,19 +496,19 @@ def gc_networks(ctx: Context, records: list) -> list:
     try:
         found += config_attachments(ctx)
     except CNIError as e:  # e.g. the API is down: the networks in the cache are still collected
-        log.get().warning("GC: cannot resolve the config's own networks", error=str(e))
+        ctx.log.warning("GC: cannot resolve the config's own networks", error=str(e))
     for _, _, record in records:
         for entry in record.get("attachments") or []:
             try:
                 found.append(Attachment.from_dict(entry))
             except (KeyError, TypeError, AttributeError) as e:
-                log.get().warning("GC: a cached attachment cannot be read", error=str(e))
+                ctx.log.warning("GC: a cached attachment cannot be read", error=str(e))
     networks: dict[tuple[str, str], Any] = {}
     for att in found:
         try:
             nl = parse_netlist(att, ctx.conf.cni_version)
         except CNIError as e:
-            log.get().warning("GC: network config does not parse; not forwarded", network=att.network, error=e.msg)
+            ctx.log.warning("GC: network config does not parse; not forwarded", network=att.network, error=e.msg)
             continue
         networks.setdefault((nl.name, json.dumps(nl.plugins, sort_keys=True, default=str)), nl)
     return list(networks.values())
@@ -499,7 +521,7 @@ def _unreachable(e: CNIError) -> bool:
     return isinstance(e, Unavailable)
 
 
-def log_timings(source, attachments: int, t_start: float, t_selected: float, t_attached: float,
+def log_timings(logger: log.Logger, source, attachments: int, t_start: float, t_selected: float, t_attached: float,
                 t_done: float) -> None:
     """One info line per ADD: where the time went. `select_ms` holds pod/NAD lookups (with the
     Kubernetes client's import and credentials, `api_setup_ms`, and its requests, `api_request_ms`),
@@ -512,7 +534,7 @@ def log_timings(source, attachments: int, t_start: float, t_selected: float, t_a
     if stats:
         fields.update(api_requests=stats.get("requests", 0), api_setup_ms=round(stats.get("setup_ms", 0.0), 2),
                       api_request_ms=round(stats.get("request_ms", 0.0), 2))
-    log.get().info("ADD done", **fields)
+    logger.info("ADD done", **fields)
 
 
 def wait_ready(conf: MultiplexConfig) -> None:
@@ -557,7 +579,7 @@ def publish_status(ctx: Context, source, atts: list[Attachment], results: list[R
                                for i, (a, r) in enumerate(zip(atts, results))])
         source.set_network_status(ns or "default", pod, text)
     except CNIError as e:
-        log.get().warning("cannot write network-status", error=str(e))
+        ctx.log.warning("cannot write network-status", error=str(e))
 
 
 plugin = Multiplexer()

@@ -59,27 +59,3 @@ class DeleteBatch:
     def __exit__(self, *exc: Any) -> None:
         self.run()
 
-
-# ---- transitional: the thread-local batch the orchestrator still opens (removed with its caller) --
-import threading
-from contextlib import contextmanager
-from typing import Iterator, Optional
-
-_local = threading.local()
-
-
-def pending() -> Optional[DeleteBatch]:
-    return getattr(_local, "batch", None)
-
-
-@contextmanager
-def deferred_deletes() -> Iterator[None]:
-    if pending() is not None:  # nested: the outer one deletes
-        yield
-        return
-    _local.batch = DeleteBatch()
-    try:
-        yield
-    finally:
-        batch, _local.batch = _local.batch, None
-        batch.run()

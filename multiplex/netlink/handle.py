@@ -247,10 +247,6 @@ class Handle:
         from pyroute2.netlink.exceptions import NetlinkError
 
         batch = self.batch
-        if batch is None:  # transitional: the orchestrator's thread-local batch
-            from .batch import pending
-
-            batch = pending()
         try:
             if batch is not None and not self.netns:
                 self._ipr.link("set", ifname=name, group=batch.group)

@@ -1,8 +1,14 @@
 """Structured logging: one JSON object per line, to a file or stderr. Never to stdout.
 
 Stdlib only, so every code path (including VERSION and error paths) can log without imports.
-Configured from the multiplex config (`logFile`, `logLevel`) or MULTIPLEX_LOG_FILE /
-MULTIPLEX_LOG_LEVEL; default: warnings and errors to stderr.
+
+Two kinds of logger, so that concurrent calls in one process never see each other's fields:
+- the process logger, `get()`: its destination comes from MULTIPLEX_LOG_FILE / MULTIPLEX_LOG_LEVEL
+  at entry (default: warnings and errors to stderr), and it carries no call's fields. Code with no
+  request in scope logs here, naming what it is about in explicit fields.
+- a call's logger, `child(...)`: the meta plugin makes one per call from its config (`logFile`,
+  `logLevel`) with the call's command, container and pod, and hands it down on the request
+  (`req.ctx.log`). It never changes its parent.
 
 The log file must be an absolute path (a relative one would follow the runtime's working
 directory). It is created 0600 (it names pods and containers), opened without following a symlink
@@ -32,16 +38,6 @@ class Logger:
         self.level = LEVELS.get(level, 30)
         self.fields: dict[str, Any] = {}
         self._refused: set[str] = set()  # paths already reported as unusable (one note each)
-
-    def configure(self, path: Optional[str] = None, level: Optional[str] = None) -> None:
-        if path:
-            self.path = path
-        if level:
-            self.level = LEVELS.get(level, self.level)
-
-    def bind(self, **fields: Any) -> None:
-        """Fields added to every later line (container ID, pod, command)."""
-        self.fields.update({k: v for k, v in fields.items() if v})
 
     def child(self, path: Optional[str] = None, level: Optional[str] = None, **fields: Any) -> "Logger":
         """A logger for one call: this one's destination (or `path`/`level`) and fields, plus

@@ -1,8 +1,9 @@
 """Where multiplex keeps node state: the result cache, locks, the SQLite IPAM database.
 
-Root: the config's `stateDir`, else $MULTIPLEX_STATE_DIR, else /var/lib/cni/multiplex.
-The meta plugin exports its root as MULTIPLEX_STATE_DIR, so delegates and IPAM (in-process or
-exec'd) use the same one.
+Root: the call's state directory (`req.ctx.state_dir`: the meta plugin's `stateDir`, handed to
+its delegates and IPAM on the request, and to exec'd ones as MULTIPLEX_STATE_DIR in their
+environment), else the process's own (MULTIPLEX_STATE_DIR as the process found it at entry: a
+plugin or command run by hand; multiplex never writes it), else /var/lib/cni/multiplex.
 
 The root must be an absolute path: a relative one would be resolved against the runtime's working
 directory, which differs between calls, so a later DEL would not find what ADD left (code 7). A
@@ -15,10 +16,10 @@ import errno
 import os
 from typing import Optional
 
+from ..cni.context import STATE_DIR_ENV, CallContext
 from ..cni.errors import CNIError, INVALID_CONFIG, IO_FAILURE
 
 DEFAULT_ROOT = "/var/lib/cni/multiplex"
-ENV_ROOT = "MULTIPLEX_STATE_DIR"
 
 #: what a user should read for the errno values a state directory typically fails with
 _WHAT = {
@@ -34,15 +35,16 @@ _WHAT = {
 }
 
 
-def root(configured: Optional[str] = None) -> str:
-    """The state root: `configured` (the config's stateDir), else $MULTIPLEX_STATE_DIR, else the
-    default. Code 7 naming the field when it is not an absolute path."""
-    if configured:
-        return _absolute(configured, "stateDir")
-    from_env = os.environ.get(ENV_ROOT)
-    if from_env:
-        # the meta plugin exports its config's stateDir here: name the field the admin wrote
-        return _absolute(from_env, f"stateDir (through ${ENV_ROOT})")
+def root(state_dir: Optional[str] = None) -> str:
+    """The state root: `state_dir` (the call's, `req.ctx.state_dir`), else the process's entry
+    value (CallContext.from_environ), else the default. Code 7 naming the field when it is not an
+    absolute path."""
+    if state_dir:
+        return _absolute(state_dir, "stateDir")
+    from_entry = CallContext.from_environ(os.environ).state_dir
+    if from_entry:
+        # whoever started this process passed it: name the field the admin wrote
+        return _absolute(from_entry, f"stateDir (through ${STATE_DIR_ENV})")
     return DEFAULT_ROOT
 
 
@@ -54,9 +56,10 @@ def _absolute(path: str, field: str) -> str:
     return os.path.normpath(path)
 
 
-def subdir(name: str, configured_root: Optional[str] = None) -> str:
-    """`<root>/<name>`, created (0700) when missing. Code 5 naming the path and what is wrong."""
-    d = os.path.join(root(configured_root), name)
+def subdir(name: str, state_dir: Optional[str] = None) -> str:
+    """`<root>/<name>` (root: see `root(state_dir)`), created (0700) when missing. Code 5 naming
+    the path and what is wrong."""
+    d = os.path.join(root(state_dir), name)
     try:
         os.makedirs(d, mode=0o700, exist_ok=True)
     except OSError as e:

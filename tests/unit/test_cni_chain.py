@@ -305,11 +305,11 @@ def test_build_config_never_changes_the_list(make, rt):
     assert conf["prevResult"] == {"cniVersion": "1.0.0", "dns": {}}
 
 
-def test_runtime_from_request():
-    req = Request(command="ADD", container_id="c1", netns="/var/run/netns/p", ifname="eth0",
-                  args={"K8S_POD_NAME": "web"}, path=["/opt/cni/bin"],
-                  config={"runtimeConfig": {"portMappings": [{"hostPort": 80}]}})
-    rt = chain.Runtime.from_request(req, timeout=5)
-    assert (rt.container_id, rt.netns, rt.ifname, rt.cni_args, rt.path, rt.timeout) == \
-        ("c1", "/var/run/netns/p", "eth0", {"K8S_POD_NAME": "web"}, ["/opt/cni/bin"], 5)
-    assert rt.capability_args == {"portMappings": [{"hostPort": 80}]}
+def test_every_plugin_request_carries_the_runtime_context(make):
+    from multiplex.cni.context import CallContext
+
+    ctx = CallContext(state_dir="/run/mpx-a", kubeconfig="/etc/a.kubeconfig")
+    rt = chain.Runtime(container_id="c1", ifname="eth0", deadline=123.0, ctx=ctx)
+    req = chain._request("ADD", chain.build_config(make({"type": "fake-a"}), 0, rt), rt)
+    assert req.ctx is ctx and req.deadline == 123.0
+    assert req.env({})["MULTIPLEX_STATE_DIR"] == "/run/mpx-a"
