@@ -45,16 +45,6 @@ class NetworkList:
     def types(self) -> list[str]:
         return [str(p["type"]) for p in self.plugins]
 
-    def to_conflist(self) -> dict[str, Any]:
-        """The network as a conflist object (what a cache stores to rebuild it for DEL)."""
-        d: dict[str, Any] = {"cniVersion": self.cni_version, "name": self.name,
-                             "plugins": copy.deepcopy(self.plugins)}
-        if self.disable_check:
-            d["disableCheck"] = True
-        if self.disable_gc:
-            d["disableGC"] = True
-        return d
-
 
 def parse(data: Union[dict, str, bytes], *, where: str = "$", default_name: Optional[str] = None,
           default_version: Optional[str] = None) -> NetworkList:

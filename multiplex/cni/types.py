@@ -193,6 +193,3 @@ class Result:
     def add_interface(self, iface: Interface) -> int:
         self.interfaces.append(iface)
         return len(self.interfaces) - 1
-
-    def sandbox_interfaces(self) -> list[tuple[int, Interface]]:
-        return [(n, i) for n, i in enumerate(self.interfaces) if i.sandbox]

@@ -73,11 +73,6 @@ def status_entry(a: AttachmentStatus) -> dict[str, Any]:
     return entry
 
 
-def parse_network_status(text: str) -> list[dict[str, Any]]:
-    """The entries of an annotation value ([] when empty)."""
-    return json.loads(text) if text and text.strip() else []
-
-
 def _pod_interface(res: Result, ifname: str) -> tuple[Optional[int], Optional[Interface]]:
     """The result's interface inside the pod named `ifname` (else the first one in a sandbox)."""
     for n, i in enumerate(res.interfaces):

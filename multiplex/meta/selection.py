@@ -221,13 +221,6 @@ def cluster_network(conf: MultiplexConfig, source: Optional[Source]) -> ClusterN
     return ClusterNetwork(cn, find_conf_by_name(cn, conf.conf_dir, "clusterNetwork"), delegates)
 
 
-def resolve_cluster_network(conf: MultiplexConfig, source: Optional[Source]) -> tuple[str, dict, list]:
-    """(network name, netconf, remaining delegates): `cluster_network` without the identity.
-    Prefer `config_attachments`, which keeps the identity a NAD-sourced cluster network has."""
-    cn = cluster_network(conf, source)
-    return cn.network, cn.netconf, cn.delegates
-
-
 def config_attachments(conf: MultiplexConfig, source: Optional[Source], ifname: str = "eth0") -> list["Attachment"]:
     """The networks the config itself names (the cluster network on `ifname`, then the delegates
     on net1, net2, ...), with the identities ADD gives them: what GC, STATUS and a cache-less DEL

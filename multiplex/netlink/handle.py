@@ -165,10 +165,6 @@ class Handle:
     def links(self) -> list[Link]:
         return [self._link(m) for m in self._call("list links", "links", self._ipr.link, "dump")]
 
-    def links_by_alias(self, match: Callable[[str], bool]) -> list[Link]:
-        """Links whose IFLA_IFALIAS satisfies `match` (DEL/GC find veths by alias this way)."""
-        return [l for l in self.links() if l.alias and match(l.alias)]
-
     def require_link(self, name: str, field: str = "") -> Link:
         link = self.link(name)
         if link is None:
@@ -185,17 +181,8 @@ class Handle:
     def set_up(self, link: Link) -> None:
         self.set_link(link, f"set {link.name} up", state="up")
 
-    def set_mtu(self, link: Link, mtu: int) -> None:
-        self.set_link(link, f"set MTU {mtu} on {link.name}", mtu=mtu)
-
-    def set_mac(self, link: Link, mac: str) -> None:
-        self.set_link(link, f"set MAC {mac} on {link.name}", address=mac)
-
     def set_alias(self, link: Link, alias: str) -> None:
         self.set_link(link, f"set alias on {link.name}", ifalias=alias)
-
-    def set_master(self, link: Link, master: Link) -> None:
-        self.set_link(link, f"attach {link.name} to {master.name}", master=master.index)
 
     def rename(self, link: Link, name: str) -> None:
         """Rename a link (it must be down). EEXIST means the name is taken in this namespace."""
@@ -209,19 +196,6 @@ class Handle:
                                f"link: {name}; allowed: an interface name not used in that namespace") from None
             raise kernel_error(e, f"rename {link.name} to {name}", f"link: {link.name}") from None
         link.name = name
-
-    def move_link(self, link: Link, netns_path: str, new_name: str = "") -> None:
-        """Move `link` into the namespace at `netns_path` (optionally renaming it on the way)."""
-        from .netns import open_fd
-
-        fd = open_fd(netns_path)
-        try:
-            attrs: dict[str, Any] = {"net_ns_fd": fd}
-            if new_name:
-                attrs["ifname"] = new_name
-            self.set_link(link, f"move {link.name} to {netns_path}", **attrs)
-        finally:
-            os.close(fd)
 
     def add_link(self, name: str, kind: str, what: str = "", exist_ok: bool = False, **attrs: Any) -> bool:
         """Create link `name` of `kind` with pyroute2 attrs (peer=, mtu=, ...). False when it exists
@@ -446,18 +420,6 @@ class Handle:
             if e.code == errno.EEXIST and exist_ok:
                 return False
             raise kernel_error(e, f"add address {iface} to {link.name}", f"link: {link.name}; address: {iface}") from None
-
-    def delete_address(self, link: Link, iface: IPInterface) -> bool:
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        try:
-            self._ipr.addr("del", index=link.index, address=str(iface.ip), prefixlen=iface.network.prefixlen,
-                           family=family_of(iface))
-            return True
-        except NetlinkError as e:
-            if e.code in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV):
-                return False
-            raise kernel_error(e, f"delete address {iface} from {link.name}", f"link: {link.name}; address: {iface}") from None
 
     # ---- routes ---------------------------------------------------------------------------------
     def routes(self, family: int = 0, table: Optional[int] = MAIN_TABLE) -> list[RouteEntry]:

@@ -89,11 +89,3 @@ def netlink_socket(path: Optional[str], field: str = "CNI_NETNS") -> socket.sock
     with entered(path, field):
         return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
 
-
-def same_as_current(path: str) -> bool:
-    """True when `path` names the namespace this thread is in (then no switch is needed)."""
-    try:
-        a, b = os.stat(path), os.stat(_SELF)
-    except OSError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
