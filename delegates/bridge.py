@@ -20,9 +20,9 @@ kernel adds it only when the bridge holds that MAC nowhere else, so a requested 
 `field: runtimeConfig.mac`) before IPAM is asked, and the veth is undone; and no other port can
 take the MAC over by sending with it.
 
-IPv6 addresses skip duplicate address detection (accept_dad=0 on the pod interface and IFA_F_NODAD
-on each address): IPAM guarantees uniqueness, and DAD would keep a new address "tentative" - unusable -
-for about a second after ADD returns (and fail outright with hairpinMode, which echoes the probe).
+The pod end is addressed, brought up and routed by the shared steps (delegates/steps.py), IPv6
+without duplicate address detection (which hairpinMode would also fail outright: the port echoes
+the probe); CHECK compares it with prevResult there too.
 """
 from __future__ import annotations
 
@@ -31,16 +31,15 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from multiplex.util import log
 from multiplex.netlink import nft
 from multiplex.cni import skel
-from multiplex.cni.errors import (ADDRESS_UNAVAILABLE, CHECK_FAILED, CNIError, INVALID_CONFIG, NETLINK_FAILURE,
-                                  invalid_config)
+from multiplex.cni.errors import ADDRESS_UNAVAILABLE, CNIError, INVALID_CONFIG, NETLINK_FAILURE, invalid_config
 from multiplex.cni.plugin import Plugin
 from multiplex.cni.request import Request
 from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
-from delegates.steps import (Undo, check_ipv6_mtu, check_prologue, ipam_add, ipam_forward, ipam_type,
-                             open_pod_for_check)
+from delegates.steps import (Problem, Undo, add_pod_routes, address_pod_interface, check_failed, check_ipv6_mtu,
+                             check_prologue, ipam_add, ipam_forward, ipam_type, missing_pod_interface,
+                             open_pod_for_check, pod_interface_problems, undone_on_failure)
 
 TYPE_NAME = "multiplex-bridge"
 HOST_PREFIX = "mpx"
@@ -146,15 +145,10 @@ class BridgePlugin(Plugin):
         from multiplex import netlink
 
         conf = self.config(req)
-        undo = Undo()
-        with netlink.open_node() as node:
-            try:
-                with netlink.open_netns(req.netns) as pod:
-                    result = self._add(req, conf, node, pod, undo)
-            except BaseException:
-                undo.run()
-                raise
-        log.get().info("bridge add", network=conf.network, bridge=conf.bridge, container=req.container_id,
+        with netlink.open_node(batch=req.ctx.batch) as node, undone_on_failure(req) as undo, \
+                netlink.open_netns(req.netns) as pod:
+            result = self._add(req, conf, node, pod, undo)
+        req.ctx.log.info("bridge add", network=conf.network, bridge=conf.bridge, container=req.container_id,
                        ifname=req.ifname, addresses=[str(ip.address) for ip in result.ips])
         return result
 
@@ -170,7 +164,7 @@ class BridgePlugin(Plugin):
 
         host_name = host_veth_name(req.container_id, req.ifname)
         if node.delete_link(host_name):  # a stale pair of this very attachment (a crashed ADD)
-            log.get().warning("replaced a stale host veth", link=host_name, container=req.container_id,
+            req.ctx.log.warning("replaced a stale host veth", link=host_name, container=req.container_id,
                               ifname=req.ifname)
         mtu = conf.mtu or br.mtu or None
         host, peer = netlink.make_veth_pair(node, pod, host_name, req.ifname, mtu=mtu, mac=conf.mac,
@@ -197,12 +191,7 @@ class BridgePlugin(Plugin):
             result.routes += default_routes(result)
         result.dns = conf.dns or ipam.dns
 
-        # the pod end: addresses (usable at once), up
-        if any(ip.address.version == 6 for ip in result.ips):
-            netlink.sysctl.write(f"net/ipv6/conf/{req.ifname}/accept_dad", "0", netns=req.netns, missing_ok=True)
-        for ip in result.ips:
-            pod.add_address(peer, ip.address, exist_ok=True)
-        pod.set_up(peer)
+        address_pod_interface(req, pod, peer, result.ips)
 
         # the node side: gateway addresses on the bridge, forwarding, masquerade
         if conf.is_gateway:
@@ -220,11 +209,7 @@ class BridgePlugin(Plugin):
             nft.add_masquerade([ip.address for ip in result.ips], comment)
             undo.push(f"delete masquerade rules {comment}", lambda: nft.delete_masquerade(comment))
 
-        # routes in the pod (a route without gw goes via its family's gateway, as the spec allows)
-        gw_by_family = {ip.address.version: ip.gateway for ip in result.ips if ip.gateway is not None}
-        for r in result.routes:
-            pod.add_route(r.dst, peer, r.gw or gw_by_family.get(r.dst.version), mtu=r.mtu, advmss=r.advmss,
-                          priority=r.priority, table=r.table, scope=r.scope, exist_ok=True)
+        add_pod_routes(pod, peer, result.routes, result.ips)
 
         # the bridge's and host end's MAC as they are now (an existing bridge may have moved)
         now = node.link(br.name)
@@ -239,13 +224,13 @@ class BridgePlugin(Plugin):
 
         conf = self.config(req)
         name = host_veth_name(req.container_id, req.ifname)
-        with netlink.open_node() as node:
+        with netlink.open_node(batch=req.ctx.batch) as node:
             # the host end has a fixed name: no need for the pod netns, which may be gone
             gone = node.delete_link(name)
         if conf.ip_masq:
             nft.delete_masquerade(owner(req.container_id, req.ifname, conf.network))
         invoke_ipam(req)
-        log.get().info("bridge del", network=conf.network, container=req.container_id, ifname=req.ifname,
+        req.ctx.log.info("bridge del", network=conf.network, container=req.container_id, ifname=req.ifname,
                        veth_deleted=gone)
 
     # ---- CHECK -----------------------------------------------------------------------------------
@@ -254,14 +239,13 @@ class BridgePlugin(Plugin):
 
         conf = self.config(req)
         prev = check_prologue(req)
-        problems: list[str] = []
         pod = open_pod_for_check(req, conf.network)
-        with netlink.open_node() as node, pod:
-            problems += check_node(node, conf, req, prev)
-            problems += check_pod(pod, conf, req, prev)
+        with netlink.open_node(batch=req.ctx.batch) as node, pod:
+            problems = check_node(node, conf, req, prev)
+            iface = pod.link(req.ifname)
+            problems += missing_pod_interface(req) if iface is None else pod_interface_problems(pod, iface, prev)
         if problems:
-            raise CNIError(CHECK_FAILED, f"{req.ifname} on {conf.network} differs from what ADD made: "
-                           + "; ".join(problems), f"interface: {req.ifname}; netns: {req.netns}")
+            raise check_failed(req, conf.network, problems)
 
     # ---- STATUS, GC ------------------------------------------------------------------------------
     def status(self, req: Request) -> None:
@@ -286,8 +270,8 @@ class BridgePlugin(Plugin):
             cid = kept.get(o.container)
             return cid is None or not keep.keeps(cid, o.ifname)
 
-        removed, rules = remove_owned(stale, f"stale attachments of {conf.network}")
-        log.get().info("bridge gc", network=conf.network, veths=removed, masquerade_rules=rules)
+        removed, rules = remove_owned(req, stale, f"stale attachments of {conf.network}")
+        req.ctx.log.info("bridge gc", network=conf.network, veths=removed, masquerade_rules=rules)
         ipam_forward(req)
 
     def sweep(self, req: Request) -> None:
@@ -302,12 +286,12 @@ class BridgePlugin(Plugin):
             o = nft.parse_owner(comment)
             return o is not None and o.of_container(cid)
 
-        removed, rules = remove_owned(mine, f"attachments of container {cid}")
+        removed, rules = remove_owned(req, mine, f"attachments of container {cid}")
         if removed or rules:
-            log.get().info("bridge sweep", container=cid, veths=removed, masquerade_rules=rules)
+            req.ctx.log.info("bridge sweep", container=cid, veths=removed, masquerade_rules=rules)
 
 
-def remove_owned(match, what: str) -> tuple[list[str], int]:
+def remove_owned(req: Request, match, what: str) -> tuple[list[str], int]:
     """Delete the host veths whose alias and the masquerade rules whose comment `match` accepts.
     Returns (veths deleted, rules deleted). Rules are looked for only where nft is installed."""
     import shutil
@@ -315,7 +299,7 @@ def remove_owned(match, what: str) -> tuple[list[str], int]:
     from multiplex import netlink
 
     removed = []
-    with netlink.open_node() as node:
+    with netlink.open_node(batch=req.ctx.batch) as node:
         for link in node.links():
             if link.kind == "veth" and link.name.startswith(HOST_PREFIX) and link.alias and match(link.alias):
                 if node.delete_link(link.name):
@@ -432,54 +416,32 @@ def _remove_bridge_if_unused(node, br) -> None:
         node.delete_link(br.name)
 
 
-def check_node(node, conf: BridgeConfig, req: Request, prev: Result) -> list[str]:
-    problems = []
+def check_node(node, conf: BridgeConfig, req: Request, prev: Result) -> list[Problem]:
+    """The node side of one attachment against the config and prevResult: the bridge, the host
+    veth on it and up, hairpin, the VLAN, the gateway addresses."""
     br = node.link(conf.bridge)
     if br is None or br.kind != "bridge":
-        return [f"bridge {conf.bridge} is missing" if br is None else f"{conf.bridge} is not a bridge"]
+        return [("bridge", f"bridge {conf.bridge} is missing" if br is None else f"{conf.bridge} is not a bridge")]
     name = host_veth_name(req.container_id, req.ifname)
     host = node.link(name)
     if host is None:
-        return problems + [f"host veth {name} is missing"]
+        return [("host veth", f"host veth {name} is missing")]
+    problems: list[Problem] = []
     if host.master != br.index:
-        problems.append(f"host veth {name} is not attached to bridge {conf.bridge}")
+        problems.append(("bridge", f"host veth {name} is not attached to bridge {conf.bridge}"))
     if not host.up:
-        problems.append(f"host veth {name} is down")
+        problems.append(("host veth", f"host veth {name} is down"))
     if conf.hairpin and not node.hairpin(host):
-        problems.append(f"hairpin mode is off on {name}")
+        problems.append(("hairpinMode", f"hairpin mode is off on {name}"))
     if conf.vlan and conf.vlan not in node.port_vlans(host):
-        problems.append(f"VLAN {conf.vlan} is not on bridge port {name}")
+        problems.append(("vlan", f"VLAN {conf.vlan} is not on bridge port {name}"))
     if conf.is_gateway and not conf.vlan:
         have = {a.interface for a in node.addresses(br)}
         for ip in prev.ips:
             if ip.gateway is not None:
                 want = ipaddress.ip_interface(f"{ip.gateway}/{ip.address.network.prefixlen}")
                 if want not in have:
-                    problems.append(f"gateway address {want} is missing on bridge {conf.bridge}")
-    return problems
-
-
-def check_pod(pod, conf: BridgeConfig, req: Request, prev: Result) -> list[str]:
-    iface = pod.link(req.ifname)
-    if iface is None:
-        return [f"interface {req.ifname} is missing in {req.netns}"]
-    problems = []
-    if not iface.up:
-        problems.append(f"interface {req.ifname} is down")
-    mine = {n for n, i in enumerate(prev.interfaces) if i.name == req.ifname and i.sandbox}
-    for n in mine:
-        want_mac = prev.interfaces[n].mac
-        if want_mac and want_mac.lower() != iface.mac.lower():
-            problems.append(f"MAC of {req.ifname} is {iface.mac}, not {want_mac}")
-    have = {a.interface for a in pod.addresses(iface)}
-    for ip in prev.ips:
-        if (ip.interface is None or ip.interface in mine) and ip.address not in have:
-            problems.append(f"address {ip.address} is missing on {req.ifname}")
-    routes = pod.routes(table=None)
-    for r in prev.routes:
-        table = r.table or 254
-        if not any(x.dst == r.dst and x.table == table and (r.gw is None or x.gw == r.gw) for x in routes):
-            problems.append(f"route {r.dst}" + (f" via {r.gw}" if r.gw else "") + " is missing")
+                    problems.append(("isGateway", f"gateway address {want} is missing on bridge {conf.bridge}"))
     return problems
 
 

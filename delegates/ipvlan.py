@@ -21,35 +21,39 @@ One mode per master: the kernel keeps the ipvlan mode on the master (its "port")
 made in l3 on a master whose sub-interfaces are in l2 silently switches all of them to l3. ADD
 therefore keeps a small record per master (in the state dir: `ipvlan/<netns inode>-<master>.json`,
 the attachments and their mode, pruned of pods whose netns is gone) and refuses another mode with
-code 7 naming `mode`. Sub-interfaces made by other tools are not in the record.
+code 7 naming `mode`. Sub-interfaces made by other tools are not in the record. One call at a time
+reads and rewrites the records (the records directory's flock, waited for until the call's
+deadline: code 11 when another call still holds it); each record is replaced whole (atomic_write).
 
 Config fields: docs/ipvlan.md, schemas/ipvlan.json.
 """
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Optional
 
-from multiplex.util import log
 from multiplex.cni import skel
-from multiplex.cni.errors import (CHECK_FAILED, CNIError, INVALID_ENVIRONMENT, NETLINK_FAILURE,
-                                  PLUGIN_NOT_AVAILABLE, UNSUPPORTED_FIELD, invalid_config)
+from multiplex.cni.errors import (CNIError, INVALID_ENVIRONMENT, NETLINK_FAILURE, PLUGIN_NOT_AVAILABLE,
+                                  TRY_AGAIN_LATER, UNSUPPORTED_FIELD, invalid_config)
 from multiplex.cni.plugin import Plugin
 from multiplex.cni.request import Request
 from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
 from multiplex.cni.valid import Keep
-from delegates.steps import (Undo, check_ipv6_mtu, check_prologue, ipam_add, ipam_forward, ipam_type,
-                             open_pod_for_check)
+from multiplex.util.log import Logger
+from delegates.steps import (Problem, Undo, add_pod_routes, address_pod_interface, check_failed, check_ipv6_mtu,
+                             check_prologue, ipam_add, ipam_forward, ipam_type, missing_pod_interface,
+                             open_pod_for_check, pod_interface_problems, undone_on_failure)
 
 TYPE_NAME = "multiplex-ipvlan"
 MODES = {"l2": 0, "l3": 1, "l3s": 2}
 MODE_NAMES = {v: k for k, v in MODES.items()}
-IFA_F_PERMANENT = 0x80
+#: seconds a call without a deadline waits for the mode records' lock
+RECORD_WAIT = 30.0
 SHARED_MAC = ("every ipvlan sub-interface uses its master's MAC address (the kernel tells pods apart by "
               "IP, not by MAC), so no MAC can be set per pod; use multiplex-bridge or macvlan for pods "
               "that need MACs of their own")
@@ -109,47 +113,6 @@ def _netns_inode(path: Optional[str]) -> int:
     return os.stat(path or "/proc/thread-self/ns/net").st_ino
 
 
-def _records_dir() -> str:
-    from multiplex.util import state
-
-    return state.subdir("ipvlan")
-
-
-def _record_paths() -> list[str]:
-    """Every master's record; none (and no directory made) where ipvlan was never used."""
-    from multiplex.util import state
-
-    d = os.path.join(state.root(), "ipvlan")
-    try:
-        names = os.listdir(d)
-    except FileNotFoundError:
-        return []
-    return [os.path.join(d, n) for n in sorted(names) if n.endswith(".json")]
-
-
-@contextmanager
-def _record(path: str) -> Iterator[dict]:
-    """The record at `path`, locked; written back when the body changed it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        with os.fdopen(os.dup(fd), "r+", encoding="utf-8") as f:
-            text = f.read()
-            try:
-                data = json.loads(text) if text.strip() else {}
-            except ValueError:
-                data = {}
-            attachments = data.get("attachments") if isinstance(data.get("attachments"), dict) else {}
-            before = json.dumps(attachments, sort_keys=True)
-            yield attachments
-            if json.dumps(attachments, sort_keys=True) != before:
-                f.seek(0)
-                f.truncate()
-                json.dump({"attachments": attachments}, f, indent=1, sort_keys=True)
-    finally:
-        os.close(fd)  # drops the flock
-
-
 def attachment_key(container_id: str, ifname: str) -> str:
     return f"{container_id}/{ifname}"
 
@@ -160,57 +123,114 @@ def split_key(key: str) -> tuple[str, str]:
     return cid, ifname
 
 
-def claim_mode(master: str, master_netns: Optional[str], mode: str, network: str, key: str, pod_netns: str) -> None:
-    """Record that attachment `key` uses `mode` on `master`; refuse (code 7, `mode`) when live
-    sub-interfaces of the same master use another mode."""
-    path = os.path.join(_records_dir(), f"{_netns_inode(master_netns)}-{master}.json")
-    with _record(path) as attachments:
-        for k in [k for k, v in attachments.items() if k != key and not os.path.exists(str(v.get("netns", "")))]:
-            del attachments[k]  # the pod is gone without a DEL: its sub-interface went with its netns
-        others = {k: v for k, v in attachments.items() if k != key and v.get("mode") != mode}
-        if others:
-            k, v = next(iter(others.items()))
-            # the node's log names them; the error (which a tenant may read) never names another
-            # network's attachments
-            log.get().warning("ipvlan mode refused: the master is in another mode", master=master, mode=mode,
-                              network=network, held_by=k, held_by_network=v.get("network"), held_mode=v.get("mode"))
-            ours = sum(1 for x in others.values() if x.get("network") == network)
-            raise invalid_config(
-                f"master {master} already carries {len(others)} ipvlan sub-interface(s) in mode {v.get('mode')} "
-                f"({ours} of them on this network); the kernel keeps one mode per master, so a sub-interface "
-                f"in mode {mode} would switch them all", "$.mode",
-                f"\"{v.get('mode')}\" on master {master}, or another master for mode {mode}")
-        attachments[key] = {"mode": mode, "network": network, "netns": pod_netns}
+@dataclass(frozen=True)
+class ModeRecords:
+    """The masters' mode records under one state root (`<root>/ipvlan/<netns inode>-<master>.json`),
+    as one call sees them: `deadline` (time.monotonic()) is how long it waits for their lock, `log`
+    where it says what it refused. The lock is the directory's flock, not a record's: a record is
+    replaced whole by an atomic write (a new inode), so a lock on the old file would guard nothing."""
+    state_dir: Optional[str]
+    deadline: float
+    log: Logger
 
+    @classmethod
+    def of(cls, req: Request) -> "ModeRecords":
+        """The call's records: its state root, what is left of its deadline, its logger."""
+        return cls(req.ctx.state_dir, time.monotonic() + req.time_left(RECORD_WAIT), req.ctx.log)
 
-def release_mode(key: str, network: str = "") -> None:
-    """Forget attachment `key` in every master's record (DEL does not need to know the master)."""
-    for path in _record_paths():
-        with _record(path) as attachments:
-            if key in attachments and (not network or attachments[key].get("network") == network):
-                del attachments[key]
+    @contextmanager
+    def _locked(self, create: bool) -> Iterator[Optional[str]]:
+        """The records directory, locked for this call; None when it does not exist and `create`
+        is off (no directory is made where ipvlan was never used). Code 11 naming it and the time
+        waited when another call still holds it at the deadline."""
+        from multiplex.util import files, state
 
+        d = state.subdir("ipvlan", self.state_dir) if create else os.path.join(state.root(self.state_dir), "ipvlan")
+        try:
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            yield None
+            return
+        try:
+            started = time.monotonic()
+            if not files.lock(fd, self.deadline):
+                raise CNIError(TRY_AGAIN_LATER, f"another CNI call still holds the lock of the ipvlan mode records "
+                               f"({d}) after {files.waited(started)}", f"path: {d}; try again later")
+            yield d
+        finally:
+            os.close(fd)  # drops the flock
 
-def release_where(doomed: Callable[[str, dict], bool]) -> int:
-    """Forget every attachment (key, record entry) that `doomed` accepts, in every master's record.
-    Returns how many."""
-    gone = 0
-    for path in _record_paths():
-        with _record(path) as attachments:
-            for k in [k for k, v in attachments.items() if doomed(k, v if isinstance(v, dict) else {})]:
-                del attachments[k]
-                gone += 1
-    return gone
+    @staticmethod
+    @contextmanager
+    def _attachments(path: str) -> Iterator[dict]:
+        """One master's attachments (under the lock); written back, atomically, when the body
+        changed them. A missing or unreadable record is an empty one."""
+        from multiplex.util import files, state
 
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.loads(f.read() or "{}")
+        except (FileNotFoundError, ValueError):
+            data = {}
+        attachments = data.get("attachments") if isinstance(data, dict) and isinstance(data.get("attachments"), dict) else {}
+        before = json.dumps(attachments, sort_keys=True)
+        yield attachments
+        if json.dumps(attachments, sort_keys=True) != before:
+            try:
+                files.atomic_write(path, json.dumps({"attachments": attachments}, indent=1, sort_keys=True))
+            except OSError as e:
+                raise state.unusable(path, e) from None
 
-def release_stale(network: str, keep: Keep) -> int:
-    """GC: forget this network's attachments that `keep` does not keep. Returns how many."""
-    return release_where(lambda k, v: v.get("network") == network and not keep.keeps(*split_key(k)))
+    def claim(self, master: str, master_netns: Optional[str], mode: str, network: str, key: str,
+              pod_netns: str) -> None:
+        """Record that attachment `key` uses `mode` on `master`; refuse (code 7, `mode`) when live
+        sub-interfaces of the same master use another mode."""
+        with self._locked(create=True) as d, \
+                self._attachments(os.path.join(d, f"{_netns_inode(master_netns)}-{master}.json")) as attachments:
+            for k in [k for k, v in attachments.items() if k != key and not os.path.exists(str(v.get("netns", "")))]:
+                del attachments[k]  # the pod is gone without a DEL: its sub-interface went with its netns
+            others = {k: v for k, v in attachments.items() if k != key and v.get("mode") != mode}
+            if others:
+                k, v = next(iter(others.items()))
+                # the node's log names them; the error (which a tenant may read) never names another
+                # network's attachments
+                self.log.warning("ipvlan mode refused: the master is in another mode", master=master, mode=mode,
+                                 network=network, held_by=k, held_by_network=v.get("network"),
+                                 held_mode=v.get("mode"))
+                ours = sum(1 for x in others.values() if x.get("network") == network)
+                raise invalid_config(
+                    f"master {master} already carries {len(others)} ipvlan sub-interface(s) in mode {v.get('mode')} "
+                    f"({ours} of them on this network); the kernel keeps one mode per master, so a sub-interface "
+                    f"in mode {mode} would switch them all", "$.mode",
+                    f"\"{v.get('mode')}\" on master {master}, or another master for mode {mode}")
+            attachments[key] = {"mode": mode, "network": network, "netns": pod_netns}
 
+    def release_where(self, doomed: Callable[[str, dict], bool]) -> int:
+        """Forget every attachment (key, record entry) that `doomed` accepts, in every master's
+        record. Returns how many."""
+        gone = 0
+        with self._locked(create=False) as d:
+            if d is None:
+                return 0
+            for name in sorted(n for n in os.listdir(d) if n.endswith(".json")):
+                with self._attachments(os.path.join(d, name)) as attachments:
+                    for k in [k for k, v in attachments.items() if doomed(k, v if isinstance(v, dict) else {})]:
+                        del attachments[k]
+                        gone += 1
+        return gone
 
-def release_container(container_id: str) -> int:
-    """sweep: forget every attachment of `container_id`, whatever its network. Returns how many."""
-    return release_where(lambda k, v: split_key(k)[0] == container_id)
+    def release(self, key: str, network: str = "") -> int:
+        """Forget attachment `key` (of `network`, when given) in every master's record: DEL does
+        not need to know the master."""
+        return self.release_where(lambda k, v: k == key and (not network or v.get("network") == network))
+
+    def release_stale(self, network: str, keep: Keep) -> int:
+        """GC: forget this network's attachments that `keep` does not keep. Returns how many."""
+        return self.release_where(lambda k, v: v.get("network") == network and not keep.keeps(*split_key(k)))
+
+    def release_container(self, container_id: str) -> int:
+        """sweep: forget every attachment of `container_id`, whatever its network. Returns how many."""
+        return self.release_where(lambda k, v: split_key(k)[0] == container_id)
 
 
 # ---- the plugin ----------------------------------------------------------------------------------
@@ -234,20 +254,14 @@ class IpvlanPlugin(Plugin):
         from multiplex import netlink
 
         conf = self.config(req)
-        undo = Undo()
-        with netlink.open_netns(req.netns) as pod, netlink.open_node() as node:
-            try:
-                result = self._add(req, conf, node, pod, undo)
-            except BaseException:
-                undo.run()
-                raise
-        log.get().info("ipvlan add", network=conf.network, mode=conf.mode, container=req.container_id,
+        with netlink.open_netns(req.netns) as pod, netlink.open_node(batch=req.ctx.batch) as node, \
+                undone_on_failure(req) as undo:
+            result = self._add(req, conf, node, pod, undo)
+        req.ctx.log.info("ipvlan add", network=conf.network, mode=conf.mode, container=req.container_id,
                        ifname=req.ifname, addresses=[str(ip.address) for ip in result.ips])
         return result
 
     def _add(self, req: Request, conf: IpvlanConfig, node, pod, undo: Undo) -> Result:
-        from multiplex import netlink
-
         home = pod if conf.link_in_container else node  # where the master lives
         master = find_master(home, conf)
         mtu = pick_mtu(conf, master)
@@ -256,8 +270,9 @@ class IpvlanPlugin(Plugin):
                            "field: CNI_IFNAME; allowed: a name not used in the pod's network namespace")
 
         key = attachment_key(req.container_id, req.ifname)
-        claim_mode(master.name, home.netns or None, conf.mode, conf.network, key, req.netns)
-        undo.push("release the master's mode record", lambda: release_mode(key, conf.network))
+        records = ModeRecords.of(req)
+        records.claim(master.name, home.netns or None, conf.mode, conf.network, key, req.netns)
+        undo.push("release the master's mode record", lambda: records.release(key, conf.network))
         link = make_ipvlan(home, pod, master, conf.mode, mtu)
         undo.push(f"delete the sub-interface {link.name}", lambda: pod.delete_link_at(link.index))
         pod.rename(link, req.ifname)
@@ -272,15 +287,8 @@ class IpvlanPlugin(Plugin):
         result.routes = pod_routes(conf, ipam)
         result.dns = conf.dns or ipam.dns
 
-        if any(ip.address.version == 6 for ip in result.ips):
-            # IPAM guarantees uniqueness; DAD would leave the address unusable for a second or more
-            netlink.sysctl.write(f"net/ipv6/conf/{req.ifname}/accept_dad", "0", netns=req.netns, missing_ok=True)
-        for ip in result.ips:
-            pod.add_address(link, ip.address, exist_ok=True)
-        pod.set_up(link)
-        for r in result.routes:
-            pod.add_route(r.dst, link, r.gw, mtu=r.mtu, advmss=r.advmss, priority=r.priority, table=r.table,
-                          scope=r.scope, exist_ok=True)
+        address_pod_interface(req, pod, link, result.ips)
+        add_pod_routes(pod, link, result.routes, result.ips)
         return result
 
     # ---- DEL -------------------------------------------------------------------------------------
@@ -295,13 +303,13 @@ class IpvlanPlugin(Plugin):
         if req.netns:
             try:
                 with netlink.open_netns(req.netns) as pod:
-                    removed = delete_sub_interface(pod, req.ifname)
+                    removed = delete_sub_interface(pod, req.ifname, req.ctx.log)
             except netlink.NetnsGone:
                 pass
-        release_mode(attachment_key(req.container_id, req.ifname), network)
+        ModeRecords.of(req).release(attachment_key(req.container_id, req.ifname), network)
         if isinstance(req.config.get("ipam"), dict) and req.config["ipam"].get("type"):
             invoke_ipam(req)
-        log.get().info("ipvlan del", network=network, container=req.container_id, ifname=req.ifname,
+        req.ctx.log.info("ipvlan del", network=network, container=req.container_id, ifname=req.ifname,
                        removed=removed)
 
     # ---- CHECK -----------------------------------------------------------------------------------
@@ -311,13 +319,10 @@ class IpvlanPlugin(Plugin):
         conf = self.config(req)
         prev = check_prologue(req)
         pod = open_pod_for_check(req, conf.network)
-        with pod, netlink.open_node() as node:
+        with pod, netlink.open_node(batch=req.ctx.batch) as node:
             problems = check_pod(pod, node, conf, req, prev)
         if problems:
-            raise CNIError(CHECK_FAILED, f"{req.ifname} on {conf.network} differs from what ADD made: "
-                           + "; ".join(p for _, p in problems),
-                           f"differs: {', '.join(dict.fromkeys(f for f, _ in problems))}; "
-                           f"interface: {req.ifname}; netns: {req.netns}")
+            raise check_failed(req, conf.network, problems)
 
     # ---- STATUS, GC ------------------------------------------------------------------------------
     def status(self, req: Request) -> None:
@@ -325,7 +330,7 @@ class IpvlanPlugin(Plugin):
 
         conf = self.config(req)
         if not conf.link_in_container:  # otherwise the master lives in pods, which STATUS has none of
-            with netlink.open_node() as node:
+            with netlink.open_node(batch=req.ctx.batch) as node:
                 try:
                     find_master(node, conf)
                 except CNIError as e:
@@ -338,8 +343,8 @@ class IpvlanPlugin(Plugin):
         keep = parse_keep(req.config)  # code 7 before anything is touched
         conf = self.config(req)
         ipam_type(req)
-        forgotten = release_stale(conf.network, keep)
-        log.get().info("ipvlan gc", network=conf.network, records_forgotten=forgotten)
+        forgotten = ModeRecords.of(req).release_stale(conf.network, keep)
+        req.ctx.log.info("ipvlan gc", network=conf.network, records_forgotten=forgotten)
         ipam_forward(req)
 
     def sweep(self, req: Request) -> None:
@@ -348,9 +353,9 @@ class IpvlanPlugin(Plugin):
         own sweep. The config is not read (it may be another plugin's)."""
         if not req.container_id:
             return
-        forgotten = release_container(req.container_id)
+        forgotten = ModeRecords.of(req).release_container(req.container_id)
         if forgotten:
-            log.get().info("ipvlan sweep", container=req.container_id, records_forgotten=forgotten)
+            req.ctx.log.info("ipvlan sweep", container=req.container_id, records_forgotten=forgotten)
 
 
 # ---- steps ---------------------------------------------------------------------------------------
@@ -397,33 +402,19 @@ def pick_mtu(conf: IpvlanConfig, master) -> int:
 def make_ipvlan(home, pod, master, mode: str, mtu: int):
     """A sub-interface of `master` (in `home`), born inside the pod netns under a temporary name
     (so CNI_IFNAME never clashes with a node interface). Returned down."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    from multiplex.netlink import kernel_error
-    from multiplex.netlink.netns import open_fd
     from multiplex.netlink.veth import temporary_name
 
-    tmp = temporary_name()
-    attrs: dict[str, Any] = {"ifname": tmp, "kind": "ipvlan", "link": master.index, "ipvlan_mode": MODES[mode],
-                             "mtu": mtu}
-    fd = open_fd(pod.netns) if home is not pod else None
-    try:
-        if fd is not None:
-            attrs["net_ns_fd"] = fd
-        home._ipr.link("add", **attrs)
-    except NetlinkError as e:
-        if e.code == errno.EOPNOTSUPP:
-            raise CNIError(NETLINK_FAILURE, "this kernel cannot make ipvlan links (no ipvlan module: "
-                           "modprobe ipvlan, or CONFIG_IPVLAN)", f"field: $.master; master: {master.name}") from None
-        if e.code == errno.EBUSY:
-            raise CNIError(NETLINK_FAILURE, f"master {master.name} is taken by another kind of sub-interface "
-                           "(macvlan?) or is a bridge port", f"field: $.master; master: {master.name}") from None
-        raise kernel_error(e, f"create an ipvlan sub-interface of {master.name} in mode {mode}",
-                           f"master: {master.name} in {home.where}") from None
-    finally:
-        if fd is not None:
-            os.close(fd)
-    return pod.require_link(tmp)
+    where = f"field: $.master; master: {master.name}"
+    refusals = {
+        errno.EOPNOTSUPP: CNIError(NETLINK_FAILURE, "this kernel cannot make ipvlan links (no ipvlan module: "
+                                   "modprobe ipvlan, or CONFIG_IPVLAN)", where),
+        errno.EBUSY: CNIError(NETLINK_FAILURE, f"master {master.name} is taken by another kind of sub-interface "
+                              "(macvlan?) or is a bridge port", where),
+    }
+    return home.add_link_into(pod, temporary_name(), "ipvlan",
+                              f"create an ipvlan sub-interface of {master.name} in mode {mode}",
+                              about=f"master: {master.name}", refusals=refusals, link=master.index,
+                              ipvlan_mode=MODES[mode], mtu=mtu)
 
 
 def pod_routes(conf: IpvlanConfig, ipam: Result) -> list[Route]:
@@ -438,13 +429,13 @@ def pod_routes(conf: IpvlanConfig, ipam: Result) -> list[Route]:
     return out
 
 
-def delete_sub_interface(pod, ifname: str) -> bool:
+def delete_sub_interface(pod, ifname: str, log: Logger) -> bool:
     """Delete `ifname` in the pod when it is an ipvlan link (never someone else's interface)."""
     link = pod.link(ifname)
     if link is None:
         return False
     if link.kind != "ipvlan":
-        log.get().warning("not deleting a non-ipvlan interface", ifname=ifname, kind=link.kind or "device")
+        log.warning("not deleting a non-ipvlan interface", ifname=ifname, kind=link.kind or "device")
         return False
     return pod.delete_link_at(link.index)
 
@@ -457,20 +448,21 @@ class IpvlanInfo:
 
 
 def ipvlan_info(handle, link) -> IpvlanInfo:
-    msg = handle._ipr.link("get", index=link.index)[0]
-    mode = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_IPVLAN_MODE")
-    return IpvlanInfo(mode=MODE_NAMES.get(mode, str(mode)), parent=msg.get("link") or 0,
-                      parent_elsewhere=msg.get("link_netnsid") is not None)
+    details = handle.link_details(link)
+    mode = details["data"].get("IFLA_IPVLAN_MODE")
+    return IpvlanInfo(mode=MODE_NAMES.get(mode, str(mode)), parent=details["parent"],
+                      parent_elsewhere=details["parent_elsewhere"])
 
 
-def check_pod(pod, node, conf: IpvlanConfig, req: Request, prev: Result) -> list[tuple[str, str]]:
-    """What differs, as (field, description) pairs."""
+def check_pod(pod, node, conf: IpvlanConfig, req: Request, prev: Result) -> list[Problem]:
+    """What differs: the sub-interface's kind, mode, master and MTU against the config, then the
+    shared comparison with prevResult (up, MAC, addresses, routes)."""
     link = pod.link(req.ifname)
     if link is None:
-        return [("interface", f"interface {req.ifname} is missing in {req.netns}")]
+        return missing_pod_interface(req)
     if link.kind != "ipvlan":
         return [("interface", f"{req.ifname} is a {link.kind or 'plain'} link, not ipvlan")]
-    problems: list[tuple[str, str]] = []
+    problems: list[Problem] = []
     info = ipvlan_info(pod, link)
     if info.mode != conf.mode:
         problems.append(("mode", f"mode is {info.mode}, not {conf.mode}"))
@@ -485,24 +477,7 @@ def check_pod(pod, node, conf: IpvlanConfig, req: Request, prev: Result) -> list
         mtu = conf.mtu or master.mtu
         if link.mtu != mtu:
             problems.append(("mtu", f"MTU is {link.mtu}, not {mtu}"))
-    if not link.up:
-        problems.append(("interface", f"{req.ifname} is down"))
-    mine = {n for n, i in enumerate(prev.interfaces) if i.name == req.ifname and i.sandbox}
-    want = {ip.address for ip in prev.ips if ip.interface is None or ip.interface in mine}
-    present = [a for a in pod.addresses(link) if not a.interface.ip.is_link_local]
-    have = {a.interface for a in present}
-    static = {a.interface for a in present if a.flags & IFA_F_PERMANENT}  # not SLAAC/kernel-made
-    for a in sorted(want - have, key=str):
-        problems.append(("addresses", f"address {a} is missing"))
-    for a in sorted(static - want, key=str):
-        problems.append(("addresses", f"address {a} was not made by ADD"))
-    routes = pod.routes(table=None)
-    for r in prev.routes:
-        table = r.table or 254
-        if not any(x.dst == r.dst and x.table == table and x.oif == link.index and x.gw == r.gw for x in routes):
-            problems.append(("routes", f"route {r.dst}" + (f" via {r.gw}" if r.gw else f" dev {req.ifname}")
-                             + " is missing"))
-    return problems
+    return problems + pod_interface_problems(pod, link, prev)
 
 
 plugin = IpvlanPlugin()

@@ -499,3 +499,41 @@ class Handle:
         """The interface the default route leaves through (the node's uplink), or None."""
         r = self.default_route(family)
         return self.link_at(r.oif) if r is not None and r.oif else None
+
+    # ---- links born in another namespace, kind-specific attributes ----------------------------------
+    def add_link_into(self, target: "Handle", name: str, kind: str, what: str, about: str = "",
+                      refusals: Optional[dict[int, CNIError]] = None, **attrs: Any) -> Link:
+        """Create link `name` of `kind` from this namespace (where the link it hangs off, `link=`,
+        lives) directly inside `target`'s namespace, and return it as `target` sees it. A kernel
+        refusal whose errno is in `refusals` raises that error (the caller knows what EOPNOTSUPP or
+        EBUSY means for its kind); any other is CNIError 105 saying `what`, its details naming
+        `about` (default: the new link) in this namespace."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        from .netns import open_fd
+
+        fd = open_fd(target.netns) if target is not self else None
+        try:
+            if fd is not None:
+                attrs["net_ns_fd"] = fd
+            self._ipr.link("add", ifname=name, kind=kind, **attrs)
+        except NetlinkError as e:
+            if refusals and e.code in refusals:
+                raise refusals[e.code] from None
+            raise kernel_error(e, what, f"{about or 'link: ' + name} in {self.where}") from None
+        finally:
+            if fd is not None:
+                os.close(fd)
+        return target.require_link(name)
+
+    def link_details(self, link: Link) -> dict[str, Any]:
+        """What `Link` leaves out of one link: `parent` (IFLA_LINK, the index of the link it hangs
+        off in that link's own namespace; 0 when none), `parent_elsewhere` (IFLA_LINK_NETNSID is
+        present: the parent lives in another namespace) and `data` (IFLA_INFO_DATA, the kind's own
+        attributes by netlink name, e.g. {"IFLA_IPVLAN_MODE": 0})."""
+        msg = self._call(f"look up link {link.name}", f"link: {link.name}", self._ipr.link, "get",
+                         index=link.index)[0]
+        info = msg.get("IFLA_LINKINFO")
+        data = info.get("IFLA_INFO_DATA") if info is not None else None
+        return {"parent": msg.get("link") or 0, "parent_elsewhere": msg.get("link_netnsid") is not None,
+                "data": {a[0]: a[1] for a in data["attrs"]} if data is not None else {}}

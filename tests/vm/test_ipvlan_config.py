@@ -6,6 +6,7 @@ import io
 import ipaddress
 import json
 import os
+import time
 
 import pytest
 
@@ -14,6 +15,7 @@ from multiplex.cni import skel
 from multiplex.cni.errors import CNIError
 from multiplex.cni.valid import keep_of
 from multiplex.cni.types import IPConfig, Result, Route
+from multiplex.util import log
 
 
 def conf(**extra) -> dict:
@@ -116,30 +118,42 @@ def test_routed_modes_route_via_the_device(mode):
 
 # ---- one mode per master -------------------------------------------------------------------------
 @pytest.fixture
-def records(tmp_path, monkeypatch):
-    monkeypatch.setenv("MULTIPLEX_STATE_DIR", str(tmp_path))
-    live = tmp_path / "netns-live"
-    live.write_text("")
-    return str(live)
+def state_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("MULTIPLEX_STATE_DIR", str(tmp_path))  # for calls through skel.run
+    return str(tmp_path)
 
 
-def test_one_master_keeps_one_mode(records):
-    ipvlan.claim_mode("eth1", None, "l2", "a", "c1/eth0", records)
-    ipvlan.claim_mode("eth1", None, "l2", "b", "c2/eth0", records)
+@pytest.fixture
+def recs(state_dir) -> ipvlan.ModeRecords:
+    """The mode records of this test's state root, as a call with 5 s left would see them."""
+    return ipvlan.ModeRecords(state_dir, time.monotonic() + 5, log.get())
+
+
+@pytest.fixture
+def records(state_dir):
+    """A netns path that exists (a live pod)."""
+    live = os.path.join(state_dir, "netns-live")
+    open(live, "w").close()
+    return live
+
+
+def test_one_master_keeps_one_mode(recs, records):
+    recs.claim("eth1", None, "l2", "a", "c1/eth0", records)
+    recs.claim("eth1", None, "l2", "b", "c2/eth0", records)
     with pytest.raises(CNIError) as e:
-        ipvlan.claim_mode("eth1", None, "l3", "c", "c3/eth0", records)
+        recs.claim("eth1", None, "l3", "c", "c3/eth0", records)
     assert e.value.code == 7 and "field: $.mode" in e.value.details and "mode l2" in e.value.msg
     assert "c1" not in e.value.msg and "c2" not in e.value.msg  # never names others' attachments
     assert "2 ipvlan sub-interface(s)" in e.value.msg and "0 of them on this network" in e.value.msg
-    ipvlan.claim_mode("eth2", None, "l3", "c", "c3/eth0", records)  # another master is free
-    ipvlan.release_mode("c1/eth0")
-    ipvlan.release_mode("c2/eth0", "b")
-    ipvlan.claim_mode("eth1", None, "l3", "c", "c4/eth0", records)
+    recs.claim("eth2", None, "l3", "c", "c3/eth0", records)  # another master is free
+    recs.release("c1/eth0")
+    recs.release("c2/eth0", "b")
+    recs.claim("eth1", None, "l3", "c", "c4/eth0", records)
 
 
-def test_attachments_whose_netns_is_gone_do_not_hold_the_mode(records):
-    ipvlan.claim_mode("eth1", None, "l2", "a", "c1/eth0", "/var/run/netns/gone-long-ago")
-    ipvlan.claim_mode("eth1", None, "l3", "a", "c2/eth0", records)
+def test_attachments_whose_netns_is_gone_do_not_hold_the_mode(recs, records):
+    recs.claim("eth1", None, "l2", "a", "c1/eth0", "/var/run/netns/gone-long-ago")
+    recs.claim("eth1", None, "l3", "a", "c2/eth0", records)
 
 
 def recorded() -> set[str]:
@@ -151,24 +165,24 @@ def recorded() -> set[str]:
     return out
 
 
-def test_gc_forgets_only_its_own_networks_stale_attachments(records):
-    ipvlan.claim_mode("eth1", None, "l2", "default.a", "c1/eth0", records)
-    ipvlan.claim_mode("eth1", None, "l2", "default.a", "c2/eth0", records)
-    ipvlan.claim_mode("eth1", None, "l2", "tenant-b.a", "c3/eth0", records)  # same NAD name, other namespace
-    assert ipvlan.release_stale("default.a", keep_of([("c1", "eth0")])) == 1
+def test_gc_forgets_only_its_own_networks_stale_attachments(recs, records):
+    recs.claim("eth1", None, "l2", "default.a", "c1/eth0", records)
+    recs.claim("eth1", None, "l2", "default.a", "c2/eth0", records)
+    recs.claim("eth1", None, "l2", "tenant-b.a", "c3/eth0", records)  # same NAD name, other namespace
+    assert recs.release_stale("default.a", keep_of([("c1", "eth0")])) == 1
     assert recorded() == {"c1/eth0", "c3/eth0"}
 
 
-def test_gc_keeps_every_interface_of_a_listed_container(records):
+def test_gc_keeps_every_interface_of_a_listed_container(recs, records):
     for key in ("c1/net1", "c1/net2", "c2/net1"):
-        ipvlan.claim_mode("eth1", None, "l2", "default.a", key, records)
-    assert ipvlan.release_stale("default.a", keep_of([("c1", "eth0")], ["c1"])) == 1
+        recs.claim("eth1", None, "l2", "default.a", key, records)
+    assert recs.release_stale("default.a", keep_of([("c1", "eth0")], ["c1"])) == 1
     assert recorded() == {"c1/net1", "c1/net2"}
 
 
 @pytest.mark.parametrize("bad", [None, "c1", [{"containerId": "c1", "ifName": "eth0"}]])
-def test_gc_with_a_malformed_keep_list_is_code_7_and_forgets_nothing(records, bad):
-    ipvlan.claim_mode("eth1", None, "l2", "wire", "c1/eth0", records)
+def test_gc_with_a_malformed_keep_list_is_code_7_and_forgets_nothing(recs, records, bad):
+    recs.claim("eth1", None, "l2", "wire", "c1/eth0", records)
     c = conf() if bad is None else conf(**{"cni.dev/valid-attachments": bad})
     rc, err = call("GC", c)
     assert rc == 1 and err["code"] == 7 and "cni.dev/valid-attachments" in err["details"], err
@@ -180,13 +194,15 @@ def test_gc_config_may_carry_the_meta_plugins_container_list():
     ipvlan.plugin.validate(conf(**{"cni.dev/valid-attachments": [], "multiplex.dev/valid-containers": ["c1"]}))
 
 
-def test_sweep_forgets_every_record_of_the_container(records):
+def test_sweep_forgets_every_record_of_the_container(recs, records, state_dir):
+    from multiplex.cni.context import CallContext
     from multiplex.cni.request import Request
 
-    ipvlan.claim_mode("eth1", None, "l2", "default.a", "c1/net1", records)
-    ipvlan.claim_mode("eth2", None, "l3", "tenant-b.b", "c1/net2", records)
-    ipvlan.claim_mode("eth1", None, "l2", "default.a", "c10/net1", records)  # a prefix is another container
-    req = Request(command="DEL", container_id="c1", ifname="eth0", config={"name": "multiplex", "type": "multiplex"})
+    recs.claim("eth1", None, "l2", "default.a", "c1/net1", records)
+    recs.claim("eth2", None, "l3", "tenant-b.b", "c1/net2", records)
+    recs.claim("eth1", None, "l2", "default.a", "c10/net1", records)  # a prefix is another container
+    req = Request(command="DEL", container_id="c1", ifname="eth0", config={"name": "multiplex", "type": "multiplex"},
+                  ctx=CallContext(state_dir=state_dir))
     ipvlan.plugin.sweep(req)
     assert recorded() == {"c10/net1"}
     ipvlan.plugin.sweep(req)  # twice: nothing to do
@@ -201,6 +217,48 @@ def test_sweep_where_ipvlan_was_never_used_makes_nothing(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_records_live_under_the_calls_own_state_root(tmp_path, records):
+    # two calls with different state roots in one process: each sees only its own records
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    ipvlan.ModeRecords(a, time.monotonic() + 5, log.get()).claim("eth1", None, "l2", "n", "c1/eth0", records)
+    in_b = ipvlan.ModeRecords(b, time.monotonic() + 5, log.get())
+    in_b.claim("eth1", None, "l3", "n", "c2/eth0", records)  # another root: the l2 claim is not seen
+    assert in_b.release_container("c1") == 0 and in_b.release_container("c2") == 1
+    assert os.listdir(os.path.join(a, "ipvlan")) and not os.path.exists(os.path.join(tmp_path, "ipvlan"))
+
+
+def test_a_record_is_replaced_whole_and_private(recs, records, state_dir):
+    recs.claim("eth1", None, "l2", "n", "c1/eth0", records)
+    recs.claim("eth1", None, "l2", "n", "c2/eth0", records)
+    d = os.path.join(state_dir, "ipvlan")
+    (name,) = os.listdir(d)  # no temporary file left beside it
+    assert name.endswith("-eth1.json") and os.stat(os.path.join(d, name)).st_mode & 0o777 == 0o600
+    assert recorded() == {"c1/eth0", "c2/eth0"}
+
+
+def test_records_held_by_another_call_past_the_deadline_are_code_11(recs, records, state_dir):
+    import fcntl
+    import re
+
+    recs.claim("eth1", None, "l2", "n", "c1/eth0", records)  # makes the records directory
+    d = os.path.join(state_dir, "ipvlan")
+    holder = os.open(d, os.O_RDONLY | os.O_DIRECTORY)  # another call (its own open file) holds the lock
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        late = ipvlan.ModeRecords(state_dir, time.monotonic() + 0.1, log.get())
+        for attempt in (lambda: late.claim("eth1", None, "l2", "n", "c2/eth0", records),
+                        lambda: late.release("c1/eth0")):
+            with pytest.raises(CNIError) as e:
+                attempt()
+            assert e.value.code == 11 and "ipvlan mode records" in e.value.msg and d in e.value.msg
+            assert re.search(r"after \d+\.\ds", e.value.msg), e.value.msg
+    finally:
+        os.close(holder)
+    assert recorded() == {"c1/eth0"}  # the refused calls changed nothing
+    recs.release("c1/eth0")  # the lock is free again
+    assert recorded() == set()
+
+
 @pytest.mark.parametrize("ipam", [
     {"type": "multiplex-ipam", "ranges": [[{"subnet": "198.18.64.0/24"}], [{"subnet": "fd00:64::/64"}]]},
     {"type": "multiplex-ipam", "range": "fd00:64::/64"},
@@ -211,7 +269,7 @@ def test_mtu_under_1280_with_an_ipv6_range_is_code_7_naming_mtu(ipam):
     ipvlan.plugin.validate(conf(mtu=1200))  # IPv4 only: fine
 
 
-def test_del_without_netns_or_ipam_is_fine(records):
+def test_del_without_netns_or_ipam_is_fine(state_dir):
     c = conf()
     del c["ipam"]
     rc, out = call("DEL", c, CNI_NETNS="")
