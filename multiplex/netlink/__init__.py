@@ -10,6 +10,8 @@
 - `Handle`: one rtnetlink socket in one namespace (`open_node()` the current one, `open_netns(path)`
   a pod's, where path is CNI_NETNS). Links, bridges and their FDB, addresses, routes; kernel
   errors become CNIError 105 naming the link/address.
+- `DeleteBatch` (netlink/batch.py): a DEL's node-side links deleted as one link group at its end;
+  the call's batch is `req.ctx.batch`, handed to `open_node(batch=req.ctx.batch)`.
 - `make_veth_pair`: a veth whose peer is created inside the pod netns and renamed there.
 - `sysctl.read/write(key, value, netns=path)`: sysctls in any namespace.
 - `uplink_mtu()`: the MTU of the node's default-route interface, for MTU defaults.

@@ -141,3 +141,20 @@ def test_sysctl_in_a_netns_leaves_ours_alone(netns_factory):
     with pytest.raises(CNIError) as e:
         netlink.sysctl.write("net/ipv6/conf/nosuch0/accept_dad", "0", netns=path(ns))
     assert e.value.code == 5 and "nosuch0" in e.value.msg
+
+
+def test_a_delete_batch_deletes_its_links_together_at_its_end(netns_factory):
+    ns = netns_factory("nl")
+    for n in range(3):
+        nsexec(ns, "ip", "link", "add", f"bt{n}", "type", "veth", "peer", "name", f"bp{n}")
+    with netlink.netns.entered(path(ns)):  # this thread's "node" is the test netns
+        with netlink.DeleteBatch() as batch, netlink.DeleteBatch() as other:
+            assert batch.group != other.group
+            with netlink.open_node(batch=batch) as node:
+                assert node.delete_link("bt0") and node.delete_link("bt1")
+                assert node.delete_link("mpxnolink") is False
+            with netlink.open_node() as node:  # no batch: at once
+                assert node.delete_link("bt2")
+            assert {"bt0", "bt1"} <= links(ns) and "bt2" not in links(ns)
+            assert batch.marked == 2 and other.marked == 0
+        assert not {"bt0", "bt1", "bt2"} & links(ns)
