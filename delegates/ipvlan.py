@@ -172,7 +172,9 @@ class ModeRecords:
                 data = json.loads(f.read() or "{}")
         except (FileNotFoundError, ValueError):
             data = {}
-        attachments = data.get("attachments") if isinstance(data, dict) and isinstance(data.get("attachments"), dict) else {}
+        attachments = data.get("attachments") if isinstance(data, dict) else None
+        if not isinstance(attachments, dict):
+            attachments = {}
         before = json.dumps(attachments, sort_keys=True)
         yield attachments
         if json.dumps(attachments, sort_keys=True) != before:
