@@ -114,7 +114,7 @@ class Context:
         if conf.kubeconfig:
             from ..k8s.source import KubeSource
 
-            return KubeSource(conf.kubeconfig)
+            return KubeSource(conf.kubeconfig, log=self.req.ctx.log)
         if conf.nad_dir or conf.pod_dir:
             from .sources import LocalSource
 
