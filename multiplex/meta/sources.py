@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Optional, Protocol
 
 from ..cni.errors import CNIError, DECODE_FAILURE, IO_FAILURE, NOT_FOUND
+from ..util.files import atomic_write
 
 NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
 STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/network-status"
@@ -98,23 +98,6 @@ class LocalSource:
         if path.endswith((".yaml", ".yml")):
             import yaml
 
-            write_atomic(path, yaml.safe_dump(pod, sort_keys=False))
+            atomic_write(path, yaml.safe_dump(pod, sort_keys=False))
         else:
-            write_atomic(path, json.dumps(pod, indent=2) + "\n")
-
-
-def write_atomic(path: str, text: str) -> None:
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+            atomic_write(path, json.dumps(pod, indent=2) + "\n")
