@@ -29,6 +29,8 @@ LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "panic": 50}
 #: Size past which the log file is rotated to `<path>.1`. 10 MiB holds tens of thousands of CNI
 #: calls at info level; with the one rotated file a node never keeps more than ~20 MiB of it.
 ROTATE_BYTES = 10 * 1024 * 1024
+#: Seconds a process waits for another one rotating the same log before writing to the old file.
+ROTATE_LOCK_WAIT = 1.0
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -115,11 +117,15 @@ def _is_symlink(path: str) -> bool:
 
 def _rotate(path: str, fd: int) -> int:
     """Move the full log to `<path>.1` and return a descriptor of a new, empty one. Processes
-    logging at once serialize on an flock of the old file; the one that finds the path already
-    replaced just writes to the new file."""
-    import fcntl
+    logging at once serialize on a lock of the old file (util/files, bounded: a logger never waits
+    long); the one that finds the path already replaced just writes to the new file, and one that
+    cannot get the lock in time keeps writing to the old file, which the holder rotates."""
+    import time
 
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    from .files import lock, unlock
+
+    if not lock(fd, time.monotonic() + ROTATE_LOCK_WAIT):
+        return fd
     try:
         st = os.fstat(fd)
         try:
@@ -130,7 +136,7 @@ def _rotate(path: str, fd: int) -> int:
         if same:
             os.replace(path, path + ".1")
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        unlock(fd)
     new = os.open(path, _OPEN_FLAGS, 0o600)
     os.close(fd)
     return new

@@ -241,13 +241,28 @@ def test_a_state_dir_that_is_a_regular_file_is_code_5_naming_it(tmp_path):
     assert str(f) in e.value.msg and "not a directory" in e.value.msg + e.value.details
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
-def test_a_state_dir_without_permission_is_code_5(tmp_path):  # pragma: no cover (non-root runs)
+def test_a_state_dir_without_permission_is_code_5(tmp_path):
+    """Root ignores directory permissions through CAP_DAC_OVERRIDE: the call runs as root with every
+    capability dropped (setpriv), as a confined runtime would, or as the user that owns nothing."""
+    import subprocess
+    import sys
+
     d = tmp_path / "ro"
     d.mkdir(mode=0o500)
-    with pytest.raises(CNIError) as e:
-        state.subdir("cache", str(d))
-    assert e.value.code == errors.IO_FAILURE and "permission" in e.value.msg
+    code = ("import json, sys\n"
+            "from multiplex.cni.errors import CNIError\n"
+            "from multiplex.util import state\n"
+            "try:\n"
+            f"    state.subdir('cache', {str(d)!r})\n"
+            "except CNIError as e:\n"
+            "    print(json.dumps({'code': e.code, 'msg': e.msg}))\n")
+    drop = (["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", "--no-new-privs"]
+            if os.geteuid() == 0 else [])
+    out = subprocess.run(drop + [sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    err = json.loads(out.stdout)
+    assert err["code"] == errors.IO_FAILURE and "permission" in err["msg"]
+    assert not (d / "cache").exists()
 
 
 # ---- the log file ------------------------------------------------------------------------------
