@@ -365,27 +365,21 @@ class Handle:
         this one included) and not `replace`; `replace` moves an existing entry here."""
         from pyroute2.netlink.exceptions import NetlinkError
 
-        kw: dict[str, Any] = {"ifindex": port.index, "lladdr": mac, "state": NUD_NOARP,
-                              "flags": NTF_MASTER | NTF_STICKY}
+        kw: dict[str, Any] = {"ifindex": port.index, "lladdr": mac, "state": NUD_NOARP}
         if vlan:
             kw["vlan"] = vlan
         what = f"add a static FDB entry for {mac} on {port.name}" + (f" (VLAN {vlan})" if vlan else "")
-        try:
-            self._ipr.fdb("replace" if replace else "add", **kw)
-            return True
-        except NetlinkError as e:
-            if e.code == errno.EEXIST and not replace:
-                return False
-            if e.code != errno.EINVAL:
-                raise kernel_error(e, what, f"link: {port.name}; mac: {mac}") from None
-        kw["flags"] = NTF_MASTER  # a kernel without sticky FDB entries (before 5.0)
-        try:
-            self._ipr.fdb("replace" if replace else "add", **kw)
-            return True
-        except NetlinkError as e:
-            if e.code == errno.EEXIST and not replace:
-                return False
-            raise kernel_error(e, what, f"link: {port.name}; mac: {mac}") from None
+        # a kernel without sticky FDB entries (before 5.0) refuses NTF_STICKY with EINVAL
+        for flags in (NTF_MASTER | NTF_STICKY, NTF_MASTER):
+            try:
+                self._ipr.fdb("replace" if replace else "add", **kw, flags=flags)
+                return True
+            except NetlinkError as e:
+                if e.code == errno.EEXIST and not replace:
+                    return False
+                if e.code != errno.EINVAL or flags == NTF_MASTER:
+                    raise kernel_error(e, what, f"link: {port.name}; mac: {mac}") from None
+        raise AssertionError("unreachable")
 
     # ---- addresses ------------------------------------------------------------------------------
     def addresses(self, link: Optional[Link] = None, family: int = 0) -> list[Address]:
