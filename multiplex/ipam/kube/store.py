@@ -280,7 +280,7 @@ class KubeStore(Store):
         return None
 
     def _take_requested(self, space: Space, pools: list[Pool], owner: Owner, ip: IPAddress, where: str) -> Lease:
-        from ...k8s.errors import AlreadyExists, NotFound
+        from ...k8s.errors import NotFound
 
         space.check_requested(ip, where)
         r = space.range_set.range_for(ip)
@@ -297,16 +297,10 @@ class KubeStore(Store):
             block, cidr = self._block_for_address(pool, ip)
         if block is None:
             block = Block(cidr, pool.name, str(pool.cidr), self.node)
-            block.allocations[str(ip)] = Allocation.for_owner(owner, self.node, self.clock())
-            try:
-                self._create(block)
-            except AlreadyExists:
-                mine = self._landed(block, owner)
-                if mine is not None:
-                    return mine
-                raise _Again(f"block {block.name} was claimed meanwhile") from None
-            self.stats["claims"] += 1
-            return block.lease(str(ip), fresh=True)
+            mine = self._create_with(block, ip, owner)
+            if mine is None:
+                raise _Again(f"block {block.name} was claimed meanwhile")
+            return mine
         holder = block.allocations.get(str(ip))
         if holder is not None:   # never say who: the holder may be another tenant's pod
             raise CNIError(ADDRESS_UNAVAILABLE,
@@ -332,8 +326,6 @@ class KubeStore(Store):
 
     def _claim(self, space: Space, pools: list[Pool], everything: list[Block], owner: Owner) -> Optional[Lease]:
         """Create a block nobody has, with the allocation in it (the create is the atomic claim)."""
-        from ...k8s.errors import AlreadyExists
-
         taken = [b.span() for b in everything]
         for pool in pools:
             free = list(islice(candidate_blocks(pool, space, taken), CANDIDATES))
@@ -345,22 +337,29 @@ class KubeStore(Store):
                 v = free_in(space, *block.span(), set())
                 assert v is not None
                 ip = int_to_address(v, space.family)
-                block.allocations[str(ip)] = Allocation.for_owner(owner, self.node, self.clock())
                 block.last = str(ip)
-                try:
-                    self._create(block)
-                except AlreadyExists:
-                    mine = self._landed(block, owner)
-                    if mine is not None:
-                        return mine
+                mine = self._create_with(block, ip, owner)
+                if mine is None:
                     self.stats["claims_lost"] += 1
                     self.log.info("block claimed by another node, trying the next", block=block.name)
                     continue
-                self.stats["claims"] += 1
                 self.log.info("claimed block", block=block.name, node=self.node, pool=pool.name)
-                return block.lease(str(ip), fresh=True)
+                return mine
             raise _Again(f"every free block of pool {pool.name} was claimed meanwhile")
         return None
+
+    def _create_with(self, block: Block, ip: IPAddress, owner: Owner) -> Optional[Lease]:
+        """Create the new `block` with `owner`'s allocation of `ip` in it (the create is the claim):
+        the lease, or None when another node created the block first."""
+        from ...k8s.errors import AlreadyExists
+
+        block.allocations[str(ip)] = Allocation.for_owner(owner, self.node, self.clock())
+        try:
+            self._create(block)
+        except AlreadyExists:
+            return self._landed(block, owner)
+        self.stats["claims"] += 1
+        return block.lease(str(ip), fresh=True)
 
     def _landed(self, block: Block, owner: Owner) -> Optional[Lease]:
         """After AlreadyExists: our own create, retried by the client after a lost answer, is the
