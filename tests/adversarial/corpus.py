@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
-from tests.netns.mpxlab import bridge_conf, nad
+from tests.netns.mpxlab import LabFiles, bridge_conf, nad
 
 NETWORKS = "k8s.v1.cni.cncf.io/networks"
 REMOVE = object()           # a field/env value meaning "take it out"
@@ -31,25 +31,14 @@ IPAM_NET = "198.18.120.0/24"
 
 
 @dataclass
-class Ctx:
+class Ctx(LabFiles):
+    """The lab's files (nads/, pods/, state/ under `root`: tests/netns/mpxlab.py) and this case's names."""
     root: str
     node: str
     pod_ns: str
     cid: str
     pod: str
     idx: int
-
-    @property
-    def nad_dir(self) -> str:
-        return os.path.join(self.root, "nads")
-
-    @property
-    def pod_dir(self) -> str:
-        return os.path.join(self.root, "pods")
-
-    @property
-    def state_dir(self) -> str:
-        return os.path.join(self.root, "state")
 
     @property
     def outside(self) -> str:
@@ -64,23 +53,14 @@ class Ctx:
     def out(self, name: str) -> str:
         return os.path.join(self.outside, f"{self.idx:03d}-{name}")
 
-    def add_nad(self, name: str, config: Any, namespace: str = "default") -> None:
-        obj = config if isinstance(config, dict) and "spec" in config else nad(name, config, namespace)
-        with open(os.path.join(self.nad_dir, f"{namespace}-{name}.json"), "w") as f:
-            json.dump(obj, f)
-
     def add_raw_nad(self, name: str, spec_config: str, namespace: str = "default") -> None:
         obj = {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
                "metadata": {"name": name, "namespace": namespace}, "spec": {"config": spec_config}}
         self.add_nad(name, obj, namespace)
 
     def add_pod(self, networks: Any, name: str = "", namespace: str = "default") -> None:
-        ann = {NETWORKS: networks if isinstance(networks, str) else json.dumps(networks)}
-        pod = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": name or self.pod, "namespace": namespace, "uid": f"uid-{name or self.pod}",
-                            "annotations": ann}}
-        with open(os.path.join(self.pod_dir, f"{namespace}-{name or self.pod}.json"), "w") as f:
-            json.dump(pod, f)
+        """This case's pod (or `name`), with `networks` as its annotation."""
+        super().add_pod(name or self.pod, networks, namespace)
 
 
 Config = Union[dict, bytes, Callable[[Ctx], Union[dict, bytes]], None]
@@ -113,9 +93,7 @@ class Case:
 # ---- default (good) calls ---------------------------------------------------------------------
 
 def mpx_conf(ctx: Ctx) -> dict:
-    return {"cniVersion": "1.1.0", "name": "multiplex", "type": "multiplex", "clusterNetwork": "podnet",
-            "nadDir": ctx.nad_dir, "podDir": ctx.pod_dir, "stateDir": ctx.state_dir,
-            "logFile": os.path.join(ctx.root, "multiplex.log"), "logLevel": "debug"}
+    return ctx.config()
 
 
 def bridge_standalone_conf(ctx: Ctx) -> dict:

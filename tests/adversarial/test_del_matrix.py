@@ -21,24 +21,20 @@ import pytest
 
 from tests.adversarial.residue import Snapshot, Watch, diff
 from tests.cnitool import BIN, CNI_PATH, links
-from tests.netns.mpxlab import bridge_conf, nad
+from tests.netns.mpxlab import LabFiles, bridge_conf
 
 pytestmark = pytest.mark.root
 
 CALL_TIMEOUT = 60.0
-NETWORKS = "k8s.v1.cni.cncf.io/networks"
 
 
 @dataclass
-class MatrixNode:
+class MatrixNode(LabFiles):
+    """The lab's files (nads/, pods/, state/ under `root`: tests/netns/mpxlab.py), the node netns."""
     name: str
     root: str
     pool: object
     watch: Watch
-
-    @property
-    def state_dir(self) -> str:
-        return os.path.join(self.root, "state")
 
     @property
     def other_state_dir(self) -> str:
@@ -49,17 +45,8 @@ class MatrixNode:
         return os.path.join(self.root, "kubeconfig-api-down")
 
     def config(self, **overrides) -> dict:
-        conf = {"cniVersion": "1.1.0", "name": "multiplex", "type": "multiplex", "clusterNetwork": "podnet",
-                "nadDir": os.path.join(self.root, "nads"), "podDir": os.path.join(self.root, "pods"),
-                "stateDir": self.state_dir, "logFile": os.path.join(self.root, "multiplex.log"), "logLevel": "debug"}
-        conf.update(overrides)
-        return {k: v for k, v in conf.items() if v is not None}
-
-    def add_pod(self, name: str, networks: str) -> None:
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
-            "name": name, "namespace": "default", "uid": f"uid-{name}", "annotations": {NETWORKS: networks}}}
-        with open(os.path.join(self.root, "pods", f"default-{name}.json"), "w") as f:
-            json.dump(pod, f)
+        """The lab's multiplex config; an override of None takes that field out."""
+        return {k: v for k, v in super().config(**overrides).items() if v is not None}
 
     def cni(self, command: str, pod: str, cid: str, netns: Optional[str], config: Optional[dict] = None):
         env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
@@ -93,16 +80,12 @@ def mnode(netns_pool, tmp_path_factory) -> MatrixNode:
     root = str(tmp_path_factory.mktemp("delmatrix"))
     for d in ("nads", "pods", "state", "other-state"):
         os.makedirs(os.path.join(root, d))
-    for name, conf in (("podnet", bridge_conf("mpxd-pod", "198.18.130.0/24", isGateway=True, isDefaultGateway=True,
-                                              ipMasq=True)),
-                       ("blue", bridge_conf("mpxd-blue", "198.18.131.0/24", isGateway=True, ipMasq=True)),
-                       ("green", bridge_conf("mpxd-green", "198.18.132.0/24", "fd00:132::/64", isGateway=True,
-                                             ipMasq=True))):
-        with open(os.path.join(root, "nads", f"default-{name}.json"), "w") as f:
-            json.dump(nad(name, conf), f)
     node = netns_pool.make("d")
     watch = Watch(node=node, dirs=[os.path.join(root, "state"), os.path.join(root, "other-state")])
     m = MatrixNode(name=node, root=root, pool=netns_pool, watch=watch)
+    m.add_nad("podnet", bridge_conf("mpxd-pod", "198.18.130.0/24", isGateway=True, isDefaultGateway=True, ipMasq=True))
+    m.add_nad("blue", bridge_conf("mpxd-blue", "198.18.131.0/24", isGateway=True, ipMasq=True))
+    m.add_nad("green", bridge_conf("mpxd-green", "198.18.132.0/24", "fd00:132::/64", isGateway=True, ipMasq=True))
     _write_api_down_kubeconfig(m.kubeconfig)
     # warm-up: the bridges (shared, kept by design) and the nft table exist before any scenario's baseline
     m.add_pod("warmup", "blue, green")

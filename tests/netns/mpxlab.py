@@ -22,13 +22,11 @@ def bridge_conf(bridge: str, *ranges: str, **extra: Any) -> dict:
             "ipam": {"type": "multiplex-ipam", "ranges": [[{"subnet": r}] for r in ranges]}}
 
 
-@dataclass
-class Lab:
-    node: str
+class LabFiles:
+    """The files side of a lab under `root`: NAD and pod files, the state dir, the multiplex config
+    naming them, and what a user reads back from the state dir. Lab, and the adversarial tier's
+    nodes, are built on it."""
     root: str                                  # a tmp dir: nads/, pods/, state/
-    netns_factory: Any
-    cluster: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)  # extra multiplex config fields
 
     @property
     def nad_dir(self) -> str:
@@ -43,9 +41,11 @@ class Lab:
         return os.path.join(self.root, "state")
 
     def add_nad(self, name: str, config: dict, namespace: str = "default") -> None:
+        """`config` is the NAD's CNI config, or a whole NAD object (one with a `spec`), written as is."""
         os.makedirs(self.nad_dir, exist_ok=True)
+        obj = config if isinstance(config, dict) and "spec" in config else nad(name, config, namespace)
         with open(os.path.join(self.nad_dir, f"{namespace}-{name}.json"), "w") as f:
-            json.dump(nad(name, config, namespace), f)
+            json.dump(obj, f)
 
     def add_pod(self, name: str, networks: Any = None, namespace: str = "default", uid: str = "") -> None:
         os.makedirs(self.pod_dir, exist_ok=True)
@@ -67,9 +67,20 @@ class Lab:
                 "clusterNetwork": "podnet", "nadDir": self.nad_dir, "podDir": self.pod_dir,
                 "stateDir": self.state_dir, "logFile": os.path.join(self.root, "multiplex.log"),
                 "logLevel": "debug"}
-        conf.update(self.extra)
         conf.update(overrides)
         return conf
+
+
+@dataclass
+class Lab(LabFiles):
+    node: str
+    root: str                                  # a tmp dir: nads/, pods/, state/
+    netns_factory: Any
+    cluster: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # extra multiplex config fields
+
+    def config(self, version: str = "1.1.0", **overrides: Any) -> dict:
+        return super().config(version, **{**self.extra, **overrides})
 
     def cni(self, command: str, pod: Optional[str], netns: Optional[str], container_id: str = "",
             config: Optional[dict] = None, ifname: str = "eth0", version: str = "1.1.0",
