@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
-from tests.netns.mpxlab import LabFiles, bridge_conf, nad
+from tests.netns.mpxlab import LabFiles, bridge_conf
 
 NETWORKS = "k8s.v1.cni.cncf.io/networks"
 REMOVE = object()           # a field/env value meaning "take it out"
