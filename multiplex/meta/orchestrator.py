@@ -87,10 +87,9 @@ class Context:
 
     def lock_file(self) -> str:
         """The lock file under this call's state root (cni/lock.py)."""
-        from ..cni.lock import LOCK_FILE
-        from ..util.state import root
+        from ..cni.lock import default_path
 
-        return os.path.join(root(self.req.ctx.state_dir), "locks", LOCK_FILE)
+        return default_path(self.req.ctx.state_dir)
 
     def lock(self, timeout: Optional[float] = None):
         """The container's lock, waiting at most what is left of the call's deadline."""
@@ -105,6 +104,12 @@ class Context:
         from ..cni.lock import DEFAULT_TIMEOUT, gc_lock
 
         return gc_lock(exclusive, timeout=self.req.time_left(DEFAULT_TIMEOUT), path=self.lock_file())
+
+    @property
+    def netns_if_there(self) -> str:
+        """The call's netns, or "" when it is gone: DEL must work without one."""
+        netns = self.req.netns
+        return netns if netns and os.path.exists(netns) else ""
 
     def plugin_timeout(self) -> float:
         return min(self.conf.plugin_timeout, self.req.time_left(self.conf.plugin_timeout))
@@ -260,7 +265,7 @@ class Multiplexer(Plugin):
 
         from ..netlink.batch import DeleteBatch
 
-        netns = ctx.req.netns if ctx.req.netns and os.path.exists(ctx.req.netns) else ""
+        netns = ctx.netns_if_there
         first: Optional[CNIError] = None
         unparsed: list[str] = []
         # built-in delegates' node-side links go in one batch, deleted with one request at the end
@@ -299,7 +304,7 @@ class Multiplexer(Plugin):
         server that is down) is logged as best effort; any other failure is raised after all ran."""
         from ..cni import registry
 
-        netns = ctx.req.netns if ctx.req.netns and os.path.exists(ctx.req.netns) else ""
+        netns = ctx.netns_if_there
         sub = ctx.req.derive(command="DEL", netns=netns)
         first: Optional[CNIError] = None
         seen: set[int] = set()
@@ -335,7 +340,7 @@ class Multiplexer(Plugin):
         except CNIError as e:
             ctx.log.info("best-effort DEL: the config's networks cannot be resolved", error=e.msg)
             return
-        netns = ctx.req.netns if ctx.req.netns and os.path.exists(ctx.req.netns) else ""
+        netns = ctx.netns_if_there
         for att in reversed(atts):
             try:
                 chain.del_list(parse_netlist(att, ctx.conf.cni_version), ctx.runtime(att, netns=netns), None)
