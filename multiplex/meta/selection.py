@@ -221,13 +221,18 @@ def cluster_network(conf: MultiplexConfig, source: Optional[Source]) -> ClusterN
     return ClusterNetwork(cn, find_conf_by_name(cn, conf.conf_dir, "clusterNetwork"), delegates)
 
 
-def config_attachments(conf: MultiplexConfig, source: Optional[Source], ifname: str = "eth0") -> list["Attachment"]:
-    """The networks the config itself names (the cluster network on `ifname`, then the delegates
-    on net1, net2, ...), with the identities ADD gives them: what GC, STATUS and a cache-less DEL
-    work on."""
+def config_attachments(conf: MultiplexConfig, source: Optional[Source], ifname: str = "eth0",
+                       capability_args: Optional[dict] = None) -> list["Attachment"]:
+    """The networks the config itself names (the cluster network on `ifname`, with the runtime's
+    `capability_args`, then the delegates on net1, net2, ...), with the identities ADD gives them:
+    where ADD starts, and what GC, STATUS and a cache-less DEL work on."""
     cn = cluster_network(conf, source)
-    atts = [cn.attachment(ifname)]
-    atts += [Attachment(network=netconf_name(d), ifname=f"net{n}", netconf=d) for n, d in enumerate(cn.delegates, 1)]
+    atts = [cn.attachment(ifname, capability_args)]
+    used = {ifname}
+    for d in cn.delegates:
+        name = _next_ifname(used)  # net1, net2, ... (skipping CNI_IFNAME), as ADD names them
+        used.add(name)
+        atts.append(Attachment(network=netconf_name(d), ifname=name, netconf=d))
     return atts
 
 
@@ -244,13 +249,8 @@ def select(conf: MultiplexConfig, req: Request, source: Optional[Source],
     requests, the per-pod bound) before anything runs."""
     pod_ns, pod_name, pod_uid = req.pod
     nads = NadLookup(source) if source is not None else None
-    cn = cluster_network(conf, nads)
-    out = [cn.attachment(req.ifname, req.runtime_config)]
-    used = {req.ifname}
-    for d in cn.delegates:
-        ifname = _next_ifname(used)
-        used.add(ifname)
-        out.append(Attachment(network=netconf_name(d), ifname=ifname, netconf=d))
+    out = config_attachments(conf, nads, req.ifname, req.runtime_config)
+    used = {a.ifname for a in out}
 
     defaults, requested = _selections(conf, req, nads)
     check_attachment_bound(conf, len(out) + len(defaults) + len(requested))
