@@ -159,7 +159,7 @@ def trials_on(lab: Lab, pod_ns: str, steps: list[tuple[int, str]], cleanup: str)
         if cleanup == "DEL":
             out = lab.cni("DEL", "crash", pod_ns)
         else:
-            out = lab.cni("GC", None, None, config=dict(lab.config(), **{"cni.dev/valid-attachments": []}))
+            out = lab.cni("GC", None, None, config=lab.gc_config())
         if not out.ok:
             t.cleanup = f"{cleanup} failed: {out.out}"
         t.residue = "; ".join(residue(lab, pod_ns))

@@ -12,8 +12,6 @@ net2 are the pod's too."""
 from __future__ import annotations
 
 import ipaddress
-import os
-import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -38,21 +36,11 @@ def lab(node, netns_factory, tmp_path):
 
 def lease_rows(lab: Lab) -> list[tuple[str, str, str]]:
     """(address, containerID, ifname) of every lease of the node's IPAM database."""
-    rows: list[tuple[str, str, str]] = []
-    d = os.path.join(lab.state_dir, "ipam")
-    for f in sorted(os.listdir(d)) if os.path.isdir(d) else []:
-        if f.endswith(".db"):
-            con = sqlite3.connect(os.path.join(d, f))
-            try:
-                rows += con.execute("select address, container_id, ifname from leases").fetchall()
-            finally:
-                con.close()
-    return rows
+    return lab.lease_rows("address, container_id, ifname")
 
 
 def gc_config(lab: Lab, pods: list[str]) -> dict:
-    return dict(lab.config(), **{"cni.dev/valid-attachments": [{"containerID": f"cid-{p}", "ifname": "eth0"}
-                                                                for p in pods]})
+    return lab.gc_config(*(f"cid-{p}" for p in pods))
 
 
 def snapshot(ns: str) -> dict[str, set[str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -71,6 +72,27 @@ class LabFiles:
         return conf
 
 
+VALID_ATTACHMENTS = "cni.dev/valid-attachments"
+
+# multiplex as it was before networks had namespaced identities: plugins see the NAD's bare name
+OLD_MULTIPLEX = """#!{python}
+import sys
+import multiplex.meta.selection
+multiplex.meta.selection.identity_name = lambda namespace, name: ""
+from multiplex.entry import main
+sys.exit(main())
+"""
+
+
+def old_multiplex(directory: str) -> str:
+    """Writes OLD_MULTIPLEX as an executable into `directory`; its path (for run_plugin)."""
+    path = os.path.join(directory, "old-multiplex")
+    with open(path, "w") as f:
+        f.write(OLD_MULTIPLEX.format(python=sys.executable))
+    os.chmod(path, 0o755)
+    return path
+
+
 @dataclass
 class Lab(LabFiles):
     node: str
@@ -95,21 +117,35 @@ class Lab(LabFiles):
                           netns=netns or "", ifname=ifname if command not in ("GC", "STATUS") else "",
                           args=args, extra_env=env)
 
+    def gc_config(self, *container_ids: str, **overrides: Any) -> dict:
+        """The multiplex config of a GC whose runtime lists `container_ids` (each as its eth0)."""
+        return dict(self.config(**overrides),
+                    **{VALID_ATTACHMENTS: [{"containerID": c, "ifname": "eth0"} for c in container_ids]})
+
     # --- what a user would look at ---------------------------------------------------------
-    def leases(self) -> list[tuple]:
+    def lease_rows(self, columns: str = "*") -> list[tuple]:
+        """`columns` of every row of the leases table, in every database of the IPAM state dir."""
         db = os.path.join(self.state_dir, "ipam")
-        files = [os.path.join(db, f) for f in os.listdir(db) if f.endswith(".db")] if os.path.isdir(db) else []
+        files = sorted(os.path.join(db, f) for f in os.listdir(db) if f.endswith(".db")) if os.path.isdir(db) else []
         rows: list[tuple] = []
         for path in files:
             con = sqlite3.connect(path)
             try:
-                tables = [r[0] for r in con.execute("select name from sqlite_master where type='table'")]
-                for t in tables:
-                    if "lease" in t:
-                        rows += con.execute(f"select * from {t}").fetchall()
+                if con.execute("select 1 from sqlite_master where type='table' and name='leases'").fetchone():
+                    rows += con.execute(f"select {columns} from leases").fetchall()
             finally:
                 con.close()
         return rows
+
+    def leases(self) -> list[tuple]:
+        return self.lease_rows()
+
+    def lease_owners(self) -> dict[str, set[str]]:
+        """container ID -> the interfaces it holds leases for."""
+        out: dict[str, set[str]] = {}
+        for cid, ifname in self.lease_rows("container_id, ifname"):
+            out.setdefault(cid, set()).add(ifname)
+        return out
 
     def cache_entries(self) -> list[str]:
         d = os.path.join(self.state_dir, "cache")

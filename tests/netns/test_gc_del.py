@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tests.cnitool import addresses, links, run_plugin
-from tests.netns.mpxlab import Lab, bridge_conf
+from tests.netns.mpxlab import VALID_ATTACHMENTS as VALID, Lab, bridge_conf, old_multiplex
 
 pytestmark = pytest.mark.root
-
-VALID = "cni.dev/valid-attachments"
-
 
 @pytest.fixture
 def lab(node, netns_factory, tmp_path):
@@ -49,29 +45,12 @@ def cid_of(pod: str, namespace: str = "default") -> str:
 
 
 def gc(lab: Lab, *cids: str, valid=None):
-    conf = lab.config()
-    conf[VALID] = [{"containerID": c, "ifname": "eth0"} for c in cids] if valid is None else valid
+    conf = lab.gc_config(*cids)
+    if valid is not None:
+        conf[VALID] = valid
     if valid == "absent":
         del conf[VALID]
     return lab.cni("GC", None, None, config=conf)
-
-
-def lease_owners(lab: Lab) -> dict[str, set[str]]:
-    """container ID -> the interfaces it holds leases for."""
-    out: dict[str, set[str]] = {}
-    db = os.path.join(lab.state_dir, "ipam")
-    import sqlite3
-
-    for f in (os.listdir(db) if os.path.isdir(db) else []):
-        if not f.endswith(".db"):
-            continue
-        con = sqlite3.connect(os.path.join(db, f))
-        try:
-            for cid, ifname in con.execute("select container_id, ifname from leases"):
-                out.setdefault(cid, set()).add(ifname)
-        finally:
-            con.close()
-    return out
 
 
 def pod_intact(ns: str) -> bool:
@@ -87,12 +66,12 @@ def cache_file(lab: Lab, cid: str) -> str:
                          ids=["absent", "string", "misspelled-keys"])
 def test_gc_with_a_malformed_list_is_code_7_and_removes_nothing(lab, valid):
     a = add_pod(lab, "a")
-    veths, leases, cache = lab.node_links("veth"), lease_owners(lab), lab.cache_entries()
+    veths, leases, cache = lab.node_links("veth"), lab.lease_owners(), lab.cache_entries()
     out = gc(lab, valid=valid)
     assert out.rc == 1 and out.code == 7, out
     assert VALID in out.out["details"]
     assert pod_intact(a)
-    assert lab.node_links("veth") == veths and lease_owners(lab) == leases and lab.cache_entries() == cache
+    assert lab.node_links("veth") == veths and lab.lease_owners() == leases and lab.cache_entries() == cache
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
@@ -108,7 +87,7 @@ def test_a_listed_pod_whose_cache_entry_is_missing_or_corrupt_keeps_eth0_and_net
     out = gc(lab, cid_of("keep"))
     assert out.ok, out
     assert pod_intact(keep)
-    assert lease_owners(lab) == {cid_of("keep"): {"eth0", "net1"}}
+    assert lab.lease_owners() == {cid_of("keep"): {"eth0", "net1"}}
     assert len(lab.node_links("veth")) == 2            # keep's two host veths; stale's are gone
     assert links(stale) == {"lo"}
     assert not os.path.exists(cache_file(lab, cid_of("stale")))
@@ -124,7 +103,7 @@ def test_two_namespaces_same_named_nads_both_listed_both_keep_net1(lab):
     out = gc(lab, cid_of("pa", "default"), cid_of("pb", "tenant-b"))
     assert out.ok, out
     assert pod_intact(pa) and pod_intact(pb)
-    assert lease_owners(lab) == {cid_of("pa", "default"): {"eth0", "net1"},
+    assert lab.lease_owners() == {cid_of("pa", "default"): {"eth0", "net1"},
                                  cid_of("pb", "tenant-b"): {"eth0", "net1"}}
     assert len(lab.node_links("veth")) == 4
 
@@ -147,7 +126,7 @@ def test_gc_while_adds_run_in_other_processes_all_listed_touches_nothing(lab):
     assert all(r.ok for r in results), results
     for name in names:
         assert pod_intact(nss[name]), name
-    assert lease_owners(lab) == {c: {"eth0", "net1"} for c in cids}
+    assert lab.lease_owners() == {c: {"eth0", "net1"} for c in cids}
     assert len(lab.node_links("veth")) == 2 * len(names)
     assert sorted(lab.cache_entries()) == sorted(f"{c}:eth0.json" for c in cids)
 
@@ -166,11 +145,11 @@ def test_del_without_a_usable_cache_entry_leaves_nothing_and_succeeds_twice(lab,
         out = lab.cni("DEL", "d", ns, container_id=cid_of("d"))
         assert out.ok, out
     assert links(ns) == {"lo"}
-    assert cid_of("d") not in lease_owners(lab)
+    assert cid_of("d") not in lab.lease_owners()
     assert not os.path.exists(path)
     # only the other pod's attachments are left
     assert pod_intact(other)
-    assert lease_owners(lab) == {cid_of("other"): {"eth0", "net1"}}
+    assert lab.lease_owners() == {cid_of("other"): {"eth0", "net1"}}
     assert len(lab.node_links("veth")) == 2
 
 
@@ -182,28 +161,16 @@ def test_del_with_the_netns_gone_and_no_cache_entry_frees_the_node_side(lab):
     subprocess.run(["ip", "netns", "del", ns], check=True)
     out = lab.cni("DEL", "g", ns, container_id=cid_of("g"))
     assert out.ok, out
-    assert lab.node_links("veth") == set() and lease_owners(lab) == {}
-
-
-# multiplex as it was before networks had namespaced identities: plugins see the NAD's bare name
-OLD_MULTIPLEX = """#!{python}
-import sys
-import multiplex.meta.selection
-multiplex.meta.selection.identity_name = lambda namespace, name: ""
-from multiplex.entry import main
-sys.exit(main())
-"""
+    assert lab.node_links("veth") == set() and lab.lease_owners() == {}
 
 
 def test_pods_cached_before_identities_are_gced_and_deled_by_their_old_names(lab, tmp_path):
-    old = tmp_path / "old-multiplex"
-    old.write_text(OLD_MULTIPLEX.format(python=sys.executable))
-    old.chmod(0o755)
+    old = old_multiplex(str(tmp_path))   # multiplex before namespaced identities
     pods = {}
     for name in ("old1", "old2"):
         lab.add_pod(name, "blue")
         pods[name] = lab.netns_factory("pod")
-        out = run_plugin(str(old), "ADD", lab.config(), node=lab.node, container_id=cid_of(name),
+        out = run_plugin(old, "ADD", lab.config(), node=lab.node, container_id=cid_of(name),
                          netns=pods[name], args=f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}")
         assert out.ok, out
         # the record as the meta plugin wrote it before identities: no configName at all
@@ -217,9 +184,9 @@ def test_pods_cached_before_identities_are_gced_and_deled_by_their_old_names(lab
     out = gc(lab, cid_of("old1"))
     assert out.ok, out
     assert pod_intact(pods["old1"]) and links(pods["old2"]) == {"lo"}
-    assert lease_owners(lab) == {cid_of("old1"): {"eth0", "net1"}}
+    assert lab.lease_owners() == {cid_of("old1"): {"eth0", "net1"}}
     assert len(lab.node_links("veth")) == 2
     out = lab.cni("DEL", "old1", pods["old1"], container_id=cid_of("old1"))
     assert out.ok, out
     assert links(pods["old1"]) == {"lo"}
-    assert lab.node_links("veth") == set() and lease_owners(lab) == {} and lab.cache_entries() == []
+    assert lab.node_links("veth") == set() and lab.lease_owners() == {} and lab.cache_entries() == []

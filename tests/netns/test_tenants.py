@@ -10,13 +10,12 @@ of its choice runs nothing and writes nothing.
 from __future__ import annotations
 
 import ipaddress
-import sys
 
 import pytest
 
 from delegates.bridge import default_bridge_name
 from tests.cnitool import addresses, links, ping, run_plugin
-from tests.netns.mpxlab import Lab, bridge_conf
+from tests.netns.mpxlab import Lab, bridge_conf, old_multiplex
 
 pytestmark = pytest.mark.root
 
@@ -85,41 +84,24 @@ def test_gc_of_one_tenant_leaves_the_other(lab):
     assert out.ok, out
     b1, out = add(lab, "b1", "blue", "tenant-b")
     assert out.ok, out
-    conf = lab.config()
-    conf["cni.dev/valid-attachments"] = [{"containerID": "cid-tenant-a-a1", "ifname": "eth0"},
-                                         {"containerID": "cid-tenant-b-b1", "ifname": "eth0"}]
-    out = lab.cni("GC", None, None, config=conf)
+    out = lab.cni("GC", None, None, config=lab.gc_config("cid-tenant-a-a1", "cid-tenant-b-b1"))
     assert out.ok, out
     assert links(a1) == links(b1) == {"lo", "eth0", "net1"}
-    conf["cni.dev/valid-attachments"] = [{"containerID": "cid-tenant-a-a1", "ifname": "eth0"}]
-    out = lab.cni("GC", None, None, config=conf)
+    out = lab.cni("GC", None, None, config=lab.gc_config("cid-tenant-a-a1"))
     assert out.ok, out
     assert links(b1) == {"lo"}
     assert links(a1) == {"lo", "eth0", "net1"}
-    owners = {v for row in lab.leases() for v in row if isinstance(v, str) and v.startswith("cid-")}
-    assert owners == {"cid-tenant-a-a1"}
-
-
-OLD_MULTIPLEX = """#!{python}
-# multiplex as it was before networks had namespaced identities: plugins see the NAD's bare name
-import sys
-import multiplex.meta.selection
-multiplex.meta.selection.identity_name = lambda namespace, name: ""
-from multiplex.entry import main
-sys.exit(main())
-"""
+    assert set(lab.lease_owners()) == {"cid-tenant-a-a1"}
 
 
 def test_pods_made_before_the_upgrade_keep_working_and_del_and_gc_clean_them(lab, tmp_path):
-    old = tmp_path / "old-multiplex"
-    old.write_text(OLD_MULTIPLEX.format(python=sys.executable))
-    old.chmod(0o755)
+    old = old_multiplex(str(tmp_path))   # multiplex before namespaced identities
     pre = {}
     for name in ("pre1", "pre2"):
         lab.add_pod(name, "blue", namespace="tenant-a")
         pre[name] = lab.netns_factory("pod")
         args = f"IgnoreUnknown=1;K8S_POD_NAMESPACE=tenant-a;K8S_POD_NAME={name}"
-        out = run_plugin(str(old), "ADD", lab.config(), node=lab.node, container_id=f"cid-{name}",
+        out = run_plugin(old, "ADD", lab.config(), node=lab.node, container_id=f"cid-{name}",
                          netns=pre[name], args=args)
         assert out.ok, out
     assert default_bridge_name("blue") in node_bridges(lab)    # the old name's bridge
@@ -131,16 +113,11 @@ def test_pods_made_before_the_upgrade_keep_working_and_del_and_gc_clean_them(lab
     assert lab.cni("DEL", "pre1", pre["pre1"], container_id="cid-pre1", namespace="tenant-a").ok
     assert links(pre["pre1"]) == {"lo"}
     # GC keeps what is listed (the new pod, the other old pod), then collects the old pod
-    conf = lab.config()
-    conf["cni.dev/valid-attachments"] = [{"containerID": "cid-tenant-a-a1", "ifname": "eth0"},
-                                         {"containerID": "cid-pre2", "ifname": "eth0"}]
-    assert lab.cni("GC", None, None, config=conf).ok
+    assert lab.cni("GC", None, None, config=lab.gc_config("cid-tenant-a-a1", "cid-pre2")).ok
     assert links(pre["pre2"]) == {"lo", "eth0", "net1"} and links(a1) == {"lo", "eth0", "net1"}
-    conf["cni.dev/valid-attachments"] = conf["cni.dev/valid-attachments"][:1]
-    assert lab.cni("GC", None, None, config=conf).ok
+    assert lab.cni("GC", None, None, config=lab.gc_config("cid-tenant-a-a1")).ok
     assert links(pre["pre2"]) == {"lo"}
-    owners = {v for row in lab.leases() for v in row if isinstance(v, str) and v.startswith("cid-")}
-    assert owners == {"cid-tenant-a-a1"}
+    assert set(lab.lease_owners()) == {"cid-tenant-a-a1"}
     assert links(a1) == {"lo", "eth0", "net1"}
 
 
