@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from ..cni.errors import CNIError, INVALID_CONFIG, NOT_FOUND, UNSUPPORTED_FIELD
 from ..cni.request import IFNAME_MAX, Request, check_ifname
@@ -120,15 +120,21 @@ def load_conf_file(path: str) -> dict:
     return doc
 
 
+def _readable_confs(conf_dir: str) -> Iterator[dict]:
+    """The config files of `conf_dir` that parse, in name order, read one at a time (callers stop
+    at the first that fits)."""
+    for path in conf_files(conf_dir):
+        try:
+            yield load_conf_file(path)
+        except CNIError:
+            continue
+
+
 def find_conf_by_name(name: str, conf_dir: str, why: str = "") -> dict:
     """The config file in confDir whose `name` is `name`. Multiplex configs (`type: multiplex`,
     or `multiplex` in `plugins[]`) are never returned: a NAD or clusterNetwork named like the
     node's own multiplex conflist would make the meta plugin call itself."""
-    for path in conf_files(conf_dir):
-        try:
-            doc = load_conf_file(path)
-        except CNIError:
-            continue
+    for doc in _readable_confs(conf_dir):
         if doc.get("name") == name and not is_multiplex_config(doc):
             return doc
     raise CNIError(NOT_FOUND, (why + ": " if why else "") + f"no CNI config named {name!r} in {conf_dir} "
@@ -193,18 +199,10 @@ def cluster_network(conf: MultiplexConfig, source: Optional[Source]) -> ClusterN
         return ClusterNetwork(netconf_name(cn), cn, delegates)
     if os.path.isabs(cn):
         if os.path.isdir(cn):
-            docs = []
-            for path in conf_files(cn):
-                try:
-                    doc = load_conf_file(path)
-                except CNIError:
-                    continue
-                if not is_multiplex_config(doc):
-                    docs.append(doc)
-            if not docs:
+            doc = next((d for d in _readable_confs(cn) if not is_multiplex_config(d)), None)
+            if doc is None:
                 raise CNIError(NOT_FOUND, f"clusterNetwork directory {cn} holds no CNI config (other than "
                                "multiplex's own)", "field: clusterNetwork")
-            doc = docs[0]
         else:
             doc = _not_multiplex(load_conf_file(cn), cn)
         return ClusterNetwork(netconf_name(doc), doc, delegates)
@@ -244,7 +242,7 @@ def _next_ifname(used: set[str]) -> str:
 
 
 def select(conf: MultiplexConfig, req: Request, source: Optional[Source],
-           annotation_parser=None, authorize=None) -> list[Attachment]:
+           authorize=None) -> list[Attachment]:
     """Every attachment for this pod, in order, validated (names, duplicates, trust, opt-in
     requests, the per-pod bound) before anything runs."""
     pod_ns, pod_name, pod_uid = req.pod
