@@ -195,18 +195,24 @@ def test_released_when_the_holder_is_killed(lockfile, procs):
         pass
 
 
-def test_timeout_error_says_which_container_and_what_to_do(lockfile, procs):
+def busy_error(lockfile: str, procs: list, cid: str, timeout: float) -> CNIError:
+    """The error of taking `cid`'s lock, with `timeout`, while another process holds it."""
     entered, release, out = MP.Event(), MP.Event(), MP.Queue()
-    spawn(procs, _hold, lockfile, "c0ffee", entered, release, out)
+    spawn(procs, _hold, lockfile, cid, entered, release, out)
     assert entered.wait(WAIT)
     try:
         with pytest.raises(CNIError) as e:
-            with container_lock("c0ffee", timeout=0.1, path=lockfile):
+            with container_lock(cid, timeout=timeout, path=lockfile):
                 pass
     finally:
         release.set()
-    assert e.value.code == errors.TRY_AGAIN_LATER
-    assert "c0ffee" in e.value.msg and "retry" in e.value.details and lockfile in e.value.details
+    return e.value
+
+
+def test_timeout_error_says_which_container_and_what_to_do(lockfile, procs):
+    e = busy_error(lockfile, procs, "c0ffee", 0.1)
+    assert e.code == errors.TRY_AGAIN_LATER
+    assert "c0ffee" in e.msg and "retry" in e.details and lockfile in e.details
 
 
 def test_no_pile_of_lock_files(lockfile):
@@ -358,14 +364,6 @@ def test_last_add_thread_leaving_lets_gc_in_from_another_process(lockfile, procs
 
 
 def test_container_lock_busy_message_states_the_time_waited(lockfile, procs):
-    entered, release, out = MP.Event(), MP.Event(), MP.Queue()
-    spawn(procs, _hold, lockfile, "c1", entered, release, out)
-    assert entered.wait(WAIT)
-    try:
-        with pytest.raises(CNIError) as e:
-            with container_lock("c1", timeout=0.2, path=lockfile):
-                pass
-    finally:
-        release.set()
-    waited = float(e.value.msg.rsplit("after ", 1)[1].rstrip("s"))
+    e = busy_error(lockfile, procs, "c1", 0.2)
+    waited = float(e.msg.rsplit("after ", 1)[1].rstrip("s"))
     assert waited >= 0.2
