@@ -239,19 +239,18 @@ def ipam_speaks(req: Request, version: str) -> bool:
     import json
     import subprocess
 
-    from multiplex.cni.invoke import find_plugin
+    from multiplex.cni.invoke import _run, find_plugin
     from multiplex.cni.registry import builtin
 
     ipam = ipam_type(req)
     if builtin(ipam) is not None:
         return True
-    binary = find_plugin(ipam, req.path)
-    env = req.derive(command="VERSION").env()
-    try:
-        proc = subprocess.run([binary], input=json.dumps({"cniVersion": version}).encode(), env=env,
-                              capture_output=True, timeout=30)
+    binary = find_plugin(ipam, req.path, "ipam.type")
+    probe = req.derive(command="VERSION", config={"cniVersion": version})
+    try:  # invoke's bounded run: within the call's deadline, the plugin's session killed on timeout
+        proc = _run(binary, probe, min(30.0, req.time_left(30.0)))
         supported = json.loads(proc.stdout or b"{}").get("supportedVersions") or []
-    except (OSError, ValueError, subprocess.TimeoutExpired):
+    except (OSError, ValueError, AttributeError, subprocess.TimeoutExpired):
         supported = []
     if version in supported:
         return True
