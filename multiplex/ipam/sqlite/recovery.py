@@ -39,23 +39,25 @@ class Damaged(Exception):
         self.reason = reason
 
 
-def check_file(path: str, marked: bool) -> None:
+def check_file(path: str, marked: bool) -> bool:
     """The cheap checks of every open: the file exists, is not empty, starts as SQLite's do.
-    `marked`: the store was initialised here, so a missing or empty file is damage."""
+    `marked`: the store was initialised here, so a missing or empty file is damage. Returns
+    whether the file exists (the one stat of the open)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         if marked:
             raise Damaged("the database file is missing, but the store was initialised here") from None
-        return
+        return False
     if st.st_size == 0:
         if marked:
             raise Damaged("the database file is empty (0 bytes), but the store was initialised here")
-        return
+        return True
     with open(path, "rb") as f:
         head = f.read(len(HEADER))
     if head != HEADER:
         raise Damaged("the file is not a SQLite database")
+    return True
 
 
 def write_marker(marker: str) -> None:

@@ -177,8 +177,7 @@ class SQLiteStore(Store):
         """A connection to a database that is what the marker says (schema made or migrated);
         raises Damaged otherwise. With create=False, None when there is no store at all."""
         marked = os.path.exists(self.marker)
-        recovery.check_file(self.path, marked)
-        if not os.path.exists(self.path):
+        if not recovery.check_file(self.path, marked):
             if not create:
                 return None
             # created 0600: leases name every pod on the node
