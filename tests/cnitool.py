@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -95,3 +96,28 @@ def ping(ns: str, address: str, count: int = 1, timeout: int = 2) -> bool:
     r = subprocess.run(["ip", "netns", "exec", ns, "ping", flag, "-c", str(count), "-W", str(timeout), address],
                        capture_output=True)
     return r.returncode == 0
+
+
+class NetnsPool:
+    """Makes network namespaces (lo up) named `<prefix><kind>-<random>`; `close()` deletes every one
+    made (and with them every link inside, and the peers of their veths)."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.made: list[str] = []
+
+    def make(self, kind: str = "p") -> str:
+        name = f"{self.prefix}{kind}-{uuid.uuid4().hex[:8]}"
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        self.made.append(name)
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+        return name
+
+    def drop(self, name: str) -> None:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        if name in self.made:
+            self.made.remove(name)
+
+    def close(self) -> None:
+        for name in reversed(list(self.made)):
+            self.drop(name)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import uuid
 
 import pytest
 
@@ -49,19 +47,15 @@ def _skip_vm_tests_without_the_kernel(items) -> None:
 @pytest.fixture
 def netns_factory():
     """make(prefix) -> a new netns name (lo up); every netns made is deleted at teardown."""
-    made: list[str] = []
+    from tests.cnitool import NetnsPool
+
+    pool = NetnsPool("mpx")
 
     def make(prefix: str = "t") -> str:
-        name = f"mpx{prefix}-{uuid.uuid4().hex[:8]}"
-        subprocess.run(["ip", "netns", "add", name], check=True)
-        made.append(name)
-        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
-        return name
+        return pool.make(prefix)
 
     yield make
-    for name in reversed(made):
-        # deleting the netns destroys every link inside it (and the peers of its veths)
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    pool.close()
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ import os
 import shutil
 import socket
 import sqlite3
-import subprocess
-import uuid
 from typing import Any, Iterator, Optional
 
 import pytest
@@ -108,12 +106,11 @@ class Scratch:
     """A node netns, a pod netns and a tmp tree, for plugin entries fed generated inputs."""
 
     def __init__(self, root: str):
-        tag = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.node, self.pod = f"mpxpn-{tag}", f"mpxpp-{tag}"
+        from tests.cnitool import NetnsPool
+
+        self.netns = NetnsPool(f"mpxp{os.getpid()}")
+        self.node, self.pod = self.netns.make("n"), self.netns.make("p")
         self.root = root
-        for ns in (self.node, self.pod):
-            subprocess.run(["ip", "netns", "add", ns], check=True)
-            subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
         for d in ("state", "nads", "pods", "conf", "bin", "cwd"):
             os.makedirs(os.path.join(root, d), exist_ok=True)
         self.regular_file = os.path.join(root, "not-a-netns")
@@ -128,8 +125,7 @@ class Scratch:
         return f"/var/run/netns/{self.pod}"
 
     def close(self) -> None:
-        for ns in (self.pod, self.node):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self.netns.close()
 
 
 @pytest.fixture(scope="module")
