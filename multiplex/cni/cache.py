@@ -109,7 +109,7 @@ class ResultCache:
                 continue
             if not name.endswith(SUFFIX):
                 continue
-            found = self._read_envelope(full)
+            found = read_envelope(full)
             if found is not None and not isinstance(found, CorruptEntry):
                 yield found
 
@@ -142,30 +142,12 @@ class ResultCache:
     # ---- internals ----
 
     def _read(self, path: str, key: tuple[str, str]) -> Union[dict[str, Any], CorruptEntry, None]:
-        found = self._read_envelope(path, key)
+        found = read_envelope(path, key)
         if found is None or isinstance(found, CorruptEntry):
             return found
         if found[:2] != key:
             return _report(path, key, f"holds the entry of {found[0]}/{found[1]}")
         return found[2]
-
-    def _read_envelope(self, path: str, key: tuple[str, str] = ("", "")
-                       ) -> Union[tuple[str, str, dict[str, Any]], CorruptEntry, None]:
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            return _report(path, key, f"cannot be read: {e.strerror}")
-        try:
-            env = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError) as e:
-            return _report(path, key, f"is not JSON: {e}")
-        if (not isinstance(env, dict) or env.get("kind") != KIND or not isinstance(env.get("record"), dict)
-                or not isinstance(env.get("containerID"), str) or not isinstance(env.get("ifname"), str)):
-            return _report(path, key, f"is not a {KIND} entry")
-        return env["containerID"], env["ifname"], env["record"]
 
     def _remove_if_stale(self, path: str) -> None:
         try:
@@ -173,6 +155,27 @@ class ResultCache:
                 os.unlink(path)
         except OSError:
             pass
+
+
+def read_envelope(path: str, key: tuple[str, str] = ("", "")
+                  ) -> Union[tuple[str, str, dict[str, Any]], CorruptEntry, None]:
+    """One cache file as (containerID, ifname, record); None when it is not there; a CorruptEntry
+    (logged) when it cannot be used. Also for readers without a ResultCache (ipam/repair.py)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return _report(path, key, f"cannot be read: {e.strerror}")
+    try:
+        env = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        return _report(path, key, f"is not JSON: {e}")
+    if (not isinstance(env, dict) or env.get("kind") != KIND or not isinstance(env.get("record"), dict)
+            or not isinstance(env.get("containerID"), str) or not isinstance(env.get("ifname"), str)):
+        return _report(path, key, f"is not a {KIND} entry")
+    return env["containerID"], env["ifname"], env["record"]
 
 
 def _report(path: str, key: tuple[str, str], problem: str) -> CorruptEntry:

@@ -18,16 +18,14 @@ Stdlib only: this runs on the IPAM's own path (no jsonschema, pyroute2 or kubern
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
+from ..cni.cache import CorruptEntry, read_envelope
 from ..cni.types import IPAddress
 from . import config
 from .store import Lease, Owner
-
-CACHE_KIND = "multiplex-cache/v1"
 
 
 @dataclass(frozen=True)
@@ -103,18 +101,14 @@ def read_cache(data_dir: str, cache_dir: Optional[str] = None) -> CacheView:
 
 
 def _read_record(path: str) -> tuple[Optional[dict], str]:
-    try:
-        with open(path, "rb") as f:
-            env = json.loads(f.read())
-    except FileNotFoundError:
-        return {}, ""          # deleted meanwhile (a DEL): nothing to account for
-    except OSError as e:
-        return None, f"cannot be read ({e.strerror})"
-    except (ValueError, UnicodeDecodeError):
-        return None, "is not JSON"
-    if not isinstance(env, dict) or env.get("kind") != CACHE_KIND or not isinstance(env.get("record"), dict):
-        return None, f"is not a {CACHE_KIND} entry"
-    return env["record"], ""
+    """The record of one cache file (cni/cache.py reads it); ({}, "") when it was deleted meanwhile
+    (a DEL: nothing to account for), (None, why) when it cannot be used."""
+    found = read_envelope(path)
+    if found is None:
+        return {}, ""
+    if isinstance(found, CorruptEntry):
+        return None, found.problem
+    return found[2], ""
 
 
 def _attachments_of(record: dict, path: str, target: str, default_dir: str,
