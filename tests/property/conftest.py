@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import socket
-import sqlite3
 from typing import Any, Iterator, Optional
 
 import pytest
@@ -86,20 +85,12 @@ def link_kinds() -> dict[str, str]:
         return out
 
 
-def lease_rows(state_dir: str) -> list[tuple]:
-    rows: list[tuple] = []
-    for dirpath, _, files in os.walk(state_dir):
-        for f in files:
-            if not f.endswith(".db"):
-                continue
-            con = sqlite3.connect(os.path.join(dirpath, f))
-            try:
-                for (t,) in con.execute("select name from sqlite_master where type='table'"):
-                    if "lease" in t:
-                        rows += con.execute(f"select * from {t}").fetchall()
-            finally:
-                con.close()
-    return rows
+def lease_rows(state_dir: str) -> list[str]:
+    """Every lease row under `state_dir` (and every database there that cannot be read), one line
+    each: the adversarial tier's residue reader (tests/adversarial/residue.py)."""
+    from tests.adversarial.residue import lease_rows as rows_under
+
+    return sorted(rows_under([state_dir]))
 
 
 class Scratch:
