@@ -96,6 +96,15 @@ class ResultCache:
             raise CNIError(IO_FAILURE, f"cannot remove cache entry {p} for {container_id}/{ifname}: {e.strerror}",
                            f"file: {p}") from None
 
+    def ifnames(self, container_id: str) -> list[str]:
+        """The interfaces `container_id` has an entry for (readable or not), from the file names."""
+        prefix = f"{container_id}:"
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return []
+        return sorted(n[len(prefix):-len(SUFFIX)] for n in names if n.startswith(prefix) and n.endswith(SUFFIX))
+
     def entries(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
         """Every readable (container_id, ifname, record), sorted by file name; corrupt ones are logged."""
         try:

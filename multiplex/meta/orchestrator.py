@@ -300,10 +300,19 @@ class Multiplexer(Plugin):
 
     def _sweep(self, ctx: Context) -> None:
         """Every built-in plugin removes what it made for this container on this node, found by
-        its own marks (veth alias, lease owner, nft comment). What cannot be reached (an API
-        server that is down) is logged as best effort; any other failure is raised after all ran."""
+        its own marks (veth alias, lease owner, nft comment), unless the cache records another
+        interface of the container. What cannot be reached (an API server that is down) is logged
+        as best effort; any other failure is raised after all ran."""
         from ..cni import registry
 
+        # The marks name the container, not the runtime's interface: with another entry of this
+        # container in the cache (a runtime that attaches it twice, as eth0 and eth1), a sweep
+        # would take that live attachment too. Its own DEL or GC cleans it instead.
+        others = [i for i in ctx.cache().ifnames(ctx.req.container_id) if i != ctx.req.ifname]
+        if others:
+            ctx.log.warning("sweep skipped: the container has other recorded attachments, which it would remove",
+                            container=ctx.req.container_id, ifname=ctx.req.ifname, recorded=others)
+            return
         netns = ctx.netns_if_there
         sub = ctx.req.derive(command="DEL", netns=netns)
         first: Optional[CNIError] = None
