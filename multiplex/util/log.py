@@ -120,8 +120,6 @@ def _rotate(path: str, fd: int) -> int:
     logging at once serialize on a lock of the old file (util/files, bounded: a logger never waits
     long); the one that finds the path already replaced just writes to the new file, and one that
     cannot get the lock in time keeps writing to the old file, which the holder rotates."""
-    import time
-
     from .files import lock, unlock
 
     if not lock(fd, time.monotonic() + ROTATE_LOCK_WAIT):
