@@ -190,3 +190,25 @@ def test_pods_cached_before_identities_are_gced_and_deled_by_their_old_names(lab
     assert out.ok, out
     assert links(pods["old1"]) == {"lo"}
     assert lab.node_links("veth") == set() and lab.lease_owners() == {} and lab.cache_entries() == []
+
+
+def test_del_without_cache_of_a_second_interface_spares_the_containers_other_attachment(lab):
+    """A runtime may attach one container twice (eth0 and eth1, as podman does with two networks).
+    A DEL of (cid, eth1) whose cache entry is gone must not sweep the live (cid, eth0) attachment:
+    the marks (veth alias, lease owner) name the container, so the sweep is skipped while the cache
+    records another interface of it; GC collects the rest once the container is gone."""
+    ns = add_pod(lab, "twice")
+    cid = cid_of("twice")
+    out = lab.cni("ADD", None, ns, container_id=cid, ifname="eth1")   # the cluster network again, as eth1
+    assert out.ok, out
+    assert links(ns) == {"lo", "eth0", "net1", "eth1"}
+    os.unlink(os.path.join(lab.state_dir, "cache", f"{cid}:eth1.json"))
+    out = lab.cni("DEL", None, ns, container_id=cid, ifname="eth1")
+    assert out.ok, out
+    assert pod_intact(ns)
+    assert {"eth0", "net1"} <= lab.lease_owners()[cid]
+    assert lab.cni("CHECK", "twice", ns, container_id=cid).ok
+    # the pod goes: its own DEL, then GC listing nobody, leave nothing of either interface
+    assert lab.cni("DEL", "twice", ns, container_id=cid).ok
+    assert gc(lab).ok
+    assert lab.node_links("veth") == set() and lab.lease_owners() == {}
