@@ -8,6 +8,8 @@ import click
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version=None, package_name="multiplex", prog_name="multiplex",
+                      message="%(prog)s %(version)s")
 def cli() -> None:
     """multiplex: a meta CNI plugin. Called with CNI_COMMAND set, it is the plugin itself."""
 
@@ -15,15 +17,17 @@ def cli() -> None:
 @cli.command()
 @click.option("--keep", is_flag=True, help="leave the lab up (remove it later with --down)")
 @click.option("--down", is_flag=True, help="remove a lab left up by --keep")
-@click.option("--pods", default=3, show_default=True, type=click.IntRange(2, 20), help="how many pods")
-def lab(keep: bool, down: bool, pods: int) -> None:
-    """A local lab: one node and pods in network namespaces, attached through multiplex."""
+@click.option("--pods", default=3, show_default=True, type=click.IntRange(2, 20), help="how many pods per node")
+@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 8),
+              help="how many simulated nodes (each a netns with a node daemon, on one underlay)")
+def lab(keep: bool, down: bool, pods: int, nodes: int) -> None:
+    """A local lab: nodes and pods in network namespaces, attached through multiplex's node daemons."""
     from .lab import run_lab, teardown_lab
 
     if down:
         teardown_lab()
         return
-    sys.exit(run_lab(pods=pods, keep=keep))
+    sys.exit(run_lab(pods=pods, keep=keep, nodes=nodes))
 
 
 @cli.command()
@@ -153,8 +157,14 @@ def _parse_options(_ctx: click.Context, _param: click.Parameter, items: tuple[st
 @click.option("--option", "options", multiple=True, metavar="KEY=JSON", callback=_parse_options,
               help="an extra multiplex config field")
 @click.option("--every", type=float, default=None, help="run again every SECONDS (the DaemonSet's mode)")
+@click.option("--daemon", "daemon", is_flag=True,
+              help="daemon mode: `multiplex` in the bin dir is the shim that forwards to the node daemon")
+@click.option("--socket", "socket_path", default="/run/multiplex/multiplex.sock", show_default=True,
+              help="daemon mode: the node daemon's socket (as the host sees it)")
+@click.option("--fallback", type=click.Choice(["exec", "fail"]), default="exec", show_default=True,
+              help="daemon mode: when the daemon is not there, run the call in-process (exec) or fail with code 11")
 def install(root, bin_dir, conf_dir, conf_name, python, runtime_src, runtime_dir, cluster_network, cni_version,
-            kubeconfig, kubeconfig_from_sa, options, every) -> None:
+            kubeconfig, kubeconfig_from_sa, options, every, daemon, socket_path, fallback) -> None:
     """Place launchers, a node kubeconfig and the multiplex conflist on this node (the DaemonSet runs this)."""
     from .install.loop import install_periodically
     from .install.report import InstallError
@@ -163,6 +173,8 @@ def install(root, bin_dir, conf_dir, conf_name, python, runtime_src, runtime_dir
     args = dict(root=root, bin_dir=bin_dir, conf_dir=conf_dir, python=python, conf_name=conf_name,
                 cluster_network=cluster_network, cni_version=cni_version, kubeconfig_from_sa=kubeconfig_from_sa,
                 kubeconfig=kubeconfig, runtime_src=runtime_src, runtime_dir=runtime_dir, options=options or None)
+    if daemon:
+        args.update(daemon=True, socket_path=socket_path, fallback=fallback)
     if every:
         install_periodically(every, on_report=lambda r: click.echo("\n".join(r.lines())),
                              on_error=lambda e: click.echo(f"install: {e}", err=True), **args)
@@ -188,6 +200,42 @@ def uninstall(root, bin_dir, conf_dir, conf_name) -> None:
         click.echo(f"uninstall: {e}", err=True)
         sys.exit(1)
     click.echo("\n".join(report.lines()))
+
+
+@cli.command()
+@click.option("--socket", "socket_path", default="/run/multiplex/multiplex.sock", show_default=True,
+              help="the unix socket the shim talks to (made mode 0600)")
+@click.option("--state-dir", default=None, help="the state root (default: $MULTIPLEX_STATE_DIR or /var/lib/multiplex)")
+@click.option("--node-name", default=None, help="this node's name (default: $NODE_NAME, else the host name)")
+@click.option("--kubeconfig", default=None,
+              help="watch the cluster through this kubeconfig (default: in-cluster when in a pod)")
+@click.option("--local-dir", default=None,
+              help="no cluster: read nodes/, pods/, nads/ (and write nodes/) under this directory")
+@click.option("--metrics-address", default="127.0.0.1:9635", show_default=True,
+              help="HOST:PORT of /healthz, /readyz and /metrics ('off' disables)")
+@click.option("--workers", type=click.IntRange(1, 256), default=8, show_default=True, help="CNI calls served at once")
+@click.option("--queue", "queue_size", type=click.IntRange(0, 10000), default=64, show_default=True,
+              help="calls waiting for a worker; past it a call gets code 11 at once")
+@click.option("--controllers", default="all", show_default=True,
+              help="comma-separated controllers to run (names from the multiplex.controllers entry points), or 'none'")
+@click.option("--log-file", default=None, help="JSON log lines to this file (default stderr)")
+@click.option("--log-level", default="info", show_default=True)
+def daemon(**options) -> None:
+    """The node daemon: serves CNI calls from the shim on a unix socket and runs the node's controllers."""
+    from ..daemon.main import run
+
+    sys.exit(run(**options))
+
+
+@cli.command()
+@click.argument("target", metavar="NAMESPACE/POD|CONTAINERID")
+@click.option("--state-dir", default=None, help="the state root (default: $MULTIPLEX_STATE_DIR or /var/lib/multiplex)")
+@click.option("-o", "output", type=click.Choice(["table", "json"]), default="table")
+def inspect(target: str, state_dir: str | None, output: str) -> None:
+    """A pod's networks on this node: what the cache records beside what the kernel shows."""
+    from .inspect import run
+
+    sys.exit(run(target, state_dir=state_dir, output=output))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ CallContext, and every Request derived from it (a delegate's, its IPAM's) shares
 - `log`: a logger carrying this call's fields (command, container, pod).
 - `batch`: the netlink delete batch (node-side links deleted as one link group at the end of a
   DEL), or None.
+- `services`: what a warm process (the node daemon) shares with every call it serves, or None in
+  a one-shot process. It answers the `Services` protocol below: the meta plugin asks it for a
+  Source of pods and NADs (the daemon's watch caches) and every plugin call reports its latency
+  to it (metrics). It is never sent to an exec'd plugin.
 The deadline stays on the Request itself (`Request.deadline`).
 
 An exec'd plugin is another process: it gets `state_dir` and `kubeconfig` in its environment
@@ -19,12 +23,25 @@ parameters from config and environment.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Protocol
 
 from ..util import log as _log
 
 STATE_DIR_ENV = "MULTIPLEX_STATE_DIR"
 KUBECONFIG_ENV = "MULTIPLEX_KUBECONFIG"
+
+
+class Services(Protocol):
+    """What the node daemon lends to the calls it serves (multiplex/daemon/)."""
+
+    def source(self, conf: Any) -> Optional[Any]:
+        """A Source (multiplex.meta.sources) for the meta plugin's config `conf`
+        (a MultiplexConfig) served from the daemon's caches, or None when the daemon does not
+        watch what `conf` names (the call then builds its own source, as a one-shot call does)."""
+
+    def observe_plugin(self, type_name: str, command: str, seconds: float, code: int) -> None:
+        """One plugin call (a delegate, an IPAM, a chained plugin) took `seconds`; `code` is 0 or
+        the CNI error code it raised."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +50,7 @@ class CallContext:
     kubeconfig: Optional[str] = None
     log: _log.Logger = field(default_factory=_log.get)
     batch: Optional[Any] = None
+    services: Optional[Services] = None
 
     def with_(self, **changes: Any) -> "CallContext":
         """A copy with some fields replaced (the original, shared by other requests, is frozen)."""

@@ -15,7 +15,7 @@ import subprocess
 import time
 from typing import Optional
 
-from .errors import CNIError, DECODE_FAILURE, DELEGATE_FAILED, IO_FAILURE, NOT_FOUND, TRY_AGAIN_LATER
+from .errors import CNIError, DECODE_FAILURE, DELEGATE_FAILED, INTERNAL, IO_FAILURE, NOT_FOUND, TRY_AGAIN_LATER
 from .registry import builtin, check_type_name
 from .request import Request
 from .skel import dispatch
@@ -39,6 +39,23 @@ def invoke(req: Request, type_name: Optional[str] = None, timeout: float = DEFAU
     """Run the plugin named `type_name` (default: the config's `type`) for `req`; `field` is the
     config field that named it, for errors."""
     t = check_type_name(type_name or req.type, field)
+    services = req.ctx.services
+    if services is None:
+        return _invoke(t, req, timeout, field)
+    started, code = time.perf_counter(), 0
+    try:
+        return _invoke(t, req, timeout, field)
+    except CNIError as e:
+        code = e.code
+        raise
+    except Exception:
+        code = INTERNAL
+        raise
+    finally:
+        services.observe_plugin(t, req.command, time.perf_counter() - started, code)
+
+
+def _invoke(t: str, req: Request, timeout: float, field: str) -> Optional[Result]:
     plugin = builtin(t)
     if plugin is not None:
         return dispatch(plugin, req)

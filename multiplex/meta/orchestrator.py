@@ -115,7 +115,15 @@ class Context:
         return min(self.conf.plugin_timeout, self.req.time_left(self.conf.plugin_timeout))
 
     def source(self):
+        """Where pods and NADs come from: the node daemon's caches when this call is served by a
+        daemon that watches what the config names (cni/context.py Services), else the API or the
+        local files the config names, or None."""
         conf = self.conf
+        services = self.req.ctx.services
+        if services is not None:
+            cached = services.source(conf)
+            if cached is not None:
+                return cached
         if conf.kubeconfig:
             from ..k8s.source import KubeSource
 
