@@ -216,6 +216,13 @@ def uninstall(root, bin_dir, conf_dir, conf_name) -> None:
 @click.option("--workers", type=click.IntRange(1, 256), default=8, show_default=True, help="CNI calls served at once")
 @click.option("--queue", "queue_size", type=click.IntRange(0, 10000), default=64, show_default=True,
               help="calls waiting for a worker; past it a call gets code 11 at once")
+@click.option("--underlay-interface", default=None,
+              help="the interface whose address and MTU the node registry publishes (default: the one "
+                   "holding the default route, else the first up interface with a global address)")
+@click.option("--ipam-gc-every", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="seconds between cluster IPAM GC passes (kubernetes store only)")
+@click.option("--ipam-gc-grace", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help="seconds an orphaned allocation is kept before the IPAM GC frees it")
 @click.option("--controllers", default="all", show_default=True,
               help="comma-separated controllers to run (names from the multiplex.controllers entry points), or 'none'")
 @click.option("--log-file", default=None, help="JSON log lines to this file (default stderr)")

@@ -38,8 +38,11 @@ class DaemonContext:
     log: _log.Logger = field(default_factory=_log.get)
     #: set when the daemon stops
     stopping: threading.Event = field(default_factory=threading.Event)
-    #: other controllers by name, once all are built (the node registry is `registry`)
+    #: other controllers by name, once all are built (the node registry is "node-registry")
     controllers: dict[str, "Controller"] = field(default_factory=dict)
+    #: the daemon's command-line options (`multiplex daemon --help`), e.g. "underlay_interface",
+    #: "ipam_gc_every", "ipam_gc_grace"
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 class Controller:
