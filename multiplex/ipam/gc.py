@@ -11,6 +11,8 @@ blocks affine to nodes that no longer exist. One pass:
 3. A gone allocation is first marked (`missingSince`, now); a later pass frees it once it has been
    gone for `grace` seconds. An allocation found alive again is unmarked. The grace period spares a
    pod whose sandbox is still being torn down (the API forgets a pod before its CNI DEL runs).
+   With `grace` 0 nothing is to be waited for, so a gone allocation is freed in the pass that
+   finds it (no mark written first: a mark would only make the admin run a second pass).
 4. A block affine to a node that no longer exists is deleted once it is empty, or handed over to
    the existing node holding most of its addresses (their addresses stop being borrowed).
 
@@ -154,15 +156,15 @@ def _collect_block(client, block: Block, cluster: Cluster, grace: float, now: fl
                 changed = True
                 actions.append(Action("unmarked", block.name, addr, a.node))
             continue
-        if a.missing_since is None:
+        if a.missing_since is None and grace > 0:
             a.missing_since = now
             changed = True
             actions.append(Action("marked", block.name, addr, a.node, why))
-        elif now - a.missing_since >= grace:
+        elif a.missing_since is None or now - a.missing_since >= grace:
             del block.allocations[addr]
             changed = True
-            actions.append(Action("freed", block.name, addr, a.node,
-                                  f"{why} (gone for {int(now - a.missing_since)}s)"))
+            since = "no grace period" if a.missing_since is None else f"gone for {int(now - a.missing_since)}s"
+            actions.append(Action("freed", block.name, addr, a.node, f"{why} ({since})"))
     if block.node not in cluster.nodes:
         alive = Counter(a.node for a in block.allocations.values() if a.node in cluster.nodes)
         if not block.allocations:

@@ -169,6 +169,52 @@ def test_run_every_repeats_until_stopped_and_survives_an_api_outage(cluster):  #
     assert len(failures) == 1 and failures[0].code == errors.TRY_AGAIN_LATER
 
 
+def run_ipam_gc(cluster, *args: str) -> dict:  # noqa: F811
+    """`multiplex ipam gc ARGS -o json` as an admin runs it, against the test API server."""
+    from click.testing import CliRunner
+
+    from multiplex.cli.commands import cli
+
+    got = CliRunner().invoke(cli, ["ipam", "gc", "--kubeconfig", cluster.api.kubeconfig, *args, "-o", "json"])
+    assert got.exit_code == 0, got.output
+    return json.loads(got.output)
+
+
+def test_ipam_gc_grace_0_frees_an_orphan_in_one_pass_and_a_grace_still_marks_first(cluster):  # noqa: F811
+    cluster.pool("blue", "198.18.98.0/24")
+    cluster.node("n1")
+    conf = ipam_conf("198.18.98.0/24")
+    for name in ("kept", "gone-a", "gone-b"):
+        pod(cluster, name, uid=f"u-{name}")
+        take(cluster.store("n1"), conf, owner(f"ctr-{name}", pod=name, uid=f"u-{name}"))
+    cluster.api.store.delete_pod("gone-a")
+
+    # grace > 0: unchanged, the orphan is marked and kept
+    marked = run_ipam_gc(cluster, "--grace", "60")
+    assert [a["action"] for a in marked["actions"]] == ["marked"]
+    assert sorted(cluster.allocations().values()) == ["ctr-gone-a", "ctr-gone-b", "ctr-kept"]
+
+    # grace 0: one pass frees both the marked orphan and one never seen before; the live pod stays
+    cluster.api.store.delete_pod("gone-b")
+    freed = run_ipam_gc(cluster, "--grace", "0")
+    assert sorted((a["action"], a["reason"].split(" (")[0]) for a in freed["actions"]) == [
+        ("freed", "pod default/gone-a no longer exists"), ("freed", "pod default/gone-b no longer exists")]
+    assert sorted(cluster.allocations().values()) == ["ctr-kept"]
+    assert run_ipam_gc(cluster, "--grace", "0")["actions"] == []
+
+
+def test_grace_0_releases_a_gone_nodes_block_in_the_same_pass(cluster):  # noqa: F811
+    cluster.pool("one", "198.18.99.0/29", blockSize=29)
+    cluster.node("n1")
+    conf = ipam_conf("198.18.99.0/29", network="one")
+    take(cluster.store("n1"), conf, owner("c1", network="one", pod="p1", uid="u1"))
+    cluster.api.store.delete_node("n1")
+    report = gc.collect(cluster.client("gc"), 0, now=lambda: T0)
+    assert report.count("freed") == 1 and report.count("released") == 1 and report.count("marked") == 0
+    assert "(no grace period)" in report.actions[0].reason
+    assert cluster.objects() == []
+
+
 # --- crashes ------------------------------------------------------------------------------------
 
 pytestmark_binary = pytest.mark.skipif(not os.access(EXE, os.X_OK), reason=f"{EXE} is not installed")
