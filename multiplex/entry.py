@@ -21,7 +21,10 @@ def main() -> None:
         sys.exit(0)
     # A runtime always sets CNI_COMMAND; CNI_* variables without it (and no CLI arguments) are a
     # runtime's broken call, answered with a CNI error (code 4), not with the CLI's usage text.
-    runtime_call = len(sys.argv) == 1 and any(k.startswith("CNI_") for k in os.environ)
+    # Shell completion also calls us with no arguments (click reads _MULTIPLEX_COMPLETE): that is
+    # the CLI, even from a shell that exports CNI_PATH.
+    runtime_call = (len(sys.argv) == 1 and "_MULTIPLEX_COMPLETE" not in os.environ
+                    and any(k.startswith("CNI_") for k in os.environ))
     if command or runtime_call:
         from .cni.skel import main as cni_main
         from .meta.orchestrator import plugin
