@@ -5,9 +5,18 @@
   and a `runtimeConfig` holding only the capability args that plugin declares.
 - A plugin declares a capability with `"capabilities": {"<cap>": true}` in its config, or by being
   a built-in plugin whose `capabilities` set holds it (an explicit `false` in the config wins).
-- ADD refuses, before anything runs, a requested capability that no plugin of the list declares
-  (code 2). Empty values (`[]`, `{}`, `""`, null) count as not requested: runtimes send
-  `portMappings: []` for every pod. DEL and CHECK never refuse; they only filter.
+- Who asks decides what happens to a capability no plugin of the list declares (libcni and
+  CONVENTIONS.md: a runtime passes each capability arg only to the plugins that declare it, and
+  never fails because a plugin does not):
+  - runtime-supplied (the `runtimeConfig` the runtime gives the multiplex config: `dns` and
+    `io.kubernetes.cri.pod-annotations` from containerd and kubelet on every pod, `portMappings`,
+    `bandwidth`, ...): they are the cluster network's, handed on as libcni would, so one it does
+    not declare is dropped (logged at debug), never refused: `runtime_capabilities`;
+  - annotation-requested (what a pod's networks annotation asks of a NAD network: `ips`, `mac`,
+    `portMappings`, `bandwidth`, `infinibandGUID`, `deviceID`): the pod author asked for it, so
+    ADD refuses, before anything runs, one that no plugin of the list declares (code 2 naming it):
+    `check_capabilities`. Empty values (`[]`, `{}`, `""`, null) count as not requested.
+  DEL and CHECK never refuse; they only filter.
 - ADD failing at plugin k runs DEL for plugins k..0 (reverse, best effort, errors logged) and
   re-raises the original error: a failed ADD leaves nothing behind.
 - DEL runs in reverse order, attempts every plugin and raises the first error at the end.
@@ -80,11 +89,30 @@ def requested(capability_args: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in capability_args.items() if v not in (None, "", [], {})}
 
 
-def check_capabilities(netlist: NetworkList, capability_args: Mapping[str, Any]) -> None:
-    """Refuse (code 2) a requested capability that no plugin of `netlist` declares."""
+def declared_by(netlist: NetworkList) -> set[str]:
+    """Every capability some plugin of `netlist` declares."""
     declared: set[str] = set()
     for p in netlist.plugins:
         declared |= plugin_capabilities(p)
+    return declared
+
+
+def runtime_capabilities(netlist: NetworkList, capability_args: Mapping[str, Any], log=None) -> dict[str, Any]:
+    """The runtime-supplied capability args `netlist` declares; the others are dropped (named in
+    a debug line), as libcni drops a capability no plugin of a list declares."""
+    declared = declared_by(netlist)
+    kept = {k: v for k, v in capability_args.items() if k in declared}
+    dropped = sorted(set(capability_args) - declared)
+    if dropped and log is not None:
+        log.debug("runtime capabilities not declared by the network are not passed on", network=netlist.name,
+                  dropped=dropped)
+    return kept
+
+
+def check_capabilities(netlist: NetworkList, capability_args: Mapping[str, Any]) -> None:
+    """Refuse (code 2) a requested capability (from a pod's annotation) that no plugin of
+    `netlist` declares."""
+    declared = declared_by(netlist)
     missing = sorted(set(requested(capability_args)) - declared)
     if missing:
         cap = missing[0]

@@ -173,6 +173,25 @@ def validate_netlist(nl, att: Attachment) -> None:
                 ipam_plugin.validate(full, where)
 
 
+def check_attachments(atts: list[Attachment], default_version: Optional[str] = None, logger=None) -> list:
+    """ADD's checks of every attachment's config, before anything is touched (and all that
+    `multiplex validate` runs on a config file: one code path). Every config parses as a plugin
+    config or conflist, every built-in plugin (and built-in IPAM) accepts its config, and the
+    capabilities hold as libcni has them (cni/chain.py): the runtime's, which only the cluster
+    network receives, are filtered to what it declares (the others dropped, at debug); what a
+    pod's annotation asks of a NAD network is refused (code 2) when no plugin declares it.
+    Returns the parsed NetworkLists, in order."""
+    from ..cni import chain
+
+    netlists = [parse_netlist(a, default_version) for a in atts]
+    for a, nl in zip(atts, netlists):
+        validate_netlist(nl, a)
+        if a.cluster:
+            a.capability_args = chain.runtime_capabilities(nl, a.capability_args, logger)
+        chain.check_capabilities(nl, a.capability_args)
+    return netlists
+
+
 class Multiplexer(Plugin):
     type_name = "multiplex"
     # What the runtime may pass (applied to the cluster network only, per the multi-network spec).
@@ -203,12 +222,9 @@ class Multiplexer(Plugin):
             atts = select(ctx.conf, req, source, authorize=authorize)
             t_selected = time.perf_counter()
             # every config is checked before anything is touched
-            netlists = [parse_netlist(a, ctx.conf.cni_version) for a in atts]
+            netlists = check_attachments(atts, ctx.conf.cni_version, ctx.log)
             from ..cni import chain
 
-            for a, nl in zip(atts, netlists):
-                validate_netlist(nl, a)
-                chain.check_capabilities(nl, a.capability_args)
             record: dict[str, Any] = {"version": CACHE_VERSION, "containerID": req.container_id,
                                       "ifname": req.ifname, "netns": req.netns,
                                       "cniArgs": dict(req.args), "attachments": [], "complete": False}

@@ -9,6 +9,11 @@ is its namespace's writer's and is checked by `policy.trust` before anything run
 is the pod author's, and its `ips`/`mac` requests are honoured only where the NAD opts in. Every
 NAD-sourced attachment carries its identity `<namespace>.<name>` as the config name its plugins
 see. Bounds: `maxAttachments` per pod, one NAD lookup per distinct namespace/name per call.
+
+The pod's annotations come from the runtime when it hands them over (containerd and CRI-O pass
+them as the `io.kubernetes.cri.pod-annotations` capability, which `multiplex install` declares):
+then no pod is read at all. Otherwise from the source (the API, or the daemon's informer cache).
+Who delivered them does not change whose they are: the same parsing and limits apply.
 """
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ from .config import MultiplexConfig
 from ..policy.trust import check_untrusted, is_multiplex_config
 from .sources import NETWORKS_ANNOTATION, Source, load_document
 
+#: The capability under which CRI runtimes hand a plugin the pod's annotations (runtimeConfig).
+POD_ANNOTATIONS_CAPABILITY = "io.kubernetes.cri.pod-annotations"
 #: Requests a pod may make only where the NAD opts in with `"capabilities": {"<key>": true}`.
 OPT_IN_REQUESTS = ("ips", "mac")
 
@@ -220,14 +227,22 @@ def cluster_network(conf: MultiplexConfig, source: Optional[Source]) -> ClusterN
 
 
 def config_attachments(conf: MultiplexConfig, source: Optional[Source], ifname: str = "eth0",
-                       capability_args: Optional[dict] = None) -> list["Attachment"]:
+                       capability_args: Optional[dict] = None, resolve: bool = True) -> list["Attachment"]:
     """The networks the config itself names (the cluster network on `ifname`, with the runtime's
     `capability_args`, then the delegates on net1, net2, ...), with the identities ADD gives them:
-    where ADD starts, and what GC, STATUS and a cache-less DEL work on."""
-    cn = cluster_network(conf, source)
-    atts = [cn.attachment(ifname, capability_args)]
+    where ADD starts, and what GC, STATUS and a cache-less DEL work on.
+
+    `resolve=False` (`multiplex validate`, away from the node): a clusterNetwork that names
+    something on the node (a NAD, a config name, a path) is left out, the inline configs stay."""
+    if not resolve and isinstance(conf.cluster_network, str):
+        atts: list[Attachment] = []
+        delegates = list(conf.delegates)
+    else:
+        cn = cluster_network(conf, source)
+        atts = [cn.attachment(ifname, capability_args)]
+        delegates = cn.delegates
     used = {ifname}
-    for d in cn.delegates:
+    for d in delegates:
         name = _next_ifname(used)  # net1, net2, ... (skipping CNI_IFNAME), as ADD names them
         used.add(name)
         atts.append(Attachment(network=netconf_name(d), ifname=name, netconf=d))
@@ -293,23 +308,48 @@ def _selections(conf: MultiplexConfig, req: Request, source: Optional[Source]) -
 
         defaults += parse_networks(",".join(conf.default_networks), conf.multus_namespace,
                                      source_name="defaultNetworks", reserved_interfaces=[req.ifname])
-    if source is not None and pod_name:
-        pod = source.get_pod(pod_ns or "default", pod_name)
-        if pod is not None:
-            meta = pod.get("metadata") or {}
-            if pod_uid and meta.get("uid") and meta["uid"] != pod_uid:
-                from ..cni.errors import UNKNOWN_CONTAINER
+    annotations = pod_annotations(req, source)
+    value = annotations.get(NETWORKS_ANNOTATION, "")
+    if isinstance(value, str) and value:
+        from .annotation import parse_networks
 
-                raise CNIError(UNKNOWN_CONTAINER,
-                               f"stale pod: {pod_ns}/{pod_name} has UID {meta['uid']}, the runtime asked for {pod_uid}",
-                               "field: CNI_ARGS.K8S_POD_UID")
-            value = (meta.get("annotations") or {}).get(NETWORKS_ANNOTATION, "")
-            if isinstance(value, str) and value:
-                from .annotation import parse_networks
-
-                # parse_networks bounds the value by its bytes as written, before stripping it
-                selections += parse_networks(value, pod_ns or "default", reserved_interfaces=[req.ifname])
+        # parse_networks bounds the value by its bytes as written, before stripping it
+        selections += parse_networks(value, pod_ns or "default", reserved_interfaces=[req.ifname])
     return defaults, selections
+
+
+def runtime_pod_annotations(req: Request) -> Optional[dict[str, Any]]:
+    """The pod's annotations as the runtime handed them over (containerd and CRI-O pass them in
+    `runtimeConfig["io.kubernetes.cri.pod-annotations"]` to a config that declares that
+    capability), or None when it did not. A value that is not an object is ignored (None): the
+    runtime did not hand annotations over, so they come from the API instead."""
+    value = req.runtime_config.get(POD_ANNOTATIONS_CAPABILITY)
+    return value if isinstance(value, dict) else None
+
+
+def pod_annotations(req: Request, source: Optional[Source]) -> dict[str, Any]:
+    """The annotations of the call's pod: the runtime's copy when it passed one (no API read at
+    all), else the pod from `source` (the API, or the daemon's informer cache), checked against
+    the runtime's K8S_POD_UID; {} without a pod. Either way they are the pod author's words and
+    go through the same parsing and limits (annotation.py), whoever delivered them."""
+    given = runtime_pod_annotations(req)
+    if given is not None:
+        return given
+    pod_ns, pod_name, pod_uid = req.pod
+    if source is None or not pod_name:
+        return {}
+    pod = source.get_pod(pod_ns or "default", pod_name)
+    if pod is None:
+        return {}
+    meta = pod.get("metadata") or {}
+    if pod_uid and meta.get("uid") and meta["uid"] != pod_uid:
+        from ..cni.errors import UNKNOWN_CONTAINER
+
+        raise CNIError(UNKNOWN_CONTAINER,
+                       f"stale pod: {pod_ns}/{pod_name} has UID {meta['uid']}, the runtime asked for {pod_uid}",
+                       "field: CNI_ARGS.K8S_POD_UID")
+    annotations = meta.get("annotations")
+    return annotations if isinstance(annotations, dict) else {}
 
 
 def check_attachment_bound(conf: MultiplexConfig, count: int) -> None:
