@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import BinaryIO, Mapping, Optional, TextIO
+from typing import Any, BinaryIO, Mapping, Optional, TextIO
 
 from . import version as cniversion
 from .errors import CNIError, INCOMPATIBLE_VERSION, INTERNAL, INVALID_CONFIG, INVALID_ENVIRONMENT, IO_FAILURE
@@ -98,19 +98,27 @@ def _dispatch(plugin: Plugin, req: Request) -> Optional[Result]:
 
 
 def run(plugin: Plugin, environ: Mapping[str, str], stdin: bytes, stdout: TextIO,
-        stdin_size: Optional[int] = None) -> int:
+        stdin_size: Optional[int] = None, *, services: Optional[Any] = None,
+        deadline: Optional[float] = None) -> int:
     """One process-level call. Returns the exit code (0 ok, 1 error, as the spec says).
 
     Every failure is answered in the protocol: CNIError as is; an OSError (the state directory
     is a file, read-only, full) as code 5 naming the path; RecursionError as code 7; anything
-    else, a bug, as 100. `stdin_size`: stdin's real size when the reader stopped early."""
+    else, a bug, as 100. `stdin_size`: stdin's real size when the reader stopped early.
+    A warm process (the node daemon) passes its `services` (cni/context.py Services) for the
+    call's context, and the `deadline` (time.monotonic()) it started when it accepted the call;
+    a one-shot call passes neither and starts its deadline here."""
     version = cniversion.CURRENT
     req: Optional[Request] = None
     try:
         if environ.get("CNI_COMMAND") == "VERSION":
             stdout.write(json.dumps(cniversion.version_info()))
             return 0
-        req = Request.from_env(environ, stdin, stdin_size).start_deadline()
+        req = Request.from_env(environ, stdin, stdin_size)
+        if services is not None:
+            req.ctx = req.ctx.with_(services=services)
+        req.deadline = deadline
+        req.start_deadline()
         if req.cni_version in cniversion.SUPPORTED:
             version = req.cni_version
         result = dispatch(plugin, req)
