@@ -39,6 +39,8 @@ from .errors import KubeError, NoCredentials, Unavailable
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 PAGE_SIZE = 500
+#: seconds a watch's read may wait beyond its timeoutSeconds before the connection counts as dead
+WATCH_READ_MARGIN = 30.0
 
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -365,6 +367,35 @@ class KubeClient:
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": pre} if pre else None
         return self.request("delete", "DELETE", custom(group, version, plural), namespace, name, body=body)
 
+    def patch_node_annotations(self, name: str, annotations: dict[str, Optional[str]]) -> dict:
+        """Merge the annotations into the Node `name` (a None value removes one)."""
+        return self.request("patch", "PATCH", NODES, None, name, body={"metadata": {"annotations": annotations}},
+                            content_type=MERGE_PATCH)
+
+    # --- any resource, by its Resource (informers) --------------------------------------------
+    def get_resource(self, resource: Resource, namespace: Optional[str], name: str) -> dict:
+        return self.request("get", "GET", resource, namespace, name)
+
+    def list_resource(self, resource: Resource, namespace: Optional[str] = None, label_selector: str = "",
+                      field_selector: str = "") -> ObjectList:
+        """Every object (paged), with the list's resourceVersion to start a watch from."""
+        return self._list(resource, namespace, label_selector, field_selector)
+
+    def watch(self, resource: Resource, namespace: Optional[str] = None, resource_version: str = "", *,
+              label_selector: str = "", field_selector: str = "", timeout_seconds: int = 300,
+              bookmarks: bool = True) -> "WatchStream":
+        """Open a watch from `resource_version`: iterate the returned stream for (type, object).
+        The server ends it after `timeout_seconds`; the read timeout is that plus WATCH_READ_MARGIN,
+        so a silently dead connection cannot look alive for longer. Opening it is one request with
+        the client's connect timeout, retries and typed errors (410 Gone: Expired)."""
+        query = {"watch": "true", "resourceVersion": resource_version, "labelSelector": label_selector,
+                 "fieldSelector": field_selector, "timeoutSeconds": str(int(timeout_seconds)),
+                 "allowWatchBookmarks": "true" if bookmarks else ""}
+        resp = self._send("watch", "GET", resource, namespace, "", "", query, None, "application/json",
+                          read_timeout=float(timeout_seconds) + WATCH_READ_MARGIN)
+        self.stats["watches"] += 1
+        return WatchStream(self, resp, resource, namespace)
+
     def _list(self, resource: Resource, namespace: Optional[str], label_selector: str = "",
               field_selector: str = "") -> ObjectList:
         out = ObjectList()
@@ -379,6 +410,80 @@ class KubeClient:
             cont = (page.get("metadata") or {}).get("continue") or ""
             if not cont:
                 return out
+
+
+class WatchStream:
+    """One open watch: iterating it yields (type, object) for ADDED, MODIFIED, DELETED and
+    BOOKMARK events and ends when the server ends the watch. An ERROR event raises its typed error
+    (410 Gone: Expired, so the caller relists); a connection cut mid-stream raises Unavailable.
+    `close()`, from any thread, ends the iteration quietly (it shuts the socket down, so a
+    blocked read returns at once)."""
+
+    def __init__(self, client: KubeClient, resp: Any, resource: Resource, namespace: Optional[str]):
+        self._client = client
+        self._resp = resp
+        self._target = resource.describe(namespace)
+        self._resource = resource
+        self._namespace = namespace
+        self.closed = False
+
+    def __iter__(self):
+        import urllib3
+
+        raw = self._resp.response
+        buf = b""
+        try:
+            for chunk in raw.stream(amt=None, decode_content=True):
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip():
+                        yield self._event(line)
+            if buf.strip() and not self.closed:
+                yield self._event(buf)
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+            if self.closed:
+                return
+            self._discard()
+            raise Unavailable(f"Kubernetes API server {self._client._host}: the watch of {self._target} was cut: "
+                              f"{_short(e)}", f"server: {self._client._host}") from None
+        if self.closed:
+            return
+        raw.release_conn()   # a watch the server ended cleanly: its connection can serve again
+
+    def _event(self, line: bytes) -> tuple[str, dict]:
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            raise errors.Invalid(f"the API server sent a non-JSON watch event for {self._target}",
+                                 f"server: {self._client._host}") from None
+        etype, obj = str(ev.get("type") or ""), ev.get("object") or {}
+        if etype == "ERROR":
+            self._discard()
+            status = int(obj.get("code") or 0) if isinstance(obj, dict) else 0
+            reason = str(obj.get("reason") or "") if isinstance(obj, dict) else ""
+            message = str(obj.get("message") or "") if isinstance(obj, dict) else str(obj)
+            cls = errors.for_status(status, reason) if status else errors.Invalid
+            raise cls(f"the watch of {self._target} ended with an error: {message or status}",
+                      f"server: {self._client._host}; status: {status}; reason: {reason}", status, reason)
+        return etype, obj if isinstance(obj, dict) else {}
+
+    def _discard(self) -> None:
+        """The connection is in an unknown state: close it rather than return it to the pool."""
+        try:
+            self._resp.response.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection may fail in many ways
+            pass
+
+    def close(self) -> None:
+        self.closed = True
+        raw = self._resp.response
+        try:
+            if hasattr(raw, "shutdown"):
+                raw.shutdown()
+        except Exception:  # noqa: BLE001
+            pass
+        self._discard()
 
 
 def _short(e: BaseException) -> str:
