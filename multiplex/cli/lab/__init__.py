@@ -1,0 +1,197 @@
+"""The lab: N nodes on one underlay, a node daemon on each, pods attached through it. No cluster.
+
+`multiplex lab --nodes N --pods M` (the README's first command, through scripts/lab.sh):
+1. the underlay (a bridge in netns `mpxlab-underlay`, MTU 1400) and N node netns on it
+   (topology.py), the shared object directory with NADs and pods (cluster.py);
+2. one `multiplex daemon` per node, in its netns, reading that directory (daemons.py); the lab
+   waits for each socket and /readyz, then for each node registry's facts in `nodes/<name>.json`;
+3. prints the nodes table and the underlay ping matrix, ADDs every pod by exec'ing the node's shim
+   in the node's netns (as the runtime does), CHECKs them, prints the pods table and a ping matrix
+   per network and family (report.py);
+4. DELs every pod, stops the daemons by their pids, deletes every netns and file, unless --keep
+   (then `multiplex lab --down` does it). Ctrl-C or a failure anywhere still cleans up.
+
+Addresses come from 198.18.0.0/15 and fd00::/8 only; nothing leaves the lab's namespaces.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from . import cluster, daemons, report, topology
+from .cluster import CLUSTER, STATE
+from .topology import OUTSIDE_ADDR, UNDERLAY_NS, UPLINK, Node, Pod, sh
+
+__all__ = ["run_lab", "teardown_lab"]
+
+FACTS_TIMEOUT = 15.0
+
+
+def run_lab(pods: int = 3, keep: bool = False, nodes: int = 3) -> int:
+    if os.geteuid() != 0:
+        print("the lab needs root (it creates network namespaces)", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    teardown_lab(quiet=True)          # what a crashed lab left
+    ipvlan = topology.kernel_has_ipvlan()
+    lab_nodes = [Node(i) for i in range(1, nodes + 1)]
+    lab_pods = [p for n in lab_nodes for p in n.pods(pods)]
+    added: list[Pod] = []
+    ok = True
+    try:
+        _build(lab_nodes, lab_pods, ipvlan)
+        ok &= _start_daemons(lab_nodes)
+        ok &= _show_nodes(lab_nodes)
+        _add_pods(lab_nodes, lab_pods, added)
+        ok &= _show_pods(lab_nodes, lab_pods, ipvlan)
+    except KeyboardInterrupt:
+        print("\ninterrupted: removing the lab", file=sys.stderr)
+        ok, keep = False, False
+    except Exception as e:  # the lab is a demo: report, then clean up
+        print(f"lab failed: {e}", file=sys.stderr)
+        ok, keep = False, False
+    finally:
+        if keep:
+            print(f"\nThe lab stays up (--keep). Try: ip netns exec {lab_pods[0].netns} ip addr; "
+                  f"files and logs in {STATE}; remove it with: multiplex lab --down")
+        else:
+            ok &= _delete_pods(lab_nodes, added)
+            print(f"\nDEL done for every pod; daemons stopped, lab removed. "
+                  f"({time.monotonic() - started:.1f} s in all)")
+            ok &= teardown_lab(quiet=True)
+    return 0 if ok else 1
+
+
+def _build(nodes: list[Node], pods: list[Pod], ipvlan: bool) -> None:
+    cluster.write_cluster(nodes, pods, ipvlan)
+    topology.make_underlay()
+    for node in nodes:
+        topology.make_node(node)
+        if ipvlan:
+            topology.make_outside_host(node)
+    for pod in pods:
+        topology.make_pod_netns(pod)
+
+
+def _start_daemons(nodes: list[Node]) -> bool:
+    running = [daemons.start(n) for n in nodes]
+    daemons.wait_ready(running)
+    print(f"lab: {len(nodes)} node(s) on the underlay {UNDERLAY_NS} (bridge {topology.UNDERLAY_BRIDGE}, "
+          f"MTU {topology.UNDERLAY_MTU}); objects in {CLUSTER}, node files in {STATE}/<node>")
+    print("daemons: " + ", ".join(f"{d.node.name} pid {d.proc.pid} ready in {d.ready_after:.1f} s"
+                                  for d in running))
+    return True
+
+
+def _show_nodes(nodes: list[Node]) -> bool:
+    """The nodes as their registries published them, then the underlay ping matrix."""
+    deadline = time.monotonic() + FACTS_TIMEOUT
+    while True:
+        objects = {n.name: cluster.read_node_object(n) for n in nodes}
+        lines, missing = report.nodes_table(nodes, objects)
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    print("\nnodes (as each node's registry published them in nodes/<name>.json):")
+    print("\n".join("  " + l for l in lines))
+    for m in missing:
+        print(f"  MISSING after {FACTS_TIMEOUT:.0f} s: {m}; see {STATE}/<node>/daemon.log")
+    lines, ok = report.underlay_matrix(nodes)
+    print("\n" + "\n".join(lines))
+    return ok and not missing
+
+
+def _add_pods(nodes: list[Node], pods: list[Pod], added: list[Pod]) -> None:
+    """ADD through each node's shim; the nodes in parallel, a node's pods one after another."""
+    def add_on(node: Node) -> list[str]:
+        timings = []
+        for pod in (p for p in pods if p.node == node.name):
+            t = time.monotonic()
+            added.append(pod)   # before the call: a half-done ADD is DELed too
+            daemons.cni("ADD", pod, node)
+            timings.append(f"{pod.name.split('-', 1)[1]} {(time.monotonic() - t) * 1000:.0f} ms")
+        return timings
+
+    t = time.monotonic()
+    with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+        results = list(pool.map(add_on, nodes))
+    print(f"\nADD through each node's shim and daemon ({len(pods)} pods, {time.monotonic() - t:.1f} s):")
+    for node, timings in zip(nodes, results):
+        print(f"  {node.name}: " + ", ".join(timings))
+
+
+def _show_pods(nodes: list[Node], pods: list[Pod], ipvlan: bool) -> bool:
+    by_name = {n.name: n for n in nodes}
+    for pod in pods:
+        _read_interfaces(pod)
+        cluster.read_network_status(pod)
+        daemons.cni("CHECK", pod, by_name[pod.node])
+    print("CHECK passed for every pod (through the shim).\n")
+    print("pods (the bridge networks are node-local: each node has its own bridges and IPAM, so the same\n"
+          "addresses may appear on several nodes):")
+    print("\n".join("  " + l for l in report.pods_table(pods)))
+    lines, ok = report.pod_matrices(pods)
+    print("\n".join(lines))
+    if ipvlan:
+        ok &= _outside_pings(nodes, pods)
+    print("\nall pings ok" if ok else "\nSOME PINGS FAILED")
+    print("\n" + _ipvlan_note(ipvlan))
+    print("Networks spanning nodes (vxlan-overlay, bgp-routed) will add their own matrices over every node's pods.")
+    return ok
+
+
+def _read_interfaces(pod: Pod) -> None:
+    for link in json.loads(sh("ip", "-n", pod.netns, "-j", "addr", "show").stdout):
+        if link["ifname"] != "lo":
+            pod.interfaces[link["ifname"]] = [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
+                                              if a.get("scope") == "global"]
+
+
+def _outside_pings(nodes: list[Node], pods: list[Pod]) -> bool:
+    """Pods on the ipvlan network reach their node's outside host."""
+    members = [p for p in pods if "default/wire" in p.networks]
+    got = report.ping_all([(p.netns, OUTSIDE_ADDR) for p in members])
+    print(f"\nping each node's outside host ({OUTSIDE_ADDR}) over default/wire:")
+    for p in members:
+        print(f"  {p.node:<4}{p.name:<10}{'ok' if got[(p.netns, OUTSIDE_ADDR)] else 'FAIL'}")
+    return all(got.values())
+
+
+def _ipvlan_note(ipvlan: bool) -> str:
+    if ipvlan:
+        return (f"ipvlan: this kernel has ipvlan; network default/wire is multiplex-ipvlan (l2) on each node's "
+                f"uplink {UPLINK}, whose other end is a host outside the node ({OUTSIDE_ADDR}).")
+    return ("ipvlan: this kernel has no ipvlan support, so the lab shows no ipvlan attachment here; "
+            "the test suite runs the ipvlan delegate in its VM tier (tests/vm).")
+
+
+def _delete_pods(nodes: list[Node], added: list[Pod]) -> bool:
+    by_name = {n.name: n for n in nodes}
+    ok = True
+    for pod in reversed(added):
+        try:
+            daemons.cni("DEL", pod, by_name[pod.node])
+        except Exception as e:
+            print(f"DEL {pod.name}: {e}", file=sys.stderr)
+            ok = False
+    return ok
+
+
+def teardown_lab(quiet: bool = False) -> bool:
+    """Stop the daemons by their recorded pids, delete every mpxlab netns, remove the files.
+    True when nothing is left."""
+    stuck = daemons.stop_all()
+    topology.delete_netns()
+    shutil.rmtree(STATE, ignore_errors=True)
+    left = topology.lab_netns()
+    for pid in stuck:
+        print(f"lab: daemon pid {pid} would not stop", file=sys.stderr)
+    if left:
+        print(f"lab: could not delete netns {', '.join(left)}", file=sys.stderr)
+    if not quiet:
+        print("lab removed")
+    return not stuck and not left

@@ -1,0 +1,213 @@
+"""One `multiplex daemon` per lab node, and CNI calls made the way the runtime makes them.
+
+Each daemon runs inside its node's netns (`ip netns exec`, which execs: the pid we get is the
+daemon's), in a session of its own (a Ctrl-C at the terminal reaches the lab, which then stops
+the daemons in order, not the daemons mid-call). Its pid is written to `<node dir>/daemon.pid` the
+moment it starts, so `multiplex lab --down` (or the next lab) stops a daemon a crashed lab left,
+by that pid, after checking /proc that the pid is still that daemon.
+
+A CNI call execs the node's shim (rendered by multiplex.daemon.shim into `<node dir>/bin/multiplex`)
+inside the node's netns with the CNI environment and the node's multiplex config on stdin, as
+a runtime does with `type: multiplex` in daemon mode. The shim's fallback is "fail": a lab whose
+daemon is not answering says so instead of quietly running the calls in-process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import shutil
+import time
+from dataclasses import dataclass
+
+from .cluster import CLUSTER, STATE, multiplex_config, node_dir
+from .topology import UNDERLAY_IF, Node, Pod
+
+METRICS_PORT = 9635      # on each node netns's own loopback
+READY_TIMEOUT = 30.0
+
+
+def multiplex_bin() -> str:
+    here = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "multiplex")
+    return here if os.path.exists(here) else (shutil.which("multiplex") or "multiplex")
+
+
+def cni_path() -> str:
+    return os.pathsep.join(p for p in (os.path.dirname(multiplex_bin()), "/usr/lib/cni", "/opt/cni/bin")
+                           if os.path.isdir(p))
+
+
+def socket_path(node: Node) -> str:
+    return f"{node_dir(node)}/multiplex.sock"
+
+
+def shim_file(node: Node) -> str:
+    return f"{node_dir(node)}/bin/multiplex"
+
+
+def pid_file(node: Node) -> str:
+    return f"{node_dir(node)}/daemon.pid"
+
+
+@dataclass
+class Daemon:
+    node: Node
+    proc: subprocess.Popen
+    ready_after: float = 0.0
+
+
+def start(node: Node) -> Daemon:
+    """Start the node's daemon (not waiting for it) and record its pid."""
+    own = node_dir(node)
+    argv = ["ip", "netns", "exec", node.netns, multiplex_bin(), "daemon",
+            "--socket", socket_path(node), "--state-dir", f"{own}/state", "--local-dir", CLUSTER,
+            "--node-name", node.name, "--metrics-address", f"127.0.0.1:{METRICS_PORT}",
+            "--underlay-interface", UNDERLAY_IF, "--log-file", f"{own}/daemon.log"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    with open(f"{own}/daemon.stderr", "ab") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                env=env, start_new_session=True)
+    with open(pid_file(node), "w", encoding="utf-8") as f:
+        f.write(f"{proc.pid}\n")
+    _write_shim(node)
+    return Daemon(node, proc)
+
+
+def _write_shim(node: Node) -> None:
+    from ...daemon import shim
+
+    path = shim_file(node)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(shim.render(socket_path(node), None, sys.executable))
+    os.chmod(path, 0o755)
+
+
+_READYZ = ("import socket,sys\n"
+           "s=socket.create_connection(('127.0.0.1',%d),1)\n"
+           "s.sendall(b'GET /readyz HTTP/1.0\\r\\nHost: lab\\r\\n\\r\\n')\n"
+           "sys.exit(0 if s.recv(64).split(b' ')[1:2]==[b'200'] else 1)\n")
+
+
+def _readyz(node: Node) -> bool:
+    """/readyz answers 200 on the node's loopback (asked from inside the node's netns)."""
+    r = subprocess.run(["ip", "netns", "exec", node.netns, sys.executable, "-I", "-S", "-c",
+                        _READYZ % METRICS_PORT], capture_output=True)
+    return r.returncode == 0
+
+
+def wait_ready(daemons: list[Daemon], timeout: float = READY_TIMEOUT) -> None:
+    """Until every daemon has its socket and answers /readyz; raises naming the ones that did not."""
+    started = time.monotonic()
+    waiting = list(daemons)
+    while waiting:
+        for d in list(waiting):
+            if d.proc.poll() is not None:
+                raise RuntimeError(f"the daemon of {d.node.name} exited with {d.proc.returncode}: "
+                                   f"{_tail(node_dir(d.node) + '/daemon.stderr')}")
+            if os.path.exists(socket_path(d.node)) and _readyz(d.node):
+                d.ready_after = time.monotonic() - started
+                waiting.remove(d)
+        if waiting and time.monotonic() - started > timeout:
+            names = ", ".join(d.node.name for d in waiting)
+            raise RuntimeError(f"daemon(s) of {names} not ready after {timeout:.0f} s "
+                               f"(see {STATE}/<node>/daemon.log)")
+        if waiting:
+            time.sleep(0.1)
+
+
+def _tail(path: str, chars: int = 600) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()[-chars:].strip()
+    except OSError:
+        return ""
+
+
+def _is_lab_daemon(pid: int) -> bool:
+    """The pid is still a `multiplex daemon` of this lab (not a reused pid)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return b"daemon" in argv and any(a.startswith(STATE.encode()) for a in argv)
+
+
+def stop_pid(pid: int, grace: float = 10.0) -> bool:
+    """SIGTERM (the daemon drains), then SIGKILL after `grace`. True when it is gone."""
+    if not _is_lab_daemon(pid):
+        return True
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return not _alive(pid, wait=2.0)
+
+
+def _alive(pid: int, wait: float = 0.0) -> bool:
+    """Whether pid still runs (a zombie child of ours is reaped, and counts as gone)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                return False
+        except ChildProcessError:
+            pass
+        try:
+            with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return False
+        except (OSError, IndexError):
+            return False
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.05)
+
+
+def recorded_pids() -> list[int]:
+    """The daemon pids the lab (this run or a crashed one) recorded."""
+    pids = []
+    for entry in sorted(os.listdir(STATE)) if os.path.isdir(STATE) else []:
+        try:
+            with open(f"{STATE}/{entry}/daemon.pid", encoding="utf-8") as f:
+                pids.append(int(f.read().strip()))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def stop_all() -> list[int]:
+    """Stop every recorded daemon; returns the pids that would not die."""
+    return [pid for pid in recorded_pids() if not stop_pid(pid)]
+
+
+def cni(command: str, pod: Pod, node: Node) -> dict:
+    """One CNI call for `pod`, through the node's shim, in the node's netns."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    env.update({"CNI_COMMAND": command, "CNI_CONTAINERID": pod.container_id,
+                "CNI_NETNS": f"/var/run/netns/{pod.netns}", "CNI_IFNAME": "eth0", "CNI_PATH": cni_path(),
+                "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod.name};"
+                            f"K8S_POD_UID={pod.uid};K8S_POD_INFRA_CONTAINER_ID={pod.container_id}"})
+    proc = subprocess.run(["ip", "netns", "exec", node.netns, shim_file(node)],
+                          input=json.dumps(multiplex_config(node)), env=env, capture_output=True, text=True)
+    try:
+        out = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    except ValueError:
+        out = {"stdout": proc.stdout[-500:]}
+    if proc.returncode != 0:
+        raise RuntimeError(f"CNI {command} for {pod.name} on {node.name} failed: {json.dumps(out)} "
+                           f"{proc.stderr.strip()[-500:]}")
+    return out
