@@ -173,7 +173,7 @@ def describe_attachment(att: dict, entry: dict, kernel: Kernel, state_dir: Optio
     rules += owned_rules(kernel.pod_rules, cid, ifname, network_name, "pod")
     view["nft"] = rules
     if first.get("type") == "multiplex-bridge" and first.get("ipMasq") and cached["addresses"] \
-            and not any(r["table"] == f"{nft.FAMILY} {nft.TABLE}" for r in rules):
+            and shutil.which(nft.NFT) and not any(r["table"] == f"{nft.FAMILY} {nft.TABLE}" for r in rules):
         differs.append(f"ipMasq is set but no masquerade rule for {ifname} is in table "
                        f"{nft.FAMILY} {nft.TABLE} on the node")
     view["differs"] = differs
