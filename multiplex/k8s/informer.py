@@ -124,9 +124,9 @@ class ObjectCache:
                 events.append(("ADDED", o))
             elif not same(old[k], o):
                 events.append(("MODIFIED", o))
-        self._synced.set()
         self._prove()
         self._deliver(events)
+        self._synced.set()      # after the delivery: a waiter on synced() finds its handlers called
         return len(events)
 
     def _deliver(self, events: list[tuple[str, dict]]) -> None:
