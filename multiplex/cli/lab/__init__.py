@@ -28,7 +28,7 @@ from .topology import OUTSIDE_ADDR, UNDERLAY_NS, UPLINK, Node, Pod, sh
 
 __all__ = ["run_lab", "teardown_lab"]
 
-FACTS_TIMEOUT = 15.0
+FACTS_TIMEOUT = 30.0
 
 
 def run_lab(pods: int = 3, keep: bool = False, nodes: int = 3) -> int:
@@ -80,7 +80,7 @@ def _build(nodes: list[Node], pods: list[Pod], ipvlan: bool) -> None:
 def _start_daemons(nodes: list[Node]) -> bool:
     running = [daemons.start(n) for n in nodes]
     daemons.wait_ready(running)
-    print(f"lab: {len(nodes)} node(s) on the underlay {UNDERLAY_NS} (bridge {topology.UNDERLAY_BRIDGE}, "
+    print(f"lab: {len(nodes)} node{'s' if len(nodes) > 1 else ''} on the underlay {UNDERLAY_NS} (bridge {topology.UNDERLAY_BRIDGE}, "
           f"MTU {topology.UNDERLAY_MTU}); objects in {CLUSTER}, node files in {STATE}/<node>")
     print("daemons: " + ", ".join(f"{d.node.name} pid {d.proc.pid} ready in {d.ready_after:.1f} s"
                                   for d in running))
@@ -186,10 +186,11 @@ def teardown_lab(quiet: bool = False) -> bool:
     True when nothing is left."""
     stuck = daemons.stop_all()
     topology.delete_netns()
-    shutil.rmtree(STATE, ignore_errors=True)
+    if stuck:   # keep the pid files, so the next `multiplex lab --down` tries again
+        print(f"lab: daemon pid(s) {', '.join(map(str, stuck))} would not stop; {STATE} kept", file=sys.stderr)
+    else:
+        shutil.rmtree(STATE, ignore_errors=True)
     left = topology.lab_netns()
-    for pid in stuck:
-        print(f"lab: daemon pid {pid} would not stop", file=sys.stderr)
     if left:
         print(f"lab: could not delete netns {', '.join(left)}", file=sys.stderr)
     if not quiet:

@@ -15,7 +15,6 @@ same address. `NETWORK_SCOPE` says which networks span nodes (none yet): a netwo
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 from typing import Any, Optional
@@ -137,32 +136,17 @@ def read_node_object(node: Node) -> Optional[dict]:
 
 
 def node_facts(obj: Optional[dict]) -> dict[str, str]:
-    """The underlay facts ("ipv4", "ipv6", "mtu") the node's registry published as annotations on
-    its Node object; a fact it did not publish is absent."""
-    facts: dict[str, str] = {}
+    """The underlay facts ("interface", "ipv4", "ipv6", "mtu") the node's registry published in its
+    annotation (multiplex.controllers.node_registry); a fact it did not publish is absent, and an
+    unreadable annotation gives {"error": why}."""
+    from ...controllers.node_registry import ANNOTATION, NodeFacts
 
-    def walk(value: Any, key: str) -> None:
-        if isinstance(value, str) and value[:1] in "[{":
-            try:
-                value = json.loads(value)
-            except ValueError:
-                pass
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(v, str(k).lower())
-        elif isinstance(value, list):
-            for v in value:
-                walk(v, key)
-        elif "mtu" in key and str(value).isdigit():
-            facts.setdefault("mtu", str(value))
-        elif isinstance(value, str):
-            try:
-                ip = ipaddress.ip_interface(value).ip
-            except ValueError:
-                return
-            facts.setdefault(f"ipv{ip.version}", str(ip))
-
-    for key, value in ((obj or {}).get("metadata", {}).get("annotations") or {}).items():
-        if "multiplex" in key:
-            walk(value, key.lower())
-    return facts
+    annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+    if ANNOTATION not in annotations:
+        return {}
+    try:
+        facts = NodeFacts.from_json(obj["metadata"].get("name", ""), annotations[ANNOTATION])
+    except ValueError as e:
+        return {"error": str(e)}
+    return {k: str(v) for k, v in (("interface", facts.interface), ("ipv4", facts.ipv4), ("ipv6", facts.ipv6),
+                                   ("mtu", facts.mtu)) if v}

@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
-import shutil
 import time
 from dataclasses import dataclass
 
@@ -26,7 +26,7 @@ from .cluster import CLUSTER, STATE, multiplex_config, node_dir
 from .topology import UNDERLAY_IF, Node, Pod
 
 METRICS_PORT = 9635      # on each node netns's own loopback
-READY_TIMEOUT = 30.0
+READY_TIMEOUT = 180.0   # generous: under an emulated VM (tests/vm) imports alone take a minute
 
 
 def multiplex_bin() -> str:

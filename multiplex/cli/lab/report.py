@@ -39,13 +39,15 @@ def nodes_table(nodes: list[Node], objects: dict[str, Optional[dict]]) -> tuple[
     for node in nodes:
         obj = objects.get(node.name)
         facts = node_facts(obj)
-        lacking = [key for key in ("ipv4", "ipv6", "mtu") if not facts.get(key)]
+        lacking = [key for key in ("interface", "ipv4", "ipv6", "mtu") if not facts.get(key)]
         if obj is None:
             missing.append(f"{node.name}: no nodes/{node.name}.json (its daemon's node registry wrote none)")
+        elif "error" in facts:
+            missing.append(f"{node.name}: {facts['error']}")
         elif lacking:
-            missing.append(f"{node.name}: nodes/{node.name}.json has no {', '.join(lacking)}")
-        rows.append((node.name, node.netns, UNDERLAY_IF, facts.get("ipv4") or "?", facts.get("ipv6") or "?",
-                     facts.get("mtu") or "?"))
+            missing.append(f"{node.name}: nodes/{node.name}.json publishes no {', '.join(lacking)}")
+        rows.append((node.name, node.netns, facts.get("interface") or "?", facts.get("ipv4") or "?",
+                     facts.get("ipv6") or "?", facts.get("mtu") or "?"))
     return format_table(rows), missing
 
 
@@ -68,7 +70,7 @@ def _matrix(title: str, labels: list[str], cell: Callable[[int, int], str]) -> l
     lines = [title.ljust(w) + "".join(l.ljust(w) for l in labels)]
     for i, src in enumerate(labels):
         lines.append(src.ljust(w) + "".join(("-" if i == j else cell(i, j)).ljust(w) for j in range(len(labels))))
-    return [l.rstrip() for l in lines]
+    return ["  " + l.rstrip() for l in lines]
 
 
 def side_by_side(blocks: list[list[str]], per_row: int = 3, gap: str = "   ") -> list[str]:
