@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -42,28 +44,38 @@ def run_lab(pods: int = 3, keep: bool = False, nodes: int = 3) -> int:
     lab_pods = [p for n in lab_nodes for p in n.pods(pods)]
     added: list[Pod] = []
     ok = True
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         _build(lab_nodes, lab_pods, ipvlan)
         ok &= _start_daemons(lab_nodes)
         ok &= _show_nodes(lab_nodes)
         _add_pods(lab_nodes, lab_pods, added)
         ok &= _show_pods(lab_nodes, lab_pods, ipvlan)
-    except KeyboardInterrupt:
-        print("\ninterrupted: removing the lab", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"\ninterrupted{f' ({e})' if str(e) else ''}: removing the lab", file=sys.stderr)
         ok, keep = False, False
     except Exception as e:  # the lab is a demo: report, then clean up
         print(f"lab failed: {e}", file=sys.stderr)
         ok, keep = False, False
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if keep:
             print(f"\nThe lab stays up (--keep). Try: ip netns exec {lab_pods[0].netns} ip addr; "
                   f"files and logs in {STATE}; remove it with: multiplex lab --down")
         else:
-            ok &= _delete_pods(lab_nodes, added)
-            print(f"\nDEL done for every pod; daemons stopped, lab removed. "
+            deleted = _delete_pods(lab_nodes, added)
+            removed = teardown_lab(quiet=True)
+            print(f"\n{'DEL done for every pod' if deleted else 'DEL FAILED for some pods (above)'}; "
+                  f"{'daemons stopped, lab removed' if removed else 'REMOVAL INCOMPLETE (above)'}. "
                   f"({time.monotonic() - started:.1f} s in all)")
-            ok &= teardown_lab(quiet=True)
+            ok = ok and deleted and removed
     return 0 if ok else 1
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM and SIGHUP clean up as Ctrl-C does."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _build(nodes: list[Node], pods: list[Pod], ipvlan: bool) -> None:
@@ -110,15 +122,24 @@ def _add_pods(nodes: list[Node], pods: list[Pod], added: list[Pod]) -> None:
     def add_on(node: Node) -> list[str]:
         timings = []
         for pod in (p for p in pods if p.node == node.name):
+            if stop.is_set():    # interrupted: the main thread is already cleaning up
+                break
             t = time.monotonic()
             added.append(pod)   # before the call: a half-done ADD is DELed too
             daemons.cni("ADD", pod, node)
             timings.append(f"{pod.name.split('-', 1)[1]} {(time.monotonic() - t) * 1000:.0f} ms")
         return timings
 
+    stop = threading.Event()
     t = time.monotonic()
-    with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+    pool = ThreadPoolExecutor(max_workers=len(nodes))
+    try:
         results = list(pool.map(add_on, nodes))
+    except BaseException:
+        stop.set()              # interrupted or failed: the other nodes add no more pods
+        raise
+    finally:
+        pool.shutdown(wait=True)
     print(f"\nADD through each node's shim and daemon ({len(pods)} pods, {time.monotonic() - t:.1f} s):")
     for node, timings in zip(nodes, results):
         print(f"  {node.name}: " + ", ".join(timings))
