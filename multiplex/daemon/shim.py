@@ -72,19 +72,6 @@ def encode_env(env):
     return b"".join(out)
 
 
-def decode_env(data):
-    """The environment as str -> str (undecodable bytes kept as surrogates, as os.environ does)."""
-    env = {}
-    for pair in data.split(b"\0"):
-        if not pair:
-            continue
-        k, sep, v = pair.partition(b"=")
-        if not sep or not k:
-            raise ProtocolError("malformed environment pair")
-        env[k.decode("utf-8", "surrogateescape")] = v.decode("utf-8", "surrogateescape")
-    return env
-
-
 def encode_request(env, stdin, stdin_size=None):
     """A whole request frame. `env` already encoded (encode_env) or a mapping."""
     if not isinstance(env, bytes):
@@ -93,20 +80,6 @@ def encode_request(env, stdin, stdin_size=None):
         stdin_size = len(stdin)
     return (REQUEST_MAGIC + bytes((PROTOCOL_VERSION,)) + len(env).to_bytes(4, "big")
             + len(stdin).to_bytes(4, "big") + stdin_size.to_bytes(8, "big") + env + stdin)
-
-
-def decode_request_header(header):
-    """(env_len, stdin_len, stdin_size) from the first REQUEST_HEADER bytes."""
-    if len(header) != REQUEST_HEADER or header[:4] != REQUEST_MAGIC:
-        raise ProtocolError("not a multiplex shim request")
-    if header[4] != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {header[4]}, this daemon speaks {PROTOCOL_VERSION}")
-    return (int.from_bytes(header[5:9], "big"), int.from_bytes(header[9:13], "big"),
-            int.from_bytes(header[13:21], "big"))
-
-
-def encode_answer(code, stdout):
-    return (ANSWER_MAGIC + bytes((PROTOCOL_VERSION, code & 0xFF)) + len(stdout).to_bytes(4, "big") + stdout)
 
 
 def recv_exact(sock, n):
@@ -168,40 +141,6 @@ def cni_version_in(stdin):
 def error_json(version, code, msg, details):
     return ('{"cniVersion": %s, "code": %d, "msg": %s, "details": %s}'
             % (json_string(version), code, json_string(msg), json_string(details)))
-
-
-# --- installing it -----------------------------------------------------------------------------
-
-SHIM_MARK = "# multiplex shim"
-_SETTINGS_START = "# --- settings (written by `multiplex install --daemon`) ---\n"
-_SETTINGS_END = "# --- end of settings ---\n"
-#: sun_path holds 108 bytes, the last a NUL
-SOCKET_PATH_MAX = 107
-
-
-def render(socket_path, fallback_argv, python):
-    """The text of an installed shim: this file with its settings (socket, fallback) baked in and
-    `python -IS` as its interpreter (one shebang argument: Linux passes everything after the
-    interpreter as one). ValueError for a setting the shim could not use."""
-    if not isinstance(python, str) or not python.startswith("/") or any(c.isspace() for c in python) \
-            or len(python) > 200:
-        raise ValueError(f"python must be an absolute path without whitespace (a shebang), got {python!r}")
-    if not isinstance(socket_path, str) or not socket_path.startswith("/") or "\0" in socket_path:
-        raise ValueError(f"socket path must be an absolute path, got {socket_path!r}")
-    if len(socket_path.encode("utf-8", "surrogateescape")) > SOCKET_PATH_MAX:
-        raise ValueError(f"socket path {socket_path!r} is longer than {SOCKET_PATH_MAX} bytes (a unix socket's limit)")
-    if fallback_argv is not None:
-        fallback_argv = list(fallback_argv)
-        if not fallback_argv or not all(isinstance(a, str) and "\0" not in a for a in fallback_argv) \
-                or not fallback_argv[0].startswith("/"):
-            raise ValueError(f"fallback must be an argv whose first item is an absolute path, got {fallback_argv!r}")
-    with open(__file__, encoding="utf-8") as f:
-        source = f.read()
-    head, rest = source.split(_SETTINGS_START, 1)
-    _, tail = rest.split(_SETTINGS_END, 1)
-    head = head.split("\n", 1)[1]  # our own shebang goes
-    settings = f"SOCKET = {socket_path!r}\nFALLBACK = {fallback_argv!r}\n"
-    return f"#!{python} -IS\n{head}{_SETTINGS_START}{settings}{_SETTINGS_END}{tail}"
 
 
 # --- the shim ------------------------------------------------------------------------------------
@@ -283,6 +222,77 @@ def main():
              f"socket: {SOCKET}; command: {command}; error: {e}")
     write_all(1, out)
     posix._exit(code)
+
+
+# --- daemon side only: render() leaves this section out of the installed shim ---
+
+def decode_env(data):
+    """The environment as str -> str (undecodable bytes kept as surrogates, as os.environ does)."""
+    env = {}
+    for pair in data.split(b"\0"):
+        if not pair:
+            continue
+        k, sep, v = pair.partition(b"=")
+        if not sep or not k:
+            raise ProtocolError("malformed environment pair")
+        env[k.decode("utf-8", "surrogateescape")] = v.decode("utf-8", "surrogateescape")
+    return env
+
+
+def decode_request_header(header):
+    """(env_len, stdin_len, stdin_size) from the first REQUEST_HEADER bytes."""
+    if len(header) != REQUEST_HEADER or header[:4] != REQUEST_MAGIC:
+        raise ProtocolError("not a multiplex shim request")
+    if header[4] != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {header[4]}, this daemon speaks {PROTOCOL_VERSION}")
+    return (int.from_bytes(header[5:9], "big"), int.from_bytes(header[9:13], "big"),
+            int.from_bytes(header[13:21], "big"))
+
+
+def encode_answer(code, stdout):
+    return (ANSWER_MAGIC + bytes((PROTOCOL_VERSION, code & 0xFF)) + len(stdout).to_bytes(4, "big") + stdout)
+
+
+SHIM_MARK = "# multiplex shim"
+_SETTINGS_START = "# --- settings (written by `multiplex install --daemon`) ---\n"
+_SETTINGS_END = "# --- end of settings ---\n"
+_DAEMON_SIDE = "# --- daemon side only: render() leaves this section out of the installed shim ---\n"
+_DAEMON_SIDE_END = "# --- end of the daemon side ---\n"
+#: sun_path holds 108 bytes, the last a NUL
+SOCKET_PATH_MAX = 107
+
+
+def render(socket_path, fallback_argv, python):
+    """The text of an installed shim: this file with its settings (socket, fallback) baked in and
+    `python -IS` as its interpreter (one shebang argument: Linux passes everything after the
+    interpreter as one). The module docstring and this daemon-side section are left out: the
+    shim is compiled at every run (a script has no .pyc), and every line costs start-up.
+    ValueError for a setting the shim could not use."""
+    if not isinstance(python, str) or not python.startswith("/") or any(c.isspace() for c in python) \
+            or len(python) > 200:
+        raise ValueError(f"python must be an absolute path without whitespace (a shebang), got {python!r}")
+    if not isinstance(socket_path, str) or not socket_path.startswith("/") or "\0" in socket_path:
+        raise ValueError(f"socket path must be an absolute path, got {socket_path!r}")
+    if len(socket_path.encode("utf-8", "surrogateescape")) > SOCKET_PATH_MAX:
+        raise ValueError(f"socket path {socket_path!r} is longer than {SOCKET_PATH_MAX} bytes (a unix socket's limit)")
+    if fallback_argv is not None:
+        fallback_argv = list(fallback_argv)
+        if not fallback_argv or not all(isinstance(a, str) and "\0" not in a for a in fallback_argv) \
+                or not fallback_argv[0].startswith("/"):
+            raise ValueError(f"fallback must be an argv whose first item is an absolute path, got {fallback_argv!r}")
+    with open(__file__, encoding="utf-8") as f:
+        source = f.read()
+    head, rest = source.split(_SETTINGS_START, 1)
+    _, tail = rest.split(_SETTINGS_END, 1)
+    head = head.split("\n", 1)[1]  # our own shebang goes
+    head = head[:head.index('"""')] + "# (protocol and choices: multiplex/daemon/shim.py in the multiplex package)\n"
+    code, daemon_side = tail.split(_DAEMON_SIDE, 1)
+    tail = code + daemon_side.split(_DAEMON_SIDE_END, 1)[1]
+    settings = f"SOCKET = {socket_path!r}\nFALLBACK = {fallback_argv!r}\n"
+    return f"#!{python} -IS\n{head}{_SETTINGS_START}{settings}{_SETTINGS_END}{tail}"
+
+
+# --- end of the daemon side ---
 
 
 if __name__ == "__main__":

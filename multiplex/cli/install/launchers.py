@@ -18,6 +18,10 @@ from .report import InstallError
 
 PLUGIN_GROUP = "multiplex.plugins"
 LAUNCHER_MARK = "# multiplex launcher"
+#: daemon mode: the in-process `multiplex` launcher, under this name, is the shim's fallback
+INPROCESS_NAME = "multiplex-inprocess"
+#: the shim's mark (its second line), as multiplex/daemon/shim.py starts
+SHIM_MARK = b"# multiplex shim"
 
 _TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")  # fullmatch: "$" would let a trailing newline in
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]*")  # fullmatch, as _TARGET
@@ -110,7 +114,42 @@ def launcher_files(bin_dir: str, python: str,
             for name, launcher in sorted(found.items())}
 
 
+def daemon_files(bin_dir: str, python: str, launchers: Mapping[str, Any] | None, socket_path: str,
+                 fallback: str) -> dict[str, tuple[bytes, int]]:
+    """Daemon mode's files in the bin dir: every launcher, except that `multiplex` is the shim
+    (multiplex/daemon/shim.py, rendered with the socket and the fallback), and, with fallback
+    "exec", today's in-process `multiplex` launcher under INPROCESS_NAME, which the shim execs
+    when the daemon is not there. The shim runs on `python` with -I -S: it needs the interpreter,
+    not the venv or the mirrored runtime's packages."""
+    from ...daemon.shim import render
+
+    if fallback not in ("exec", "fail"):
+        raise InstallError(f"invalid fallback {fallback!r}: 'exec' (run the call in-process) or 'fail' (code 11)")
+    found = launchers_from(launchers) if launchers is not None else discover_launchers()
+    meta = found.get(META_PLUGIN)
+    if meta is None:
+        raise InstallError(f"no launcher for {META_PLUGIN!r}; daemon mode replaces it with the shim")
+    files = launcher_files(bin_dir, python, launchers)
+    fallback_argv = None
+    if fallback == "exec":
+        inprocess = Launcher(INPROCESS_NAME, meta.target, meta.kind)
+        path = host_join(bin_dir, INPROCESS_NAME)
+        files[path] = (launcher_script(inprocess, python).encode(), 0o755)
+        fallback_argv = [path]
+    try:
+        shim = render(socket_path, fallback_argv, python)
+    except ValueError as e:
+        raise InstallError(f"cannot write the daemon shim: {e}") from None
+    files[host_join(bin_dir, META_PLUGIN)] = (shim.encode("utf-8", "surrogateescape"), 0o755)
+    return dict(sorted(files.items()))
+
+
 def is_our_launcher(path: str) -> bool:
-    """The file at `path` is a launcher install wrote (it carries our mark)."""
+    """The file at `path` is a launcher (or the daemon shim) install wrote: it carries our mark."""
     data = read_bytes(path)
-    return data is not None and data.startswith(b"#!/bin/sh\n" + LAUNCHER_MARK.encode())
+    if data is None:
+        return False
+    if data.startswith(b"#!/bin/sh\n" + LAUNCHER_MARK.encode()):
+        return True
+    first, _, rest = data.partition(b"\n")
+    return first.startswith(b"#!") and rest.startswith(SHIM_MARK)

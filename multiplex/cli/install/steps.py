@@ -8,12 +8,15 @@ from typing import Any, Mapping, Optional
 from .conflist import check_conflist, choose_cni_version, multiplex_conflist
 from .files import json_bytes
 from .kubeconfig import SERVICE_ACCOUNT_DIR, node_kubeconfig
-from .launchers import launcher_files
+from .launchers import daemon_files, launcher_files
 from .layout import DEFAULT_BIN_DIR, DEFAULT_CONF_DIR, DEFAULT_CONF_NAME, host_join, in_root
 from .network import choose_cluster_network, is_multiplex_config, read_netconf
 from .record import InstallRecord, place_file, remove_placed
 from .report import InstallError, InstallReport
 from .runtime import choose_runtime, place_runtime
+
+#: the node daemon's socket, as `multiplex daemon --socket` and `multiplex install --socket` default
+DEFAULT_SOCKET = "/run/multiplex/multiplex.sock"
 
 
 def install(root: str = "/", bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEFAULT_CONF_DIR,
@@ -28,7 +31,10 @@ def install(root: str = "/", bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEF
             runtime_src: Optional[str] = None,
             runtime_dir: Optional[str] = None,
             options: Optional[Mapping[str, Any]] = None,
-            launchers: Optional[Mapping[str, Any]] = None) -> InstallReport:
+            launchers: Optional[Mapping[str, Any]] = None,
+            daemon: bool = False,
+            socket_path: str = DEFAULT_SOCKET,
+            fallback: str = "exec") -> InstallReport:
     """Put multiplex on the node under `root`; run again, it changes nothing.
 
     root                the host's file system (`/host` in the DaemonSet). Nothing outside it is written.
@@ -50,6 +56,14 @@ def install(root: str = "/", bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEF
     options             more fields for the multiplex plugin entry (namespaceIsolation,
                         globalNamespaces, defaultNetworks, logFile, logLevel, ...).
     launchers           name -> "module:attr" (or Launcher) instead of the installed entry points.
+    daemon              daemon mode: `multiplex` in bin_dir is the shim (multiplex/daemon/shim.py)
+                        that forwards every call to the node daemon at `socket_path` (as the host
+                        sees it); the other launchers stay as they are.
+    fallback            daemon mode, when the daemon is not there: "exec" runs the call in-process
+                        through `multiplex-inprocess` (today's launcher, written beside the shim),
+                        "fail" answers CNI code 11 naming the socket.
+    Switching modes (run again with or without daemon) replaces the files and removes the ones no
+    longer wanted (`multiplex-inprocess`); uninstall removes all of them.
     """
     environ = os.environ if environ is None else environ
     report = InstallReport(root=root)
@@ -66,7 +80,9 @@ def install(root: str = "/", bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEF
     version = choose_cni_version(cni_version, net)
     runtime_dir, python = choose_runtime(root, runtime_src, runtime_dir, python)
 
-    desired = launcher_files(bin_dir, python, launchers)  # host path -> (bytes, mode), in writing order
+    # host path -> (bytes, mode), in writing order
+    desired = (daemon_files(bin_dir, python, launchers, socket_path, fallback) if daemon
+               else launcher_files(bin_dir, python, launchers))
     report.kubeconfig, kube_files = node_kubeconfig(conf_dir, kubeconfig, kubeconfig_from_sa,
                                                     service_account_dir, environ)
     desired.update(kube_files)
