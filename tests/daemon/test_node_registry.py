@@ -172,3 +172,25 @@ def test_facts_text_is_stable_so_equal_facts_never_patch():
     b = NodeFacts("n1", "eth0", 1500, "198.18.0.1", "", {"a": {"x": 1, "y": 2}, "b": 1})
     assert a.to_json() == b.to_json()
     assert NodeFacts.from_json("n1", a.to_json()) == a
+
+
+@pytest.mark.root
+def test_a_real_daemon_publishes_its_node_facts_and_reports_its_controllers(underlay, tmp_path):
+    """End to end: `multiplex daemon --local-dir` in the node netns (tests/daemonproc.py) runs the
+    node registry (and no IPAM GC: no cluster); the node file appears with the underlay's facts,
+    and /metrics counts the registry's reconciles."""
+    from tests.daemonproc import DaemonProcess
+
+    objects = tmp_path / "objects"
+    (objects / "nodes").mkdir(parents=True)
+    with DaemonProcess(tmp_path / "state", tmp_path / "d.sock", netns=underlay, local_dir=objects,
+                       extra_args=["--underlay-interface", "ul0"]) as d:
+        path = objects / "nodes" / f"{d.node_name}.json"
+        assert wait_for(lambda: path.exists() and facts_of(json.loads(path.read_text()))), d.stderr()
+        assert facts_of(json.loads(path.read_text())) == {
+            "interface": "ul0", "mtu": 1400, "ipv4": "198.18.77.2", "ipv6": "fd00:77::2", "facts": {}}
+        status, text = d.get("/metrics")
+        assert status == 200
+        assert 'multiplex_controller_reconciles_total{controller="node-registry",result="ok"}' in text
+        assert 'controller="ipam-gc"' not in text
+        assert d.get("/readyz") == (200, "ok\n")
