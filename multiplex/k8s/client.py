@@ -18,6 +18,9 @@ AlreadyExists, 403 Forbidden, ...). Writes are retried too: a create that did la
 AlreadyExists on the retry, a replace answers Conflict, a delete NotFound, so callers that read
 back after those errors are safe.
 
+`watch()` opens a watch with the same timeouts, retries and typed errors and returns a
+WatchStream of (type, object) events (multiplex/k8s/informer.py keeps caches with it).
+
 Objects come back as plain dicts (the JSON the server sent), never as generated models.
 One client is safe to share between threads and to keep for the life of a process.
 """

@@ -9,6 +9,11 @@ KINDS names what can be watched: "pods" (this node's pods only: fieldSelector sp
 A local directory holds one subdirectory per kind (`pods/`, `nads/`, `nodes/`), each with JSON or
 YAML files of objects as the API would serve them (a file may hold one object, a list, or a
 `{"items": [...]}`); it is polled (mtime and size) about once a second.
+
+Implementations: `KubeObjects` (one multiplex.k8s.informer.Informer per kind, list + watch) and
+`LocalObjects` (one poll thread for every kind). Both take more kinds with `register()` before a
+kind's first use (cluster IPAM's IPPools and IPBlocks, policies), so the kinds above are the
+defaults, not a closed list.
 """
 from __future__ import annotations
 
@@ -126,7 +131,8 @@ class KubeObjects:
                            field_selector=spec.field_selector.format(node=self.node_name),
                            log=self.log, **self._options)
             self._informers[kind] = inf
-        return inf.start()
+            inf.start()     # under the lock: two first users never start two threads
+        return inf
 
     def started(self) -> dict:
         """kind -> its informer, for the informers started so far."""

@@ -213,3 +213,13 @@ def test_stop_ends_an_open_watch_at_once(apiserver, objects):
     wait_for(lambda: inf.stats["watches"] == 1, what="the watch open")
     inf.stop(timeout=5)
     assert not inf.running
+
+
+def test_a_watch_answered_410_over_http_relists_too(apiserver, objects):
+    rec = Recorder()
+    inf = pods_informer(objects, rec)
+    apiserver.fail_next(1, 410, verbs="watch", resource="pods")   # the watch request itself: 410 Gone
+    apiserver._httpd.cut_connections()
+    apiserver.store.add_pod("after", node_name=NODE)
+    wait_for(lambda: rec.of("after") == ["ADDED"], what="the pod after the relist")
+    assert apiserver.count("list", "pods") == 2 and inf.stats["relists"] == 1
