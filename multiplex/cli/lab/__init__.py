@@ -61,8 +61,13 @@ def run_lab(pods: int = 3, keep: bool = False, nodes: int = 3) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if keep:
-            print(f"\nThe lab stays up (--keep). Try: ip netns exec {lab_pods[0].netns} ip addr; "
-                  f"files and logs in {STATE}; remove it with: multiplex lab --down")
+            n1, p1 = lab_nodes[0], lab_pods[0]
+            print(f"\nThe lab stays up (--keep); files and logs in {STATE}. Try:\n"
+                  f"  ip netns exec {p1.netns} ip addr\n"
+                  f"  ip netns exec {n1.netns} {daemons.multiplex_bin()} inspect default/{p1.name} --state-dir {STATE}/{n1.name}/state\n"
+                  f"  ip netns exec {n1.netns} curl -s 127.0.0.1:{daemons.METRICS_PORT}/metrics   "
+                  f"(the node daemon's metrics)\n"
+                  f"Remove it with: multiplex lab --down")
         else:
             deleted = _delete_pods(lab_nodes, added)
             removed = teardown_lab(quiet=True)

@@ -81,7 +81,8 @@ def _write_shim(node: Node) -> None:
     path = shim_file(node)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        f.write(shim.render(socket_path(node), None, sys.executable))
+        # the base interpreter, not the venv: the shim is stdlib only, as the one `install --daemon` writes
+        f.write(shim.render(socket_path(node), None, os.path.realpath(sys.executable)))
     os.chmod(path, 0o755)
 
 
