@@ -9,7 +9,10 @@ by hand) is repaired. Reconciles of one controller run on one thread, in order: 
 not lock against itself.
 
 Controllers are found through the `multiplex.controllers` entry points: each names a factory
-`controller(daemon: DaemonContext) -> Controller | None`.
+`controller(daemon: DaemonContext) -> Controller | None` (`load_controllers`). `Runner` runs them:
+one thread and one deduplicating key queue per controller, informer handlers feeding it, the
+resync, per-key backoff (0.5 s doubling to 60 s, jittered), `setup()` first, `stop()` last.
+docs/controllers.md says why each choice was made.
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ What is exported (all prefixed `multiplex_`):
 | ipam_gc_passes_total | result | GC passes (ok, error, skipped: another node holds the lease) |
 
 `serve()` answers /healthz, /readyz and /metrics on a small HTTP server thread. The address is
-what the admin gives (`--metrics-address`, default 127.0.0.1:9966 in the DaemonSet, whose
+what the admin gives (`--metrics-address`, loopback by default; the DaemonSet's
 probes name host 127.0.0.1): a non-loopback address is served too (a Prometheus elsewhere may
 need it) but logged as a warning, since the endpoints carry no authentication. They expose no
 secret: pool names, plugin types and counts.
@@ -294,7 +294,7 @@ def parse_address(address: str) -> tuple[str, int]:
     else:
         host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"metrics address {address!r} is not HOST:PORT (e.g. 127.0.0.1:9966, [::1]:9966) or 'off'")
+        raise ValueError(f"metrics address {address!r} is not HOST:PORT (e.g. 127.0.0.1:9635, [::1]:9635) or 'off'")
     return host, int(port)
 
 
