@@ -286,8 +286,8 @@ class _Loop:
             now = time.monotonic()
             if self.next_resync and now >= self.next_resync:
                 for key in self.ctrl.all_keys():
-                    self.delayed.pop(key, None)
-                    self.queue[key] = None
+                    if key not in self.delayed:   # a key in backoff keeps its wait
+                        self.queue[key] = None
                 self.next_resync = now + self.ctrl.resync
             for key, due in list(self.delayed.items()):
                 if due <= now:

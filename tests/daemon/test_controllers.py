@@ -220,3 +220,14 @@ def test_load_controllers_by_name(daemon, monkeypatch):
 
 def test_the_installed_entry_points_are_the_two_controllers():
     assert {"node-registry", "ipam-gc"} <= set(ctl.available_controllers())
+
+
+def test_a_resync_does_not_cut_a_failing_keys_backoff_short(daemon, run, monkeypatch):
+    monkeypatch.setattr(ctl, "backoff_delay", lambda n, *a, **k: 0.5)
+    rec = Recorder()
+    rec.resync = 0.02
+    rec.fail["all"] = 1000
+    run(rec)
+    assert wait_for(lambda: rec.count("all") >= 1)
+    time.sleep(0.6)
+    assert rec.count("all") <= 3          # resyncs every 20 ms, but retries only every 0.5 s
