@@ -2,7 +2,6 @@
 as Prometheus and the kubelet's probes read them."""
 from __future__ import annotations
 
-import ipaddress
 import urllib.error
 import urllib.request
 
