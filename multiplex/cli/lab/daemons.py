@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .cluster import CLUSTER, STATE, multiplex_config, node_dir
@@ -104,11 +105,14 @@ def wait_ready(daemons: list[Daemon], timeout: float = READY_TIMEOUT) -> None:
     started = time.monotonic()
     waiting = list(daemons)
     while waiting:
-        for d in list(waiting):
+        for d in waiting:
             if d.proc.poll() is not None:
                 raise RuntimeError(f"the daemon of {d.node.name} exited with {d.proc.returncode}: "
                                    f"{_tail(node_dir(d.node) + '/daemon.stderr')}")
-            if os.path.exists(socket_path(d.node)) and _readyz(d.node):
+        with ThreadPoolExecutor(max_workers=len(waiting)) as pool:   # probed at once, not one after another
+            ready = list(pool.map(lambda d: os.path.exists(socket_path(d.node)) and _readyz(d.node), waiting))
+        for d, up in zip(list(waiting), ready):
+            if up:
                 d.ready_after = time.monotonic() - started
                 waiting.remove(d)
         if waiting and time.monotonic() - started > timeout:
