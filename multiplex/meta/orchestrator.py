@@ -201,69 +201,77 @@ class Multiplexer(Plugin):
     # ---- ADD ---------------------------------------------------------------------------------
     def add(self, req: Request) -> Result:
         ctx = Context.load(req)
-        with ctx.gc_lock(exclusive=False), ctx.lock():
-            cache = ctx.cache()
-            cached = cache.load(req.container_id, req.ifname, with_corrupt=True)
-            if cached and cached.get("complete"):
-                # ADD twice for the same container and interface: the same answer, nothing redone
-                return Result.from_dict(cached["attachments"][0]["result"])
-            if cached:  # a crashed ADD left a partial record: undo it first
-                self._delete_record(ctx, cached)
-                cache.delete(req.container_id, req.ifname)
-            elif cached is not None:  # a corrupt entry: what it stood for is swept by the marks
-                self._sweep(ctx)
-                cache.delete(req.container_id, req.ifname)
-            wait_ready(ctx.conf)
-            t_start = time.perf_counter()
-            source = ctx.source()
-            from ..policy import authorize
-            from .selection import select
-
-            atts = select(ctx.conf, req, source, authorize=authorize)
-            t_selected = time.perf_counter()
-            # every config is checked before anything is touched
-            netlists = check_attachments(atts, ctx.conf.cni_version, ctx.log)
-            from ..cni import chain
-
-            record: dict[str, Any] = {"version": CACHE_VERSION, "containerID": req.container_id,
-                                      "ifname": req.ifname, "netns": req.netns,
-                                      "cniArgs": dict(req.args), "attachments": [], "complete": False}
-            results: list[Result] = []
-            try:
-                for a, nl in zip(atts, netlists):
-                    entry = a.to_dict()
-                    entry["result"] = None
-                    record["attachments"].append(entry)
-                    cache.save(req.container_id, req.ifname, record)
-                    ctx.log.info("attaching", network=a.network, ifname=a.ifname)
-                    res = chain.add_list(nl, ctx.runtime(a))
-                    entry["result"] = res.to_dict(cniversion.CURRENT)
-                    results.append(res)
-                default_idx = apply_default_route(req, atts, results)
-                for entry, res in zip(record["attachments"], results):  # default-route may move routes
-                    entry["result"] = res.to_dict(cniversion.CURRENT)
-                record["default"] = default_idx
-                record["complete"] = True
-                cache.save(req.container_id, req.ifname, record)
-                t_attached = time.perf_counter()
-            except BaseException as e:
-                ctx.log.warning("ADD failed, undoing attachments", error=str(e))
-                # the attachment that failed has undone its own chain (chain.add_list); the record
-                # kept it only so that a crash mid-ADD would be undone by a later DEL
-                while (isinstance(e, Exception) and record["attachments"]
-                       and record["attachments"][-1]["result"] is None):
-                    record["attachments"].pop()
-                self._delete_record(ctx, record, ignore_errors=True)
-                try:
+        source = None
+        network, ifname = "", ""  # the attachment under way, named by a failure's event
+        try:
+            with ctx.gc_lock(exclusive=False), ctx.lock():
+                cache = ctx.cache()
+                cached = cache.load(req.container_id, req.ifname, with_corrupt=True)
+                if cached and cached.get("complete"):
+                    # ADD twice for the same container and interface: the same answer, nothing redone
+                    return Result.from_dict(cached["attachments"][0]["result"])
+                if cached:  # a crashed ADD left a partial record: undo it first
+                    self._delete_record(ctx, cached)
                     cache.delete(req.container_id, req.ifname)
-                except CNIError as gone:  # e.g. a read-only state dir: the original error matters
-                    ctx.log.error("cannot remove the cache entry of a failed ADD", error=gone.msg)
-                raise
-            publish_status(ctx, source, atts, results, default_idx)
-            log_timings(ctx.log, source, len(atts), t_start, t_selected, t_attached, time.perf_counter())
-            out = results[0]
-            out.cni_version = req.cni_version
-            return out
+                elif cached is not None:  # a corrupt entry: what it stood for is swept by the marks
+                    self._sweep(ctx)
+                    cache.delete(req.container_id, req.ifname)
+                wait_ready(ctx.conf)
+                t_start = time.perf_counter()
+                source = ctx.source()
+                from ..policy import authorize
+                from .selection import select
+
+                atts = select(ctx.conf, req, source, authorize=authorize)
+                t_selected = time.perf_counter()
+                # every config is checked before anything is touched
+                netlists = check_attachments(atts, ctx.conf.cni_version, ctx.log)
+                from ..cni import chain
+
+                record: dict[str, Any] = {"version": CACHE_VERSION, "containerID": req.container_id,
+                                          "ifname": req.ifname, "netns": req.netns,
+                                          "cniArgs": dict(req.args), "attachments": [], "complete": False}
+                results: list[Result] = []
+                try:
+                    for a, nl in zip(atts, netlists):
+                        entry = a.to_dict()
+                        entry["result"] = None
+                        record["attachments"].append(entry)
+                        cache.save(req.container_id, req.ifname, record)
+                        network, ifname = a.network, a.ifname
+                        ctx.log.info("attaching", network=a.network, ifname=a.ifname)
+                        res = chain.add_list(nl, ctx.runtime(a))
+                        entry["result"] = res.to_dict(cniversion.CURRENT)
+                        results.append(res)
+                    default_idx = apply_default_route(req, atts, results)
+                    for entry, res in zip(record["attachments"], results):  # default-route may move routes
+                        entry["result"] = res.to_dict(cniversion.CURRENT)
+                    record["default"] = default_idx
+                    record["complete"] = True
+                    cache.save(req.container_id, req.ifname, record)
+                    t_attached = time.perf_counter()
+                except BaseException as e:
+                    ctx.log.warning("ADD failed, undoing attachments", error=str(e))
+                    # the attachment that failed has undone its own chain (chain.add_list); the record
+                    # kept it only so that a crash mid-ADD would be undone by a later DEL
+                    while (isinstance(e, Exception) and record["attachments"]
+                           and record["attachments"][-1]["result"] is None):
+                        record["attachments"].pop()
+                    self._delete_record(ctx, record, ignore_errors=True)
+                    try:
+                        cache.delete(req.container_id, req.ifname)
+                    except CNIError as gone:  # e.g. a read-only state dir: the original error matters
+                        ctx.log.error("cannot remove the cache entry of a failed ADD", error=gone.msg)
+                    raise
+                publish_status(ctx, source, atts, results, default_idx)
+                log_timings(ctx.log, source, len(atts), t_start, t_selected, t_attached, time.perf_counter())
+        except Exception as e:
+            pod_events_failed(ctx, source, network, ifname, e)
+            raise
+        pod_events_added(ctx, source, atts, results)
+        out = results[0]
+        out.cni_version = req.cni_version
+        return out
 
     # ---- DEL ---------------------------------------------------------------------------------
     def delete(self, req: Request) -> None:
@@ -601,6 +609,34 @@ def apply_default_route(req: Request, atts: list[Attachment], results: list[Resu
     move_default_route(req.netns, atts[idx].ifname, atts[idx].default_route, results[idx],
                        [r for i, r in enumerate(results) if i != idx])
     return idx
+
+
+def _pod_ref(ctx: Context):
+    from ..k8s.events import PodRef
+
+    ns, pod, uid = ctx.req.pod
+    return PodRef(ns or "default", pod, uid)
+
+
+def pod_events_added(ctx: Context, source, atts: list[Attachment], results: list[Result]) -> None:
+    """An `AddedInterface` event per attachment on the pod (k8s/events.py), best effort; only
+    with a Kubernetes source, imported only then."""
+    if source is None or not ctx.req.pod[1] or getattr(source, "client", None) is None:
+        return
+    from ..k8s import events
+
+    evs = [events.added_interface(a.ifname, [str(ip.address) for ip in r.ips], a.network)
+           for a, r in zip(atts, results)]
+    events.record(source, _pod_ref(ctx), evs, ctx.log)
+
+
+def pod_events_failed(ctx: Context, source, network: str, ifname: str, error: BaseException) -> None:
+    """A Warning event on the pod naming the network whose attachment failed and the error."""
+    if source is None or not ctx.req.pod[1] or getattr(source, "client", None) is None:
+        return
+    from ..k8s import events
+
+    events.record(source, _pod_ref(ctx), [events.add_failed(network, ifname, error)], ctx.log)
 
 
 def publish_status(ctx: Context, source, atts: list[Attachment], results: list[Result], default_idx: int) -> None:
