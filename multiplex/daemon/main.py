@@ -55,10 +55,13 @@ def run(socket_path: str = "/run/multiplex/multiplex.sock", state_dir: Optional[
         if daemon is not None:
             daemon.stop()
         return 1
-    print(f"multiplex daemon: serving {socket_path} (node {node_name}); health and metrics on "
-          f"{daemon.metrics_url or 'off'}", file=sys.stderr, flush=True)
-    while not stop_requested.wait(1.0):
-        pass
+    announced = False
+    while not stop_requested.wait(0.1 if not announced else 1.0):
+        if not announced and daemon.ready()[0]:
+            announced = True
+            log.info("daemon ready", socket=socket_path, node=node_name, metrics=daemon.metrics_url or "off")
+            print(f"multiplex daemon: ready, serving {socket_path} (node {node_name}); health and metrics on "
+                  f"{daemon.metrics_url or 'off'}", file=sys.stderr, flush=True)
     log.info("stop requested: draining")
     daemon.stop()
     log.info("daemon stopped")

@@ -25,7 +25,7 @@ Choices, named:
 """
 from __future__ import annotations
 
-import collections
+import bisect
 import errno
 import io
 import json
@@ -102,7 +102,7 @@ class CNIServer:
         self._lock = threading.Lock()
         self._admitted = 0
         self._idle = threading.Condition(self._lock)
-        self._containers: dict[str, collections.deque] = {}
+        self._containers: dict[str, list[Call]] = {}
         self._listener: Optional[socket.socket] = None
         self._socket_ino: Optional[tuple[int, int]] = None
         self._threads: list[threading.Thread] = []
@@ -224,8 +224,14 @@ class CNIServer:
         """Read the request; False when there is none to serve (answered or dropped here)."""
         try:
             call.conn.settimeout(max(0.1, call.deadline - time.monotonic()))
+            first = call.conn.recv(1)
+            if not first:  # a probe (is the socket served?), not a call
+                self.log.debug("cni server: connection closed without a request")
+                _close(call.conn)
+                self._done(call)
+                return False
             env_len, stdin_len, stdin_size = shim.decode_request_header(
-                shim.recv_exact(call.conn, shim.REQUEST_HEADER))
+                first + shim.recv_exact(call.conn, shim.REQUEST_HEADER - 1))
             if env_len > shim.ENV_MAX:
                 self._answer_error(call, CNIError(
                     INVALID_ENVIRONMENT, f"the CNI environment is {env_len} bytes, more than the limit of "
@@ -255,9 +261,10 @@ class CNIServer:
         with self._lock:
             fifo = self._containers.get(cid)
             if fifo is None:
-                self._containers[cid] = collections.deque()
+                self._containers[cid] = []
                 return True
-            fifo.append(call)
+            # parked in accept order: of two calls read at the same moment, the earlier-accepted runs first
+            bisect.insort(fifo, call, key=lambda c: c.accepted)
             return False
 
     def _next_of(self, cid: str) -> Optional[Call]:
@@ -267,7 +274,7 @@ class CNIServer:
         with self._lock:
             fifo = self._containers.get(cid)
             if fifo:
-                return fifo.popleft()
+                return fifo.pop(0)
             self._containers.pop(cid, None)
             return None
 

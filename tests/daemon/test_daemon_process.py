@@ -15,7 +15,7 @@ import pytest
 
 from tests import fakeplugins
 from tests.cnitool import CNI_PATH, CNIOutput, addresses, run_plugin
-from tests.daemonproc import shim_path
+from tests.daemonproc import DaemonError, DaemonProcess, shim_path
 from tests.netns.mpxlab import Lab, bridge_conf
 
 pytestmark = pytest.mark.root
@@ -173,3 +173,19 @@ def wait_for(cond, timeout: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_second_daemon_on_a_served_socket_refuses_to_start(daemons, sock_dir, tmp_path):
+    sock = os.path.join(sock_dir, "mpx.sock")
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    first = daemons(str(tmp_path / "state"), sock, local_dir=str(objects), controllers="none")
+    wait_for(lambda: "ready, serving " + sock in first.stderr(), 10, "the daemon's ready line")
+    second = DaemonProcess(str(tmp_path / "state2"), sock, local_dir=str(objects), controllers="none")
+    with pytest.raises(DaemonError, match="exited with 1"):
+        second.start()
+    second.close()
+    assert f"another multiplex daemon is serving {sock}" in second.stderr()
+    assert first.socket_connects() and first.get("/readyz")[0] == 200  # the first one kept its socket
+    assert first.stop() == 0
+    assert not os.path.exists(sock)

@@ -123,12 +123,14 @@ def call_as_nobody(path: str) -> str:
             except OSError as e:
                 os.write(w, f"refused {errno.errorcode.get(e.errno, e.errno)}".encode())
                 os._exit(0)
-            s.sendall(shim.encode_request({"CNI_COMMAND": "VERSION"}, b""))
             try:
+                s.sendall(shim.encode_request({"CNI_COMMAND": "VERSION"}, b""))
                 code, _ = shim.read_answer(s)
                 os.write(w, f"answer {code}".encode())
             except (OSError, shim.ProtocolError):
                 os.write(w, b"closed")
+        except BaseException as e:
+            os.write(w, f"child failed: {e!r}".encode())
         finally:
             os._exit(0)
     os.close(w)
@@ -175,20 +177,34 @@ def test_past_the_queue_bound_a_call_gets_code_11_at_once_and_succeeds_on_retry(
     print(f"\nrefusal past the bound answered in {refused_in * 1000:.1f} ms (shim start included)")
 
 
-def test_calls_for_one_container_never_overlap_and_keep_their_order(serve, tmp_path):
-    rec = Recorder(hold=0.15)
+def send(path: str, cid: str, args: str) -> socket.socket:
+    """A call sent whole (as the shim sends it); read its answer with shim.read_answer."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.connect(path)
+    s.sendall(shim.encode_request({"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_ARGS": args}, b"{}"))
+    return s
+
+
+def test_calls_for_one_container_never_overlap_and_keep_their_order(serve):
+    gate = threading.Event()
+    rec = Recorder(hold=0.05, gate=gate)
     srv = serve(rec, workers=4, queue_size=8)
-    sh = shim_path(tmp_path, srv.socket_path, fallback="fail")
-    with ThreadPoolExecutor(5) as pool:
-        futures = []
-        for k in range(4):
-            futures.append(pool.submit(call, sh, cid="same", args=f"N={k}"))
-            time.sleep(0.03)  # arrival order
-        futures.append(pool.submit(call, sh, cid="other", args="N=x"))
-        assert all(f.result()[0] == 0 for f in futures)
-    same = [c for c in rec.calls if c[0] == "same"]
-    assert [c[1] for c in sorted(same, key=lambda c: c[2])] == ["N=0", "N=1", "N=2", "N=3"]
-    for a, b in zip(sorted(same, key=lambda c: c[2]), sorted(same, key=lambda c: c[2])[1:]):
+    conns = []
+    for k in range(4):  # each sent once the one before runs (N=0, held at the gate) or is parked
+        conns.append(send(srv.socket_path, "same", f"N={k}"))
+        wait_for(lambda: "same" in srv._containers and len(srv._containers["same"]) == k)
+    conns.append(send(srv.socket_path, "other", "N=x"))
+    wait_for(lambda: srv._admitted == 5)
+    time.sleep(0.1)  # "other" runs beside N=0: its own container is free
+    gate.set()
+    answers = [shim.read_answer(c) for c in conns]
+    for c in conns:
+        c.close()
+    assert [code for code, _ in answers] == [0] * 5
+    same = sorted((c for c in rec.calls if c[0] == "same"), key=lambda c: c[2])
+    assert [c[1] for c in same] == ["N=0", "N=1", "N=2", "N=3"]
+    for a, b in zip(same, same[1:]):
         assert b[2] >= a[3], "two calls of one container overlapped"
     other = next(c for c in rec.calls if c[0] == "other")
     assert any(c[2] < other[3] and other[2] < c[3] for c in same), "another container waited for no reason"
