@@ -105,7 +105,7 @@ def test_conflist_sorts_ahead_of_the_cluster_network_and_names_it(node_root):
     [plugin] = conf["plugins"]
     assert plugin["type"] == "multiplex"
     assert plugin["clusterNetwork"] == "cbr0"
-    assert plugin["capabilities"] == {"portMappings": True}
+    assert plugin["capabilities"] == {"portMappings": True, "io.kubernetes.cri.pod-annotations": True}
     assert plugin["confDir"] == CONF_DIR and plugin["binDir"] == BIN_DIR
     assert "kubeconfig" not in plugin  # not in a pod: no kubeconfig written or named
     assert report.cluster_network == "cbr0"
@@ -137,7 +137,7 @@ def test_capabilities_and_version_from_a_single_plugin_conf(tmp_path):
     conf = read_json(real(root, CONF_DIR + "/00-multiplex.conflist"))
     assert conf["cniVersion"] == "1.0.0"
     assert conf["plugins"][0]["clusterNetwork"] == "k8s-pod-network"
-    assert conf["plugins"][0]["capabilities"] == {"bandwidth": True, "portMappings": True}
+    assert conf["plugins"][0]["capabilities"] == {"bandwidth": True, "portMappings": True, "io.kubernetes.cri.pod-annotations": True}
 
 
 def test_the_first_config_in_lexical_order_is_the_cluster_network(node_root):
@@ -309,7 +309,7 @@ def test_explicit_cluster_network_without_a_node_config(tmp_path):
     conf = read_json(real(root, CONF_DIR + "/00-multiplex.conflist"))
     assert conf["cniVersion"] == "1.0.0"
     assert conf["plugins"][0]["clusterNetwork"] == "pods"
-    assert "capabilities" not in conf["plugins"][0]
+    assert conf["plugins"][0]["capabilities"] == {"io.kubernetes.cri.pod-annotations": True}  # multiplex's own
     assert report.cluster_network_file is None
 
 
@@ -319,7 +319,7 @@ def test_explicit_cluster_network_takes_its_capabilities(node_root):
     install(node_root, cluster_network="sriov", **not_in_pod())
     conf = read_json(real(node_root, CONF_DIR + "/00-multiplex.conflist"))
     assert conf["plugins"][0]["clusterNetwork"] == "sriov"
-    assert conf["plugins"][0]["capabilities"] == {"mac": True}
+    assert conf["plugins"][0]["capabilities"] == {"mac": True, "io.kubernetes.cri.pod-annotations": True}
     assert conf["cniVersion"] == "1.0.0"
 
 

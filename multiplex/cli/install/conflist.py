@@ -11,6 +11,10 @@ from .layout import META_PLUGIN
 from .network import ClusterNetwork
 from .report import InstallError
 
+#: What multiplex itself asks of the runtime, whatever the cluster network declares: the pod's
+#: annotations (multiplex reads its networks annotation there first: meta/selection.py).
+RUNTIME_CAPABILITIES = {"io.kubernetes.cri.pod-annotations": True}
+
 #: Top-level fields of the conflist's plugin entry that `options` may not override.
 _CORE_FIELDS = ("type", "name", "cniVersion", "clusterNetwork", "kubeconfig", "confDir", "binDir",
                 "capabilities")
@@ -38,7 +42,9 @@ def multiplex_conflist(cni_version: str, cluster_network: str, conf_dir: str, bi
 
     The runtime injects `name` and `cniVersion` into the plugin entry when it calls it. The
     `capabilities` are the cluster network's, so the runtime passes multiplex the runtimeConfig
-    (portMappings, bandwidth, ...) the cluster network expects and multiplex hands it on.
+    (portMappings, bandwidth, ...) the cluster network expects and multiplex hands it on; plus
+    `io.kubernetes.cri.pod-annotations` (RUNTIME_CAPABILITIES), so containerd and CRI-O hand
+    multiplex the pod's annotations and an ADD needs no API read for the networks annotation.
     """
     plugin: dict[str, Any] = {"type": META_PLUGIN, "clusterNetwork": cluster_network, "confDir": conf_dir,
                               "binDir": bin_dir}
@@ -48,8 +54,8 @@ def multiplex_conflist(cni_version: str, cluster_network: str, conf_dir: str, bi
         if key in _CORE_FIELDS:
             raise InstallError(f"option {key!r} is set by install itself; pass it through its own parameter")
         plugin[key] = value
-    if capabilities:
-        plugin["capabilities"] = dict(sorted(capabilities.items()))
+    declared = {**dict(capabilities), **RUNTIME_CAPABILITIES}
+    plugin["capabilities"] = dict(sorted(declared.items()))
     return {"cniVersion": cni_version, "name": META_PLUGIN, "plugins": [plugin]}
 
 
