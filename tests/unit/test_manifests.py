@@ -174,11 +174,16 @@ def bound_accounts(role_name: str) -> list[tuple[str, str]]:
 
 
 def test_rbac_is_split_by_role_and_is_the_least_each_needs():
-    """The node's account (the CNI plugin and its IPAM) and the IPAM collector's are separate; each
-    role holds exactly the verbs the code uses (tests/k8s/test_rbac_matches_code.py records them)."""
+    """The node's account (the CNI plugin and its IPAM, the node daemon) and the IPAM collector's are
+    separate; each role holds exactly the verbs the code uses (tests/k8s/test_rbac_matches_code.py
+    records them)."""
     g = "ipam.multiplex.dev"
     assert rules_of(role_named("multiplex")) == {
         ("", "pods", "get"), ("", "pods", "patch"), ("k8s.cni.cncf.io", "network-attachment-definitions", "get")}
+    assert rules_of(role_named("multiplex-daemon")) == {
+        ("", "pods", "list"), ("", "pods", "watch"), ("k8s.cni.cncf.io", "network-attachment-definitions", "list"),
+        ("k8s.cni.cncf.io", "network-attachment-definitions", "watch"), ("", "nodes", "list"), ("", "nodes", "watch"),
+        ("", "nodes", "patch")}
     assert rules_of(role_named("multiplex-ipam")) == {
         (g, "ippools", "list"), (g, "ipblocks", "get"), (g, "ipblocks", "list"), (g, "ipblocks", "create"),
         (g, "ipblocks", "update"), ("", "nodes", "get")}
@@ -187,6 +192,7 @@ def test_rbac_is_split_by_role_and_is_the_least_each_needs():
         ("", "nodes", "list"), ("", "pods", "list")}
     node = ("kube-system", "multiplex")
     assert bound_accounts("multiplex") == [node] and bound_accounts("multiplex-ipam") == [node]
+    assert bound_accounts("multiplex-daemon") == [node]
     assert bound_accounts("multiplex-ipam-gc") == [("kube-system", "multiplex-ipam-gc")]
     accounts = {(sa["metadata"]["namespace"], sa["metadata"]["name"]) for sa in by_kind("ServiceAccount")}
     assert accounts == {node, ("kube-system", "multiplex-ipam-gc")}
@@ -210,7 +216,8 @@ def test_each_workload_runs_under_its_own_account():
 def test_admission_policies_bind_the_node_account_and_deny():
     policies = {p["metadata"]["name"]: p for p in by_kind("ValidatingAdmissionPolicy")}
     bindings = {b["spec"]["policyName"]: b for b in by_kind("ValidatingAdmissionPolicyBinding")}
-    assert set(policies) == {"multiplex-node-pod-status", "multiplex-node-ipblocks"} == set(bindings)
+    assert set(policies) == {"multiplex-node-pod-status", "multiplex-node-ipblocks", "multiplex-node-facts"} \
+        == set(bindings)
     for name, policy in policies.items():
         assert policy["apiVersion"] == "admissionregistration.k8s.io/v1"
         assert policy["spec"]["failurePolicy"] == "Fail"
@@ -222,45 +229,151 @@ def test_admission_policies_bind_the_node_account_and_deny():
     [blocks] = policies["multiplex-node-ipblocks"]["spec"]["matchConstraints"]["resourceRules"]
     assert (blocks["apiGroups"], blocks["resources"], sorted(blocks["operations"])) == (
         ["ipam.multiplex.dev"], ["ipblocks"], ["CREATE", "UPDATE"])
+    # the daemon's only write, `patch nodes`, is covered: it is an UPDATE of nodes in admission
+    [nodes] = policies["multiplex-node-facts"]["spec"]["matchConstraints"]["resourceRules"]
+    assert (nodes["apiGroups"], nodes["resources"], nodes["operations"]) == ([""], ["nodes"], ["UPDATE"])
+    assert ("", "nodes", "patch") in rules_of(role_named("multiplex-daemon"))
 
 
-def test_daemonset_runs_install_on_every_node():
+def pod_template() -> dict:
+    [ds] = by_kind("DaemonSet")
+    return ds["spec"]["template"]["spec"]
+
+
+def container(name: str) -> dict:
+    pod = pod_template()
+    [c] = [c for c in pod.get("initContainers", []) + pod["containers"] if c["name"] == name]
+    return c
+
+
+def flags(c: dict) -> dict[str, str]:
+    return dict(a.split("=", 1) for a in c["command"] if a.startswith("--") and "=" in a)
+
+
+def parses(c: dict) -> None:
+    """The container's command is one `multiplex` accepts: click parses it (without running it),
+    so a flag that does not exist, or a bad value, fails here and not on a node."""
+    from multiplex.cli.commands import cli
+
+    assert c["command"][0] == "multiplex"
+    sub = cli.commands[c["command"][1]]
+    sub.make_context(c["command"][1], list(c["command"][2:]))
+
+
+def test_daemonset_runs_on_every_node():
     [ds] = by_kind("DaemonSet")
     [sa] = [sa for sa in by_kind("ServiceAccount") if sa["metadata"]["name"] == "multiplex"]
-    pod = ds["spec"]["template"]["spec"]
+    pod = pod_template()
     assert ds["metadata"]["namespace"] == sa["metadata"]["namespace"]
     assert pod["serviceAccountName"] == sa["metadata"]["name"]
-    assert pod["hostNetwork"] is True
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert {"operator": "Exists"} in pod["tolerations"]  # also on tainted and not-ready nodes
     assert pod["priorityClassName"] == "system-node-critical"
-    [c] = [c for c in pod.get("initContainers", []) + pod["containers"]
-           if c["command"][:2] == ["multiplex", "install"]]
-    args = dict(a.split("=", 1) for a in c["command"][2:] if "=" in a)
+    assert [c["name"] for c in pod["initContainers"]] == ["install"]
+    assert [c["name"] for c in pod["containers"]] == ["daemon"]
+
+
+def test_install_writes_the_shim_for_the_daemons_socket():
+    """The init container (a native sidecar, re-running every 300 s) installs daemon mode: the shim
+    names the socket the daemon serves; every host directory install writes appears under --root at
+    its own path, as install() resolves it, and nothing else of the host is mounted."""
+    c, daemon = container("install"), container("daemon")
+    parses(c)
+    assert c["command"][:2] == ["multiplex", "install"] and "--daemon" in c["command"]
+    assert c["restartPolicy"] == "Always" and float(flags(c)["--every"]) > 0
+    args = flags(c)
+    assert args["--socket"] == flags(daemon)["--socket"]
+    assert args["--fallback"] == "fail"   # the image's venv cannot run on the host (docs/install.md)
     root = args["--root"]
-    hostpaths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    hostpaths = {v["name"]: v["hostPath"]["path"] for v in pod_template()["volumes"] if "hostPath" in v}
     mounts = {m["mountPath"]: hostpaths[m["name"]] for m in c["volumeMounts"]}
-    # every host directory install writes appears under --root at its own path, as install()
-    # resolves it, and nothing else of the host is mounted (no /var/lib/cni: install never writes it)
-    wanted = (inst.DEFAULT_BIN_DIR, inst.DEFAULT_CONF_DIR, args["--runtime-src"])
+    wanted = (inst.DEFAULT_BIN_DIR, inst.DEFAULT_CONF_DIR)
     for host_dir in wanted:
         assert mounts.get(root + host_dir) == host_dir, f"{host_dir} is not mounted at {root}{host_dir}"
-    assert sorted(mounts.values()) == sorted(wanted) == sorted(hostpaths.values())
+    assert sorted(mounts.values()) == sorted(wanted)
     assert all(not m.get("readOnly") for m in c["volumeMounts"])
     probe = c["readinessProbe"]["exec"]["command"]
     assert probe[-1] == root + inst.DEFAULT_CONF_DIR + "/" + inst.DEFAULT_CONF_NAME
 
 
-def test_daemonset_is_not_privileged():
+def test_install_is_not_privileged():
     """install writes files into root-owned host directories: uid 0 as their owner, no capability."""
-    [ds] = by_kind("DaemonSet")
-    pod = ds["spec"]["template"]["spec"]
-    for c in pod.get("initContainers", []) + pod["containers"]:
-        sc = c["securityContext"]
-        assert sc.get("privileged") is not True, c["name"]
-        assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
-        assert sc["capabilities"] == {"drop": ["ALL"]}, c["name"]
-        assert sc["runAsUser"] == 0 and sc["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert not pod.get("hostPID") and not pod.get("hostIPC")
+    sc = container("install")["securityContext"]
+    assert sc.get("privileged") is not True
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["runAsUser"] == 0 and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not pod_template().get("hostIPC")
+
+
+def test_the_daemon_container_serves_the_shim_with_the_hosts_state():
+    """`multiplex daemon` as the host sees it: privileged in the host's network and PID namespaces
+    (CNI_NETNS is /proc/<pid>/ns/net or /run/netns/<name>), its node from the downward API, the
+    socket directory, the state dir and the CNI directories at the host's own paths."""
+    from multiplex.util.state import DEFAULT_ROOT
+
+    c, pod = container("daemon"), pod_template()
+    parses(c)
+    assert c["command"][:2] == ["multiplex", "daemon"]
+    assert c["securityContext"]["privileged"] is True
+    assert pod["hostPID"] is True and pod["hostNetwork"] is True
+    [node] = [e for e in c["env"] if e["name"] == "NODE_NAME"]
+    assert node["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    args = flags(c)
+    assert args["--state-dir"] == DEFAULT_ROOT   # the same state as a plain `multiplex` exec uses
+    assert args["--controllers"] == "node-registry"  # the IPAM GC runs in 42-ipam-gc.yaml
+    hostpaths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    mounts = {m["mountPath"]: (hostpaths[m["name"]], m) for m in c["volumeMounts"]}
+
+    def from_host(path: str, writable: bool) -> None:
+        """`path` is under a mount of the same host path (writable when asked)."""
+        found = [(mp, m) for mp, (hp, m) in mounts.items() if mp == hp and (path + "/").startswith(mp + "/")]
+        assert found, f"{path} is not the host's in the daemon container"
+        assert not (writable and found[0][1].get("readOnly")), f"{path} is mounted read-only"
+
+    from_host(os.path.dirname(args["--socket"]), writable=True)
+    from_host(args["--state-dir"], writable=True)
+    from_host(inst.DEFAULT_CONF_DIR, writable=False)
+    from_host(inst.DEFAULT_BIN_DIR, writable=False)
+    from_host("/run/netns", writable=False)
+    assert mounts["/run/netns"][1]["mountPropagation"] == "HostToContainer"
+
+
+def test_the_daemons_probes_reach_its_loopback_metrics_port():
+    """The daemon serves /readyz and /healthz on --metrics-address, a loopback address: with
+    hostNetwork kubelet reaches it only with `host` set to that address (the default would be the
+    pod IP, the node's)."""
+    c = container("daemon")
+    host, port = flags(c)["--metrics-address"].rsplit(":", 1)
+    assert host == "127.0.0.1"
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        get = c[probe]["httpGet"]
+        assert (get["host"], get["port"], get["path"]) == (host, int(port), path), probe
+
+
+def test_termination_grace_lets_in_flight_calls_finish():
+    """SIGTERM: the daemon answers the calls it admitted, each within the call budget."""
+    from multiplex.cni.request import CALL_BUDGET
+
+    assert pod_template()["terminationGracePeriodSeconds"] > CALL_BUDGET
+
+
+def test_every_workload_runs_the_image_named_in_manifests_image():
+    """One place names the image: manifests/image. Every container of ours runs it, its tag is the
+    package version, and scripts/image.sh tags what it builds with it."""
+    import subprocess
+    import tomllib
+
+    with open(os.path.join(MANIFESTS, "image")) as f:
+        image = f.read().strip()
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        version = tomllib.load(f)["project"]["version"]
+    assert image.rsplit(":", 1)[1] == version
+    images = {c["image"] for kind in ("DaemonSet", "Deployment") for w in by_kind(kind)
+              for c in w["spec"]["template"]["spec"].get("initContainers", []) + w["spec"]["template"]["spec"]["containers"]}
+    assert images == {image}
+    out = subprocess.run([os.path.join(REPO, "scripts", "image.sh"), "name"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == image
 
 
 def test_nad_crd_is_the_network_plumbing_wg_one():
