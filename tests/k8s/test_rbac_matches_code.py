@@ -5,18 +5,27 @@ request it serves as verb + resource); each request is mapped to (apiGroup, reso
 must be granted to the account that role runs under, and every rule granted to that account must
 be used by some recorded request (nothing unused, no wildcard).
 
-- the node account (`kube-system/multiplex`, the CNI plugin with the node kubeconfig): plugin
-  ADD/CHECK/DEL/GC with the pods and NADs from the API (network-status patched back) and a network
-  on the kubernetes IPAM store, plus the store's rarer paths (a requested address, a lost claim, a
-  takeover, a borrow, a pool with a nodeSelector, release, CNI GC, the routed delegate's view);
+- the node account (`kube-system/multiplex`, the CNI plugin with the node kubeconfig, and the node
+  daemon in the DaemonSet): plugin ADD/CHECK/DEL/GC with the pods and NADs from the API
+  (network-status patched back) and a network on the kubernetes IPAM store, plus the store's rarer
+  paths (a requested address, a lost claim, a takeover, a borrow, a pool with a nodeSelector,
+  release, CNI GC, the routed delegate's view); and a real `multiplex daemon` run as the DaemonSet
+  runs it (`--controllers=node-registry`): its informers' list + watch of this node's pods, the
+  NADs and the nodes, and the node registry's patch of its Node's annotation. That patch, captured
+  before and after, is also run through manifests/50-admission-policy.yaml's `multiplex-node-facts`
+  policy: allowed for its own node, denied when tampered with;
 - the IPAM collector's account (`kube-system/multiplex-ipam-gc`, `multiplex ipam gc`): marks,
   frees, a conflict re-read, a block handed over, a block released.
 """
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import os
+import subprocess
+import time
+from typing import Optional
 
 import pytest
 import yaml
@@ -181,20 +190,77 @@ def run_plugin_paths(lab) -> None:
         assert lab.cni("DEL", name, ns, config=conf, uid=uid, env=env).ok
 
 
+def daemon_args() -> list[str]:
+    """The daemon container's flags in the DaemonSet that choose what it watches and runs."""
+    [ds] = [d for d in manifest_documents() if d["kind"] == "DaemonSet"]
+    [c] = [c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == "daemon"]
+    return [a for a in c["command"] if a.startswith("--controllers")]
+
+
+@pytest.fixture
+def daemon_run(node, node_api, tmp_path):
+    """A real `multiplex daemon` for node n1 (in the node's netns, against the test API server, with
+    the DaemonSet's controllers), until its node registry has published n1's facts. Returns
+    (the requests it made, Node n1 before, Node n1 after). Stopped by its pid at the end."""
+    from multiplex.controllers.node_registry import ANNOTATION
+    from tests.daemonproc import DaemonProcess
+
+    link = f"mpxu{os.getpid() % 100000}"
+    # the node's underlay: a veth pair inside the node netns (this kernel has no dummy links)
+    subprocess.run(["ip", "-n", node, "link", "add", link, "type", "veth", "peer", "name", link + "p"], check=True)
+    subprocess.run(["ip", "-n", node, "addr", "add", "198.18.120.2/24", "dev", link], check=True)
+    subprocess.run(["ip", "-n", node, "link", "set", link, "up"], check=True)
+    before = _node(node_api, "n1")
+    if before is None:   # node_lab adds it; alone, this fixture does
+        node_api.store.add_node("n1", labels={"kubernetes.io/os": "linux"})
+        before = _node(node_api, "n1")
+    node_api.reset_counts()
+    with DaemonProcess(tmp_path / "dstate", tmp_path / "d.sock", netns=node, kubeconfig=node_api.kubeconfig,
+                       node_name="n1", extra_args=daemon_args() + ["--underlay-interface", link]) as d:
+        limit = time.monotonic() + 30
+        while ANNOTATION not in (_node(node_api, "n1")["metadata"].get("annotations") or {}):
+            assert time.monotonic() < limit, f"no {ANNOTATION} on n1 within 30 s:\n{d.stderr()}"
+            time.sleep(0.1)
+        seen = used(node_api)
+    return seen, before, _node(node_api, "n1")
+
+
+def _node(api, name: str) -> Optional[dict]:
+    """The Node as the API server stores it (None: not there)."""
+    from multiplex.k8s.errors import NotFound
+
+    try:
+        return copy.deepcopy(api.store.get_object("", "v1", "nodes", name))
+    except Exception as e:  # noqa: BLE001 - the store raises its own not-found
+        if isinstance(e, NotFound) or getattr(e, "code", None) == 404:
+            return None
+        raise
+
+
 @pytest.mark.root
-def test_the_node_account_is_granted_exactly_what_the_plugin_and_its_ipam_use(node_lab, cluster):  # noqa: F811
+def test_the_node_account_is_granted_exactly_what_the_plugin_its_ipam_and_the_daemon_use(
+        node_lab, cluster, daemon_run):  # noqa: F811
+    node_lab.api.reset_counts()   # the daemon's requests are daemon_run's
     run_plugin_paths(node_lab)
     plugin = used(node_lab.api)
     report("plugin (ADD/CHECK/GC/DEL)", plugin)
     run_ipam_store_paths(cluster)
     store = used(cluster.api)
     report("kubernetes IPAM store", store)
+    daemon = daemon_run[0]
+    report("node daemon (informers, node registry)", daemon)
     rules = granted(NODE_ACCOUNT)
     assert plugin <= rules, f"used but not granted to the node account: {sorted(plugin - rules)}"
     assert store <= rules, f"used but not granted to the node account: {sorted(store - rules)}"
-    assert rules <= plugin | store, f"granted to the node account but never used: {sorted(rules - plugin - store)}"
-    # the plugin alone reads pods and NADs and writes network-status; the IPAM's rules it uses too
-    assert {("", "pods", "get"), ("", "pods", "patch"),
+    assert daemon <= rules, f"used by the daemon but not granted to the node account: {sorted(daemon - rules)}"
+    assert rules <= plugin | store | daemon, (
+        f"granted to the node account but never used: {sorted(rules - plugin - store - daemon)}")
+    # the daemon watches what it caches and patches only nodes
+    assert {("", "pods", "list"), ("", "pods", "watch"), ("", "nodes", "list"), ("", "nodes", "watch"),
+            ("k8s.cni.cncf.io", "network-attachment-definitions", "list"),
+            ("k8s.cni.cncf.io", "network-attachment-definitions", "watch"), ("", "nodes", "patch")} <= daemon
+    # the plugin alone reads pods and NADs, writes network-status and the pod's events
+    assert {("", "pods", "get"), ("", "pods", "patch"), ("", "events", "create"),
             ("k8s.cni.cncf.io", "network-attachment-definitions", "get")} <= plugin
 
 
@@ -220,7 +286,61 @@ def test_the_accounts_share_nothing_they_do_not_both_use():
     """The split: the node account cannot delete blocks or list pods and nodes; the collector
     cannot touch pods, NADs or create blocks."""
     node, collector = granted(NODE_ACCOUNT), granted(GC_ACCOUNT)
-    assert not {r for r in node if r[2] in ("delete", "deletecollection", "watch", "*")}
-    assert ("", "pods", "list") not in node and ("", "nodes", "list") not in node
+    assert not {r for r in node if r[2] in ("delete", "deletecollection", "*")}
+    # the daemon's informers list and watch; it writes only its Node (an annotation, by the policy)
+    assert {r for r in node if r[2] in ("list", "watch") and r[0] != "ipam.multiplex.dev"} == {
+        (g, r, v) for g, r in (("", "pods"), ("", "nodes"), ("k8s.cni.cncf.io", "network-attachment-definitions"))
+        for v in ("list", "watch")}
+    assert {r for r in node if r[1] == "nodes"} == {("", "nodes", v) for v in ("get", "list", "watch", "patch")}
     assert not {r for r in collector if r[1] in ("pods", "nodes") and r[2] != "list"}
     assert not {r for r in collector if r[1] == "network-attachment-definitions" or r[2] in ("create", "patch")}
+
+
+# --- the daemon's Node patch through the admission policy ---------------------------------------
+
+def facts_policy() -> dict:
+    from tests.k8s.test_admission_policy import policies
+
+    return policies()["multiplex-node-facts"]
+
+
+def node_update(new: dict, old: dict, **kw) -> dict:
+    from tests.k8s.test_admission_policy import request
+
+    return request("UPDATE", "nodes", "", new, old, **kw)
+
+
+@pytest.mark.root
+def test_the_node_registrys_patch_is_allowed_only_on_its_own_node(node_api, daemon_run):
+    """The patch the daemon sent passes the policy for n1; the same change made by another node, or
+    with a legacy token, or anything else changed on the Node, is denied."""
+    from multiplex.controllers.node_registry import ANNOTATION
+    from tests.k8s.test_admission_policy import evaluate
+
+    _, before, after = daemon_run
+    assert evaluate(facts_policy(), node_update(after, before)) == []
+    assert evaluate(facts_policy(), node_update(before, after)) == []   # removing it again
+
+    def tampered(change) -> dict:
+        new = copy.deepcopy(after)
+        change(new)
+        return new
+
+    cases = {
+        "taint": lambda n: n["spec"].update(taints=[{"key": "x", "effect": "NoSchedule"}]),
+        "unschedulable": lambda n: n["spec"].update(unschedulable=True),
+        "label": lambda n: n["metadata"]["labels"].update({"node-role.kubernetes.io/control-plane": ""}),
+        "other annotation": lambda n: n["metadata"]["annotations"].update(other="x"),
+        "finalizer": lambda n: n["metadata"].update(finalizers=["example.com/hold"]),
+    }
+    for what, change in cases.items():
+        out = evaluate(facts_policy(), node_update(tampered(change), before))
+        assert out, f"{what}: allowed"
+        assert not any(m.startswith("error:") for m in out), (what, out)
+    assert evaluate(facts_policy(), node_update(after, before, node="n2")) == [
+        "multiplex on node n2 may only annotate its own Node"]
+    legacy = evaluate(facts_policy(), node_update(after, before, node=None))
+    assert legacy and "bound service-account token" in legacy[0]
+    # other users (kubelet, an admin) are not this policy's business
+    assert evaluate(facts_policy(), node_update(tampered(cases["taint"]), before, user="kubernetes-admin")) is None
+    assert ANNOTATION in after["metadata"]["annotations"]

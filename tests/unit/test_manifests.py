@@ -179,7 +179,8 @@ def test_rbac_is_split_by_role_and_is_the_least_each_needs():
     records them)."""
     g = "ipam.multiplex.dev"
     assert rules_of(role_named("multiplex")) == {
-        ("", "pods", "get"), ("", "pods", "patch"), ("k8s.cni.cncf.io", "network-attachment-definitions", "get")}
+        ("", "pods", "get"), ("", "pods", "patch"), ("k8s.cni.cncf.io", "network-attachment-definitions", "get"),
+        ("", "events", "create")}
     assert rules_of(role_named("multiplex-daemon")) == {
         ("", "pods", "list"), ("", "pods", "watch"), ("k8s.cni.cncf.io", "network-attachment-definitions", "list"),
         ("k8s.cni.cncf.io", "network-attachment-definitions", "watch"), ("", "nodes", "list"), ("", "nodes", "watch"),
