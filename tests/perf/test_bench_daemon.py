@@ -45,9 +45,10 @@ import pytest
 
 from tests.cnitool import links
 from tests.daemonproc import DaemonProcess, shim_path
+from tests.k8s.apiserver import running_apiserver
 from tests.netns.mpxlab import Lab
 from tests.perf.bench import (MPX_BASE, MULTIPLEX, PYTHON, REF_BASE, SIZES, Bench, Runner, Timed, expected_links,
-                              median, ms, p95, process_env, table)
+                              REPO, median, mpx_networks, ms, p95, process_env, table)
 from tests.perf.daemonbench import (BurstRun, FloorProcess, Metrics, metrics, percentile, run_burst, status_kb)
 
 pytestmark = [pytest.mark.perf, pytest.mark.root]
@@ -414,3 +415,199 @@ def test_burst_of_pods_through_the_daemon_and_the_reference_chain(bench, runner,
     sides = [burst_daemon(bench, daemon, node, pods, nets), burst_reference(bench, node, pods, nets)]
     with capsys.disabled():
         print(f"\n\nbefore: {before}\nafter:  {machine()}\n\n" + burst_table(sides, BURST) + "\n")
+
+
+# ---- 4: through the Kubernetes API ---------------------------------------------------------------
+API_RUNS = int(os.environ.get("MULTIPLEX_BENCH_DAEMON_API_RUNS", "5"))
+NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
+STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/network-status"
+ELSEWHERE = "another-node"      # a pod on another node: the daemon's pod informer never holds it
+
+
+@pytest.fixture
+def apiserver(node, tmp_path):
+    """The test API server on the node netns' own loopback, HTTPS + bearer token like a real node's kubeconfig."""
+    (tmp_path / "api").mkdir()
+    with running_apiserver(str(tmp_path / "api"), netns=f"/var/run/netns/{node}", tls=True,
+                           token="bench-token") as server:
+        yield server
+
+
+@pytest.fixture
+def kube_daemon(node, tmp_path, bench, apiserver):
+    """The daemon watching the test API server (this node's pods, NADs), as in a cluster."""
+    log = str(tmp_path / "kube-daemon.log")
+    with DaemonProcess(bench.lab.state_dir, str(tmp_path / "kuberun" / "multiplex.sock"), netns=node,
+                       kubeconfig=apiserver.kubeconfig, node_name=node, controllers=CONTROLLERS,
+                       extra_args=["--log-level", "info", "--log-file", log]) as proc:
+        assert proc.pid is not None
+        yield Daemon(node=node, pid=proc.pid,
+                     shim=shim_path(tmp_path / "kubebin", proc.socket_path, fallback="fail"),
+                     metrics_address=proc.metrics_address)
+
+
+@dataclass
+class ApiPod:
+    """One pod's ADD and DEL through the API path, and the requests the server saw during each."""
+    add: Timed
+    dele: Timed
+    add_requests: dict[str, int]          # "verb resource" -> count, during ADD (watches aside)
+
+    @property
+    def reads(self) -> int:
+        return sum(n for key, n in self.add_requests.items() if key.split()[0] in ("get", "list"))
+    del_requests: int
+
+
+def api_pod(bench: Bench, api, runner: Runner, pod: str, size: int, argv: list[str], node_name: str) -> ApiPod:
+    """ADD then DEL one pod whose networks are in its annotation, read through the API. Checked:
+    interfaces, address, the network-status written back; `lo` alone after DEL; DEL asked nothing."""
+    networks = bench.annotations[size]
+    uid = api.store.add_pod(pod, "default", annotations={NETWORKS_ANNOTATION: networks} if networks else {},
+                            node_name=node_name)["metadata"]["uid"]
+    ns = bench.lab.netns_factory("bk")
+    conf = bench.lab.config(logLevel="info", kubeconfig=api.kubeconfig)
+    del conf["nadDir"], conf["podDir"]
+    timed: dict[str, Timed] = {}
+    seen: dict[str, dict[str, int]] = {}
+    for command in ("ADD", "DEL"):
+        env = bench.mpx_env(command, pod, ns)
+        env["CNI_ARGS"] += f";K8S_POD_UID={uid}"
+        before = len(api.requests)
+        timed[command] = runner.exec([{"argv": argv, "env": env, "stdin": json.dumps(conf)}])
+        seen[command] = {}
+        for r in api.requests[before:]:
+            if r.verb != "watch":
+                key = f"{r.verb} {r.resource}"
+                seen[command][key] = seen[command].get(key, 0) + 1
+        if command == "ADD":
+            check_add(timed["ADD"], ns, size, MPX_BASE)
+            status = json.loads(api.store.get_pod(pod, "default")["metadata"]["annotations"][STATUS_ANNOTATION])
+            assert [s["interface"] for s in status] == ["eth0"] + [f"net{n}" for n in range(1, size)], status
+        assert timed[command].ok, timed[command]
+    assert links(ns) == {"lo"}
+    assert sum(seen["DEL"].values()) == 0, f"DEL made API requests: {seen['DEL']}"
+    return ApiPod(timed["ADD"], timed["DEL"], seen["ADD"], 0)
+
+
+def wait_until_cached(bench: Bench, api, runner: Runner, daemon: Daemon, node: str) -> None:
+    """Until the daemon's pod informer has caught up with the pods made so far: a probe pod made
+    last is ADDed (and DELed) until its ADD reads nothing from the API. Watch events arrive in
+    order, so every pod made before the probe is then cached too."""
+    limit = time.monotonic() + 30
+    for k in range(1000):
+        got = api_pod(bench, api, runner, f"probe{k}", 1, [daemon.shim], node)
+        if got.reads == 0:
+            return
+        assert time.monotonic() < limit, "the daemon's informer never caught up with the API server"
+        time.sleep(0.1)
+
+
+def api_table(rows_by: dict[tuple[str, int], list[ApiPod]]) -> str:
+    rows = []
+    for (side, size), pods in rows_by.items():
+        adds = [p.add.seconds for p in pods]
+        dels = [p.dele.seconds for p in pods]
+        keys = sorted({k for p in pods for k in p.add_requests})
+        reqs = ", ".join(f"{k} {median([float(p.add_requests.get(k, 0)) for p in pods]):.0f}" for k in keys)
+        rows.append([side, str(size), ms(median(adds)), ms(p95(adds)), ms(median(dels)),
+                     f"{median([float(p.reads) for p in pods]):.0f}", reqs])
+    return ("through the Kubernetes API (the test API server on the node's loopback, HTTPS + token): ADD and DEL (ms, "
+            "medians, p95); the API reads (GET, LIST) each ADD made, and all its requests by verb and resource "
+            "(medians; watches aside; DEL made none, asserted). "
+            "daemon: the pod and its NADs from the daemon's watch caches; daemon, cache miss: a pod the daemon's pod "
+            "informer does not hold (bound to another node), read with one GET; one-shot: today's multiplex exec, "
+            "which GETs the pod and every NAD\n"
+            + table(["side", "attachments", "ADD median", "p95", "DEL median", "API reads per ADD",
+                     "API requests per ADD"], rows))
+
+
+def test_kubernetes_path_cache_hits_read_nothing_and_add_latency_against_one_shot(
+        bench, runner, apiserver, kube_daemon, node, capsys):
+    from tests.netns.mpxlab import nad
+
+    for name, conf in mpx_networks():
+        apiserver.store.add_nad(name, "default", nad(name, conf)["spec"]["config"])
+    sides = {"daemon": ([kube_daemon.shim], node), "daemon, cache miss": ([kube_daemon.shim], ELSEWHERE),
+             "one-shot": ([MULTIPLEX], node)}
+    api_pod(bench, apiserver, runner, "warm1", 4, [MULTIPLEX], node)     # bytecode written
+    wait_until_cached(bench, apiserver, runner, kube_daemon, node)
+    got: dict[tuple[str, int], list[ApiPod]] = {}
+    for i in range(API_RUNS):
+        for size in SIZES:
+            for side, (argv, node_name) in sides.items():
+                pod = f"k{side[0]}{'m' if 'miss' in side else ''}{size}-{i}"
+                got.setdefault((side, size), []).append(api_pod(bench, apiserver, runner, pod, size, argv, node_name))
+    # the daemon's cache hits read nothing (the network-status PATCH is the one write); a miss reads
+    # the pod once; the one-shot path reads the pod and every NAD
+    for size in SIZES:
+        for p in got[("daemon", size)]:
+            assert p.reads == 0 and p.add_requests.get("patch pods") == 1, p.add_requests
+        for p in got[("daemon, cache miss", size)]:
+            assert p.reads == 1 and p.add_requests.get("get pods") == 1, p.add_requests
+        for p in got[("one-shot", size)]:
+            assert p.reads == size + 1 and p.add_requests.get("patch pods") == 1, p.add_requests
+    assert bench.lab.node_links("veth") == set()
+    assert bench.lab.leases() == [] and bench.lab.cache_entries() == []
+    with capsys.disabled():
+        print(f"\n\n{machine()}\n\n" + api_table(got) + "\n")
+
+
+# ---- 5: where the daemon's time goes ---------------------------------------------------------------
+PROFILED_DAEMON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profiled_daemon.py")
+PROFILE_RUNS = int(os.environ.get("MULTIPLEX_BENCH_DAEMON_PROFILE_RUNS", "8"))
+
+
+class ProfiledDaemon(DaemonProcess):
+    """The daemon run by tests/perf/profiled_daemon.py: each call's handler under cProfile."""
+
+    def argv(self) -> list[str]:
+        argv = super().argv()
+        k = next(i for i, a in enumerate(argv) if os.path.basename(a) == "multiplex")
+        return argv[:k] + [PYTHON, PROFILED_DAEMON] + argv[k + 1:]
+
+
+def profile_tables(path: str, calls: int) -> str:
+    """The profile's top functions by own time and by cumulative time (ms per call)."""
+    import pstats
+
+    stats = pstats.Stats(path)
+    entries = []
+    for (file, line, name), (_, ncalls, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
+        where = f"{os.path.relpath(file, REPO) if file.startswith(REPO) else short_path(file)}:{line} {name}"
+        entries.append((where, ncalls, tottime, cumtime))
+    total = max(e[3] for e in entries)
+    own = sorted(entries, key=lambda e: -e[2])[:15]
+    cum = [e for e in sorted(entries, key=lambda e: -e[3]) if "multiplex" in e[0] or "delegates" in e[0]][:20]
+    fmt = lambda es: [[w, f"{n / calls:.1f}", f"{t * 1000 / calls:6.2f}", f"{c * 1000 / calls:6.2f}"]  # noqa: E731
+                      for w, n, t, c in es]
+    heads = ["function", "calls per CNI call", "own ms", "cumulative ms"]
+    return (f"where the daemon's time goes: cProfile of the server's handler (cni/skel.run with the meta plugin) over "
+            f"{calls} calls (ADD and DEL of pods of 4 attachments), per call; profiled total {total * 1000 / calls:.1f} "
+            "ms per call (cProfile's own overhead included)\n\ntop by own time\n" + table(heads, fmt(own))
+            + "\n\nmultiplex's functions by cumulative time\n" + table(heads, fmt(cum)))
+
+
+def short_path(file: str) -> str:
+    """site-packages/pyroute2/x.py -> pyroute2/x.py; a stdlib file by its name."""
+    for marker in ("site-packages/", "lib/python3"):
+        if marker in file:
+            rest = file.split(marker, 1)[1]
+            return rest.split("/", 1)[1] if marker == "lib/python3" and "/" in rest else rest
+    return file
+
+
+def test_where_the_daemons_time_goes(bench, runner, node, tmp_path, capsys):
+    out = str(tmp_path / "daemon.prof")
+    proc = ProfiledDaemon(bench.lab.state_dir, str(tmp_path / "profrun" / "multiplex.sock"), netns=node,
+                          local_dir=str(tmp_path / "profobjects"), controllers=CONTROLLERS,
+                          extra_args=["--log-level", "info", "--log-file", str(tmp_path / "prof-daemon.log")],
+                          env=dict(os.environ, MULTIPLEX_PROFILE_OUT=out))
+    with proc:
+        shim = shim_path(tmp_path / "profbin", proc.socket_path, fallback="fail")
+        for i in range(PROFILE_RUNS):
+            multiplex_pod(bench, runner, f"prof{i}", 4, [shim])
+    assert proc.proc is not None and proc.proc.returncode == 0, proc.stderr()
+    assert bench.lab.node_links("veth") == set() and bench.lab.leases() == []
+    with capsys.disabled():
+        print("\n\n" + profile_tables(out, 2 * PROFILE_RUNS) + "\n")
