@@ -66,8 +66,12 @@ class CachedSource(KubeSource):
         self._fetched[key] = got
         return got
 
-    def get_pod(self, namespace: str, name: str) -> Optional[dict]:
+    def get_pod(self, namespace: str, name: str, uid: str = "") -> Optional[dict]:
+        """The cached pod; a miss - not cached, or cached under another UID than the runtime's
+        `uid` (the pod was recreated under its name and the watch has not caught up) - is one GET."""
         pod = self._cached("pods", namespace, name)
+        if pod is not None and uid and (pod.get("metadata") or {}).get("uid") not in (None, "", uid):
+            pod = None
         key = ("pods", namespace, name)
         if pod is None:
             if key in self._fetched:

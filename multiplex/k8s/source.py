@@ -30,7 +30,8 @@ class KubeSource:
     def get_nad(self, namespace: str, name: str) -> dict:
         return self.client.get_nad(namespace, name)
 
-    def get_pod(self, namespace: str, name: str) -> Optional[dict]:
+    def get_pod(self, namespace: str, name: str, uid: str = "") -> Optional[dict]:
+        """The pod as the API has it now (`uid` matters only to caches: the API is current)."""
         try:
             pod = self.client.get_pod(namespace, name)
         except NotFound:
@@ -42,6 +43,7 @@ class KubeSource:
             self._uids[(namespace, name)] = uid
         return pod
 
-    def set_network_status(self, namespace: str, name: str, status: str) -> None:
+    def set_network_status(self, namespace: str, name: str, status: str, uid: str = "") -> None:
+        """The precondition is the UID of the pod this call read, else the runtime's `uid`."""
         self.client.patch_pod_annotations(namespace, name, {STATUS_ANNOTATION: status},
-                                          uid=self._uids.get((namespace, name), ""))
+                                          uid=self._uids.get((namespace, name), "") or uid)

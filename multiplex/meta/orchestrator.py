@@ -643,7 +643,7 @@ def publish_status(ctx: Context, source, atts: list[Attachment], results: list[R
     """Write the network-status annotation. A failure is logged, never fails the ADD."""
     if source is None:
         return
-    ns, pod, _ = ctx.req.pod
+    ns, pod, uid = ctx.req.pod
     if not pod:
         return
     try:
@@ -651,7 +651,7 @@ def publish_status(ctx: Context, source, atts: list[Attachment], results: list[R
 
         text = network_status([(a.network, a.ifname, r, i == default_idx, None)
                                for i, (a, r) in enumerate(zip(atts, results))])
-        source.set_network_status(ns or "default", pod, text)
+        source.set_network_status(ns or "default", pod, text, uid or "")
     except CNIError as e:
         ctx.log.warning("cannot write network-status", error=str(e))
 

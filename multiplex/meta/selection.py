@@ -338,7 +338,7 @@ def pod_annotations(req: Request, source: Optional[Source]) -> dict[str, Any]:
     pod_ns, pod_name, pod_uid = req.pod
     if source is None or not pod_name:
         return {}
-    pod = source.get_pod(pod_ns or "default", pod_name)
+    pod = source.get_pod(pod_ns or "default", pod_name, pod_uid or "")
     if pod is None:
         return {}
     meta = pod.get("metadata") or {}

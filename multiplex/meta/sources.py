@@ -5,7 +5,10 @@
   written back into the pod file, so the lab can show it as the API server would.
 - `KubeSource`: the Kubernetes API (multiplex.k8s), imported only when a kubeconfig is configured.
 
-Both answer `get_nad(ns, name)`, `get_pod(ns, name)` and `set_network_status(ns, name, text)`.
+Both answer `get_nad(ns, name)`, `get_pod(ns, name, uid)` and `set_network_status(ns, name, text, uid)`.
+`uid` is the runtime's K8S_POD_UID (or ""): a cache holding an older pod of that name treats it as
+a miss, and the status patch names it as a precondition when no read of the pod gave one (the
+runtime handed the pod's annotations over, so the pod was never read).
 """
 from __future__ import annotations
 
@@ -23,8 +26,8 @@ NAD_KIND = "NetworkAttachmentDefinition"
 
 class Source(Protocol):
     def get_nad(self, namespace: str, name: str) -> dict: ...
-    def get_pod(self, namespace: str, name: str) -> Optional[dict]: ...
-    def set_network_status(self, namespace: str, name: str, status: str) -> None: ...
+    def get_pod(self, namespace: str, name: str, uid: str = "") -> Optional[dict]: ...
+    def set_network_status(self, namespace: str, name: str, status: str, uid: str = "") -> None: ...
 
 
 def load_document(path: str) -> Any:
@@ -85,11 +88,11 @@ class LocalSource:
             return None
         return _documents(self.pod_dir, "Pod").get((namespace, name))
 
-    def get_pod(self, namespace: str, name: str) -> Optional[dict]:
+    def get_pod(self, namespace: str, name: str, uid: str = "") -> Optional[dict]:
         hit = self._pod_file(namespace, name)
         return hit[1] if hit else None
 
-    def set_network_status(self, namespace: str, name: str, status: str) -> None:
+    def set_network_status(self, namespace: str, name: str, status: str, uid: str = "") -> None:
         hit = self._pod_file(namespace, name)
         if not hit:
             return

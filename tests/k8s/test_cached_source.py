@@ -2,7 +2,7 @@
 (counted by the test API server), a miss is exactly one GET with KubeSource's answers (107 naming
 a missing NAD, None for a missing pod), and network-status stays one PATCH with the UID
 precondition. Through the meta plugin, in-process: an ADD whose pod and NADs are cached makes
-exactly one API request, the status PATCH."""
+no API read: its requests are the status PATCH and the pod's Events."""
 from __future__ import annotations
 
 import io
@@ -133,6 +133,41 @@ def test_network_status_is_one_patch_with_the_cached_uid_as_precondition(apiserv
     assert STATUS not in store.get_pod("web")["metadata"]["annotations"]
 
 
+def test_a_pod_cached_under_another_uid_is_a_miss_and_one_get(apiserver, cached):
+    """The pod was recreated under its name and the watch has not caught up: the runtime's UID
+    names the new pod, so the cached old one is not used (else the ADD would be refused as stale)."""
+    objects, source = cached
+    store = apiserver.store
+    old_uid = store.get_pod("web")["metadata"]["uid"]
+    objects.informer("pods").stop()            # the cache keeps the old pod
+    store.delete_pod("web")
+    store.add_pod("web", annotations={NETWORKS: "green"}, node_name=NODE)
+    new_uid = store.get_pod("web")["metadata"]["uid"]
+    assert new_uid != old_uid
+    apiserver.reset_counts()
+    src = source()
+    assert src.get_pod("default", "web", new_uid)["metadata"]["uid"] == new_uid
+    assert apiserver.counts() == {"get": 1}
+    src = source()
+    assert src.get_pod("default", "web", old_uid)["metadata"]["uid"] == old_uid   # the cache answers
+    assert apiserver.counts() == {"get": 1}
+
+
+def test_network_status_without_a_read_takes_the_runtime_uid_as_precondition(apiserver, cached):
+    """With the runtime's pod annotations no pod is read: the PATCH still names the pod by the
+    runtime's K8S_POD_UID, so a pod recreated under the same name is never written to."""
+    _, source = cached
+    store = apiserver.store
+    uid = store.get_pod("web")["metadata"]["uid"]
+    source().set_network_status("default", "web", '[{"name": "a"}]', uid)
+    assert store.get_pod("web")["metadata"]["annotations"][STATUS] == '[{"name": "a"}]'
+    store.delete_pod("web")
+    store.add_pod("web", node_name=NODE)
+    with pytest.raises(Conflict):
+        source().set_network_status("default", "web", "[]", uid)
+    assert STATUS not in store.get_pod("web")["metadata"]["annotations"]
+
+
 # --- through the meta plugin, in-process, as the daemon serves a call ----------------------------
 
 class CacheServices:
@@ -184,7 +219,9 @@ def test_in_process_add_reads_nothing_but_the_status_patch(node, netns_factory, 
             finally:
                 objects.stop()
         assert rc == 0, out.getvalue()
-        assert api.counts() == {"patch": 1}, api.requests
+        # no read at all: the status PATCH, and one AddedInterface event per attachment
+        assert api.counts() == {"patch": 1, "create": 2}, api.requests
+        assert api.count("create", "events") == 2
         assert services.sources and all(s.misses == 0 for s in services.sources)
         assert links(pod_ns) == {"lo", "eth0", "net1"}
         assert addresses(pod_ns, "net1") and all(a.startswith("198.18.1.") for a in addresses(pod_ns, "net1"))

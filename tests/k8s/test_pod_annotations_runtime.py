@@ -24,7 +24,7 @@ class CachedPods(KubeSource):
         super().__init__(client=client)
         self.pods = pods
 
-    def get_pod(self, namespace: str, name: str) -> Optional[dict]:
+    def get_pod(self, namespace: str, name: str, uid: str = "") -> Optional[dict]:
         return self.pods.get((namespace, name))
 
 

@@ -249,8 +249,8 @@ class CountingSource:
         self.gets.append((ns, name))
         return self.inner.get_nad(ns, name)
 
-    def get_pod(self, ns, name):
-        return self.inner.get_pod(ns, name)
+    def get_pod(self, ns, name, uid=""):
+        return self.inner.get_pod(ns, name, uid)
 
 
 def test_more_attachments_than_max_attachments_is_code_7_before_any_lookup(env):
