@@ -286,6 +286,11 @@ class CNIServer:
                 f"deadline (waited {waited:.1f} s for a worker); try again later",
                 f"socket: {self.socket_path}; budget: {self.budget:.0f} s"))
             return
+        if _hung_up(call.conn):  # the runtime gave up on it while it waited: nobody to answer
+            self.log.warning("cni server: caller gone before its call ran; not run",
+                             command=call.command, container=call.container)
+            self._send(call, 1, b"")
+            return
         self._metric("request_inflight", 1)
         try:
             try:
@@ -364,10 +369,28 @@ def _close(conn: socket.socket) -> None:
         pass
 
 
+def _hung_up(conn: socket.socket) -> bool:
+    """True when the caller closed its end (a peek without waiting sees end-of-file)."""
+    timeout = conn.gettimeout()
+    try:
+        conn.settimeout(0.0)  # with a timeout, Python would poll (wait) before the peek
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        try:
+            conn.settimeout(timeout)
+        except OSError:
+            pass
+
+
 def _peek(conn: socket.socket) -> bytes:
     """What the caller already sent, without waiting (for the cniVersion of a refusal)."""
     try:
-        return conn.recv(64 * 1024, socket.MSG_DONTWAIT)
+        conn.settimeout(0.0)
+        return conn.recv(64 * 1024)
     except OSError:
         return b""
 

@@ -267,3 +267,19 @@ def wait_for(cond, timeout: float = 10.0) -> None:
             return
         time.sleep(0.01)
     raise AssertionError("timed out")
+
+
+def test_a_call_whose_caller_gave_up_while_it_waited_is_not_run(serve):
+    gate = threading.Event()
+    rec = Recorder(gate=gate)
+    srv = serve(rec, workers=1, queue_size=4)
+    first = send(srv.socket_path, "a", "N=0")
+    wait_for(lambda: "a" in srv._containers)
+    gone = send(srv.socket_path, "b", "N=1")
+    wait_for(lambda: srv._admitted == 2)
+    gone.close()  # the runtime killed the shim (its own timeout)
+    gate.set()
+    assert shim.read_answer(first)[0] == 0
+    first.close()
+    wait_for(lambda: srv._admitted == 0)
+    assert [c[0] for c in rec.calls] == ["a"]

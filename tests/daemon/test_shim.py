@@ -75,8 +75,9 @@ def test_the_shim_bounds_are_the_in_process_path_bounds():
 @pytest.mark.parametrize("text", ['plain', 'quote " back\\slash', "new\nline\ttab\x01\x7f", "é ü 漢字",
                                   "lone \udcff surrogate"])
 def test_json_strings_escaped_by_hand_parse_back(text):
-    assert json.loads(shim.json_string(text)) == text.replace("\udcff", "\\udcff").encode(
-        "utf-8", "surrogatepass").decode("utf-8", "surrogatepass") or json.loads(shim.json_string(text))
+    literal = shim.json_string(text)
+    literal.encode("utf-8")  # what the shim writes: a lone surrogate is escaped, never written raw
+    assert json.loads(literal) == text
 
 
 @pytest.mark.parametrize("stdin, version", [
