@@ -6,7 +6,9 @@ The same command line as `multiplex daemon` (it runs the click CLI). The server'
 (multiplex.daemon.server.CNIServer.run_cni: cni/skel.run with the meta plugin, the daemon's
 services on the call) runs each call under a cProfile.Profile of its own, enabled on the worker
 thread that serves it (a Profile sees only the thread that enabled it); the calls' stats are added
-up and written as a pstats file to $MULTIPLEX_PROFILE_OUT when the daemon exits (SIGTERM). What
+up and written as a pstats file to $MULTIPLEX_PROFILE_OUT when the daemon exits (SIGTERM).
+$MULTIPLEX_PROFILE_COMMANDS (comma-separated, e.g. "ADD"; default all) limits it to those
+commands, so the figures read per ADD. What
 the server does around the handler (reading the request, queueing, answering) is not in it: the
 benchmark reads that part from the request histogram.
 """
@@ -26,12 +28,15 @@ _stats: Optional[pstats.Stats] = None
 _original = server.CNIServer.run_cni
 
 
-def profiled_run_cni(self: Any, *args: Any, **kwargs: Any) -> Any:
+def profiled_run_cni(self: Any, environ: dict, *args: Any, **kwargs: Any) -> Any:
     global _stats
+    wanted = [c for c in os.environ.get("MULTIPLEX_PROFILE_COMMANDS", "").split(",") if c]
+    if wanted and environ.get("CNI_COMMAND") not in wanted:
+        return _original(self, environ, *args, **kwargs)
     prof = cProfile.Profile()
     prof.enable()
     try:
-        return _original(self, *args, **kwargs)
+        return _original(self, environ, *args, **kwargs)
     finally:
         prof.disable()
         with _lock:
