@@ -3,8 +3,8 @@
 # Written by `multiplex install --daemon` (which rewrites it); `multiplex uninstall` removes it.
 """Forward one CNI call to the node daemon over its unix socket and print the answer.
 
-Standalone and stdlib only, run as `python3 -IS`: it imports nothing but the builtin `posix`,
-`sys` and `_socket` (no `os`, `socket`, `json`, `struct`, `re`), so it starts about as fast as a
+Standalone and stdlib only, run as `python3 -IS`: it imports nothing but the builtin `posix`
+and `_socket` (no `os`, `socket`, `json`, `struct`, `re`), so it starts about as fast as a
 bare interpreter. It knows nothing about networks: the CNI environment and stdin go to the daemon,
 the daemon's stdout and exit code come back.
 
@@ -31,7 +31,6 @@ FALLBACK = None
 # --- end of settings ---
 
 import posix
-import sys
 
 import _socket
 
