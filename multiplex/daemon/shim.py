@@ -186,6 +186,7 @@ def main():
     environ = posix.environ
     command = environ.get(b"CNI_COMMAND", b"").decode("utf-8", "replace")
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    sock.settimeout(ANSWER_TIMEOUT)  # a stopped daemon with a full backlog must not hang the runtime
     try:
         sock.connect(SOCKET)
     except OSError as e:
@@ -205,7 +206,6 @@ def main():
     stdin, size = (b"", 0) if command == "VERSION" else read_stdin()
     frame = encode_request(forwarded_env(environ), stdin, size)
     try:
-        sock.settimeout(ANSWER_TIMEOUT)
         try:
             sock.sendall(frame)
         except OSError:
