@@ -53,18 +53,29 @@ version=$("$PY" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "r
 
 work=$(mktemp -d /tmp/multiplex-image.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$CACHE/debs" "$CACHE/wheels" "$OUT_DIR"
+mkdir -p "$CACHE/debs" "$CACHE/lists" "$CACHE/wheels" "$OUT_DIR"
 t0=$(date +%s)
 
-# 1. the wheels: multiplex from this tree, its dependencies from PyPI (cached)
+# 1. the wheels: multiplex from this tree (always built afresh), its dependencies from PyPI. Both
+#    first offline from the cache (a second build needs no network), then online.
 echo "image: wheels"
-"$PY" -m pip wheel -q --disable-pip-version-check --wheel-dir "$CACHE/wheels" --find-links "$CACHE/wheels" \
-  "$REPO[k8s]" 2>&1 | grep -v '^WARNING: Location' || true
-rm -f "$work"/w && mkdir "$work/wheels"
-cp "$CACHE"/wheels/*.whl "$work/wheels/"
-# always this tree's multiplex, never a cached older build of the same version
-rm -f "$work"/wheels/multiplex-*.whl
-"$PY" -m pip wheel -q --disable-pip-version-check --no-deps --wheel-dir "$work/wheels" "$REPO"
+mkdir "$work/wheels"
+pipw() { "$PY" -m pip wheel -q --disable-pip-version-check "$@" 2>&1 | grep -v '^WARNING: Location' || true; }
+offline=(--no-index --find-links "$CACHE/wheels")
+"$PY" -m pip wheel -q --disable-pip-version-check --no-deps "${offline[@]}" --wheel-dir "$work/wheels" "$REPO" \
+  >/dev/null 2>&1 || true
+if ! ls "$work"/wheels/multiplex-*.whl >/dev/null 2>&1; then
+  # the build requirements (pyproject [build-system]) into the cache, for the next offline build
+  "$PY" -m pip download -q --disable-pip-version-check --dest "$CACHE/wheels" setuptools wheel
+  pipw --no-deps --wheel-dir "$work/wheels" "$REPO"
+fi
+deps=(--find-links "$work/wheels" --wheel-dir "$CACHE/wheels" "multiplex[k8s]==$version")
+if ! "$PY" -m pip wheel -q --disable-pip-version-check --no-index --find-links "$CACHE/wheels" "${deps[@]}" \
+    >/dev/null 2>&1; then
+  pipw --find-links "$CACHE/wheels" "${deps[@]}"
+fi
+rm -f "$CACHE"/wheels/multiplex-*.whl
+cp -n "$CACHE"/wheels/*.whl "$work/wheels/"
 t1=$(date +%s)
 
 # 2. the root file system, as a tar: Debian packages (debs cached), the venv installed as nobody
@@ -76,9 +87,11 @@ mmdebstrap --quiet --variant=minbase --include="$PKGS" --format=tar \
   --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
   --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/lintian/*' \
   --skip=essential/unlink \
-  --setup-hook='mkdir -p "$1"/var/cache/apt/archives/' \
+  --setup-hook='mkdir -p "$1"/var/cache/apt/archives/ "$1"/var/lib/apt/lists/' \
   --setup-hook="sync-in $CACHE/debs /var/cache/apt/archives/" \
+  --setup-hook="sync-in $CACHE/lists /var/lib/apt/lists/" \
   --customize-hook="sync-out /var/cache/apt/archives $CACHE/debs" \
+  --customize-hook="sync-out /var/lib/apt/lists $CACHE/lists" \
   --customize-hook="copy-in $work/wheels /tmp" \
   --customize-hook='install -d -o 65534 -g 65534 "$1"/opt/multiplex' \
   --customize-hook='chroot --userspec=65534:65534 "$1" env -i HOME=/tmp PATH=/usr/bin:/bin python3 -m venv /opt/multiplex' \

@@ -11,8 +11,10 @@ what=${1:-test}
 PKGS="iproute2 iputils-ping nftables procps python3-venv"
 extras=k8s
 if [ "$what" = test ]; then
-  # containernetworking-plugins: interop tests; qemu + Debian kernel + busybox: the VM tier
+  # containernetworking-plugins: interop tests; qemu + Debian kernel + busybox: the VM tier;
+  # mmdebstrap + umoci: scripts/image.sh builds the image; containerd (+ runc): tests/image runs it
   PKGS="$PKGS containernetworking-plugins qemu-system-x86 linux-image-amd64 busybox-static"
+  PKGS="$PKGS mmdebstrap umoci containerd runc"
   extras=test
 fi
 missing=""
