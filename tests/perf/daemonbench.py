@@ -196,9 +196,3 @@ def status_kb(pid: int, field_name: str) -> Optional[int]:
         return None
     return None
 
-
-def free_port() -> int:
-    """A TCP port free on loopback now (the node netns has its own loopback, so this is a hint)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

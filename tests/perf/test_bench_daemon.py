@@ -39,7 +39,7 @@ import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import pytest
 
