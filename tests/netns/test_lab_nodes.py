@@ -21,7 +21,7 @@ import pytest
 
 from tests.cnitool import ip_json
 
-pytestmark = pytest.mark.root
+root = pytest.mark.root
 
 MULTIPLEX = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "multiplex")
 STATE = "/run/mpxlab"
@@ -108,6 +108,7 @@ def underlay_matrix(out: str) -> dict[tuple[str, str], str]:
     return {(row.split()[0], dst): cell for row in block[1:] for dst, cell in zip(names, row.split()[1:])}
 
 
+@root
 def test_the_lab_succeeds_and_says_so(three_nodes):
     assert three_nodes.proc.returncode == 0, three_nodes.out + three_nodes.proc.stderr
     out = three_nodes.out
@@ -116,6 +117,7 @@ def test_the_lab_succeeds_and_says_so(three_nodes):
     assert "DEL done for every pod" in out
 
 
+@root
 def test_three_nodes_with_their_underlay_addresses(three_nodes):
     table = nodes_table(three_nodes.out)
     assert sorted(table) == ["n1", "n2", "n3"], three_nodes.out
@@ -126,12 +128,14 @@ def test_three_nodes_with_their_underlay_addresses(three_nodes):
     assert len({v4 for v4, _, _ in table.values()}) == 3 and len({v6 for _, v6, _ in table.values()}) == 3
 
 
+@root
 def test_nodes_ping_each_other_over_the_underlay(three_nodes):
     cells = underlay_matrix(three_nodes.out)
     pairs = [(a, b) for a in ("n1", "n2", "n3") for b in ("n1", "n2", "n3") if a != b]
     assert {p: cells.get(p) for p in pairs} == {p: "ok/ok" for p in pairs}, three_nodes.out
 
 
+@root
 def test_pods_on_every_node_with_addresses(three_nodes):
     table = pods_table(three_nodes.out)
     for node in ("n1", "n2", "n3"):
@@ -145,6 +149,7 @@ def test_pods_on_every_node_with_addresses(three_nodes):
         assert "fd00:3::99/64" in [a for ifs in pods.values() for addrs in ifs.values() for a in addrs]
 
 
+@root
 def test_every_pod_matrix_cell_passes(three_nodes):
     out = three_nodes.out
     headers = re.findall(r"^ping matrix, network (\S+), IPv(\d)", out, re.M)
@@ -158,6 +163,7 @@ def test_every_pod_matrix_cell_passes(three_nodes):
         assert cells and set(cells) == {"ok"}, block
 
 
+@root
 def test_nothing_is_left_after_the_lab(three_nodes):
     pids = daemon_pids(three_nodes.out)
     assert sorted(pids) == ["n1", "n2", "n3"], three_nodes.out
@@ -166,6 +172,7 @@ def test_nothing_is_left_after_the_lab(three_nodes):
     assert not three_nodes.files_after
 
 
+@root
 def test_one_node_kept_up_then_down():
     try:
         kept = run_lab("--nodes", "1", "--pods", "2", "--keep")
@@ -189,6 +196,7 @@ def test_one_node_kept_up_then_down():
     assert not os.path.exists(STATE)
 
 
+@root
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupted_mid_run_leaves_nothing(sig):
     proc = subprocess.Popen([MULTIPLEX, "lab", "--nodes", "2", "--pods", "2"], stdout=subprocess.PIPE,
@@ -213,3 +221,36 @@ def test_interrupted_mid_run_leaves_nothing(sig):
     assert "interrupted" in err
     assert not [pid for pid in pids.values() if is_daemon(pid)]
     assert after_netns == [] and not after_files
+
+
+def test_a_network_spanning_nodes_gets_one_matrix_over_every_node(monkeypatch):
+    """Where the cluster-wide networks of the next issues plug in: a network whose scope is
+    "cluster" is pinged across nodes in one matrix; a node-local one per node. (No netns: the
+    pings are answered by a stand-in, one of them failing.)"""
+    from multiplex.cli.lab import cluster, report
+    from multiplex.cli.lab.topology import Node
+
+    pods = [p for n in (Node(1), Node(2)) for p in n.pods(2)]
+    for i, p in enumerate(pods):
+        p.networks = {"default/wide": "net1", "default/blue": "net2"}
+        p.interfaces = {"net1": [f"198.18.30.{i + 2}/24"], "net2": [f"198.18.1.{i % 2 + 2}/24"]}
+    monkeypatch.setitem(cluster.NETWORK_SCOPE, "default/wide", "cluster")
+    asked: list[tuple[str, str]] = []
+
+    def pinger(pairs):
+        asked.extend(pairs)
+        return {p: p != ("mpxlab-n2-p2", "198.18.30.2") for p in pairs}
+
+    lines, ok = report.pod_matrices(pods, pinger)
+    text = "\n".join(lines)
+    wide = [p for p in asked if p[1].startswith("198.18.30.")]
+    blue = [p for p in asked if p[1].startswith("198.18.1.")]
+    assert len(wide) == 4 * 3 and ("mpxlab-n1-p1", "198.18.30.4") in wide      # across nodes
+    assert sorted(blue) == sorted([("mpxlab-n1-p1", "198.18.1.3"), ("mpxlab-n1-p2", "198.18.1.2"),
+                                   ("mpxlab-n2-p1", "198.18.1.3"), ("mpxlab-n2-p2", "198.18.1.2")])  # within
+    assert "ping matrix, network default/wide, IPv4 (spans nodes" in text
+    assert "ping matrix, network default/blue, IPv4 (node-local" in text
+    wide_block = text.split("network default/wide", 1)[1]
+    row = next(l for l in wide_block.splitlines() if l.strip().startswith("n2-pod2"))
+    assert row.split() == ["n2-pod2", "FAIL", "ok", "ok", "-"]
+    assert ok is False

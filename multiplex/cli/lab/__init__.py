@@ -47,10 +47,10 @@ def run_lab(pods: int = 3, keep: bool = False, nodes: int = 3) -> int:
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         _build(lab_nodes, lab_pods, ipvlan)
-        ok &= _start_daemons(lab_nodes)
-        ok &= _show_nodes(lab_nodes)
+        _start_daemons(lab_nodes)
+        facts_ok, underlay_ok = _show_nodes(lab_nodes)
         _add_pods(lab_nodes, lab_pods, added)
-        ok &= _show_pods(lab_nodes, lab_pods, ipvlan)
+        ok = _show_pods(lab_nodes, lab_pods, ipvlan, underlay_ok) and facts_ok
     except KeyboardInterrupt as e:
         print(f"\ninterrupted{f' ({e})' if str(e) else ''}: removing the lab", file=sys.stderr)
         ok, keep = False, False
@@ -94,18 +94,18 @@ def _build(nodes: list[Node], pods: list[Pod], ipvlan: bool) -> None:
         topology.make_pod_netns(pod)
 
 
-def _start_daemons(nodes: list[Node]) -> bool:
+def _start_daemons(nodes: list[Node]) -> None:
     running = [daemons.start(n) for n in nodes]
     daemons.wait_ready(running)
     print(f"lab: {len(nodes)} node{'s' if len(nodes) > 1 else ''} on the underlay {UNDERLAY_NS} (bridge {topology.UNDERLAY_BRIDGE}, "
           f"MTU {topology.UNDERLAY_MTU}); objects in {CLUSTER}, node files in {STATE}/<node>")
     print("daemons: " + ", ".join(f"{d.node.name} pid {d.proc.pid} ready in {d.ready_after:.1f} s"
                                   for d in running))
-    return True
 
 
-def _show_nodes(nodes: list[Node]) -> bool:
-    """The nodes as their registries published them, then the underlay ping matrix."""
+def _show_nodes(nodes: list[Node]) -> tuple[bool, bool]:
+    """The nodes as their registries published them, then the underlay ping matrix; returns
+    (every fact published, every underlay ping ok)."""
     deadline = time.monotonic() + FACTS_TIMEOUT
     while True:
         objects = {n.name: cluster.read_node_object(n) for n in nodes}
@@ -119,7 +119,7 @@ def _show_nodes(nodes: list[Node]) -> bool:
         print(f"  MISSING after {FACTS_TIMEOUT:.0f} s: {m}; see {STATE}/<node>/daemon.log")
     lines, ok = report.underlay_matrix(nodes)
     print("\n" + "\n".join(lines))
-    return ok and not missing
+    return not missing, ok
 
 
 def _add_pods(nodes: list[Node], pods: list[Pod], added: list[Pod]) -> None:
@@ -150,7 +150,8 @@ def _add_pods(nodes: list[Node], pods: list[Pod], added: list[Pod]) -> None:
         print(f"  {node.name}: " + ", ".join(timings))
 
 
-def _show_pods(nodes: list[Node], pods: list[Pod], ipvlan: bool) -> bool:
+def _show_pods(nodes: list[Node], pods: list[Pod], ipvlan: bool, underlay_ok: bool) -> bool:
+    """CHECK every pod, then the pods table and the ping matrices; True when every ping passed."""
     by_name = {n.name: n for n in nodes}
     for pod in pods:
         _read_interfaces(pod)
@@ -164,7 +165,8 @@ def _show_pods(nodes: list[Node], pods: list[Pod], ipvlan: bool) -> bool:
     print("\n".join(lines))
     if ipvlan:
         ok &= _outside_pings(nodes, pods)
-    print("\nall pings ok" if ok else "\nSOME PINGS FAILED")
+    ok &= underlay_ok
+    print("\nall pings ok (underlay and pods)" if ok else "\nSOME PINGS FAILED")
     print("\n" + _ipvlan_note(ipvlan))
     print("Networks spanning nodes (vxlan-overlay, bgp-routed) will add their own matrices over every node's pods.")
     return ok
