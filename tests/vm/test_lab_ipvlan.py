@@ -16,7 +16,7 @@ MULTIPLEX = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "mult
 def test_lab_shows_ipvlan_when_the_kernel_has_it():
     env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
     try:
-        proc = subprocess.run([MULTIPLEX, "lab", "--pods", "2"], capture_output=True, text=True, env=env,
+        proc = subprocess.run([MULTIPLEX, "lab", "--nodes", "1", "--pods", "2"], capture_output=True, text=True, env=env,
                               timeout=1200)
     finally:
         subprocess.run([MULTIPLEX, "lab", "--down"], capture_output=True, env=env)
