@@ -308,3 +308,59 @@ def test_the_daemon_in_the_image_serves_health_and_the_shim(containerd, host_net
                 proc.wait()
         log.close()
         containerd.remove_container(cid)
+
+
+# --- the install container, as the DaemonSet runs it ---------------------------------------------
+
+#: containerd's default capability set: dropping each is `capabilities: {drop: [ALL]}` (ctr has no ALL)
+DEFAULT_CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+                "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT",
+                "CAP_KILL", "CAP_AUDIT_WRITE")
+
+
+def install_command() -> list[str]:
+    """The DaemonSet's install command (manifests/30-daemonset.yaml), once (no --every)."""
+    import yaml
+
+    with open(os.path.join(REPO, "manifests", "30-daemonset.yaml")) as f:
+        [ds] = [d for d in yaml.safe_load_all(f) if d and d["kind"] == "DaemonSet"]
+    [c] = [c for c in ds["spec"]["template"]["spec"]["initContainers"] if c["name"] == "install"]
+    return [a for a in c["command"] if not a.startswith("--every")]
+
+
+def test_the_install_container_writes_a_shim_the_host_runs(containerd, tmp_path):
+    """The DaemonSet's install command, in the image, as uid 0 with every capability dropped and a
+    read-only root file system, against a host root with a cluster network: the conflist names
+    multiplex first, and /opt/cni/bin/multiplex is the shim on the host's /usr/bin/python3, which
+    fails with code 11 naming the socket while no daemon listens there (--fallback=fail)."""
+    host = tmp_path / "host"
+    (host / "etc/cni/net.d").mkdir(parents=True)
+    (host / "opt/cni/bin").mkdir(parents=True)
+    (host / "etc/cni/net.d/10-podnet.conflist").write_text(json.dumps(
+        {"cniVersion": "1.0.0", "name": "podnet", "plugins": [{"type": "bridge", "bridge": "cni0"}]}))
+    command = install_command()
+    assert "--root=/host" in command
+    cid = f"mpxinst-{os.getpid()}"
+    try:
+        drop = [a for cap in DEFAULT_CAPS for a in ("--cap-drop", cap)]
+        out = containerd.ctr("run", "--rm", "--read-only", *drop,
+                             "--mount", f"type=bind,src={host / 'etc/cni/net.d'},dst=/host/etc/cni/net.d,options=rbind:rw",
+                             "--mount", f"type=bind,src={host / 'opt/cni/bin'},dst=/host/opt/cni/bin,options=rbind:rw",
+                             image_name(), cid, *command)
+    finally:
+        containerd.remove_container(cid)
+    conflist = json.loads((host / "etc/cni/net.d/00-multiplex.conflist").read_text())
+    assert conflist["plugins"][0]["type"] == "multiplex" and conflist["plugins"][0]["clusterNetwork"] == "podnet", out
+    shim = host / "opt/cni/bin/multiplex"
+    assert shim.read_text().startswith("#!/usr/bin/python3 -IS"), shim.read_text()[:200]
+    # the host (this machine) runs it: nothing of the image is needed
+    socket_arg = [a for a in command if a.startswith("--socket=")][0].split("=", 1)[1]
+    answer = subprocess.run([str(shim)], input=json.dumps({"cniVersion": "1.1.0", "name": "x", "type": "multiplex"}),
+                            capture_output=True, text=True, timeout=30,
+                            env={"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/proc/1/ns/net",
+                                 "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin", "PATH": "/usr/bin:/bin"})
+    if os.path.exists(socket_arg):
+        pytest.fail(f"{socket_arg} exists on this machine; the test expects no daemon there")
+    assert answer.returncode != 0
+    error = json.loads(answer.stdout)
+    assert error["code"] == 11 and socket_arg in error["msg"] + error.get("details", ""), error
