@@ -245,5 +245,38 @@ def inspect(target: str, state_dir: str | None, output: str) -> None:
     sys.exit(run(target, state_dir=state_dir, output=output))
 
 
+@cli.group()
+def policy() -> None:
+    """Policy: what applies to a pod's interfaces (MultiNetworkPolicy on nftables)."""
+
+
+@policy.command("show")
+@click.argument("target", metavar="NAMESPACE/POD|CONTAINERID")
+@click.option("--state-dir", default=None, help="the state root (default: $MULTIPLEX_STATE_DIR or /var/lib/multiplex)")
+@click.option("-o", "output", type=click.Choice(["table", "json"]), default="table")
+def policy_show(target: str, state_dir: str | None, output: str) -> None:
+    """The policies that apply to each of a pod's interfaces, their rules and nft counters."""
+    from .policy import show
+
+    sys.exit(show(target, state_dir=state_dir, output=output))
+
+
+@cli.group()
+def bgp() -> None:
+    """BGP: the node's BIRD, its sessions and routes (bgp-routed networks)."""
+
+
+@bgp.command("status")
+@click.option("--socket", "socket_path", default=None,
+              help="the node's BIRD control socket (default: the one the daemon's BGP controller runs)")
+@click.option("--state-dir", default=None, help="the state root (default: $MULTIPLEX_STATE_DIR or /var/lib/multiplex)")
+@click.option("-o", "output", type=click.Choice(["table", "json"]), default="table")
+def bgp_status(socket_path: str | None, state_dir: str | None, output: str) -> None:
+    """BGP sessions (peer, state, since, routes in/out) and the routes learned, from the node's BIRD."""
+    from .bgp import status
+
+    sys.exit(status(socket_path=socket_path, state_dir=state_dir, output=output))
+
+
 if __name__ == "__main__":
     cli()
