@@ -283,7 +283,9 @@ def test_the_gc_account_is_granted_exactly_what_ipam_gc_uses(cluster):  # noqa: 
 
 
 def test_the_accounts_share_nothing_they_do_not_both_use():
-    """The split: the node account cannot delete blocks or list pods and nodes; the collector
+    """The split: the node account deletes nothing (releasing blocks is the collector's); its lists
+    and watches are the daemon's informers (pods, nodes, NADs) and the IPAM's block and pool lists;
+    of Nodes it reads and patches (the annotation, narrowed by the admission policy). The collector
     cannot touch pods, NADs or create blocks."""
     node, collector = granted(NODE_ACCOUNT), granted(GC_ACCOUNT)
     assert not {r for r in node if r[2] in ("delete", "deletecollection", "*")}
