@@ -130,6 +130,23 @@ def test_daemon_killed_mid_add_gives_an_error_and_del_cleans(lab, netns_factory,
     wait_for(lambda: not residue(lab), 10, "DEL's cleanup")
     assert residue(lab) == []
     assert lab_links(pod_ns) == {"lo"}
+    # the killed daemon's exec'd plugin (a session of its own), if it had started, outlives it
+    # until its hang ends: wait for it so the test leaves no process behind
+    wait_for(lambda: not _running_from(lab.fake_bin), 15, "the orphaned fake plugin's exit")
+
+
+def _running_from(directory: str) -> list[int]:
+    """Pids of processes running a program from `directory` (this test's own fake plugin dir)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if str(directory).encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
 
 
 def test_sigterm_lets_the_call_in_flight_finish_and_refuses_new_ones(lab, netns_factory, daemons, sock_dir,
