@@ -211,10 +211,13 @@ class BridgePlugin(Plugin):
 
         add_pod_routes(pod, peer, result.routes, result.ips)
 
-        # the bridge's and host end's MAC as they are now (an existing bridge may have moved)
-        now = node.link(br.name)
-        if now is not None:
-            result.interfaces[0].mac = now.mac
+        # the bridge's MAC as it is now: an existing bridge whose MAC is not pinned (made by another
+        # tool or an earlier version) may have moved when this port joined; one this call made has
+        # its MAC pinned, so what it read then still holds
+        if not created:
+            now = node.link(br.name)
+            if now is not None:
+                result.interfaces[0].mac = now.mac
         return result
 
     # ---- DEL -------------------------------------------------------------------------------------

@@ -190,9 +190,12 @@ class Daemon:
 
 
 def warm_up(log: _log.Logger) -> None:
-    """Import what every call needs (the orchestrator, every built-in delegate, IPAM), so the
-    first call pays no import. A plugin that fails to load is logged: the call that names it
-    gets the error in the protocol, as a one-shot call would."""
+    """Import and prepare what every call needs, so the first call pays no import: the
+    orchestrator, every built-in delegate, IPAM, the config validators, and netlink (pyroute2 is
+    imported by the first Handle; one look-up here also builds its message classes). Then each
+    worker thread keeps its node-netns netlink socket between calls (`keep_node_sockets`, a
+    per-thread pool: see multiplex/netlink/handle.py). A plugin that fails to load is logged: the
+    call that names it gets the error in the protocol, as a one-shot call would."""
     from ..cni import registry
     from ..meta import orchestrator  # noqa: F401
 
@@ -205,3 +208,32 @@ def warm_up(log: _log.Logger) -> None:
         from ..ipam import plugin as _ipam  # noqa: F401
     except Exception as e:
         log.warning("IPAM failed to load", error=repr(e))
+    _warm_validators(log)
+    _warm_netlink(log)
+
+
+def _warm_validators(log: _log.Logger) -> None:
+    """Compile the config schemas' validators now (jsonschema and its first-use imports), when
+    this version's schema module can (`schema.warm`)."""
+    from ..util import schema
+
+    warm = getattr(schema, "warm", None)
+    if warm is None:
+        return
+    try:
+        warm()
+    except Exception as e:
+        log.warning("config validators failed to warm up", error=repr(e))
+
+
+def _warm_netlink(log: _log.Logger) -> None:
+    """pyroute2 imported and exercised once (a look-up of lo), then node sockets kept per thread."""
+    from .. import netlink
+    from ..netlink import handle
+
+    try:
+        with netlink.open_node() as node:
+            node.link("lo")
+    except Exception as e:  # a call will report it as its own error
+        log.warning("netlink failed to warm up", error=repr(e))
+    handle.keep_node_sockets(True)

@@ -5,12 +5,27 @@ so a call needs one socket per namespace it touches and no child process. Every 
 becomes CNIError 105 (NETLINK_FAILURE) saying which operation on which link/address failed.
 
 pyroute2 is imported when the first Handle is opened, never at module import.
+
+Kept node sockets (a warm process only): a pyroute2 `IPRoute` belongs to the thread that made it
+(its event loop and socket wrapper live in a `threading.local` of pyroute2's own; another thread
+cannot use it), so a warm process that wants to reuse its node-netns socket keeps one per thread,
+the way a database connection pool keeps connections: `keep_node_sockets()` (the node daemon's
+start-up) turns it on, and then `Handle(None)` borrows the calling thread's idle node socket and
+`close()` gives it back. It is a process resource, never per-call state: a Handle still carries
+its call's `batch`, a socket is borrowed by one Handle at a time (a nested node Handle on the same
+thread gets a fresh socket of its own), it is keyed by the namespace the thread is in, and a
+socket that saw anything but a clean request or a kernel refusal (CNIError) is closed, not kept.
+A kept socket never joins a multicast group, so nothing queues on it between calls. When a thread
+ends, its kept socket goes with its `threading.local` (the garbage collector closes it). Pod
+namespaces are never kept: a socket holds its namespace alive, and a pod's must die with the pod.
+A one-shot process does not turn this on: its handles open and close as before.
 """
 from __future__ import annotations
 
 import errno
 import ipaddress
 import os
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
@@ -25,6 +40,7 @@ IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 IFF_UP = 0x1
+RTM_NEWLINK = 16
 IFA_F_NODAD = 0x02
 AF_INET, AF_INET6 = 2, 10
 MAIN_TABLE = 254
@@ -89,6 +105,48 @@ def kernel_error(e: Exception, what: str, where: str) -> CNIError:
     return CNIError(NETLINK_FAILURE, f"cannot {what}: {reason}" + (f" ({name})" if name else ""), where)
 
 
+class _KeptNodeSockets(threading.local):
+    """This thread's idle node-netns sockets (pyroute2 IPRoute), by the namespace's inode."""
+
+    def __init__(self) -> None:
+        self.idle: dict[int, Any] = {}
+
+
+_kept = _KeptNodeSockets()
+_keeping = False
+
+
+def keep_node_sockets(on: bool = True) -> None:
+    """Keep each thread's node-netns socket open between calls (on: the node daemon's start-up),
+    or stop keeping them (off: this thread's idle socket is closed now; other threads' close when
+    next used or when the thread ends). See the module docstring for why per thread."""
+    global _keeping
+    _keeping = on
+    if not on:
+        for ipr in _kept.idle.values():
+            ipr.close()
+        _kept.idle.clear()
+
+
+def keeping_node_sockets() -> bool:
+    return _keeping
+
+
+def _this_netns() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+def _open_ipr(netns: Optional[str], field: str) -> Any:
+    from pyroute2 import IPRoute
+
+    sock = netlink_socket(netns, field)
+    try:
+        return IPRoute(fileno=sock.detach())
+    except Exception:
+        sock.close()
+        raise
+
+
 class Handle:
     """Netlink in one namespace: `Handle()` is the current (node) one, `Handle(path)` a pod's.
 
@@ -97,28 +155,38 @@ class Handle:
 
     def __init__(self, netns: Optional[str] = None, field: str = "CNI_NETNS",
                  batch: Optional["DeleteBatch"] = None):
-        from pyroute2 import IPRoute
-
         self.netns = netns or ""
         self.batch = batch
-        sock = netlink_socket(netns, field)
-        try:
-            self._ipr = IPRoute(fileno=sock.detach())
-        except Exception:
-            sock.close()
-            raise
+        self._kept_as: Optional[int] = None   # the netns inode when the socket is a kept one
+        self._thread = threading.get_ident()
+        if not netns and _keeping:
+            key = _this_netns()
+            ipr = _kept.idle.pop(key, None)
+            self._ipr = ipr if ipr is not None else _open_ipr(None, field)
+            self._kept_as = key
+            return
+        self._ipr = _open_ipr(netns, field)
 
     # ---- lifetime -------------------------------------------------------------------------------
-    def close(self) -> None:
+    def close(self, reusable: bool = True) -> None:
+        """Close the socket, or give a kept one back to its thread (when `reusable`: it saw only
+        whole requests)."""
         ipr, self._ipr = getattr(self, "_ipr", None), None
-        if ipr is not None:
-            ipr.close()
+        if ipr is None:
+            return
+        key = self._kept_as
+        if (reusable and key is not None and _keeping and self._thread == threading.get_ident()
+                and key not in _kept.idle):
+            _kept.idle[key] = ipr
+            return
+        ipr.close()
 
     def __enter__(self) -> "Handle":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        # a kernel refusal (CNIError) leaves the socket clean; anything else may have cut a request
+        self.close(reusable=exc is None or isinstance(exc, CNIError))
 
     @property
     def where(self) -> str:
@@ -212,6 +280,36 @@ class Handle:
                 raise CNIError(NETLINK_FAILURE, f"{name} already exists in {self.where}", f"link: {name}") from None
             raise kernel_error(e, what or f"create {kind} {name}", f"link: {name} in {self.where}") from None
 
+    def create_link(self, name: str, kind: str, what: str = "", **attrs: Any) -> Link:
+        """Create link `name` of `kind` (as add_link, EEXIST an error) and return it as the kernel
+        made it. The request asks for an echo (NLM_F_ECHO, honoured by RTM_NEWLINK since Linux
+        6.3), so the answer is the new link and no look-up follows; an older kernel answers with
+        a bare ACK, and the link is looked up then."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            answer = self._echoed(self._ipr.link, "add", ifname=name, kind=kind, **attrs)
+        except NetlinkError as e:
+            if e.code == errno.EEXIST:
+                raise CNIError(NETLINK_FAILURE, f"{name} already exists in {self.where}", f"link: {name}") from None
+            raise kernel_error(e, what or f"create {kind} {name}", f"link: {name} in {self.where}") from None
+        for m in answer or ():
+            if m["header"]["type"] == RTM_NEWLINK and m.get("ifname") == name:
+                return self._link(m)
+        return self.require_link(name)
+
+    def _echoed(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """One request with NLM_F_ECHO: pyroute2 sets the flag from its socket's `nlm_echo` status,
+        turned on for this request only (one thread uses a socket at a time)."""
+        status = getattr(getattr(self._ipr, "asyncore", None), "status", None)
+        if status is None:  # not the pyroute2 0.9 layout: a plain request (then a look-up)
+            return fn(*args, **kwargs)
+        status["nlm_echo"] = True
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            status["nlm_echo"] = False
+
     def delete_link(self, name: str) -> bool:
         """Delete the link called `name`. False when there was none (DEL is idempotent).
 
@@ -261,22 +359,27 @@ class Handle:
         created). Raises CNIError 105 when `name` exists and is not a bridge."""
         from pyroute2.netlink.exceptions import NetlinkError
 
-        attrs: dict[str, Any] = {}
-        if mtu:
-            attrs["mtu"] = mtu
-        if vlan_filtering:
-            attrs["br_vlan_filtering"] = 1
-        created = True
-        try:
-            self._ipr.link("add", ifname=name, kind="bridge", **attrs)
-        except NetlinkError as e:
-            if e.code != errno.EEXIST:
-                what = f"create bridge {name}" + (" with vlan_filtering" if vlan_filtering else "")
-                if e.code == errno.EOPNOTSUPP and vlan_filtering:
-                    what += " (this kernel has no bridge VLAN filtering)"
-                raise kernel_error(e, what, f"link: {name} in {self.where}") from None
-            created = False
-        br = self.require_link(name)
+        br = self.link(name)  # the usual case: it exists, one look-up
+        created = False
+        if br is None:
+            attrs: dict[str, Any] = {}
+            if mtu:
+                attrs["mtu"] = mtu
+            if vlan_filtering:
+                attrs["br_vlan_filtering"] = 1
+            try:
+                answer = self._echoed(self._ipr.link, "add", ifname=name, kind="bridge", **attrs)
+                created = True
+                br = next((self._link(m) for m in answer or ()
+                           if m["header"]["type"] == RTM_NEWLINK and m.get("ifname") == name), None)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:  # EEXIST: a concurrent creator made it
+                    what = f"create bridge {name}" + (" with vlan_filtering" if vlan_filtering else "")
+                    if e.code == errno.EOPNOTSUPP and vlan_filtering:
+                        what += " (this kernel has no bridge VLAN filtering)"
+                    raise kernel_error(e, what, f"link: {name} in {self.where}") from None
+            if br is None:
+                br = self.require_link(name)
         if br.kind != "bridge":
             raise CNIError(NETLINK_FAILURE, f"{name} exists in {self.where} and is not a bridge (kind "
                            f"{br.kind or 'device'})", "field: bridge; allowed: the name of a bridge or of no link")

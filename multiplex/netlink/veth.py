@@ -5,6 +5,10 @@ the requested interface name, so the requested name never exists in the node nam
 with the node's own eth0, no window where two pods race for one name) and the host end never has to
 move. The host end gets a caller-chosen name and, in the same request that brings it up, its alias
 and its bridge.
+
+Round trips per pair: the create (whose echo is the host end: no look-up of it), one request
+setting the host end up with alias and bridge, one look-up of the peer in the pod (its index and
+the MAC the kernel gave it) and its rename.
 """
 from __future__ import annotations
 
@@ -39,11 +43,10 @@ def make_veth_pair(node: Handle, pod: Handle, host_name: str, pod_name: str, *, 
     try:
         peer["net_ns_fd"] = fd
         what = f"create veth pair {host_name} <-> {pod_name}" + (f" with MAC {mac}" if mac else "")
-        node.add_link(host_name, "veth", what, peer=peer, **host_attrs)
+        host = node.create_link(host_name, "veth", what, peer=peer, **host_attrs)
     finally:
         os.close(fd)
     try:
-        host = node.require_link(host_name)
         set_attrs: dict[str, Any] = {"state": "up"}
         if alias:
             set_attrs["ifalias"] = alias
