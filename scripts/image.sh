@@ -50,6 +50,11 @@ for tool in mmdebstrap umoci; do
 done
 version=$("$PY" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 [ "$version" = "$TAG" ] || { echo "image: manifests/image tags $TAG but pyproject.toml says $version" >&2; exit 1; }
+# the wheels are built for the Python that builds them: it must be the image's (bookworm: 3.11)
+IMAGE_PY=${MULTIPLEX_IMAGE_PYTHON_VERSION:-3.11}
+have_py=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+[ "$have_py" = "$IMAGE_PY" ] || {
+  echo "image: $PY is Python $have_py; the image's python3 is $IMAGE_PY: set PYTHON=python$IMAGE_PY" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/multiplex-image.XXXXXX)
 trap 'rm -rf "$work"' EXIT
