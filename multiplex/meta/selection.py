@@ -265,16 +265,18 @@ def select(conf: MultiplexConfig, req: Request, source: Optional[Source],
     out = config_attachments(conf, nads, req.ifname, req.runtime_config)
     used = {a.ifname for a in out}
 
-    defaults, requested = _selections(conf, req, nads)
+    defaults, requested, pod = _selections(conf, req, nads)
     check_attachment_bound(conf, len(out) + len(defaults) + len(requested))
     for by_admin, sel in [(True, d) for d in defaults] + [(False, r) for r in requested]:
-        # defaultNetworks are the admin's choice for every pod: isolation governs the pod's own requests
+        # defaultNetworks are the admin's choice for every pod: the authorize hooks govern the pod's
+        # own requests. The namespace rule runs before the NAD is read (no probing other namespaces).
         if authorize is not None and not by_admin:
             authorize(conf, pod_ns or "default", sel)
         if nads is None:
             raise CNIError(NOT_FOUND, f"network {sel.namespace}/{sel.name} requested but no definitions source is "
                            "configured", "field: nadDir; allowed: a directory of NetworkAttachmentDefinitions, or kubeconfig")
-        netconf = nad_netconf(nads.get_nad(sel.namespace, sel.name), conf.conf_dir)
+        nad = nads.get_nad(sel.namespace, sel.name)
+        netconf = nad_netconf(nad, conf.conf_dir)
         check_opt_in(sel, netconf)
         if sel.cni_args:
             check_untrusted(sel.cni_args, f"{sel.namespace}/{sel.name}",
@@ -286,6 +288,14 @@ def select(conf: MultiplexConfig, req: Request, source: Optional[Source],
                            f"field: {NETWORKS_ANNOTATION}: {sel.namespace}/{sel.name} interface; allowed: "
                            "a name no other attachment of the pod uses")
         used.add(ifname)
+        # the NAD writer's rule and the admin's executables: with the NAD read and its config checked
+        authorize_attachment = getattr(authorize, "attachment", None) if not by_admin else None
+        if authorize_attachment is not None:
+            from ..policy.hooks import AttachmentAsk
+
+            authorize_attachment(conf, AttachmentAsk(
+                network=f"{sel.namespace}/{sel.name}", nad_namespace=sel.namespace, nad_name=sel.name, nad=nad,
+                ifname=ifname, selection=sel, request=req, source=nads, pod=pod))
         out.append(Attachment(network=f"{sel.namespace}/{sel.name}", ifname=ifname, netconf=netconf,
                               capability_args=sel.capability_args(), cni_args=sel.cni_args or None,
                               default_route=list(sel.default_route or []),
@@ -297,8 +307,9 @@ def select(conf: MultiplexConfig, req: Request, source: Optional[Source],
     return out
 
 
-def _selections(conf: MultiplexConfig, req: Request, source: Optional[Source]) -> tuple[list, list]:
-    """(defaultNetworks outside systemNamespaces, the pod's annotation), parsed and checked."""
+def _selections(conf: MultiplexConfig, req: Request, source: Optional[Source]) -> tuple[list, list, dict]:
+    """(defaultNetworks outside systemNamespaces, the pod's annotation parsed and checked, what is
+    known of the pod for the authorize hooks: `pod_view`)."""
     pod_ns, pod_name, pod_uid = req.pod
     defaults: list = []
     selections: list = []
@@ -308,14 +319,15 @@ def _selections(conf: MultiplexConfig, req: Request, source: Optional[Source]) -
 
         defaults += parse_networks(",".join(conf.default_networks), conf.multus_namespace,
                                      source_name="defaultNetworks", reserved_interfaces=[req.ifname])
-    annotations = pod_annotations(req, source)
+    pod = pod_view(req, source)
+    annotations = pod["annotations"]
     value = annotations.get(NETWORKS_ANNOTATION, "")
     if isinstance(value, str) and value:
         from .annotation import parse_networks
 
         # parse_networks bounds the value by its bytes as written, before stripping it
         selections += parse_networks(value, pod_ns or "default", reserved_interfaces=[req.ifname])
-    return defaults, selections
+    return defaults, selections, pod
 
 
 def runtime_pod_annotations(req: Request) -> Optional[dict[str, Any]]:
@@ -332,15 +344,25 @@ def pod_annotations(req: Request, source: Optional[Source]) -> dict[str, Any]:
     all), else the pod from `source` (the API, or the daemon's informer cache), checked against
     the runtime's K8S_POD_UID; {} without a pod. Either way they are the pod author's words and
     go through the same parsing and limits (annotation.py), whoever delivered them."""
+    return pod_view(req, source)["annotations"]
+
+
+def pod_view(req: Request, source: Optional[Source]) -> dict[str, Any]:
+    """What the call knows of its pod, as the authorize hooks see it: namespace, name, uid,
+    annotations (as pod_annotations has them), and labels when the pod itself was read (a
+    runtime that hands the annotations over hands no labels, and no read is made for them)."""
+    pod_ns, pod_name, pod_uid = req.pod
+    view: dict[str, Any] = {"namespace": pod_ns or "default", "name": pod_name, "uid": pod_uid}
     given = runtime_pod_annotations(req)
     if given is not None:
-        return given
-    pod_ns, pod_name, pod_uid = req.pod
+        view["annotations"] = given
+        return view
+    view["annotations"] = {}
     if source is None or not pod_name:
-        return {}
+        return view
     pod = source.get_pod(pod_ns or "default", pod_name, pod_uid or "")
     if pod is None:
-        return {}
+        return view
     meta = pod.get("metadata") or {}
     if pod_uid and meta.get("uid") and meta["uid"] != pod_uid:
         from ..cni.errors import UNKNOWN_CONTAINER
@@ -349,7 +371,11 @@ def pod_annotations(req: Request, source: Optional[Source]) -> dict[str, Any]:
                        f"stale pod: {pod_ns}/{pod_name} has UID {meta['uid']}, the runtime asked for {pod_uid}",
                        "field: CNI_ARGS.K8S_POD_UID")
     annotations = meta.get("annotations")
-    return annotations if isinstance(annotations, dict) else {}
+    labels = meta.get("labels")
+    view["annotations"] = annotations if isinstance(annotations, dict) else {}
+    view["labels"] = labels if isinstance(labels, dict) else {}
+    view["uid"] = pod_uid or meta.get("uid") or ""
+    return view
 
 
 def check_attachment_bound(conf: MultiplexConfig, count: int) -> None:

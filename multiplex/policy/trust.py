@@ -9,8 +9,8 @@ such field turns into code run or files written as root:
   would read node-level fields (`binDir`, `clusterNetwork`, `logFile`, ...) from the NAD and run
   whatever they name;
 - node paths, credentials and identity, anywhere in the config (`binDir`, `stateDir`, `logFile`,
-  `kubeconfig`, `ipam.dataDir`, `ipam.nodeName`, ...): only the node's own multiplex config
-  (the admin's) may set them;
+  `kubeconfig`, `ipam.dataDir`, `ipam.nodeName`, `authorizeHooks`, ...): only the node's own
+  multiplex config (the admin's) may set them;
 - keys under `cni.dev/` and `multiplex.dev/`: runtime and meta-plugin conventions
   (`cni.dev/valid-attachments` decides what GC keeps), never a NAD's to set.
 
@@ -33,6 +33,7 @@ MULTIPLEX_TYPE = "multiplex"
 NODE_FIELDS = frozenset(k.lower() for k in (
     "binDir", "confDir", "stateDir", "logFile", "nadDir", "podDir", "kubeconfig", "dataDir",
     "nodeName", "readinessindicatorfile", "daemonSocketPath", "socketPath",
+    "authorizeHooks",   # executables run as root (policy/external.py): the admin's alone
 ))
 #: Key prefixes reserved for the runtime and the meta plugin.
 RESERVED_PREFIXES = ("cni.dev/", "multiplex.dev/")
