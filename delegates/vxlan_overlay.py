@@ -1,0 +1,447 @@
+"""`multiplex-vxlan-overlay`: one L2 network across every node, over VXLAN.
+
+ADD, as its steps: validate the config; find the underlay (`underlayInterface`, else the interface
+that routes to the first static peer, else the default route's, else the first up interface with
+a global address) and this node's address on it (`underlayFamily`, else the peers' family, else
+IPv4 when it has one); the MTU (underlay - 50 over IPv4, - 70 over IPv6; `mtu` may lower it,
+never raise it); refuse a VNI another network holds on this node; make the network's bridge and
+its VXLAN device (`local` = the underlay address) on it, or find them; a veth pair whose pod end is
+born in the pod netns, host end on the bridge; ask IPAM; address, bring up and route the pod end.
+A failure undoes what this call made (veth, lease, a bridge and VXLAN device it created).
+
+Two ways to find the peers (a choice per network, made by the config):
+- **programmed** (no `peers`): learning off, proxy on. The node daemon's `vxlan-peers` controller
+  (multiplex/controllers/vxlan_peers.py) finds this device, publishes its VTEP MAC in the node
+  registry, and programs from every node's facts and the pods' network-status: one all-zeros FDB
+  entry per peer (broadcast by head-end replication), an FDB and a neighbour entry per remote pod
+  (ARP/ND answered on the node, never flooded across the mesh).
+- **static** (`peers`: underlay addresses): learning on, proxy off; ADD appends one all-zeros FDB
+  entry per peer and the kernel learns the rest, so the delegate works without the daemon (a
+  plain runtime, Multus, a test).
+
+Names: the bridge `mpxvb-` + 8 hex and the VXLAN device `mpxvx-` + 8 hex of the network name;
+the device's alias is `vxlan-overlay/<network>` (how the controller maps it to its network, and
+how a hash collision between two networks is refused). Host veths are named and marked like
+multiplex-bridge's (delegates/bridge.py), so DEL, GC and the cache-less sweep find them the same
+way. DEL removes the veth and the lease; the bridge and the VXLAN device stay (as the bridge
+delegate's bridges do: removing them would race a concurrent ADD of the same network).
+Config fields: docs/vxlan-overlay.md, schemas/vxlan-overlay.json.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from multiplex.cni import skel
+from multiplex.cni.errors import CNIError, NETLINK_FAILURE, invalid_config
+from multiplex.cni.plugin import Plugin
+from multiplex.cni.request import Request
+from multiplex.cni.types import DNS, Interface, IPConfig, Result
+from delegates.bridge import host_veth_name, owner, remove_owned
+from delegates.steps import (Problem, Undo, add_pod_routes, address_pod_interface, check_failed, check_ipv6_mtu,
+                             check_prologue, ipam_add, ipam_forward, ipam_type, missing_pod_interface,
+                             open_pod_for_check, pod_interface_problems, undone_on_failure)
+
+TYPE_NAME = "multiplex-vxlan-overlay"
+BRIDGE_PREFIX = "mpxvb-"
+VXLAN_PREFIX = "mpxvx-"
+ALIAS_PREFIX = "vxlan-overlay/"
+DEFAULT_PORT = 4789
+
+
+# ---- names ---------------------------------------------------------------------------------------
+def _hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def bridge_name(network: str) -> str:
+    return BRIDGE_PREFIX + _hex(network)
+
+
+def vxlan_name(network: str) -> str:
+    return VXLAN_PREFIX + _hex(network)
+
+
+def device_alias(network: str) -> str:
+    """The VXLAN device's alias: `vxlan-overlay/<network>` (a digest when over the kernel's 255 bytes)."""
+    text = ALIAS_PREFIX + network
+    return text if len(text.encode()) <= 255 else ALIAS_PREFIX + hashlib.sha256(network.encode()).hexdigest()
+
+
+def network_of_alias(alias: str) -> Optional[str]:
+    return alias[len(ALIAS_PREFIX):] if alias.startswith(ALIAS_PREFIX) else None
+
+
+# ---- config --------------------------------------------------------------------------------------
+@dataclass
+class OverlayConfig:
+    network: str
+    vni: int = 0
+    port: int = DEFAULT_PORT
+    underlay_interface: str = ""
+    underlay_family: int = 0                  # 0: the peers', else IPv4 when the underlay has it
+    mtu: Optional[int] = None
+    peers: list[Any] = field(default_factory=list)   # ip addresses (static mode)
+    mac: str = ""
+    dns: Optional[DNS] = None
+
+    @property
+    def static(self) -> bool:
+        return bool(self.peers)
+
+    @property
+    def bridge(self) -> str:
+        return bridge_name(self.network)
+
+    @property
+    def device(self) -> str:
+        return vxlan_name(self.network)
+
+    @classmethod
+    def parse(cls, conf: dict) -> "OverlayConfig":
+        """Read a config checked against schemas/vxlan-overlay.json (ADD, CHECK), or leniently
+        (DEL, GC, STATUS: only the name must be there)."""
+        name = conf.get("name")
+        if not isinstance(name, str) or not name:
+            raise invalid_config("the config needs a network name", "$.name", "a non-empty string")
+        rc = conf.get("runtimeConfig") if isinstance(conf.get("runtimeConfig"), dict) else {}
+        dns = DNS.from_dict(conf["dns"]) if isinstance(conf.get("dns"), dict) else None
+        fam = {"ipv4": 4, "ipv6": 6}.get(str(conf.get("underlayFamily") or "").lower(), 0)
+        return cls(network=name, vni=int(conf.get("vni") or 0), port=int(conf.get("port") or DEFAULT_PORT),
+                   underlay_interface=str(conf.get("underlayInterface") or ""), underlay_family=fam,
+                   mtu=conf.get("mtu") or None, peers=parse_peers(conf.get("peers")),
+                   mac=str(rc.get("mac") or "").lower().replace("-", ":"),
+                   dns=dns if dns is not None and not dns.empty() else None)
+
+
+def parse_peers(value: Any, where: str = "$") -> list[Any]:
+    """The static peers as addresses; code 7 naming `peers[i]` for one that is not an address, and
+    for a list mixing IPv4 and IPv6 (one VXLAN device speaks one underlay family)."""
+    if not value:
+        return []
+    if not isinstance(value, list):
+        raise invalid_config("peers must be a list of underlay addresses", f"{where}.peers",
+                             "a list of IPv4 or IPv6 addresses")
+    out = []
+    for i, text in enumerate(value):
+        try:
+            ip = ipaddress.ip_address(str(text).strip()) if isinstance(text, str) else None
+        except ValueError:
+            ip = None
+        if ip is None or ip.is_unspecified or ip.is_multicast or ip.is_loopback:
+            raise invalid_config(f"peer {text!r} is not a unicast IP address", f"{where}.peers[{i}]",
+                                 "an underlay address of another node, like 198.19.0.12 or fd00:19::12")
+        if out and ip.version != out[0].version:
+            raise invalid_config(f"peer {ip} is IPv{ip.version} and peer {out[0]} is IPv{out[0].version}: one "
+                                 "network's peers share one underlay family", f"{where}.peers[{i}]",
+                                 f"IPv{out[0].version} addresses only")
+        out.append(ip)
+    return out
+
+
+# ---- the underlay --------------------------------------------------------------------------------
+@dataclass
+class Underlay:
+    link: Any                 # multiplex.netlink.Link
+    local: Any                # this node's address on it (the VXLAN `local`)
+    mtu: int                  # the most a pod interface may have
+
+    @property
+    def family(self) -> int:
+        return self.local.version
+
+
+def find_underlay(node, conf: OverlayConfig) -> Underlay:
+    """The underlay interface, this node's address on it and the pod MTU, or code 7 naming the
+    field that would fix it. Reads only: nothing is made before this has passed."""
+    from multiplex.netlink import AF_INET, AF_INET6
+    from multiplex.netlink import vxlan
+
+    link = None
+    if conf.underlay_interface:
+        link = node.link(conf.underlay_interface)
+        if link is None:
+            raise invalid_config(f"underlay interface {conf.underlay_interface} does not exist in {node.where}",
+                                 "$.underlayInterface", "an interface of this node that reaches the other nodes, "
+                                 "or leave it out (the interface routing to the peers, else the default route's)")
+    elif conf.peers:
+        link = vxlan.route_link(node, conf.peers[0])
+        if link is None:
+            raise invalid_config(f"no route to peer {conf.peers[0]} in {node.where}", "$.peers[0]",
+                                 "an underlay address this node reaches, or name underlayInterface")
+    else:
+        link = node.default_route_link(AF_INET) or node.default_route_link(AF_INET6)
+        if link is None:
+            for candidate in node.links():
+                if candidate.up and candidate.name != "lo" and (vxlan.global_addresses(node, candidate, 4)
+                                                                or vxlan.global_addresses(node, candidate, 6)):
+                    link = candidate
+                    break
+        if link is None:
+            raise invalid_config(f"no underlay interface in {node.where}: no default route and no up interface "
+                                 "with a global address", "$.underlayInterface", "the interface between the nodes")
+    family = conf.underlay_family or (conf.peers[0].version if conf.peers else 0)
+    if not family:
+        family = 4 if vxlan.global_addresses(node, link, 4) else 6
+    addrs = vxlan.global_addresses(node, link, family)
+    if not addrs:
+        raise invalid_config(f"underlay interface {link.name} has no global IPv{family} address",
+                             "$.underlayFamily" if conf.underlay_family else "$.underlayInterface",
+                             f"an interface with an IPv{family} address, or the other underlayFamily")
+    for i, peer in enumerate(conf.peers):
+        if peer.version != family:
+            raise invalid_config(f"peer {peer} is IPv{peer.version}; the underlay address {addrs[0]} is IPv{family}",
+                                 f"$.peers[{i}]", f"IPv{family} addresses, or underlayFamily ipv{peer.version}")
+    most = link.mtu - vxlan.overhead(family)
+    if conf.mtu and conf.mtu > most:
+        raise invalid_config(f"mtu {conf.mtu} is above {most}, the most the underlay {link.name} (MTU {link.mtu}) "
+                             f"leaves after VXLAN's {vxlan.overhead(family)} bytes over IPv{family}", "$.mtu",
+                             f"at most {most}, or leave mtu out")
+    return Underlay(link=link, local=addrs[0], mtu=conf.mtu or most)
+
+
+def check_vni_free(node, conf: OverlayConfig) -> None:
+    """Code 7 naming `vni` when another network's VXLAN device on this node holds the VNI (on the
+    same port), or when this network's device has another VNI, port or mode than the config."""
+    from multiplex.netlink import vxlan
+
+    for dev in vxlan.vxlan_devices(node):
+        mine = dev.link.name == conf.device
+        if mine:
+            theirs = network_of_alias(dev.link.alias)
+            if theirs is not None and dev.link.alias != device_alias(conf.network):
+                raise CNIError(NETLINK_FAILURE, f"the VXLAN device name {conf.device} of network {conf.network} is "
+                               f"taken by network {theirs} (the 8-hex names collide)", f"link: {conf.device}")
+            if dev.vni != conf.vni:
+                raise invalid_config(f"network {conf.network} already has VNI {dev.vni} on this node "
+                                     f"(device {dev.link.name}), not {conf.vni}", "$.vni",
+                                     f"{dev.vni}, as the network's other attachments")
+            if dev.port != conf.port:
+                raise invalid_config(f"network {conf.network} already uses UDP port {dev.port} on this node, not "
+                                     f"{conf.port}", "$.port", str(dev.port))
+            if dev.learning != conf.static:
+                raise invalid_config(f"network {conf.network} is already attached on this node "
+                                     + ("with static peers" if dev.learning else "with peers from the node daemon"),
+                                     "$.peers", "the same peers setting as the network's other attachments")
+        elif dev.vni == conf.vni and dev.port == conf.port:
+            other = network_of_alias(dev.link.alias) or f"device {dev.link.name}"
+            raise invalid_config(f"VNI {conf.vni} is already used on this node by network {other} "
+                                 f"(device {dev.link.name})", "$.vni",
+                                 "a VNI no other network of this node uses: one VNI is one L2 domain")
+
+
+# ---- the plugin ----------------------------------------------------------------------------------
+class VxlanOverlayPlugin(Plugin):
+    type_name = TYPE_NAME
+    capabilities = frozenset({"ips", "mac"})
+    schema = "vxlan-overlay"
+
+    def validate(self, conf: dict, where: str = "$") -> None:
+        super().validate(conf, where)
+        check_ipv6_mtu(conf, where)
+        parse_peers(conf.get("peers"), where)
+
+    def config(self, req: Request) -> OverlayConfig:
+        if req.command in ("ADD", "CHECK"):
+            self.validate(req.config)
+        return OverlayConfig.parse(req.config)
+
+    # ---- ADD -------------------------------------------------------------------------------------
+    def add(self, req: Request) -> Result:
+        from multiplex import netlink
+
+        conf = self.config(req)
+        with netlink.open_node(batch=req.ctx.batch) as node:
+            underlay = find_underlay(node, conf)
+            check_vni_free(node, conf)
+            with undone_on_failure(req) as undo, netlink.open_netns(req.netns) as pod:
+                result = self._add(req, conf, underlay, node, pod, undo)
+        tell_controller(conf.network)
+        req.ctx.log.info("vxlan-overlay add", network=conf.network, vni=conf.vni, device=conf.device,
+                         container=req.container_id, ifname=req.ifname, mtu=underlay.mtu,
+                         addresses=[str(ip.address) for ip in result.ips])
+        return result
+
+    def _add(self, req: Request, conf: OverlayConfig, underlay: Underlay, node, pod, undo: Undo) -> Result:
+        from multiplex import netlink
+
+        br, vx = ensure_overlay(req, conf, underlay, node, undo)
+        host_name = host_veth_name(req.container_id, req.ifname)
+        if node.delete_link(host_name):  # a stale pair of this very attachment (a crashed ADD)
+            req.ctx.log.warning("replaced a stale host veth", link=host_name, container=req.container_id)
+        host, peer = netlink.make_veth_pair(node, pod, host_name, req.ifname, mtu=underlay.mtu, mac=conf.mac,
+                                            alias=owner(req.container_id, req.ifname, conf.network), master=br)
+        undo.push(f"delete veth {host_name}", lambda: node.delete_link(host_name))
+
+        ipam = ipam_add(req, undo)
+
+        result = Result(cni_version=req.cni_version)
+        result.add_interface(Interface(name=br.name, mac=br.mac))
+        result.add_interface(Interface(name=host.name, mac=host.mac))
+        pod_index = result.add_interface(Interface(name=req.ifname, mac=peer.mac, sandbox=req.netns,
+                                                   mtu=underlay.mtu))
+        result.ips = [IPConfig(address=ip.address, gateway=ip.gateway, interface=pod_index) for ip in ipam.ips]
+        result.routes = list(ipam.routes)
+        result.dns = conf.dns or ipam.dns
+        address_pod_interface(req, pod, peer, result.ips)
+        add_pod_routes(pod, peer, result.routes, result.ips)
+        return result
+
+    # ---- DEL -------------------------------------------------------------------------------------
+    def delete(self, req: Request) -> None:
+        from multiplex import netlink
+        from multiplex.cni.invoke import invoke_ipam
+
+        conf = self.config(req)
+        name = host_veth_name(req.container_id, req.ifname)
+        with netlink.open_node(batch=req.ctx.batch) as node:
+            gone = node.delete_link(name)
+        invoke_ipam(req)
+        req.ctx.log.info("vxlan-overlay del", network=conf.network, container=req.container_id,
+                         ifname=req.ifname, veth_deleted=gone)
+
+    # ---- CHECK -----------------------------------------------------------------------------------
+    def check(self, req: Request) -> None:
+        from multiplex import netlink
+
+        conf = self.config(req)
+        prev = check_prologue(req)
+        pod = open_pod_for_check(req, conf.network)
+        with netlink.open_node(batch=req.ctx.batch) as node, pod:
+            problems = check_node(node, conf, req)
+            iface = pod.link(req.ifname)
+            problems += missing_pod_interface(req) if iface is None else pod_interface_problems(pod, iface, prev)
+        if problems:
+            raise check_failed(req, conf.network, problems)
+
+    # ---- STATUS, GC ------------------------------------------------------------------------------
+    def status(self, req: Request) -> None:
+        from multiplex import netlink
+        from multiplex.cni.errors import PLUGIN_NOT_AVAILABLE
+
+        conf = self.config(req)
+        if req.config.get("vni"):
+            with netlink.open_node() as node:
+                try:
+                    find_underlay(node, conf)
+                except CNIError as e:
+                    raise CNIError(PLUGIN_NOT_AVAILABLE, f"network {conf.network} cannot attach pods: {e.msg}",
+                                   e.details) from None
+        ipam_forward(req)
+
+    def gc(self, req: Request) -> None:
+        """This network's attachments the keep-list does not keep: their host veths (found by
+        alias, as multiplex-bridge finds its own); then IPAM's GC."""
+        from multiplex.cni.valid import parse_keep
+        from multiplex.netlink import nft
+
+        keep = parse_keep(req.config)
+        conf = self.config(req)
+        ipam_type(req)
+        kept = nft.container_marks(set(keep.containers) | {cid for cid, _ in keep.pairs})
+
+        def stale(comment: str) -> bool:
+            o = nft.parse_owner(comment)
+            if o is None or not o.of_network(conf.network):
+                return False
+            cid = kept.get(o.container)
+            return cid is None or not keep.keeps(cid, o.ifname)
+
+        removed, _ = remove_owned(req, stale, f"stale attachments of {conf.network}")
+        req.ctx.log.info("vxlan-overlay gc", network=conf.network, veths=removed)
+        ipam_forward(req)
+
+    def sweep(self, req: Request) -> None:
+        """A DEL without a cache entry: every host veth of `req.container_id` (by alias)."""
+        from multiplex.netlink import nft
+
+        cid = req.container_id
+        if not cid:
+            return
+
+        def mine(comment: str) -> bool:
+            o = nft.parse_owner(comment)
+            return o is not None and o.of_container(cid)
+
+        removed, _ = remove_owned(req, mine, f"attachments of container {cid}")
+        if removed:
+            req.ctx.log.info("vxlan-overlay sweep", container=cid, veths=removed)
+
+
+# ---- steps ---------------------------------------------------------------------------------------
+def ensure_overlay(req: Request, conf: OverlayConfig, underlay: Underlay, node, undo: Undo):
+    """The network's bridge with its VXLAN device as a port, both up (made when missing; a
+    concurrent ADD making them too is fine). Static peers get their all-zeros FDB entries."""
+    from multiplex import netlink
+    from multiplex.netlink import vxlan
+
+    br, created = node.ensure_bridge(conf.bridge, mtu=underlay.mtu)
+    if created:
+        netlink.sysctl.write(f"net/ipv6/conf/{br.name}/accept_ra", "0", missing_ok=True)
+        undo.push(f"remove bridge {br.name}", lambda: remove_overlay_if_unused(node, conf))
+    made = vxlan.add_vxlan(node, conf.device, vni=conf.vni, port=conf.port, local=underlay.local,
+                           underlay=underlay.link, learning=conf.static, proxy=not conf.static, mtu=underlay.mtu,
+                           alias=device_alias(conf.network))
+    if made:
+        undo.push(f"remove VXLAN device {conf.device}", lambda: remove_overlay_if_unused(node, conf))
+    vx = node.require_link(conf.device)
+    if vx.master != br.index or not vx.up:
+        node.set_link(vx, f"attach {vx.name} to {br.name}", master=br.index, state="up")
+    if conf.static:
+        for peer in conf.peers:
+            vxlan.add_remote(node, vx, vxlan.ZERO_MAC, str(peer))
+    return br, vx
+
+
+def remove_overlay_if_unused(node, conf: OverlayConfig) -> None:
+    """Undo of a failed first ADD: the bridge and VXLAN device go when no pod port is on the bridge."""
+    br = node.link(conf.bridge)
+    if br is not None and any(l.master == br.index and l.name != conf.device for l in node.links()):
+        return
+    node.delete_link(conf.device)
+    if br is not None:
+        node.delete_link(conf.bridge)
+
+
+def check_node(node, conf: OverlayConfig, req: Request) -> list[Problem]:
+    """The node side of one attachment: the bridge, the VXLAN device on it with the config's VNI,
+    the host veth on the bridge and up."""
+    from multiplex.netlink import vxlan
+
+    br = node.link(conf.bridge)
+    if br is None or br.kind != "bridge":
+        return [("bridge", f"bridge {conf.bridge} is missing")]
+    problems: list[Problem] = []
+    dev = vxlan.vxlan_device(node, conf.device)
+    if dev is None:
+        problems.append(("vni", f"VXLAN device {conf.device} is missing"))
+    else:
+        if dev.vni != conf.vni:
+            problems.append(("vni", f"VXLAN device {conf.device} has VNI {dev.vni}, not {conf.vni}"))
+        if dev.link.master != br.index or not dev.link.up:
+            problems.append(("vni", f"VXLAN device {conf.device} is not up on bridge {conf.bridge}"))
+    name = host_veth_name(req.container_id, req.ifname)
+    host = node.link(name)
+    if host is None:
+        problems.append(("host veth", f"host veth {name} is missing"))
+    elif host.master != br.index or not host.up:
+        problems.append(("host veth", f"host veth {name} is not up on bridge {conf.bridge}"))
+    return problems
+
+
+def tell_controller(network: str) -> None:
+    """In the node daemon, wake the vxlan-peers controller now (a new device is published and
+    programmed at once, not at the next resync). Outside it (the module is not loaded): nothing."""
+    peers = sys.modules.get("multiplex.controllers.vxlan_peers")
+    if peers is not None:
+        peers.device_changed(network)
+
+
+plugin = VxlanOverlayPlugin()
+
+
+def main() -> None:
+    skel.main(plugin)

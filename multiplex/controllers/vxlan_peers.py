@@ -1,0 +1,242 @@
+"""vxlan-peers: the node daemon keeps every vxlan-overlay network's peers programmed, never learned.
+
+For each VXLAN device the vxlan-overlay delegate made on this node in programmed mode (alias
+`vxlan-overlay/<network>`, learning off, proxy on; delegates/vxlan_overlay.py):
+
+- **publish**: `vxlan/<network>` = {"vtepMAC", "vni", "port"} among this node's facts, through the
+  node registry (multiplex/controllers/node_registry.py); withdrawn when the device is gone.
+- **peers**: every other node whose facts carry `vxlan/<network>` with the same VNI, at its
+  underlay address of the device's family, gets one all-zeros FDB entry (head-end replication of
+  broadcast, multicast and unknown unicast).
+- **remote pods**: every pod on such a peer whose network-status names the network (`ns/name` is
+  the network `ns.name`, the config name multiplex gives a NAD's delegates) gets an FDB entry
+  (its MAC -> its node's address) and a neighbour entry per address (IP -> MAC) on the device.
+  With proxy mode on, the kernel answers ARP and neighbour solicitations for remote pods from
+  those entries and drops what it cannot answer: ARP and ND never flood the mesh.
+- everything else permanent on the device is removed: a node that left (its Node, or its facts,
+  gone), a pod deleted or moved.
+
+One key, "all": a reconcile reads the devices, the registry's view and the pods, and makes the
+kernel's tables equal to that (adds, replaces, deletes; nothing when equal). It runs on pod events
+(the cluster's pods: a kind `vxlan-pods` this controller registers, since the daemon's own `pods`
+kind holds only this node's), on every node-facts change (a registry listener), when the delegate
+made a device in this process (`device_changed`), and at each resync (5 s): an entry deleted by
+hand is back within that period.
+
+Choice: pods are read from their network-status (what multiplex wrote after ADD) rather than from
+IPAM's leases, because it carries the MAC, which the FDB needs, and because it is what a user
+reads too.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+import weakref
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
+
+from ..daemon.controller import Controller, DaemonContext
+
+NAME = "vxlan-peers"
+PODS_KIND = "vxlan-pods"
+FACT_PREFIX = "vxlan/"
+STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/network-status"
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+_live: "weakref.WeakSet[VxlanPeers]" = weakref.WeakSet()
+
+
+def device_changed(network: str = "") -> None:
+    """Called by the delegate (in the daemon's process) after an ADD: reconcile now."""
+    for ctrl in list(_live):
+        ctrl.enqueue("all")
+
+
+@dataclass(frozen=True)
+class Device:
+    """One programmed-mode overlay device of this node."""
+    network: str
+    link: Any                  # multiplex.netlink.Link
+    vni: int
+    port: int
+    family: int                # the underlay family of its `local`
+
+
+@dataclass
+class Desired:
+    peers: set[str]                      # underlay addresses for the all-zeros entry
+    fdb: dict[str, str]                  # pod MAC -> underlay address
+    neighbours: dict[str, str]           # pod IP -> pod MAC
+
+
+def status_network(name: str) -> str:
+    """A network-status `name` as the network's config name: `ns/nad` -> `ns.nad`."""
+    ns, sep, nad = name.partition("/")
+    return f"{ns}.{nad}" if sep else name
+
+
+def pod_attachments(pod: dict, network: str) -> Iterable[tuple[str, list[str]]]:
+    """(MAC, addresses) of each interface of `pod` on `network`, from its network-status."""
+    import json
+
+    text = ((pod.get("metadata") or {}).get("annotations") or {}).get(STATUS_ANNOTATION)
+    if not text:
+        return
+    try:
+        entries = json.loads(text)
+    except ValueError:
+        return
+    for e in entries if isinstance(entries, list) else []:
+        if not isinstance(e, dict) or status_network(str(e.get("name") or "")) != network:
+            continue
+        mac = str(e.get("mac") or "").lower()
+        if not _MAC.match(mac):
+            continue
+        ips = []
+        for ip in e.get("ips") or []:
+            try:
+                ips.append(str(ipaddress.ip_address(str(ip).split("/")[0])))
+            except ValueError:
+                continue
+        yield mac, ips
+
+
+def desired(device: Device, me: str, nodes: dict, pods: list[dict]) -> Desired:
+    """What `device` should hold, from every node's facts and every pod's network-status."""
+    key = FACT_PREFIX + device.network
+    where: dict[str, str] = {}
+    for name, facts in nodes.items():
+        if name == me:
+            continue
+        fact = facts.facts.get(key)
+        if not isinstance(fact, dict) or fact.get("vni") != device.vni:
+            continue
+        addr = facts.address(device.family)
+        if addr is not None:
+            where[name] = str(addr)
+    fdb: dict[str, str] = {}
+    neighbours: dict[str, str] = {}
+    for pod in pods:
+        node = (pod.get("spec") or {}).get("nodeName") or ""
+        if node not in where:
+            continue
+        for mac, ips in pod_attachments(pod, device.network):
+            fdb[mac] = where[node]
+            for ip in ips:
+                neighbours[ip] = mac
+    return Desired(peers=set(where.values()), fdb=fdb, neighbours=neighbours)
+
+
+def local_devices(h) -> list[Device]:
+    """This node's overlay devices in programmed mode (learning off), by their alias."""
+    from delegates.vxlan_overlay import network_of_alias
+    from ..netlink import vxlan
+
+    out = []
+    for d in vxlan.vxlan_devices(h):
+        network = network_of_alias(d.link.alias)
+        if network is None or d.learning or d.local is None:
+            continue
+        out.append(Device(network=network, link=d.link, vni=d.vni, port=d.port, family=d.local.version))
+    return out
+
+
+def program(h, dev: Device, want: Desired) -> dict[str, int]:
+    """Make the device's permanent FDB and neighbour entries equal to `want`. Returns counts of
+    what changed (added, removed), for the log."""
+    from ..netlink import vxlan
+
+    added = removed = 0
+    have = {(r.mac, r.dst) for r in vxlan.remote_fdb(h, dev.link) if r.permanent}
+    wanted = {(vxlan.ZERO_MAC, p) for p in want.peers} | set(want.fdb.items())
+    for mac, dst in sorted(wanted - have):
+        vxlan.add_remote(h, dev.link, mac, dst)
+        added += 1
+    for mac, dst in sorted(have - wanted):
+        if mac != vxlan.ZERO_MAC and want.fdb.get(mac) is not None:
+            continue   # replaced above (a MAC has one destination)
+        removed += vxlan.delete_remote(h, dev.link, mac, dst)
+    neigh = {n.ip: n.mac for n in vxlan.permanent_neighbours(h, dev.link)}
+    for ip, mac in sorted(want.neighbours.items()):
+        if neigh.get(ip) != mac:
+            vxlan.set_neighbour(h, dev.link, ip, mac)
+            added += 1
+    for ip in sorted(set(neigh) - set(want.neighbours)):
+        removed += vxlan.delete_neighbour(h, dev.link, ip)
+    return {"added": added, "removed": removed}
+
+
+class VxlanPeers(Controller):
+    name = NAME
+    watches = (PODS_KIND,)
+    resync = 5.0
+
+    def __init__(self, node_name: str):
+        self.node_name = node_name
+        self.registry: Any = None
+        self._published: set[str] = set()
+
+    def setup(self, daemon: DaemonContext) -> None:
+        super().setup(daemon)
+        self.registry = daemon.controllers.get("node-registry")
+        if self.registry is None:
+            raise RuntimeError("vxlan-peers needs the node-registry controller (--controllers must include it)")
+        self.registry.add_listener(lambda name, old, new: self.enqueue("all"))
+        _live.add(self)
+
+    def stop(self) -> None:
+        _live.discard(self)
+
+    def keys_for(self, kind: str, event: str, obj: dict) -> Iterable[str]:
+        return ("all",)
+
+    def reconcile(self, key: str) -> None:
+        self.sync()
+
+    def sync(self) -> None:
+        from ..netlink.handle import Handle
+
+        pods = self.daemon.objects.informer(PODS_KIND).list()
+        nodes = self.registry.nodes()
+        with Handle() as h:
+            devices = local_devices(h)
+            self.publish(devices)
+            for dev in devices:
+                changed = program(h, dev, desired(dev, self.node_name, nodes, pods))
+                if changed["added"] or changed["removed"]:
+                    self.daemon.log.info("vxlan peers programmed", network=dev.network, device=dev.link.name,
+                                         vni=dev.vni, **changed)
+
+    def publish(self, devices: list[Device]) -> None:
+        """This node's VTEP per network among its facts; withdrawn for devices that are gone."""
+        now = set()
+        for dev in devices:
+            key = FACT_PREFIX + dev.network
+            self.registry.register(key, {"vtepMAC": dev.link.mac, "vni": dev.vni, "port": dev.port})
+            now.add(key)
+        for key in self._published - now:
+            self.registry.unregister(key)
+        self._published = now
+
+
+def register_pods_kind(objects: Any) -> None:
+    """Watch every pod of the cluster as `vxlan-pods` (the daemon's `pods` are this node's only).
+    A source without `register` (a test double) serves any kind it is asked for."""
+    register = getattr(objects, "register", None)
+    kinds = getattr(objects, "kinds", {})
+    if register is None or PODS_KIND in kinds:
+        return
+    from ..k8s.objects import KubeKind, KubeObjects, LocalKind
+
+    if isinstance(objects, KubeObjects):
+        from ..k8s.client import PODS
+
+        register(PODS_KIND, KubeKind(PODS))
+    else:
+        register(PODS_KIND, LocalKind("Pod"))
+
+
+def controller(daemon: DaemonContext) -> Optional[VxlanPeers]:
+    """The entry point: every daemon runs one (it does nothing until an overlay device exists)."""
+    register_pods_kind(daemon.objects)
+    return VxlanPeers(daemon.node_name)

@@ -1,0 +1,176 @@
+"""multiplex-vxlan-overlay on its own (no node daemon): static `peers`, learning on, as root.
+
+Two nodes as netns on an underlay switch of MTU 1400; each node runs the delegate as a runtime
+would, with its own per-node IPAM range of one shared subnet (so addresses never collide without
+a cluster). What a user checks: pods on two nodes ping over the overlay (IPv4 and IPv6 pods; an
+IPv4 and an IPv6 underlay), the pod MTU is the underlay's less VXLAN's 50 (IPv4) or 70 (IPv6), a
+don't-fragment ping of exactly that size crosses and one byte more fails with "message too long",
+the underlay carries UDP to the VXLAN port, the device's FDB holds the peers. And every bad input
+is a clear error naming its field, with no VXLAN device, bridge, FDB entry or lease left behind.
+"""
+from __future__ import annotations
+
+import pytest
+
+from tests.cnitool import links, nsexec, ping
+from tests.netns.vxlan_underlay import (Underlay, cni, container_id, fdb, link_mtu, overlay_conf, ping_df,
+                                        pod_address, vxlan_links)
+
+pytestmark = pytest.mark.root
+
+SUBNET4, SUBNET6 = "198.18.71.0/24", "fd00:71::/64"
+
+
+def node_ranges(index: int) -> list[list[dict]]:
+    """Node n's share of the network's subnets: per-node ranges, so no two nodes lease one address."""
+    return [[{"subnet": SUBNET4, "rangeStart": f"198.18.71.{index * 10}", "rangeEnd": f"198.18.71.{index * 10 + 9}"}],
+            [{"subnet": SUBNET6, "rangeStart": f"fd00:71::{index:x}00", "rangeEnd": f"fd00:71::{index:x}ff"}]]
+
+
+@pytest.fixture(scope="module")
+def underlay(tmp_path_factory):
+    from tests.cnitool import NetnsPool
+
+    pool = NetnsPool("mpx")
+    try:
+        yield Underlay.build(pool.make, str(tmp_path_factory.mktemp("vxs")), 2)
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def pods(underlay):
+    """make(node, conf) -> (netns, result); every pod made is DELeted and its netns removed."""
+    from tests.cnitool import NetnsPool
+
+    pool = NetnsPool("mpx")
+    made = []
+
+    def make(node, conf, ifname="net1"):
+        ns, cid = pool.make("vp"), container_id()
+        out = cni(node, "ADD", conf, cid, ns, ifname)
+        made.append((node, conf, cid, ns, ifname))
+        assert out.ok, out
+        return ns, out.out
+
+    yield make
+    for node, conf, cid, ns, ifname in made:
+        cni(node, "DEL", conf, cid, ns, ifname)
+    pool.close()
+
+
+def conf_for(node, name: str, vni: int, peers: list[str], **fields):
+    return overlay_conf(name, vni, *node_ranges(node.index), peers=peers, **fields)
+
+
+def test_static_peers_ipv4_underlay_pods_ping_with_mtu_1350(underlay, pods):
+    n1, n2 = underlay.nodes
+    ns1, r1 = pods(n1, conf_for(n1, "st4", 71, [n2.v4]))
+    ns2, r2 = pods(n2, conf_for(n2, "st4", 71, [n1.v4]))
+    underlay.count_udp()
+    for fam in (4, 6):
+        assert ping(ns1, pod_address(r2, fam), count=1, timeout=3), f"IPv{fam} pod on n1 cannot reach n2's"
+        assert ping(ns2, pod_address(r1, fam)), f"IPv{fam} pod on n2 cannot reach n1's"
+    assert underlay.udp_packets()["all"] >= 4, "no VXLAN UDP crossed the underlay"
+    assert link_mtu(ns1, "net1") == 1350 and r1["interfaces"][2]["mtu"] == 1350
+    fits = ping_df(ns1, pod_address(r2, 4), 1350)
+    assert fits.returncode == 0, fits.stdout + fits.stderr
+    too_big = ping_df(ns1, pod_address(r2, 4), 1351)
+    assert too_big.returncode != 0 and "message too long" in (too_big.stdout + too_big.stderr).lower(), too_big
+    [(name, dev)] = vxlan_links(n1.netns).items()
+    info = dev["linkinfo"]["info_data"]
+    assert info["id"] == 71 and info["local"] == n1.v4 and info.get("learning") is True
+    assert ("00:00:00:00:00:00", n2.v4) in fdb(n1.netns, name)
+
+
+def test_static_peers_ipv6_underlay_mtu_1330(underlay, pods):
+    n1, n2 = underlay.nodes
+    ns1, r1 = pods(n1, conf_for(n1, "st6", 72, [n2.v6]))
+    ns2, r2 = pods(n2, conf_for(n2, "st6", 72, [n1.v6]))
+    assert link_mtu(ns1, "net1") == 1330
+    for fam in (4, 6):
+        assert ping(ns1, pod_address(r2, fam), count=1, timeout=3), f"IPv{fam} pod over the IPv6 underlay"
+    dev = next(l for l in vxlan_links(n2.netns).values() if l["linkinfo"]["info_data"]["id"] == 72)
+    assert dev["linkinfo"]["info_data"]["local6"] == n2.v6
+    assert ("00:00:00:00:00:00", n1.v6) in fdb(n2.netns, dev["ifname"])
+
+
+def test_mtu_may_lower_it(underlay, pods):
+    n1, n2 = underlay.nodes
+    ns, r = pods(n1, conf_for(n1, "stlow", 73, [n2.v4], mtu=1300))
+    assert link_mtu(ns, "net1") == 1300
+
+
+# ---- bad input ------------------------------------------------------------------------------------
+BAD = [
+    pytest.param({"vni": 0}, "$.vni", 7, id="vni-0"),
+    pytest.param({"vni": 16777216}, "$.vni", 7, id="vni-too-big"),
+    pytest.param({"vni": None}, "$.vni", 7, id="vni-missing"),
+    pytest.param({"mtu": 1351}, "$.mtu", 7, id="mtu-above-computed"),
+    pytest.param({"peers": ["198.18.70.12", "not-an-ip"]}, "$.peers[1]", 7, id="peer-not-an-address"),
+    pytest.param({"peers": ["198.18.70.12", "fd00:70::12"]}, "$.peers[1]", 7, id="peers-mixed-families"),
+    pytest.param({"underlayInterface": "nope0"}, "$.underlayInterface", 7, id="missing-underlay-interface"),
+    pytest.param({"port": 0}, "$.port", 7, id="port-0"),
+    pytest.param({"encrypt": "wireguard"}, "$.encrypt", 7, id="encrypt-unknown-field"),
+]
+
+
+def assert_nothing_left(node, before: dict, ns: str, network: str) -> None:
+    """The node's links and FDB as `before` (what the other tests' networks keep), nothing in the
+    pod, no lease of `network`."""
+    from delegates.vxlan_overlay import bridge_name, vxlan_name
+
+    assert links(node.netns) == before["links"], "a link was left on the node"
+    assert vxlan_name(network) not in before["links"] and bridge_name(network) not in before["links"]
+    assert {d: fdb(node.netns, d) for d in vxlan_links(node.netns)} == before["fdb"], "an FDB entry was left"
+    assert links(ns) == {"lo"}, "an interface was left in the pod"
+    from tests.netns.test_bridge_lab import BridgeLab
+
+    lab = BridgeLab(node=node.netns, root=node.root, make_ns=None, ipam_type="multiplex-ipam")
+    assert lab.leases(network) == [], "an IPAM lease was left"
+
+
+@pytest.mark.parametrize("change, field, code", BAD)
+def test_bad_input_is_refused_naming_the_field_and_leaves_nothing(underlay, change, field, code):
+    from tests.cnitool import NetnsPool
+
+    n1, n2 = underlay.nodes
+    conf = conf_for(n1, "stbad", 74, [n2.v4])
+    for k, v in change.items():
+        if v is None:
+            conf.pop(k)
+        else:
+            conf[k] = v
+    before = {"links": links(n1.netns), "fdb": {d: fdb(n1.netns, d) for d in vxlan_links(n1.netns)}}
+    pool = NetnsPool("mpx")
+    try:
+        ns = pool.make("vb")
+        out = cni(n1, "ADD", conf, container_id(), ns)
+        assert out.rc == 1 and out.code == code, out
+        assert f"field: {field}" in out.out["details"], out
+        if field == "$.mtu":
+            assert "1351" in out.out["msg"] and "1350" in out.out["msg"], out
+        assert_nothing_left(n1, before, ns, "stbad")
+    finally:
+        pool.close()
+
+
+def test_two_networks_with_one_vni_on_a_node_is_refused(underlay, pods):
+    from tests.cnitool import NetnsPool
+
+    n1, n2 = underlay.nodes
+    pods(n1, conf_for(n1, "vnia", 75, [n2.v4]))
+    before = set(vxlan_links(n1.netns))
+    pool = NetnsPool("mpx")
+    try:
+        ns = pool.make("vb")
+        out = cni(n1, "ADD", conf_for(n1, "vnib", 75, [n2.v4]), container_id(), ns)
+        assert out.rc == 1 and out.code == 7, out
+        assert "field: $.vni" in out.out["details"] and "vnia" in out.out["msg"], out
+        assert set(vxlan_links(n1.netns)) == before, "a second VXLAN device was made"
+        assert links(ns) == {"lo"}
+        from tests.netns.test_bridge_lab import BridgeLab
+
+        assert BridgeLab(node=n1.netns, root=n1.root, make_ns=None, ipam_type="multiplex-ipam").leases("vnib") == []
+    finally:
+        pool.close()
