@@ -22,6 +22,9 @@ The call's context (req.ctx) says where: its `state_dir` is the state root (the 
 names none, and its `log` carries the call's fields. Nothing is read from os.environ here: an
 exec'd IPAM got its context from its environment at its entry (CallContext.from_environ).
 
+A call served by the node daemon (req.ctx.services set) keeps the SQLite store's connection open
+for the next call (multiplex.ipam.sqlite.pool): the open's checks run once per connection.
+
 One deadline per call: the store gets the Request's (or now + its default), and the undo of a
 failed ADD waits for the database only for what is left of it; a lease it cannot release stays
 owned by the container, so DEL or GC frees it.
@@ -43,7 +46,7 @@ from ..cni.types import IPConfig, Result
 from ..cni.valid import parse_keep
 from . import config
 from .config import IPAMConfig, Requested, StoreLocation
-from .store import Lease, Owner, open_store
+from .store import Lease, Owner, Store, keep_open, open_store
 
 #: the longest a call without a deadline of its own waits for the store (database lock, node lock)
 DEFAULT_WAIT = 60.0
@@ -63,7 +66,7 @@ class IPAMPlugin(Plugin):
         owner = owner_of(req, conf.network)
         wanted = assign_requested(conf, config.requested_addresses(req.config, req.args))
         leases: list[Lease] = []
-        with open_store(conf, deadline_of(req), req.ctx.log) as store:
+        with store_for(req, conf) as store:
             try:
                 for n, range_set in enumerate(conf.range_sets):
                     asked = wanted.get(n)
@@ -82,7 +85,7 @@ class IPAMPlugin(Plugin):
     def delete(self, req: Request) -> None:
         where = location(req)
         owner = owner_of(req, req.name)
-        with open_store(where, deadline_of(req), req.ctx.log) as store:
+        with store_for(req, where) as store:
             gone = store.release(owner)
         if gone:
             req.ctx.log.info("ipam del", network=owner.network, container=owner.container_id, ifname=owner.ifname,
@@ -91,7 +94,7 @@ class IPAMPlugin(Plugin):
     def check(self, req: Request) -> None:
         conf = parse(req)
         owner = owner_of(req, conf.network)
-        with open_store(conf, deadline_of(req), req.ctx.log) as store:
+        with store_for(req, conf) as store:
             held = store.leases(owner=owner)
         for range_set in conf.range_sets:
             if not any(lease.pool in range_set.subnets for lease in held):
@@ -112,7 +115,7 @@ class IPAMPlugin(Plugin):
     def status(self, req: Request) -> None:
         conf = parse(req, check_schema=False)
         try:
-            with open_store(conf, deadline_of(req), req.ctx.log) as store:
+            with store_for(req, conf) as store:
                 usages = [(rs, store.usage(rs, conf.exclude)) for rs in conf.range_sets]
         except CNIError as e:
             if e.code not in (IO_FAILURE, TRY_AGAIN_LATER):   # no database, or no API server
@@ -128,7 +131,7 @@ class IPAMPlugin(Plugin):
         where = location(req)
         if not req.name:
             return                              # no network: nothing is ours to collect
-        with open_store(where, deadline_of(req), req.ctx.log) as store:
+        with store_for(req, where) as store:
             gone = store.gc(req.name, keep)
         if gone:
             req.ctx.log.info("ipam gc", network=req.name,
@@ -142,12 +145,21 @@ class IPAMPlugin(Plugin):
         where = sweep_location(req.config, req.ctx.state_dir, req.ctx.kubeconfig)
         if where is None:
             return
-        with open_store(where, deadline_of(req), req.ctx.log) as store:
+        with store_for(req, where) as store:
             gone = store.release_container(req.container_id)
         if gone:
             req.ctx.log.info("ipam sweep: released the container's leases (DEL without cache)",
                            container=req.container_id,
                            released=[f"{lease.owner.network}/{lease.owner.ifname}:{lease.address}" for lease in gone])
+
+
+def store_for(req: Request, where: "IPAMConfig | StoreLocation") -> Store:
+    """The store `where` names, opened for this call. A call served by a warm process (its context
+    carries the daemon's services) keeps the store's connections open for the next calls
+    (multiplex.ipam.store.keep_open); a one-shot call opens and closes them as always."""
+    if req.ctx.services is not None:
+        keep_open()
+    return open_store(where, deadline_of(req), req.ctx.log)
 
 
 def deadline_of(req: Request) -> float:

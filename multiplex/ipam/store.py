@@ -152,3 +152,35 @@ def open_store(where: IPAMConfig | StoreLocation, deadline: Optional[float] = No
     module_name, _, cls_name = STORES[where.store].partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     return cls.open(where, deadline=deadline, log=log)
+
+
+def keep_open() -> None:
+    """Keep the SQLite store's connections open between calls in this process (a warm process:
+    the node daemon). Idempotent; a one-shot process never calls it."""
+    from .sqlite import pool
+
+    if not pool.POOL.enabled:
+        pool.keep_open()
+
+
+def warm(state_dir: Optional[str] = None, log: Optional[_log.Logger] = None) -> None:
+    """For a warm process (the node daemon's start-up): keep SQLite connections open between calls
+    (multiplex.ipam.sqlite.pool) and open the node's database now when it exists, so the first
+    call borrows a checked connection. Never creates a database (a node without one gets it at its
+    first ADD, as today); a database that cannot be opened now is logged, and the first call meets
+    it with the usual errors and repair."""
+    import os
+
+    from .config import default_data_dir
+    from .sqlite.schema import FILENAME
+    from .sqlite.store import SQLiteStore
+
+    keep_open()
+    data_dir = default_data_dir(state_dir, create=False)
+    if not os.path.exists(os.path.join(data_dir, FILENAME)):
+        return
+    try:
+        with SQLiteStore.open(StoreLocation("sqlite", data_dir, state_dir=state_dir), log=log) as store:
+            store.leases(owner=Owner("", "", ""))
+    except Exception as e:   # noqa: BLE001 - start-up goes on; the first call reports it
+        (log or _log.get()).warning("IPAM database not opened at start-up", directory=data_dir, error=repr(e))

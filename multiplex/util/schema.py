@@ -2,13 +2,31 @@
 
 Schemas live in schemas/ (shipped as the multiplex.schemas package). An error names the field by
 its JSON path and says what is allowed, as a CNI error with code 7.
+
+In a warm process (the node daemon) one config is validated again and again: every ADD of a pod
+checks the multiplex config, the annotation, and each delegate's config and IPAM block, often more
+than once per call. Two things make that cheap:
+
+- **Validators compiled once** (`_validator`, one per schema name), and `warm()` compiles them all
+  and walks jsonschema's error paths at start-up, so no call pays an import or a class compile.
+- **Passed configs remembered** (`_Passed`): a bounded LRU of (schema name, canonical JSON text)
+  that validated. Safe because a schema check is a pure function of its input: the schemas are
+  read once per process (`load` is cached), our `pattern` keyword and the format checkers look at
+  the instance alone, `$ref` resolves to our own files, never the network. So the same schema and
+  the same JSON text give the same verdict every time. Only passes are remembered (an error is
+  recomputed, so its message names the caller's `prefix`); the key is the text itself, not a hash,
+  so two configs never share an entry; an instance whose text does not read back as the same value
+  (non-string keys, tuples, NaN) or is too big is not remembered. Memory is bounded by entries and
+  by total text (`MEMO_ENTRIES`, `MEMO_BYTES`).
 """
 from __future__ import annotations
 
 import json
 import os
+import threading
+from collections import OrderedDict
 from functools import lru_cache
-from typing import Any
+from typing import Any, Optional
 
 from ..cni.errors import CNIError, INVALID_CONFIG
 
@@ -23,6 +41,103 @@ def schema_path(name: str) -> str:
         if os.path.isfile(p):
             return p
     raise FileNotFoundError(f"schema {fname} not found in {', '.join(_DIRS)}")
+
+
+#: how many passed configs are remembered, and how much text they may hold together
+MEMO_ENTRIES = 1024
+MEMO_BYTES = 4 * 1024 * 1024
+#: a config longer than this (canonical JSON characters) is validated every time
+MEMO_MAX_TEXT = 64 * 1024
+
+
+class _Passed:
+    """The LRU of (schema name, canonical JSON text) that passed validation (see the module doc).
+    Thread-safe: the daemon's workers validate at the same time."""
+
+    def __init__(self, entries: int = MEMO_ENTRIES, max_bytes: int = MEMO_BYTES):
+        self.entries = entries
+        self.max_bytes = max_bytes
+        self._seen: "OrderedDict[tuple[str, str], None]" = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        #: lookups answered from memory (hits) and validations run (misses), for tests and profiles
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(name: str, instance: Any) -> Optional[tuple[str, str]]:
+        """(name, canonical text), or None when the instance cannot be remembered safely: its text
+        must read back as an equal value (JSON turns int keys into strings and tuples into lists,
+        which a schema may judge differently), and be at most MEMO_MAX_TEXT long."""
+        try:
+            text = json.dumps(instance, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False)
+            if len(text) > MEMO_MAX_TEXT or json.loads(text) != instance:
+                return None
+        except (TypeError, ValueError, RecursionError):
+            return None
+        return (name, text)
+
+    def passed(self, key: tuple[str, str]) -> bool:
+        with self._lock:
+            if key in self._seen:
+                self._seen.move_to_end(key)
+                self.hits += 1
+                return True
+            self.misses += 1
+            return False
+
+    def remember(self, key: tuple[str, str]) -> None:
+        size = len(key[1])
+        with self._lock:
+            if key in self._seen:
+                return
+            self._seen[key] = None
+            self._bytes += size
+            while self._seen and (len(self._seen) > self.entries or self._bytes > self.max_bytes):
+                old, _ = self._seen.popitem(last=False)
+                self._bytes -= len(old[1])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._seen.clear()
+            self._bytes = 0
+            self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+passed = _Passed()
+
+
+def names() -> list[str]:
+    """Every schema shipped (the file names without .json)."""
+    found: set[str] = set()
+    for d in _DIRS:
+        if os.path.isdir(d):
+            found.update(f[:-5] for f in os.listdir(d) if f.endswith(".json"))
+    return sorted(found)
+
+
+def warm() -> None:
+    """Compile every schema's validator and walk the error paths once (jsonschema's lazy imports,
+    its attrs classes, `ast` for missing keys), so that no call in a warm process imports or
+    compiles anything. For the node daemon's start-up; a one-shot call never needs it."""
+    import ast  # noqa: F401  (used by _missing_key on an error path)
+    import re  # noqa: F401
+
+    import jsonschema  # noqa: F401
+    import jsonschema.exceptions  # noqa: F401
+
+    for name in names():
+        _validator(name)
+        for sample in ({}, {"cniVersion": 1, "type": "", "name": None}):
+            errors(name, sample)
+            try:
+                _validate(name, sample, "$")
+            except Exception:
+                pass
 
 
 @lru_cache(maxsize=None)
@@ -108,7 +223,17 @@ def _too_deep(name: str, prefix: str) -> CNIError:
 
 
 def validate(name: str, instance: Any, prefix: str = "$") -> None:
-    """Raise CNIError 7 naming the first bad field and what is allowed."""
+    """Raise CNIError 7 naming the first bad field and what is allowed. A config that passed
+    before (same schema, same JSON text) passes again without being walked (see `_Passed`)."""
+    key = passed.key(name, instance)
+    if key is not None and passed.passed(key):
+        return
+    _validate(name, instance, prefix)
+    if key is not None:
+        passed.remember(key)
+
+
+def _validate(name: str, instance: Any, prefix: str) -> None:
     import jsonschema
 
     v = _validator(name)

@@ -28,6 +28,10 @@ database that is not what the marker says is damaged, moved aside and rebuilt fr
 plugin's cache (multiplex.ipam.sqlite.recovery), or refused with code 5 when the cache cannot
 account for every attachment: `multiplex ipam check --repair --force` rebuilds from what there is.
 The files, tables and migrations are multiplex.ipam.sqlite.schema.
+
+In a warm process (the node daemon, after `pool.keep_open()`) the connection outlives the store:
+`close()` gives it back to multiplex.ipam.sqlite.pool and the next store borrows it, checked only
+against the file's identity; the open's checks above then run once per connection, not per call.
 """
 from __future__ import annotations
 
@@ -47,7 +51,7 @@ from ...cni.types import IPAddress, IPNetwork
 from ..allocator import Space, address as int_to_address
 from ..config import IPAMConfig, RangeSet, StoreLocation, default_data_dir
 from ..store import Lease, Owner, PoolUsage, Store, as_keep
-from . import recovery
+from . import pool as _pool, recovery
 from .recovery import Damaged
 from .schema import COLUMNS, FILENAME, MARKER_SUFFIX, SCHEMA_VERSION, lease_of_row, lease_order, migrate
 
@@ -64,15 +68,18 @@ def _db_errors(method):
             try:
                 return method(self, *args, **kwargs)
             except sqlite3.OperationalError as e:
+                self._spoil()
                 if "locked" in str(e) or "busy" in str(e):
                     raise self._busy(e) from None
                 raise CNIError(IO_FAILURE, f"IPAM database error: {e}", f"field: ipam.dataDir; file: {self.path}") from None
             except sqlite3.DatabaseError as e:
+                self._spoil()
                 if attempt == 2 or not _is_damage(e):
                     raise CNIError(IO_FAILURE, f"IPAM database error: {e}", f"field: ipam.dataDir; file: {self.path}") from None
                 self.close()
                 self.recover(f"SQLite reports: {e}")
             except sqlite3.Error as e:
+                self._spoil()
                 raise CNIError(IO_FAILURE, f"IPAM database error: {e}", f"field: ipam.dataDir; file: {self.path}") from None
             except Damaged as e:   # still damaged right after a repair: never go on with it
                 raise CNIError(IO_FAILURE, f"IPAM database damaged: {e.reason}",
@@ -104,6 +111,9 @@ class SQLiteStore(Store):
         #: the call's logger (the process logger when the store serves no call)
         self.log = log or _log.get()
         self._conn: Optional[sqlite3.Connection] = None
+        #: the connection with the file it was opened on, when it may be kept (pool.py); None
+        #: when the file changed while it was opened, or SQLite raised an error on it
+        self._kept: Optional[_pool.Kept] = None
         self._wait: tuple[float, float] = (0.0, 0.0)    # (monotonic start, budget) of the last lock wait
 
     @classmethod
@@ -118,9 +128,17 @@ class SQLiteStore(Store):
                    log=log)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Close the connection, or in a warm process give it back to the pool (pool.py)."""
+        conn, kept = self._conn, self._kept
+        self._conn = self._kept = None
+        if kept is not None and kept.conn is conn:
+            _pool.POOL.give(kept)
+        elif conn is not None:
+            conn.close()
+
+    def _spoil(self) -> None:
+        """SQLite raised on this connection: it is closed at close(), never kept."""
+        self._kept = None
 
     # --- the deadline ----------------------------------------------------------------------
 
@@ -146,6 +164,12 @@ class SQLiteStore(Store):
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is not None:
+            return self._conn
+        kept = _pool.POOL.take(self.path)
+        if kept is not None:   # open and checked already, on the file that is at the path now
+            self._wait = (time.monotonic(), self.time_left())
+            kept.conn.execute(f"PRAGMA busy_timeout = {int(self._wait[1] * 1000)}")
+            self._conn, self._kept = kept.conn, kept
             return self._conn
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         try:
@@ -182,8 +206,10 @@ class SQLiteStore(Store):
                 return None
             # created 0600: leases name every pod on the node
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        before = _pool.name_identity(self.path) if _pool.POOL.enabled else None
         self._wait = (time.monotonic(), self.time_left())
-        conn = sqlite3.connect(self.path, timeout=self._wait[1], isolation_level=None)
+        # check_same_thread=False: a kept connection may serve another worker thread next time
+        conn = sqlite3.connect(self.path, timeout=self._wait[1], isolation_level=None, check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self._wait[1] * 1000)}")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -204,6 +230,10 @@ class SQLiteStore(Store):
             raise
         if not marked:
             recovery.write_marker(self.marker)
+        if create and _pool.POOL.enabled:
+            after = _pool.identity(self.path)
+            # kept only when the file did not change while it was opened and checked
+            self._kept = _pool.Kept.of(conn, self.path, after) if after is not None and after == before else None
         return conn
 
     def recover(self, reason: str, force: bool = False) -> str:
