@@ -35,6 +35,7 @@ against the file's identity; the open's checks above then run once per connectio
 """
 from __future__ import annotations
 
+import _socket
 import functools
 import ipaddress
 import os
@@ -413,10 +414,18 @@ class SQLiteStore(Store):
         """Every leased address inside the range set's subnets, whatever pool it was leased in
         (one address space: a /25 of another network's /24 shares its addresses)."""
         nets = [(int(r.subnet.network_address), int(r.subnet.broadcast_address)) for r in range_set.ranges]
-        rows = db.execute("SELECT address FROM leases WHERE family = ?", (range_set.family,))
+        family = range_set.family
+        rows = db.execute("SELECT address FROM leases WHERE family = ?", (family,))
         out = set()
+        if len(nets) == 1:   # the common case, without a generator per lease
+            (lo, hi), = nets
+            for (a,) in rows:
+                v = address_int(a, family)
+                if lo <= v <= hi:
+                    out.add(v)
+            return out
         for (a,) in rows:
-            v = int(ipaddress.ip_address(a))
+            v = address_int(a, family)
             if any(lo <= v <= hi for lo, hi in nets):
                 out.add(v)
         return out
@@ -441,6 +450,17 @@ class SQLiteStore(Store):
     @staticmethod
     def _delete(db: sqlite3.Connection, lease: Lease) -> None:
         db.execute("DELETE FROM leases WHERE pool = ? AND address = ?", (lease.pool, str(lease.address)))
+
+
+def address_int(text: str, family: int) -> int:
+    """A stored address as an int. Every allocation reads every lease of its family, so this runs
+    once per lease on the node: inet_pton (C) is ~10x faster than ipaddress' pure-Python parser
+    (`_socket`, not `socket`: the C module alone, no enum/selectors to import). A text inet_pton
+    refuses (never written by this store) goes through ipaddress, which says what is wrong."""
+    try:
+        return int.from_bytes(_socket.inet_pton(_socket.AF_INET if family == 4 else _socket.AF_INET6, text), "big")
+    except (OSError, ValueError):
+        return int(ipaddress.ip_address(text))
 
 
 def spans_of_key(key: str) -> list[tuple[str, IPAddress, IPAddress]]:
