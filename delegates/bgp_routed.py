@@ -1,0 +1,276 @@
+"""`multiplex-bgp-routed`: Calico-style routed pods; the node daemon's BGP controller carries the
+routes between nodes (multiplex/controllers/bgp.py, BIRD 2).
+
+ADD, as its steps: validate the config; make a veth pair whose pod end is born in the pod netns
+(renamed to CNI_IFNAME) and whose host end stays in the node with **no address**; ask IPAM (the
+cluster-wide one: its per-node blocks are what the node announces); in the pod, each address as a
+host prefix (/32, /128), an on-link route to the family's gateway and the default route via it:
+
+    IPv4: 198.18.64.5/32, `169.254.1.1 dev eth0 scope link`, `default via 169.254.1.1 dev eth0`
+    IPv6: fd00:64::5/128, `default via fe80::1 dev eth0`
+
+On the node: the host veth answers for 169.254.1.1 with `proxy_arp` (as Calico's does) and owns
+`fe80::1/64` (no DAD) for IPv6, so IPv6 needs no proxy NDP; the pod additionally gets a permanent
+neighbour entry for each gateway with the host veth's MAC, which keeps the pod working on a node
+without a default route (the kernel proxies ARP only for what it can route). Then the host route
+`<pod>/32 dev <host veth> scope link` (`/128`), and forwarding on. Nothing here speaks BGP: the
+node's blocks are announced by the BGP controller from the IPAM's IPBlocks; an address this node
+borrowed from another node's block is announced as a /32 (/128) the same way.
+
+The host end is named `mpr` + 12 hex of containerID/ifname and carries the alias
+`<containerID>/<ifname>/<network>` (nft.owner_comment), so DEL needs neither the pod netns nor
+the cache, and GC and the cache-less DEL (`sweep`) find attachments by alias. DEL removes the veth
+(its routes go with it) and the lease. A failed ADD undoes what it made.
+Config fields: docs/bgp-routed.md, schemas/bgp-routed.json.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from typing import Optional
+
+from multiplex.cni import skel
+from multiplex.cni.errors import invalid_config
+from multiplex.cni.plugin import Plugin
+from multiplex.cni.request import Request
+from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
+from multiplex.netlink import nft
+from delegates.steps import (Problem, Undo, add_pod_routes, address_pod_interface, check_failed, check_ipv6_mtu,
+                             check_prologue, ipam_add, ipam_forward, ipam_type, missing_pod_interface,
+                             open_pod_for_check, pod_interface_problems, undone_on_failure)
+
+TYPE_NAME = "multiplex-bgp-routed"
+HOST_PREFIX = "mpr"
+GATEWAY_V4 = ipaddress.ip_address("169.254.1.1")
+GATEWAY_V6 = ipaddress.ip_address("fe80::1")
+GATEWAYS = {4: GATEWAY_V4, 6: GATEWAY_V6}
+DEFAULTS = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
+
+
+def host_veth_name(container_id: str, ifname: str) -> str:
+    """`mpr` + 12 hex of containerID/ifname: 15 characters, fixed, so DEL finds it by name."""
+    return HOST_PREFIX + hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:12]
+
+
+def owner(container_id: str, ifname: str, network: str) -> str:
+    return nft.owner_comment(container_id, ifname, network)
+
+
+@dataclass
+class RoutedConfig:
+    network: str
+    mtu: Optional[int] = None
+    dns: Optional[DNS] = None
+
+    @classmethod
+    def parse(cls, conf: dict) -> "RoutedConfig":
+        name = conf.get("name")
+        if not isinstance(name, str) or not name:
+            raise invalid_config("the config needs a network name", "$.name", "a non-empty string")
+        dns = DNS.from_dict(conf["dns"]) if isinstance(conf.get("dns"), dict) else None
+        return cls(network=name, mtu=conf.get("mtu") or None, dns=dns if dns is not None and not dns.empty() else None)
+
+
+def default_mtu() -> Optional[int]:
+    """The node's underlay MTU, chosen as the node registry chooses the underlay (default route's
+    interface, else the first up interface with a global address): routed pod traffic leaves the
+    node unencapsulated, so the pod may use all of it. None when there is no underlay to read."""
+    from multiplex.controllers.node_registry import read_underlay
+
+    try:
+        return read_underlay("").mtu or None
+    except (ValueError, OSError):
+        return None
+
+
+class BgpRoutedPlugin(Plugin):
+    type_name = TYPE_NAME
+    capabilities = frozenset({"ips"})
+    schema = "bgp-routed"
+
+    def validate(self, conf: dict, where: str = "$") -> None:
+        super().validate(conf, where)
+        check_ipv6_mtu(conf, where)
+
+    def config(self, req: Request) -> RoutedConfig:
+        if req.command in ("ADD", "CHECK"):
+            self.validate(req.config)
+        return RoutedConfig.parse(req.config)
+
+    # ---- ADD -------------------------------------------------------------------------------------
+    def add(self, req: Request) -> Result:
+        from multiplex import netlink
+
+        conf = self.config(req)
+        with netlink.open_node(batch=req.ctx.batch) as node, undone_on_failure(req) as undo, \
+                netlink.open_netns(req.netns) as pod:
+            result = self._add(req, conf, node, pod, undo)
+        req.ctx.log.info("bgp-routed add", network=conf.network, container=req.container_id, ifname=req.ifname,
+                         addresses=[str(ip.address) for ip in result.ips])
+        return result
+
+    def _add(self, req: Request, conf: RoutedConfig, node, pod, undo: Undo) -> Result:
+        from multiplex import netlink
+        from multiplex.netlink import routes as rt
+
+        host_name = host_veth_name(req.container_id, req.ifname)
+        if node.delete_link(host_name):
+            req.ctx.log.warning("replaced a stale host veth", link=host_name, container=req.container_id)
+        mtu = conf.mtu or default_mtu()
+        host, peer = netlink.make_veth_pair(node, pod, host_name, req.ifname, mtu=mtu,
+                                            alias=owner(req.container_id, req.ifname, conf.network))
+        undo.push(f"delete veth {host_name}", lambda: node.delete_link(host_name))
+
+        ipam = ipam_add(req, undo)
+        families = {ip.address.version for ip in ipam.ips}
+
+        # the node side first, so the pod's first packet finds its way back
+        if 4 in families:
+            rt.enable_proxy_arp(host.name)
+        if 6 in families:
+            netlink.sysctl.write(f"net/ipv6/conf/{host.name}/accept_dad", "0", missing_ok=True)
+            node.add_address(host, ipaddress.ip_interface(f"{GATEWAY_V6}/64"), exist_ok=True)
+        rt.enable_forwarding(families)
+        for ip in ipam.ips:
+            rt.host_route(node, ip.address.ip, host)
+
+        result = Result(cni_version=req.cni_version)
+        result.add_interface(Interface(name=host.name, mac=host.mac))
+        pod_index = result.add_interface(Interface(name=req.ifname, mac=peer.mac, sandbox=req.netns,
+                                                   mtu=peer.mtu or mtu))
+        result.ips = [IPConfig(address=host_prefix(ip.address.ip), interface=pod_index) for ip in ipam.ips]
+        result.routes = pod_routes(families, ipam.routes)
+        result.dns = conf.dns or ipam.dns
+
+        address_pod_interface(req, pod, peer, result.ips)
+        for family in sorted(families):
+            rt.permanent_neighbour(pod, GATEWAYS[family], peer, host.mac)
+        add_pod_routes(pod, peer, result.routes, result.ips)
+        return result
+
+    # ---- DEL -------------------------------------------------------------------------------------
+    def delete(self, req: Request) -> None:
+        from multiplex import netlink
+        from multiplex.cni.invoke import invoke_ipam
+
+        conf = self.config(req)
+        name = host_veth_name(req.container_id, req.ifname)
+        with netlink.open_node(batch=req.ctx.batch) as node:
+            gone = node.delete_link(name)   # the pod end and the host routes go with it
+        invoke_ipam(req)
+        req.ctx.log.info("bgp-routed del", network=conf.network, container=req.container_id, ifname=req.ifname,
+                         veth_deleted=gone)
+
+    # ---- CHECK -----------------------------------------------------------------------------------
+    def check(self, req: Request) -> None:
+        from multiplex import netlink
+
+        conf = self.config(req)
+        prev = check_prologue(req)
+        pod = open_pod_for_check(req, conf.network)
+        with netlink.open_node(batch=req.ctx.batch) as node, pod:
+            problems = check_node(node, req, prev)
+            iface = pod.link(req.ifname)
+            problems += missing_pod_interface(req) if iface is None else pod_interface_problems(pod, iface, prev)
+        if problems:
+            raise check_failed(req, conf.network, problems)
+
+    # ---- STATUS, GC ------------------------------------------------------------------------------
+    def status(self, req: Request) -> None:
+        self.config(req)
+        ipam_forward(req)
+
+    def gc(self, req: Request) -> None:
+        """This network's host veths that the keep-list does not keep, found by alias; then IPAM's GC."""
+        from multiplex.cni.valid import parse_keep
+
+        keep = parse_keep(req.config)
+        conf = self.config(req)
+        ipam_type(req)
+        kept = nft.container_marks(set(keep.containers) | {cid for cid, _ in keep.pairs})
+
+        def stale(alias: str) -> bool:
+            o = nft.parse_owner(alias)
+            if o is None or not o.of_network(conf.network):
+                return False
+            cid = kept.get(o.container)
+            return cid is None or not keep.keeps(cid, o.ifname)
+
+        removed = remove_host_veths(req, stale)
+        req.ctx.log.info("bgp-routed gc", network=conf.network, veths=removed)
+        ipam_forward(req)
+
+    def sweep(self, req: Request) -> None:
+        """A DEL without a cache entry: every host veth of `req.container_id` this plugin made."""
+        cid = req.container_id
+        if not cid:
+            return
+
+        def mine(alias: str) -> bool:
+            o = nft.parse_owner(alias)
+            return o is not None and o.of_container(cid)
+
+        removed = remove_host_veths(req, mine)
+        if removed:
+            req.ctx.log.info("bgp-routed sweep", container=cid, veths=removed)
+
+
+# ---- steps ---------------------------------------------------------------------------------------
+def host_prefix(address) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """The pod's address as a host prefix: nothing else is on its link but the node."""
+    return ipaddress.ip_interface(f"{address}/{address.max_prefixlen}")
+
+
+def pod_routes(families: set[int], ipam_routes: list[Route]) -> list[Route]:
+    """The pod's routes: per family, the on-link route to the gateway (IPv4: IPv6's gateway is
+    link-local and needs none), the default route via it, and IPAM's routes, every one via the
+    gateway (nothing is on-link for a routed pod)."""
+    out: list[Route] = []
+    if 4 in families:
+        out.append(Route(dst=ipaddress.ip_network(f"{GATEWAY_V4}/32"), scope=253))
+    for family in sorted(families):
+        out.append(Route(dst=DEFAULTS[family], gw=GATEWAYS[family]))
+    for r in ipam_routes:
+        if r.dst.version in families and r.dst != DEFAULTS[r.dst.version]:
+            out.append(Route(dst=r.dst, gw=GATEWAYS[r.dst.version], mtu=r.mtu, advmss=r.advmss))
+    return out
+
+
+def check_node(node, req: Request, prev: Result) -> list[Problem]:
+    """The node side as ADD made it: the host veth up, proxy ARP on (IPv4), a host route per address."""
+    from multiplex.netlink import routes as rt
+
+    name = host_veth_name(req.container_id, req.ifname)
+    host = node.link(name)
+    if host is None:
+        return [("host veth", f"host veth {name} is missing")]
+    problems: list[Problem] = []
+    if not host.up:
+        problems.append(("host veth", f"host veth {name} is down"))
+    if any(ip.address.version == 4 for ip in prev.ips) and not rt.proxy_arp_enabled(name):
+        problems.append(("host veth", f"proxy_arp is off on {name}"))
+    for ip in prev.ips:
+        if not rt.has_host_route(node, ip.address.ip, host):
+            problems.append(("routes", f"host route {ip.address.ip} dev {name} is missing on the node"))
+    return problems
+
+
+def remove_host_veths(req: Request, match) -> list[str]:
+    """Delete this plugin's host veths whose alias `match` accepts; their names."""
+    from multiplex import netlink
+
+    removed = []
+    with netlink.open_node(batch=req.ctx.batch) as node:
+        for link in node.links():
+            if link.kind == "veth" and link.name.startswith(HOST_PREFIX) and link.alias and match(link.alias):
+                if node.delete_link(link.name):
+                    removed.append(link.name)
+    return removed
+
+
+plugin = BgpRoutedPlugin()
+
+
+def main() -> None:
+    skel.main(plugin)

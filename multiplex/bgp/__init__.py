@@ -1,0 +1,1 @@
+"""BGP for bgp-routed networks: the settings (settings.py), one node's plan (plan.py), BIRD's config (render.py) and BIRD itself (bird.py). The controller that drives them is multiplex/controllers/bgp.py."""

@@ -1,0 +1,171 @@
+"""The BGP controller: one BIRD 2 per node, configured from the cluster, for bgp-routed networks.
+
+Each reconcile gathers what the node should announce and to whom, and makes BIRD match:
+- the settings file (multiplex/bgp/settings.py: ASN, mesh, reflector label, BFD, graceful
+  restart, explicit peers), read again at every pass;
+- every node's published underlay (the node registry's view: `nodes()`), labels (route
+  reflectors) and annotations (a per-node ASN), from the Nodes informer;
+- this node's affine IPBlocks and the addresses it borrowed in other nodes' blocks, and every
+  IPPool's CIDR (the import filter), from the IPBlock / IPPool informers.
+multiplex/bgp/plan.py makes the plan, render.py BIRD's config. When the text differs from the file
+(or BIRD is not running) the new text is checked with `bird -p`, written, and applied with
+`configure` (sessions whose config is unchanged stay up), or BIRD is started on it. A pass with
+nothing new costs a few dict reads and one file read.
+
+BIRD's files are `<state>/bgp/` (bird.conf, bird.ctl - what `multiplex bgp status` reads -,
+bird.pid, bird.log). BIRD runs in a session of its own: a daemon that crashes leaves it running,
+and the next daemon adopts it (pid file + a socket that answers), so routes survive a daemon
+restart; a daemon that stops stops BIRD by its pid.
+
+The controller runs only where the admin asked for BGP: its factory returns None when the
+settings file ($MULTIPLEX_BGP_CONFIG, default /etc/multiplex/bgp.json) does not exist.
+Readiness: BIRD answers on its socket.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Optional
+
+from ..daemon.controller import Controller, DaemonContext
+
+NAME = "bgp"
+BLOCKS_KIND, POOLS_KIND = "ipblocks", "ippools"
+
+
+def register_kinds(objects: Any) -> None:
+    """Make the IPAM's IPBlocks and IPPools watchable on this object source (unless already
+    registered, e.g. by the cluster IPAM's own controller), for the Kubernetes API and for a local
+    directory alike."""
+    from ..ipam.kube.model import BLOCK_KIND, BLOCKS, GROUP, POOL_KIND, POOLS, VERSION
+
+    kinds = getattr(objects, "kinds", None)
+    if kinds is None or not hasattr(objects, "register"):
+        return
+    for kind, plural, object_kind in ((BLOCKS_KIND, BLOCKS, BLOCK_KIND), (POOLS_KIND, POOLS, POOL_KIND)):
+        if kind in kinds:
+            continue
+        if type(objects).__name__ == "KubeObjects":
+            from ..k8s.client import custom
+            from ..k8s.objects import KubeKind
+
+            objects.register(kind, KubeKind(custom(GROUP, VERSION, plural)))
+        else:
+            from ..k8s.objects import LocalKind
+
+            objects.register(kind, LocalKind(object_kind, namespaced=False))
+
+
+class BgpController(Controller):
+    name = NAME
+    watches = ("nodes", BLOCKS_KIND, POOLS_KIND)
+    resync = 10.0
+
+    def __init__(self, node_name: str, directory: str, settings_path: str, binary: Optional[str] = None):
+        from ..bgp.bird import Bird
+
+        self.node_name = node_name
+        self.directory = directory
+        self.settings_path = settings_path
+        self.bird = Bird(directory, binary)
+        self.plan: Any = None
+        self.applied = 0          # configs written and applied (start or configure)
+        self.last_result = ""
+
+    # --- the framework's hooks ----------------------------------------------------------------------
+    def setup(self, daemon: DaemonContext) -> None:
+        super().setup(daemon)
+        from ..bgp import settings
+
+        settings.load(self.settings_path)   # a bad file fails setup, named in /readyz and the log
+        registry = daemon.controllers.get("node-registry")
+        if registry is None:
+            raise RuntimeError("the bgp controller needs the node-registry controller (--controllers)")
+        registry.add_listener(lambda name, old, new: self.enqueue("all"))
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        if self.bird.adopt():
+            daemon.log.info("adopted a running BIRD", pid=self.bird.pid, socket=self.bird.socket_path)
+
+    def reconcile(self, key: str) -> None:
+        self.apply()
+
+    def ready(self) -> bool:
+        return self.bird.alive() and self.bird.answers()
+
+    def stop(self) -> None:
+        pid = self.bird.pid
+        self.bird.stop()
+        if pid:
+            self.daemon.log.info("BIRD stopped", pid=pid)
+
+    # --- the steps ---------------------------------------------------------------------------------
+    def gather(self):
+        """The plan's inputs from the settings file, the node registry and the informers."""
+        from ..bgp import plan as bgp_plan
+        from ..bgp import settings
+
+        conf = settings.load(self.settings_path)
+        objects = self.daemon.objects
+        nodes_inf = objects.informer("nodes")
+        facts = self.daemon.controllers["node-registry"].nodes()
+        infos = []
+        for name, f in facts.items():
+            meta = (nodes_inf.get(None, name) or {}).get("metadata") or {}
+            infos.append(bgp_plan.NodeInfo(name, f.ipv4, f.ipv6, dict(meta.get("labels") or {}),
+                                           dict(meta.get("annotations") or {})))
+        me = next((i for i in infos if i.name == self.node_name), None)
+        if me is None:
+            raise RuntimeError(f"node {self.node_name} has not published its node facts yet (node-registry)")
+        blocks, borrowed, error = bgp_plan.blocks_from_ipblocks(objects.informer(BLOCKS_KIND).list(), self.node_name)
+        if error:
+            self.daemon.log.warning("ignoring a malformed IPBlock", error=error)
+        pools = bgp_plan.pools_from_ippools(objects.informer(POOLS_KIND).list())
+        return bgp_plan.make_plan(me, infos, conf, blocks, borrowed, pools)
+
+    def apply(self) -> bool:
+        """Make BIRD run the config of the current plan. True when something was (re)applied."""
+        from ..bgp.render import render
+        from ..util.files import atomic_write
+
+        plan = self.gather()
+        text = render(plan)
+        try:
+            with open(self.bird.conf, encoding="utf-8") as f:
+                current = f.read()
+        except OSError:
+            current = None
+        running = self.bird.alive()
+        if text == current and running:
+            self.plan = plan
+            return False
+        self.bird.check_config(text)
+        atomic_write(self.bird.conf, text, mode=0o600)
+        if running:
+            self.last_result = self.bird.configure()
+            self.daemon.log.info("BIRD reconfigured", result=self.last_result, neighbors=len(plan.neighbors),
+                                 blocks=[str(b) for b in plan.blocks], borrowed=[str(b) for b in plan.borrowed])
+        else:
+            pid = self.bird.start()
+            self.last_result = "started"
+            self.daemon.log.info("BIRD started", pid=pid, socket=self.bird.socket_path,
+                                 neighbors=len(plan.neighbors), blocks=[str(b) for b in plan.blocks])
+        self.plan = plan
+        self.applied += 1
+        return True
+
+
+def bgp_directory(state_dir: Optional[str]) -> str:
+    from ..util.state import root
+
+    return os.path.join(root(state_dir), "bgp")
+
+
+def controller(daemon: DaemonContext) -> Optional[BgpController]:
+    """The entry point: a controller when the BGP settings file exists, else None (no BGP here)."""
+    from ..bgp import settings
+
+    path = settings.settings_path()
+    if not os.path.exists(path):
+        daemon.log.debug("no BGP settings file; the bgp controller is not needed", path=path)
+        return None
+    register_kinds(daemon.objects)
+    return BgpController(daemon.node_name, bgp_directory(daemon.state_dir), path)
