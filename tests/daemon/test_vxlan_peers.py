@@ -1,0 +1,125 @@
+"""The vxlan-peers controller's choices (multiplex/controllers/vxlan_peers.py), without a kernel:
+what a device should hold, from every node's facts and the pods' network-status; and the kind
+of every pod of the cluster it watches (the daemon's `pods` are this node's only), through the
+test API server and a local directory.
+
+The kernel side (entries programmed, repaired, removed when a node leaves) is tested on real
+nodes in tests/netns/test_vxlan_overlay.py."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+
+import pytest
+
+from multiplex.controllers.node_registry import NodeFacts
+from multiplex.controllers.vxlan_peers import (PODS_KIND, STATUS_ANNOTATION, Device, controller, desired,
+                                               status_network)
+from multiplex.daemon.controller import DaemonContext
+from multiplex.k8s.objects import KubeObjects, LocalObjects
+from multiplex.netlink.handle import Link
+from tests.k8s.conftest import apiserver  # noqa: F401
+
+
+def pod(name: str, node: str, *entries: dict) -> dict:
+    return {"metadata": {"name": name, "namespace": "default",
+                         "annotations": {STATUS_ANNOTATION: json.dumps(list(entries))}},
+            "spec": {"nodeName": node}}
+
+
+def entry(network: str, mac: str, *ips: str) -> dict:
+    return {"name": network, "interface": "net1", "ips": list(ips), "mac": mac}
+
+
+def facts(name: str, v4: str = "", v6: str = "", **overlays: int) -> NodeFacts:
+    return NodeFacts(name, "ul0", 1400, v4, v6,
+                     {f"vxlan/{net.replace('_', '.')}": {"vtepMAC": "02:00:00:00:00:99", "vni": vni, "port": 4789}
+                      for net, vni in overlays.items()})
+
+
+DEV4 = Device(network="default.ov", link=Link(index=5, name="mpxvx-00000000"), vni=100, port=4789, family=4)
+DEV6 = Device(network="default.ov", link=Link(index=5, name="mpxvx-00000000"), vni=100, port=4789, family=6)
+
+
+def test_status_names_map_to_the_config_names_multiplex_gives_delegates():
+    assert status_network("default/ov") == "default.ov"
+    assert status_network("podnet") == "podnet"
+
+
+def test_peers_are_the_other_nodes_with_the_network_and_its_vni_at_their_address_of_the_devices_family():
+    nodes = {"n1": facts("n1", "198.18.90.1", "fd00:90::1", default_ov=100),
+             "n2": facts("n2", "198.18.90.2", "fd00:90::2", default_ov=100),
+             "n3": facts("n3", "198.18.90.3", "", default_ov=100),        # no IPv6 underlay
+             "n4": facts("n4", "198.18.90.4", "fd00:90::4", default_ov=101),  # another VNI: another L2 domain
+             "n5": facts("n5", "198.18.90.5", "fd00:90::5")}               # without the network
+    assert desired(DEV4, "n1", nodes, []).peers == {"198.18.90.2", "198.18.90.3"}
+    assert desired(DEV6, "n1", nodes, []).peers == {"fd00:90::2"}
+
+
+def test_remote_pods_get_an_fdb_entry_and_a_neighbour_per_address_from_their_network_status():
+    nodes = {"n1": facts("n1", "198.18.90.1", default_ov=100), "n2": facts("n2", "198.18.90.2", default_ov=100),
+             "n4": facts("n4", "198.18.90.4", default_ov=101)}
+    pods = [
+        pod("a", "n2", entry("default/ov", "02:AA:00:00:00:01", "198.18.91.21", "fd00:91::21"),
+            entry("default/other", "02:aa:00:00:00:09", "198.18.92.1")),
+        pod("local", "n1", entry("default/ov", "02:aa:00:00:00:02", "198.18.91.11")),    # this node's own
+        pod("elsewhere", "n4", entry("default/ov", "02:aa:00:00:00:03", "198.18.91.41")),  # VNI differs
+        pod("gone-node", "n9", entry("default/ov", "02:aa:00:00:00:04", "198.18.91.91")),  # node left
+        pod("bad-mac", "n2", entry("default/ov", "not-a-mac", "198.18.91.22")),
+        pod("bad-ip", "n2", entry("default/ov", "02:aa:00:00:00:05", "nope", "198.18.91.23/24")),
+        {"metadata": {"name": "junk", "annotations": {STATUS_ANNOTATION: "{"}}, "spec": {"nodeName": "n2"}},
+    ]
+    want = desired(DEV4, "n1", nodes, pods)
+    assert want.fdb == {"02:aa:00:00:00:01": "198.18.90.2", "02:aa:00:00:00:05": "198.18.90.2"}
+    assert want.neighbours == {"198.18.91.21": "02:aa:00:00:00:01", "fd00:91::21": "02:aa:00:00:00:01",
+                               "198.18.91.23": "02:aa:00:00:00:05"}
+    assert all(ipaddress.ip_address(ip) for ip in want.neighbours)
+
+
+def wait_for(fn, timeout: float = 15.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.05)
+    return fn()
+
+
+@pytest.mark.k8s
+def test_it_watches_every_pod_of_the_cluster_not_only_this_nodes(apiserver):  # noqa: F811
+    api = apiserver
+    api.store.add_pod("here", node_name="n1")
+    api.store.add_pod("there", node_name="n2")
+    objects = KubeObjects(api.kubeconfig, "n1")
+    try:
+        ctrl = controller(DaemonContext(node_name="n1", objects=objects))
+        assert ctrl.watches == (PODS_KIND,)
+        names = wait_for(lambda: sorted(p["metadata"]["name"] for p in objects.informer(PODS_KIND).list()))
+        assert names == ["here", "there"]
+        assert objects.informer("pods").wait_synced(10)
+        assert [p["metadata"]["name"] for p in objects.informer("pods").list()] == ["here"]
+        controller(DaemonContext(node_name="n1", objects=objects))   # a second factory call is harmless
+    finally:
+        objects.stop()
+
+
+def test_it_reads_every_pod_of_a_local_directory(tmp_path):
+    (tmp_path / "pods").mkdir()
+    for name, node in (("here", "n1"), ("there", "n2")):
+        (tmp_path / "pods" / f"{name}.json").write_text(json.dumps(
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"nodeName": node}}))
+    objects = LocalObjects(str(tmp_path), interval=0.1)
+    try:
+        controller(DaemonContext(node_name="n1", objects=objects))
+        names = wait_for(lambda: sorted(p["metadata"]["name"] for p in objects.informer(PODS_KIND).list()))
+        assert names == ["here", "there"]
+    finally:
+        objects.stop()
+
+
+def test_without_the_node_registry_setup_says_what_is_missing():
+    ctrl = controller(DaemonContext(node_name="n1", objects=object()))
+    with pytest.raises(RuntimeError, match="node-registry"):
+        ctrl.setup(DaemonContext(node_name="n1", objects=object()))
