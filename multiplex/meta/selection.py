@@ -7,6 +7,9 @@ without a requested interface name get the next free `netN`, N counting from 1.
 Trust (README "Security model"): the multiplex config is the node admin's; a NAD's `spec.config`
 is its namespace's writer's and is checked by `policy.trust` before anything runs; the annotation
 is the pod author's, and its `ips`/`mac` requests are honoured only where the NAD opts in. Every
+network the annotation names is put to the authorize hooks (multiplex/policy: namespace isolation
+before its NAD is read, the NAD's own allowed namespaces and the admin's executables after), all
+of them before `select` returns, so a refusal comes before anything is attached. Every
 NAD-sourced attachment carries its identity `<namespace>.<name>` as the config name its plugins
 see. Bounds: `maxAttachments` per pod, one NAD lookup per distinct namespace/name per call.
 
@@ -261,6 +264,9 @@ def select(conf: MultiplexConfig, req: Request, source: Optional[Source],
     """Every attachment for this pod, in order, validated (names, duplicates, trust, opt-in
     requests, the per-pod bound) before anything runs."""
     pod_ns, pod_name, pod_uid = req.pod
+    check_hooks = getattr(authorize, "check_config", None)
+    if check_hooks is not None:
+        check_hooks(conf)
     nads = NadLookup(source) if source is not None else None
     out = config_attachments(conf, nads, req.ifname, req.runtime_config)
     used = {a.ifname for a in out}

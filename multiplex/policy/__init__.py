@@ -12,8 +12,9 @@ the hooks. In order, the first refusal wins:
 2. `nad-namespaces` (nad_namespaces.py): the NAD's own annotations narrow who may use it;
 3. the admin's executables, `authorizeHooks` in the multiplex config (external.py).
 
-`authorize` is what `select` is given: called as `authorize(conf, pod_namespace, selection)` for
-step 1, and `authorize.attachment(conf, ask)` for steps 2-3 once the NAD is read.
+`authorize` is what `select` is given: `authorize.check_config(conf)` once per ADD, then
+`authorize(conf, pod_namespace, selection)` for step 1 and `authorize.attachment(conf, ask)` for
+steps 2-3 once the NAD is read.
 
 Enforce hooks are CNI plugins chained after the delegate with prevResult (a NAD's conflist: the
 reference `firewall` or `tuning`, or any plugin), so they run, are undone and checked with the
@@ -46,7 +47,14 @@ def namespace_isolation(conf: Any, pod_namespace: str, selection: Any) -> None:
 
 
 class Authorize:
-    """The authorize hooks, in the two places `select` calls them."""
+    """The authorize hooks, in the places `select` calls them."""
+
+    def check_config(self, conf: Any) -> None:
+        """What the schema cannot say about the hooks' config (two hooks of one name): code 7 on
+        every ADD, whether or not the pod asks for a network."""
+        from . import external
+
+        external.configured_hooks(conf)
 
     def __call__(self, conf: Any, pod_namespace: str, selection: Any) -> None:
         """Before the NAD is read: the admin's namespace rule."""

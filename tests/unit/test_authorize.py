@@ -401,3 +401,10 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ")[1].split()[0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
+
+
+def test_two_hooks_of_one_name_are_code_7_even_for_a_pod_without_networks(env):
+    env.pod("p", "")
+    rc, out = env.add(**hooks({"name": "corp", "path": "/bin/true"}, {"name": "corp", "path": "/bin/false"}))
+    assert rc == 1 and out["code"] == 7 and "authorizeHooks[1].name" in out["details"], out
+    assert env.calls() == []
