@@ -247,8 +247,12 @@ class Multiplexer(Plugin):
                     for entry, res in zip(record["attachments"], results):  # default-route may move routes
                         entry["result"] = res.to_dict(cniversion.CURRENT)
                     record["default"] = default_idx
+                    from ..policy.mnp import hooks as policy_hooks  # enforce: rules in before ADD returns
+
+                    record["policy"] = policy_hooks.enforce_add(ctx, atts, results, source)
                     record["complete"] = True
                     cache.save(req.container_id, req.ifname, record)
+                    policy_hooks.added(ctx)
                     t_attached = time.perf_counter()
                 except BaseException as e:
                     ctx.log.warning("ADD failed, undoing attachments", error=str(e))
@@ -300,6 +304,13 @@ class Multiplexer(Plugin):
         netns = ctx.netns_if_there
         first: Optional[CNIError] = None
         unparsed: list[str] = []
+        from ..policy.mnp import hooks as policy_hooks  # enforce: the pod's policy table goes first
+
+        try:
+            policy_hooks.enforce_del(ctx, netns)
+        except CNIError as e:
+            ctx.log.warning("DEL of the pod's policy table failed", error=e.msg)
+            first = e
         # built-in delegates' node-side links go in one batch, deleted with one request at the end
         # (a caller's batch, when there is one, deletes them at its own end)
         batch = DeleteBatch() if ctx.req.ctx.batch is None else None
@@ -401,6 +412,9 @@ class Multiplexer(Plugin):
         for entry in record["attachments"]:
             att = Attachment.from_dict(entry)
             chain.check_list(parse_netlist(att, ctx.conf.cni_version), ctx.runtime(att), Result.from_dict(entry["result"]))
+        from ..policy.mnp import hooks as policy_hooks  # enforce: the policy table is still in place
+
+        policy_hooks.enforce_check(ctx)
 
     # ---- GC ----------------------------------------------------------------------------------
     def gc(self, req: Request) -> None:

@@ -180,3 +180,27 @@ def delete_rules(match: Callable[[Rule], bool], what: str) -> int:
 def delete_masquerade(comment: str) -> int:
     """Remove the rules `add_masquerade` made with `comment` (none is fine)."""
     return delete_rules(lambda r: r.comment == comment, comment)
+
+
+# --- nft inside another network namespace (the pod's MultiNetworkPolicy tables) -------------------
+
+def run_in_netns(netns: str, args: list[str], stdin: Optional[str] = None,
+                 timeout: float = 30.0) -> subprocess.CompletedProcess:
+    """`nft ARGS` inside the network namespace at path `netns` ("" = the caller's own), through
+    `nsenter --net=PATH`: nft gets the namespace the kernel gives it, and this process never
+    leaves its own. A missing nft or nsenter is a CNIError naming the binary."""
+    exe = shutil.which(NFT) or NFT
+    argv = [exe, *args]
+    if netns:
+        enter = shutil.which("nsenter")
+        if enter is None:
+            raise CNIError(NETLINK_FAILURE, "the nsenter binary (util-linux) is not installed",
+                           "needed to apply MultiNetworkPolicy rules in a pod's netns")
+        argv = [enter, f"--net={netns}", *argv]
+    try:
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise CNIError(NETLINK_FAILURE, "the nft binary is not installed (needed for MultiNetworkPolicy)",
+                       "install nftables") from None
+    except subprocess.TimeoutExpired:
+        raise CNIError(NETLINK_FAILURE, f"nft did not answer within {timeout:.0f}s", f"netns: {netns}") from None
