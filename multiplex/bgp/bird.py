@@ -141,15 +141,15 @@ def parse_protocols(reply: Reply) -> list[Protocol]:
             m = _HEAD.match(text)
             if m:
                 name, proto, table, state, since, info = m.groups()
-                if re.match(r"^\d\d:\d\d", info or ""):   # `since` is date + time
-                    since, _, info = f"{since} {info}".partition("  ")
                 out.append(Protocol(name, proto, table, state, since.strip(), info.strip(), routes={}))
                 channel = ""
         elif code == 1006 and out:
             p, t = out[-1], text.strip()
             key, _, value = t.partition(":")
             value = value.strip()
-            if key == "Description":
+            if t.startswith("Channel "):
+                channel = t.split()[1]
+            elif key == "Description":
                 p.description = value
             elif key == "Neighbor address":
                 p.neighbor = value
@@ -157,8 +157,6 @@ def parse_protocols(reply: Reply) -> list[Protocol]:
                 p.neighbor_as = value
             elif key == "BGP state":
                 p.bgp_state = value
-            elif key == "Channel":
-                channel = value
             elif key == "Routes" and channel:
                 counts = {}
                 for part in value.split(","):

@@ -1,0 +1,283 @@
+"""bgp-routed across nodes, as root: 3 nodes (netns) on one L2 underlay (a bridge in its own netns,
+198.19.0.0/24 and fd00:19::/64), the test API server listening on the underlay, a node daemon per
+node (node-registry + bgp controllers, --kubeconfig) that runs the node's BIRD, pods attached with
+the cluster-wide IPAM (IPPool/IPBlock). Checked as a user would: every session Established (from
+`multiplex bgp status -o json`), the other nodes' blocks in each node's kernel as `proto bird` via
+their underlay addresses (no encapsulation) and its own as a blackhole, pod-to-pod ping (IPv4 and
+IPv6) and a TCP connection across nodes, a TTL probe that shows the pod's node then the remote
+node, a rogue peer whose route outside the pools is not imported (one inside is), and a node's
+BIRD killed: its routes withdrawn (BFD; the time printed) and back once the controller restarts it.
+
+A second test plans and runs 5 BIRDs with one route reflector directly (no daemons, so it is
+cheap): 4 sessions instead of 10, every node's block in every other node's kernel.
+BIRD processes are stopped by their pid in finalizers, also when a test fails.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from multiplex.bgp import bird as birdmod
+from multiplex.bgp import plan as bgp_plan
+from multiplex.bgp import render, settings
+from tests.cnitool import ip_json, nsexec, ping, run_plugin
+from tests.daemonproc import DaemonProcess
+from tests.k8s.apiserver import ApiServer
+from tests.k8s.ipam_kube_support import install_crds
+
+pytestmark = [pytest.mark.root, pytest.mark.k8s]
+
+MULTIPLEX = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "multiplex")
+API_ADDR = "198.19.0.254"
+ROGUE_ADDR = "198.19.0.250"
+POOL4, POOL6 = "198.18.64.0/20", "fd00:64::/64"
+INSIDE, OUTSIDE = "198.18.79.192/26", "198.18.200.0/24"   # what the rogue peer offers
+
+
+def underlay_v4(i: int) -> str:
+    return f"198.19.0.{10 + i}"
+
+
+def underlay_v6(i: int) -> str:
+    return f"fd00:19::{10 + i}"
+
+
+def make_underlay(netns_factory, count: int) -> tuple[str, list[str]]:
+    """The underlay netns (bridge br0, 198.19.0.254 and .250 on it) and `count` node netns on it."""
+    ul = netns_factory("ul")
+    nsexec(ul, "ip", "link", "add", "br0", "type", "bridge")
+    nsexec(ul, "ip", "link", "set", "br0", "up")
+    for addr in (API_ADDR, ROGUE_ADDR):
+        nsexec(ul, "ip", "addr", "add", f"{addr}/24", "dev", "br0")
+    nodes = []
+    for i in range(1, count + 1):
+        n = netns_factory(f"n{i}")
+        subprocess.run(["ip", "-n", n, "link", "add", "ul0", "type", "veth", "peer", "name", f"to{i}", "netns", ul],
+                       check=True)
+        nsexec(ul, "ip", "link", "set", f"to{i}", "master", "br0", "up")
+        nsexec(n, "ip", "addr", "add", f"{underlay_v4(i)}/24", "dev", "ul0")
+        nsexec(n, "ip", "addr", "add", f"{underlay_v6(i)}/64", "dev", "ul0", "nodad")
+        nsexec(n, "ip", "link", "set", "ul0", "up")
+        nodes.append(n)
+    return ul, nodes
+
+
+def kill_bird_of(directory: str) -> None:
+    """Finalizer: the BIRD whose pid file is in `directory`, if it is still a live bird."""
+    b = birdmod.Bird(directory)
+    if b.adopt() or _pid_is_bird(b.pidfile):
+        b.pid = b.pid or int(open(b.pidfile).read())
+        b.stop(timeout=5)
+
+
+def _pid_is_bird(pidfile: str) -> bool:
+    try:
+        return birdmod._is_bird(int(open(pidfile).read().strip()))
+    except (OSError, ValueError):
+        return False
+
+
+def bird_routes(ns: str, family: str = "-4") -> dict[str, dict]:
+    return {r["dst"]: r for r in ip_json(ns, family, "route", "show", "proto", "bird")}
+
+
+def wait_for(what: str, check, timeout: float = 60.0, every: float = 0.1):
+    limit = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > limit:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def rogue_config(node_addrs: list[str]) -> str:
+    """An eBGP speaker on the underlay that offers a route inside the pools and one outside."""
+    lines = [f"router id {ROGUE_ADDR};", "protocol device {}",
+             f"protocol static offers {{ ipv4; route {INSIDE} blackhole; route {OUTSIDE} blackhole; }}"]
+    for i, addr in enumerate(node_addrs, 1):
+        lines.append(f"protocol bgp n{i} {{ local {ROGUE_ADDR} as 65001; neighbor {addr} as 64512; direct; "
+                     f"connect delay time 1; ipv4 {{ import none; export all; }}; }}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def cluster(netns_factory, tmp_path, request):
+    ul, nodes = make_underlay(netns_factory, 3)
+    api = ApiServer(host=API_ADDR, netns=f"/var/run/netns/{ul}").start()
+    request.addfinalizer(api.stop)
+    kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
+    install_crds(api)
+    from multiplex.ipam.kube.model import API_VERSION, POOL_KIND, POOLS
+    for name, cidr, size in (("routed4", POOL4, 26), ("routed6", POOL6, 122)):
+        api.store.add({"apiVersion": API_VERSION, "kind": POOL_KIND, "metadata": {"name": name},
+                       "spec": {"cidr": cidr, "blockSize": size}}, POOLS)
+    for n in nodes:
+        api.store.add_node(n)
+    conf_path = tmp_path / "bgp.json"
+    conf_path.write_text(json.dumps({"bfd": {"enabled": True, "intervalMs": 100, "multiplier": 3},
+                                     "peers": [{"name": "rogue", "address": ROGUE_ADDR, "asn": 65001}]}))
+    rogue_dir = str(tmp_path / "rogue")
+    os.makedirs(rogue_dir)
+    rogue = birdmod.Bird(rogue_dir, netns=ul)
+    with open(rogue.conf, "w") as f:
+        f.write(rogue_config([underlay_v4(i) for i in range(1, 4)]))
+    rogue.start()
+    request.addfinalizer(lambda: kill_bird_of(rogue_dir))
+    daemons = []
+    for i, n in enumerate(nodes, 1):
+        d = tmp_path / f"n{i}"
+        d.mkdir()
+        request.addfinalizer(lambda d=d: kill_bird_of(str(d / "state" / "bgp")))
+        proc = DaemonProcess(str(d / "state"), str(d / "d.sock"), netns=n, kubeconfig=kubeconfig, node_name=n,
+                             controllers="node-registry,bgp", extra_args=["--underlay-interface", "ul0"],
+                             env=dict(os.environ, MULTIPLEX_BGP_CONFIG=str(conf_path)))
+        request.addfinalizer(proc.close)
+        daemons.append(proc.start())
+    return {"nodes": nodes, "daemons": daemons, "kubeconfig": kubeconfig, "tmp": tmp_path, "ul": ul}
+
+
+def attach(cluster, netns_factory, i: int) -> tuple[str, dict]:
+    node = cluster["nodes"][i - 1]
+    pod = netns_factory(f"p{i}")
+    conf = {"cniVersion": "1.1.0", "name": "routed", "type": "multiplex-bgp-routed",
+            "ipam": {"type": "multiplex-ipam", "store": "kubernetes", "kubeconfig": cluster["kubeconfig"],
+                     "nodeName": node, "dataDir": str(cluster["tmp"] / f"n{i}" / "ipam"),
+                     "ranges": [[{"subnet": POOL4}], [{"subnet": POOL6}]]}}
+    out = run_plugin("multiplex-bgp-routed", "ADD", conf, node=node, container_id=f"cid{i}{os.getpid()}",
+                     netns=pod)
+    assert out.ok, out
+    return pod, out.out
+
+
+def bgp_status(cluster, i: int, *extra: str) -> subprocess.CompletedProcess:
+    state = str(cluster["tmp"] / f"n{i}" / "state")
+    return nsexec(cluster["nodes"][i - 1], MULTIPLEX, "bgp", "status", "--state-dir", state, *extra, check=False)
+
+
+def test_three_nodes_route_pods_over_bgp(cluster, netns_factory):
+    nodes = cluster["nodes"]
+    t0 = time.monotonic()
+    pods = [attach(cluster, netns_factory, i) for i in (1, 2, 3)]
+    addrs = [[ipaddress.ip_interface(ip["address"]).ip for ip in out["ips"]] for _, out in pods]
+    blocks = [[ipaddress.ip_network(f"{a}/{26 if a.version == 4 else 122}", strict=False) for a in pa] for pa in addrs]
+
+    # every node: the other nodes' blocks via their underlay address on ul0, its own as a blackhole
+    def converged() -> bool:
+        for i, n in enumerate(nodes):
+            r4, r6 = bird_routes(n, "-4"), bird_routes(n, "-6")
+            for j in range(3):
+                b4, b6 = (str(b) for b in blocks[j])
+                if i == j:
+                    if r4.get(b4, {}).get("type") != "blackhole" or r6.get(b6, {}).get("type") != "blackhole":
+                        return False
+                elif r4.get(b4, {}).get("gateway") != underlay_v4(j + 1) or \
+                        r6.get(b6, {}).get("gateway") != underlay_v6(j + 1) or r4[b4].get("dev") != "ul0":
+                    return False
+        return True
+    wait_for("every node's blocks in every node's kernel", converged)
+    print(f"\nroutes converged {time.monotonic() - t0:.2f} s after the first pod's ADD (3 nodes)")
+
+    # sessions, as `multiplex bgp status -o json` shows them
+    for i in (1, 2, 3):
+        def established(i=i):
+            out = bgp_status(cluster, i, "-o", "json")
+            assert out.returncode == 0, out.stderr
+            s = json.loads(out.stdout)["sessions"]
+            return s if len(s) == 3 and all(x["bgpState"] == "Established" for x in s) else None
+        sessions = wait_for(f"node {i}'s sessions Established", established, timeout=30)
+        assert {x["neighbor"] for x in sessions} == {underlay_v4(j) for j in (1, 2, 3) if j != i} | {ROGUE_ADDR}
+        mesh = [x for x in sessions if x["neighbor"] != ROGUE_ADDR]
+        assert all(x["routes"]["ipv4"]["imported"] >= 1 and x["routes"]["ipv6"]["imported"] >= 1 for x in mesh), mesh
+    table = bgp_status(cluster, 1).stdout
+    assert "Established" in table and f"{blocks[1][0]} via {underlay_v4(2)}" in table, table
+
+    # the rogue peer: its route inside the pools is imported, the one outside is not
+    for n in nodes:
+        r4 = wait_for("the rogue's pool route", lambda n=n: bird_routes(n).get(INSIDE), timeout=30)
+        assert r4["gateway"] == ROGUE_ADDR
+        assert OUTSIDE not in bird_routes(n), f"{OUTSIDE} (outside every pool) was imported on {n}"
+
+    # pod to pod across nodes, both families, no encapsulation device anywhere
+    for i, (pod, _) in enumerate(pods):
+        for j in range(3):
+            if i != j:
+                for a in addrs[j]:
+                    assert ping(pod, str(a)), f"pod on n{i + 1} cannot reach {a} on n{j + 1}"
+    for n in nodes:
+        assert not [l for l in ip_json(n, "-d", "link") if l.get("linkinfo", {}).get("info_kind") in ("vxlan", "ipip")]
+
+    # a TCP connection pod 1 -> pod 3
+    server = subprocess.Popen(["ip", "netns", "exec", pods[2][0], sys.executable, "-c",
+                               "import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, "
+                               "socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 8080)); s.listen(1); s.settimeout(20); "
+                               "c, _ = s.accept(); c.sendall(b'hello from n3'); c.close()"])
+    try:
+        client = "import socket, sys, time\nfor _ in range(100):\n try:\n  c = socket.create_connection((sys.argv[1], 8080), 2); break\n except OSError:\n  time.sleep(0.1)\nprint(c.recv(100).decode())"
+        got = nsexec(pods[0][0], sys.executable, "-c", client, str(addrs[2][0])).stdout
+        assert got.strip() == "hello from n3"
+    finally:
+        server.kill()
+        server.wait()
+
+    # a TTL probe from pod 1 to pod 2: first its node, then the remote node
+    hops = []
+    for ttl in (1, 2):
+        out = nsexec(pods[0][0], "ping", "-c", "1", "-W", "2", "-t", str(ttl), str(addrs[1][0]), check=False).stdout
+        hops.append(out.split("From ", 1)[1].split()[0] if "From " in out else "")
+    assert hops == [underlay_v4(1), underlay_v4(2)], hops
+
+    # node 3's BIRD dies: the others withdraw its routes (BFD); the controller starts BIRD again
+    gone = str(blocks[2][0])
+    pid = int(open(cluster["tmp"] / "n3" / "state" / "bgp" / "bird.pid").read())
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    wait_for("node 3's block withdrawn on node 1", lambda: gone not in bird_routes(nodes[0]), timeout=30, every=0.01)
+    print(f"node 3's BIRD killed: its block withdrawn on node 1 after {time.monotonic() - t0:.2f} s (BFD 100 ms x 3)")
+    t0 = time.monotonic()
+    wait_for("node 3's block back on node 1", lambda: gone in bird_routes(nodes[0]), timeout=60)
+    print(f"BIRD restarted by the controller: node 3's block back on node 1 after {time.monotonic() - t0:.2f} s")
+    assert ping(pods[0][0], str(addrs[2][0]))
+
+
+def test_five_nodes_with_a_route_reflector(netns_factory, tmp_path, request):
+    """Plans rendered for 5 nodes, node 1 a reflector: 4 sessions (not 10), every block everywhere."""
+    ul, nodes = make_underlay(netns_factory, 5)
+    conf = settings.parse({})
+    infos = [bgp_plan.NodeInfo(n, underlay_v4(i), underlay_v6(i),
+                               labels={settings.DEFAULT_RR_LABEL: "true"} if i == 1 else {})
+             for i, n in enumerate(nodes, 1)]
+    block = {n: ipaddress.ip_network(f"198.18.{64 + i}.0/26") for i, n in enumerate(nodes, 1)}
+    plans, birds = [], []
+    for i, n in enumerate(nodes, 1):
+        p = bgp_plan.make_plan(infos[i - 1], infos, conf, [block[n]], [], [ipaddress.ip_network(POOL4)])
+        plans.append(p)
+        d = str(tmp_path / f"n{i}")
+        os.makedirs(d)
+        b = birdmod.Bird(d, netns=n)
+        with open(b.conf, "w") as f:
+            f.write(render.render(p))
+        request.addfinalizer(lambda d=d: kill_bird_of(d))
+        b.start()
+        birds.append(b)
+    assert bgp_plan.session_count(plans) == 4
+    assert sorted(len(p.neighbors) for p in plans) == [1, 1, 1, 1, 4]
+    t0 = time.monotonic()
+    for i, n in enumerate(nodes):
+        for j, m in enumerate(nodes):
+            want = str(block[m])
+            if i != j:
+                r = wait_for(f"{want} on {n}", lambda n=n, want=want: bird_routes(n).get(want), timeout=60)
+                assert r["gateway"] == underlay_v4(j + 1), f"{want} on {n} goes via {r['gateway']}, not its node"
+    print(f"\n5 nodes, 1 reflector: 4 sessions, every block everywhere after {time.monotonic() - t0:.2f} s")
+    for b in birds:
+        established = [p for p in birdmod.protocols(b.socket_path) if p.proto == "BGP" and p.bgp_state == "Established"]
+        assert established
