@@ -250,3 +250,32 @@ def test_a_database_moved_away_keeps_its_commits_and_leaves_no_wal_at_the_path(t
         assert [r[0] for r in conn.execute("SELECT address FROM leases")] == ["198.18.90.2"]
     finally:
         conn.close()
+
+
+def test_leases_made_through_kept_connections_survive_the_daemon_being_killed(tmp_path):
+    """The daemon killed (SIGKILL) with its connections open, its commits only in the WAL: a
+    one-shot open afterwards finds every lease (each commit is synced; nothing waits for close)."""
+    import signal
+    import subprocess
+    import sys
+
+    d = str(tmp_path / "ipam")
+    code = f"""
+import os, signal
+from multiplex.ipam.sqlite import pool
+from multiplex.ipam.sqlite.store import SQLiteStore
+from multiplex.ipam.store import Owner
+from tests.unit.test_ipam_store import conf_of, take
+pool.keep_open()
+conf = conf_of("blue", [[{{"subnet": "198.18.92.0/24"}}]])
+for i in range(5):
+    with SQLiteStore({d!r}) as s:
+        take(s, conf, Owner(f"c{{i}}", "eth0", "blue"))
+assert os.path.getsize({d!r} + "/leases.db-wal") > 0
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=60)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    with SQLiteStore(d) as s:
+        assert sorted(x.owner.container_id for x in s.leases()) == [f"c{i}" for i in range(5)]
