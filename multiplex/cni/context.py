@@ -43,6 +43,11 @@ class Services(Protocol):
         """One plugin call (a delegate, an IPAM, a chained plugin) took `seconds`; `code` is 0 or
         the CNI error code it raised."""
 
+    def ipam_cache(self, kubeconfig: Optional[str], node: str) -> Optional[Any]:
+        """The kubernetes IPAM store's reads served from the daemon's watches of IPPools and this
+        node's IPBlocks, with a client for `kubeconfig` (multiplex.ipam.kube.cache.Lent), or None
+        when the daemon does not watch that API server for `node` (the store reads the API)."""
+
 
 @dataclass(frozen=True)
 class CallContext:

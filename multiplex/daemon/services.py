@@ -4,6 +4,12 @@
 - `source(conf)`: the daemon's watch caches of pods and NADs (multiplex/k8s/cached.py
   CachedSource) when the call's multiplex config names the Kubernetes API the daemon watches;
   else None, and the call builds its own source as a one-shot call does.
+- `ipam_cache(kubeconfig, node)`: the kubernetes IPAM store's reads (IPPools, this node's
+  IPBlocks) from the daemon's watches, with a warm client for the call's kubeconfig
+  (multiplex/ipam/kube/cache.py Lent), by the same rule, and only for this daemon's node; else
+  None (the store reads the API, as a one-shot call does). The services lend this to the stores
+  of this process (cache.lend) from their construction until close(): the IPAM plugin opens its
+  store from config and log alone, not from the call's context.
 
 The rule for "the API the daemon watches": the call's config has a `kubeconfig`, and the API
 server URL in it (its current context's cluster `server`) equals the daemon's: the server of the
@@ -93,6 +99,12 @@ class DaemonServices:
         self._lock = threading.Lock()
         self._servers: dict[str, tuple[tuple[int, int], str]] = {}
         self._clients: dict[str, tuple[tuple[int, int], Any]] = {}
+        self._ipam: Any = None
+        self._incluster: Any = None
+        if objects is not None and getattr(objects, "client", None) is not None:
+            from ..ipam.kube import cache as ipam_cache
+
+            ipam_cache.lend(self.ipam_cache)
 
     # --- Services ---------------------------------------------------------------------------------
     def observe_plugin(self, type_name: str, command: str, seconds: float, code: int) -> None:
@@ -120,6 +132,40 @@ class DaemonServices:
         from ..k8s.cached import CachedSource
 
         return CachedSource(self.objects, self._client_for(path), self.log)
+
+    def ipam_cache(self, kubeconfig: Optional[str], node: str) -> Optional[Any]:
+        """The IPAM watch cache and a client for `kubeconfig` (None: in-cluster), when that names
+        the API the daemon watches and `node` is the daemon's node; else None."""
+        if self.objects is None or getattr(self.objects, "client", None) is None:
+            return None
+        if not node or node != getattr(self.objects, "node_name", None):
+            return None
+        mine = self.watched_server()
+        if not mine:
+            return None
+        try:
+            theirs = self._server_of(kubeconfig) if kubeconfig else in_cluster_server()
+        except Exception as e:   # unreadable: the store's own client fails with the usual clear error
+            self.log.debug("IPAM kubeconfig unreadable; not served from the caches", kubeconfig=kubeconfig,
+                           error=repr(e))
+            return None
+        if theirs != mine:
+            return None
+        from ..ipam.kube.cache import IPAMCache, Lent
+
+        with self._lock:
+            if self._ipam is None:
+                self._ipam = IPAMCache(self.objects, node, log=self.log)
+            cache = self._ipam
+        return Lent(cache, self._client_for(kubeconfig) if kubeconfig else self._in_cluster_client())
+
+    def _in_cluster_client(self) -> Any:
+        from ..k8s.client import KubeClient
+
+        with self._lock:
+            if self._incluster is None:
+                self._incluster = KubeClient(None, log=self.log)
+            return self._incluster
 
     # --- the rule ---------------------------------------------------------------------------------
     def watched_server(self) -> str:
@@ -170,8 +216,14 @@ class DaemonServices:
             return client
 
     def close(self) -> None:
+        from ..ipam.kube import cache as ipam_cache
+
+        ipam_cache.withdraw(self.ipam_cache)
         with self._lock:
             clients, self._clients = self._clients, {}
+            if self._incluster is not None:
+                clients["(in-cluster)"] = ((0, 0), self._incluster)
+                self._incluster = None
         for _, client in clients.values():
             try:
                 client.close()

@@ -3,8 +3,12 @@ cluster (the lab, tests), a local directory. One interface for both, so controll
 which one they read.
 
 KINDS names what can be watched: "pods" (this node's pods only: fieldSelector spec.nodeName),
-"nads" (NetworkAttachmentDefinitions, every namespace), "nodes". Later issues add kinds
-(MultiNetworkPolicies, namespaces, IPPools, IPBlocks) the same way.
+"nads" (NetworkAttachmentDefinitions, every namespace), "nodes". On the Kubernetes API the
+cluster IPAM's kinds are known too, started only when first used (a cluster without the IPAM CRDs
+never watches them): "ippools" (every IPPool) and "ipblocks" (only the IPBlocks this node has a
+stake in, by their label `node.ipam.multiplex.dev/<node>`: the kubernetes IPAM store's hot path,
+multiplex/ipam/kube/cache.py, and the routed delegate's routes read them). Later issues add kinds
+(MultiNetworkPolicies, namespaces) the same way.
 
 A local directory holds one subdirectory per kind (`pods/`, `nads/`, `nodes/`), each with JSON or
 YAML files of objects as the API would serve them (a file may hold one object, a list, or a
@@ -78,16 +82,36 @@ class KubeKind:
     this node's name, so "pods" watches only the pods scheduled here)."""
     resource: object                  # multiplex.k8s.client.Resource
     field_selector: str = ""
-    label_selector: str = ""
+    #: a selector with `{node}`, or a function of the node name (a label key made from it)
+    label_selector: Union[str, Callable[[str], str]] = ""
     namespace: Optional[str] = None   # None: every namespace (or cluster-scoped)
+
+    def labels_for(self, node: str) -> str:
+        if callable(self.label_selector):
+            return self.label_selector(node)
+        return self.label_selector.format(node=node)
+
+
+def _ipam_stake(node: str) -> str:
+    """The IPBlocks `node` has a stake in (its label key, shortened and hashed past 63 characters)."""
+    from ..ipam.kube.cache import stake_selector
+
+    return stake_selector(node)
 
 
 def _kube_kinds() -> dict[str, KubeKind]:
-    from .client import NADS, NODES, PODS
+    from .client import NADS, NODES, PODS, custom
 
+    # the IPAM's group and plurals (multiplex/ipam/kube/model.py), spelt here to keep k8s/ from
+    # importing the IPAM at start; tests/k8s/test_ipam_kube_cache.py checks they agree
     return {"pods": KubeKind(PODS, field_selector="spec.nodeName={node}"),
             "nads": KubeKind(NADS),
-            "nodes": KubeKind(NODES)}
+            "nodes": KubeKind(NODES),
+            "ippools": KubeKind(custom(IPAM_GROUP, IPAM_VERSION, "ippools")),
+            "ipblocks": KubeKind(custom(IPAM_GROUP, IPAM_VERSION, "ipblocks"), label_selector=_ipam_stake)}
+
+
+IPAM_GROUP, IPAM_VERSION = "ipam.multiplex.dev", "v1alpha1"
 
 
 class KubeObjects:
@@ -124,10 +148,12 @@ class KubeObjects:
             spec = self.kinds.get(kind)
             if spec is None:
                 raise ValueError(f"unknown kind {kind!r} to watch; known: {', '.join(sorted(self.kinds))}")
-            if "{node}" in spec.field_selector and not self.node_name:
+            needs_node = "{node}" in spec.field_selector or callable(spec.label_selector) \
+                or "{node}" in spec.label_selector
+            if needs_node and not self.node_name:
                 raise ValueError(f"watching {kind} needs this node's name (the daemon's --node-name)")
             inf = Informer(self.client, spec.resource, kind, namespace=spec.namespace,
-                           label_selector=spec.label_selector.format(node=self.node_name),
+                           label_selector=spec.labels_for(self.node_name),
                            field_selector=spec.field_selector.format(node=self.node_name),
                            log=self.log, **self._options)
             self._informers[kind] = inf

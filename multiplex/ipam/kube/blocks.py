@@ -6,7 +6,9 @@ set may hand out (ranges less reserved and excluded addresses). Pure functions, 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import ipaddress
+import math
 from typing import Iterator, Optional, Sequence
 
 from ...cni.types import IPNetwork
@@ -62,6 +64,36 @@ def candidate_blocks(pool: Pool, space: Space, taken: Sequence[tuple[int, int]])
                 b = base + (clash[1] + 1 - base + size - 1) // size * size   # the first block after it
             else:
                 b += size
+
+
+#: positions a probe sequence visits at most (skipping known or unallocatable blocks is free)
+PROBE_SPAN = 65536
+
+
+def probe_blocks(pool: Pool, space: Space, node: str) -> Iterator[IPNetwork]:
+    """The blocks of `pool` a node claims in, in the order it tries them without knowing which
+    exist (the daemon's claims, multiplex/ipam/kube/store.py): over the blocks spanning the
+    space's allocatable addresses, from a position set by a hash of the node name, stepping by a
+    stride of the node's own (coprime to their number, so the walk visits each block once).
+    Why: nodes that boot at once start far apart, and two that do collide part at the next step
+    (double hashing), so lost claims stay rare until the pool fills up. Unallocatable blocks are
+    yielded too; the caller skips them (free_in)."""
+    size = 2 ** (pool.cidr.max_prefixlen - pool.block_prefix)
+    base, top = int(pool.cidr.network_address), int(pool.cidr.broadcast_address)
+    spans = _spans(space, base, top)
+    if not spans:
+        return
+    first = (min(a for a, _ in spans) - base) // size
+    last = (max(b for _, b in spans) - base) // size
+    n = last - first + 1
+    digest = hashlib.sha256(f"{pool.name}/{node}".encode()).digest()
+    start = int.from_bytes(digest[:8], "big") % n
+    stride = int.from_bytes(digest[8:16], "big") % n or 1
+    while math.gcd(stride, n) != 1:
+        stride += 1
+    for k in range(min(n, PROBE_SPAN)):
+        b = base + (first + (start + k * stride) % n) * size
+        yield ipaddress.ip_network(f"{int_to_address(b, pool.family)}/{pool.block_prefix}")
 
 
 def pool_size(cidr: IPNetwork) -> int:

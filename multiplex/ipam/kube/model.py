@@ -11,8 +11,9 @@
   Its name comes from its CIDR (`v4-198-18-0-64-26`), so **creating it is the claim**: the API
   server refuses a second create of the same name.
 
-Its labels are computed from its content on every write (pool, affine node, one label per node
-with a stake), so a node LISTs exactly the blocks it may hold leases in. What the store does with
+Its labels are computed from its content on every write (pool, affine node, its prefix length,
+one label per node with a stake), so a node LISTs (or watches) exactly the blocks it may hold
+leases in, and a claim finds blocks of another size than the pool's with one small LIST. What the store does with
 these objects is multiplex.ipam.kube.store; the arithmetic of blocks is multiplex.ipam.kube.blocks.
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ API_VERSION = f"{GROUP}/{VERSION}"
 POOL_LABEL = f"{GROUP}/pool"            # the block's pool
 NODE_LABEL = f"{GROUP}/node"            # the block's affine node
 USER_LABEL_PREFIX = f"node.{GROUP}/"    # one per node with a stake in the block: affine or borrowed
+SIZE_LABEL = f"{GROUP}/block-size"     # the block's prefix length: a claim finds blocks of another size
 
 DEFAULT_BLOCK_SIZE = {4: 26, 6: 122}
 
@@ -189,7 +191,8 @@ class Block:
     def labels(self) -> dict[str, str]:
         """Computed from the content on every write: pool, affine node, and one label per node
         with a stake (`affine` or `borrowed`), so a node LISTs exactly the blocks it may hold leases in."""
-        out = {POOL_LABEL: label_value(self.pool), NODE_LABEL: label_value(self.node)}
+        out = {POOL_LABEL: label_value(self.pool), NODE_LABEL: label_value(self.node),
+               SIZE_LABEL: str(self.cidr.prefixlen)}
         for a in self.allocations.values():
             if a.node and a.node != self.node:
                 out[user_label(a.node)] = "borrowed"

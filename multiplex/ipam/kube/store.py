@@ -23,6 +23,20 @@ CNI calls of one node, so concurrent ADDs on one node do not conflict with each 
 DEL and CNI GC LIST the blocks labelled with N (no ranges needed) and write each block that held
 the attachment. Cluster-wide garbage collection (pods and nodes that are gone) is
 multiplex.ipam.gc; the cluster view is multiplex.ipam.show.
+
+**In the node daemon** (a store with a `cache`, multiplex/ipam/kube/cache.py) the reads come
+from the daemon's watches: pools and N's blocks are never LISTed, so an allocation from N's own
+block is exactly one request, the PUT with the cached resourceVersion; a DEL likewise. A 409
+GETs the block (the cache was stale) and retries; a 404 hides it. A claim does not LIST the
+pool's blocks either: it **probes**, creating the block at a position of the pool spread by a hash
+of N's name (then N's own stride through the pool), so nodes that boot at once claim different
+blocks; an AlreadyExists is a lost probe (counted as `claims_lost`, the block remembered as
+taken). After `PROBES` lost probes (the pool is filling up) the claim falls back to the LIST of
+the pool's blocks, and so do takeovers and borrows. Probing is safe only when every block of the
+pool has the pool's blockSize (a probe cannot see an overlapping block of another size): one
+small LIST per pool and cache (`block-size!=<size>`, nearly always empty) checks that, and a pool
+with blocks of another size is claimed from the LIST as before. Without a cache (a one-shot CNI
+call) nothing changes.
 """
 from __future__ import annotations
 
@@ -45,9 +59,9 @@ from ...cni.valid import Keep
 from ..allocator import Space, address as int_to_address
 from ..config import IPAMConfig, Range, RangeSet, StoreLocation
 from ..store import Lease, Owner, PoolUsage, Store, as_keep
-from .blocks import candidate_blocks, free_in, pool_size
-from .model import (API_VERSION, BLOCKS, GROUP, POOL_KIND, POOL_LABEL, POOLS, VERSION, Allocation, Block, Pool,
-                    address_int, block_name, label_value, user_label)
+from .blocks import candidate_blocks, free_in, pool_size, probe_blocks
+from .model import (API_VERSION, BLOCKS, GROUP, POOL_KIND, POOL_LABEL, POOLS, SIZE_LABEL, VERSION, Allocation,
+                    Block, Pool, address_int, block_name, label_value, user_label)
 
 #: the node kubeconfig `multiplex install` writes (install.DEFAULT_CONF_DIR/STATE_SUBDIR/KUBECONFIG_NAME)
 NODE_KUBECONFIG = "/etc/cni/net.d/multiplex.d/multiplex.kubeconfig"
@@ -55,6 +69,7 @@ NODE_NAME_ENV = "NODE_NAME"
 
 DEFAULT_RETRIES = 8
 CANDIDATES = 64          # free blocks a claim chooses among (spread by node, fewer races)
+PROBES = 8               # lost probes before a cached claim falls back to LISTing the pool
 
 
 def resolve_kubeconfig(configured: str = "", caller: Optional[str] = None) -> Optional[str]:
@@ -88,8 +103,11 @@ class KubeStore(Store):
 
     def __init__(self, client, node: str, lock_dir: str = "", retries: int = DEFAULT_RETRIES,
                  backoff: float = 0.02, max_backoff: float = 0.5, clock: Callable[[], float] = time.time,
-                 lock_timeout: float = 60.0, log: Optional[_log.Logger] = None):
+                 lock_timeout: float = 60.0, log: Optional[_log.Logger] = None, cache=None):
         self.client = client
+        #: the node daemon's IPAMCache (multiplex/ipam/kube/cache.py), or None: read the API
+        self.cache = cache
+        self._cache_ready: Optional[bool] = None
         self.node = node
         self.lock_dir = lock_dir
         self.retries = retries
@@ -111,13 +129,17 @@ class KubeStore(Store):
 
     @classmethod
     def open(cls, where: IPAMConfig | StoreLocation, deadline: Optional[float] = None,
-             log: Optional[_log.Logger] = None) -> "KubeStore":
+             log: Optional[_log.Logger] = None, services=None) -> "KubeStore":
         """The store for this node, with a client of its own (closed by close()): credentials from
         the config's kubeconfig or the caller's (`where.kubeconfig`), the node lock in dataDir
-        (default: <state root>/ipam of `where.state_dir`)."""
+        (default: <state root>/ipam of `where.state_dir`). In the node daemon (the call's
+        `services`, else the daemon of this process: multiplex/ipam/kube/cache.py `lent`) the
+        store reads from the daemon's watch cache and writes with a warm client of the daemon's
+        for the same kubeconfig."""
         from ...k8s.client import KubeClient
 
         from ..config import default_data_dir
+        from .cache import lent
 
         lock_dir = where.data_dir
         if not lock_dir:
@@ -126,20 +148,44 @@ class KubeStore(Store):
             except (OSError, CNIError):
                 lock_dir = ""
         lock_timeout = 60.0 if deadline is None else max(0.0, deadline - time.monotonic())
-        store = cls(KubeClient(resolve_kubeconfig(where.kubeconfig), log=log),
-                    resolve_node_name(where.node_name), lock_dir=lock_dir, lock_timeout=lock_timeout, log=log)
+        kubeconfig, node = resolve_kubeconfig(where.kubeconfig), resolve_node_name(where.node_name)
+        served = lent(kubeconfig, node, services)
+        if served is not None:
+            return cls(served.client, node, lock_dir=lock_dir, lock_timeout=lock_timeout, log=log,
+                       cache=served.cache)
+        store = cls(KubeClient(kubeconfig, log=log), node, lock_dir=lock_dir, lock_timeout=lock_timeout, log=log)
         store._owns_client = True
         return store
 
     def close(self) -> None:
-        """Closes the client when open() made it; a client passed in belongs to the caller."""
+        """Closes the client when open() made it; a client passed in belongs to the caller. The
+        call's counters are added to the cache's (the daemon's running totals)."""
+        if self.cache is not None:
+            self.cache.count(self.stats)
         if self._owns_client:
             self.client.close()
+
+    def _cached(self):
+        """The cache when this store has one and it is synced (decided once per store: a call
+        that comes before the first list reads the API, as a one-shot call)."""
+        if self.cache is None:
+            return None
+        if self._cache_ready is None:
+            self._cache_ready = self.cache.ready(min(self.cache.sync_timeout, self.lock_timeout))
+            if not self._cache_ready:
+                self.cache.stats["misses"] += 1
+                self.log.info("IPAM watch cache not synced yet; reading the API", node=self.node)
+            else:
+                self.cache.stats["hits"] += 1
+        return self.cache if self._cache_ready else None
 
     # --- reads --------------------------------------------------------------------------------
 
     def list_pools(self) -> list[Pool]:
         """Every well-formed IPPool (one LIST per store, cached); malformed ones are logged and skipped."""
+        cache = self._cached()
+        if cache is not None:
+            return cache.pools()
         if self._pools is None:
             pools = []
             for obj in self.client.list_objects(GROUP, VERSION, POOLS):
@@ -162,6 +208,10 @@ class KubeStore(Store):
 
     def node_blocks(self, pools: Sequence[Pool] = (), node: Optional[str] = None) -> list[Block]:
         """The blocks `node` (default: ours) is affine to or borrowed from, of `pools` (default: all)."""
+        cache = self._cached() if node in (None, self.node) else None
+        if cache is not None:
+            names = {p.name for p in pools}
+            return [b for b in cache.node_blocks(self.log) if not names or b.pool in names]
         sel = user_label(node or self.node)
         return self._list_blocks(_pool_selector(pools) + sel)
 
@@ -196,6 +246,11 @@ class KubeStore(Store):
 
     def node_labels(self) -> Optional[dict]:
         """This node's labels (for pool node selectors); None when the node object does not exist."""
+        cache = self._cached()
+        if not self._node_read and cache is not None:
+            known, labels = cache.node_labels()
+            if known:
+                self._node_labels, self._node_read = labels, True
         if not self._node_read:
             from ...k8s.errors import NotFound
 
@@ -240,6 +295,10 @@ class KubeStore(Store):
                 v = free_in(space, *b.span(), b.used(), address_int(b.last) if b.last else None)
                 if v is not None:
                     return self._write(b, int_to_address(v, space.family), owner, cursor=True)
+        if self._cached() is not None:
+            lease = self._probe(space, usable, mine, owner)   # 2a. a block nobody has, without a LIST
+            if lease is not None:
+                return lease
         everything = self.pool_blocks(usable)
         self._raced = False
         lease = self._claim(space, usable, everything, owner)  # 2. a block nobody has
@@ -291,8 +350,11 @@ class KubeStore(Store):
             raise CNIError(ADDRESS_UNAVAILABLE, f"requested address {ip} is unavailable: {why}",
                            (f"field: {where}; " if where else "") + "allowed: an address of a usable IPPool")
         cidr = pool.block_of(ip)
+        cache = self._cached()
+        block = cache.block(block_name(cidr)) if cache is not None else None
         try:
-            block = Block.from_object(self.client.get_object(GROUP, VERSION, BLOCKS, block_name(cidr)))
+            if block is None:
+                block = Block.from_object(self.client.get_object(GROUP, VERSION, BLOCKS, block_name(cidr)))
         except NotFound:
             block, cidr = self._block_for_address(pool, ip)
         if block is None:
@@ -346,6 +408,40 @@ class KubeStore(Store):
                 self.log.info("claimed block", block=block.name, node=self.node, pool=pool.name)
                 return mine
             raise _Again(f"every free block of pool {pool.name} was claimed meanwhile")
+        return None
+
+    def _probe(self, space: Space, pools: list[Pool], mine: list[Block], owner: Owner) -> Optional[Lease]:
+        """Claim a block without LISTing the pool (daemon mode): create blocks in the order of
+        blocks.probe_blocks (spread by this node's name), skipping the blocks known to exist. None
+        when `PROBES` creates were lost or the pool may hold blocks of another size: the caller
+        LISTs the pool then (claim, take over, borrow as without a cache)."""
+        cache = self.cache
+        known = {b.name for b in mine} | cache.known_taken()
+        lost = 0
+        for pool in pools:
+            if not cache.uniform(self.client, pool):
+                continue
+            for cidr in probe_blocks(pool, space, self.node):
+                if lost >= PROBES:
+                    cache.stats["claim_lists"] += 1
+                    return None
+                block = Block(cidr, pool.name, str(pool.cidr), self.node)
+                if block.name in known:
+                    continue
+                v = free_in(space, *block.span(), set())
+                if v is None:
+                    continue
+                ip = int_to_address(v, space.family)
+                block.last = str(ip)
+                lease = self._create_with(block, ip, owner)
+                if lease is not None:
+                    self.log.info("claimed block", block=block.name, node=self.node, pool=pool.name, lost=lost)
+                    return lease
+                lost += 1
+                known.add(block.name)
+                self.stats["claims_lost"] += 1
+                self.log.info("block claimed by another node, probing on", block=block.name, lost=lost)
+        cache.stats["claim_lists"] += 1
         return None
 
     def _create_with(self, block: Block, ip: IPAddress, owner: Owner) -> Optional[Lease]:
@@ -492,14 +588,38 @@ class KubeStore(Store):
         return block.lease(str(ip), fresh=True)
 
     def _replace(self, block: Block) -> None:
-        """Write the block with the resourceVersion it was read at: Conflict (409) if it changed."""
-        obj = self.client.replace_object(GROUP, VERSION, BLOCKS, block.name, block.to_object())
+        """Write the block with the resourceVersion it was read at: Conflict (409) if it changed.
+        With a cache: the answer is the block's newest state; a 409 refreshes it (one GET), a 404
+        hides it, and the error goes up to the retry loop."""
+        from ...k8s.errors import Conflict, NotFound
+
+        try:
+            obj = self.client.replace_object(GROUP, VERSION, BLOCKS, block.name, block.to_object())
+        except Conflict:
+            if self._cache_ready:
+                self.cache.refresh(self.client, block.name)
+            raise
+        except NotFound:
+            if self._cache_ready:
+                self.cache.gone(block.name)
+            raise
         block.resource_version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        if self._cache_ready:
+            self.cache.wrote(obj)
 
     def _create(self, block: Block) -> None:
+        from ...k8s.errors import AlreadyExists
+
         block.resource_version = ""
-        obj = self.client.create_object(GROUP, VERSION, BLOCKS, block.to_object())
+        try:
+            obj = self.client.create_object(GROUP, VERSION, BLOCKS, block.to_object())
+        except AlreadyExists:
+            if self._cache_ready:
+                self.cache.taken(block.name)
+            raise
         block.resource_version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        if self._cache_ready:
+            self.cache.wrote(obj)
 
     def _retrying(self, what: str, step: Callable[[], object]):
         """Run `step` until no block changed under it: 409s re-read, with jittered backoff, bounded."""
