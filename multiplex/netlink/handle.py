@@ -4,7 +4,9 @@ A Handle wraps a pyroute2 `IPRoute` on a socket made in the target namespace (ne
 so a call needs one socket per namespace it touches and no child process. Every kernel refusal
 becomes CNIError 105 (NETLINK_FAILURE) saying which operation on which link/address failed.
 
-pyroute2 is imported when the first Handle is opened, never at module import.
+pyroute2 is imported when the first Handle is opened, never at module import. Link look-ups
+(`link`, `link_at`, `require_link`) go through a second socket in the same namespace with the
+stdlib RTM_GETLINK of rtlink.py: pyroute2's decoding of a whole link was most of their cost.
 
 Kept node sockets (a warm process only): a pyroute2 `IPRoute` belongs to the thread that made it
 (its event loop and socket wrapper live in a `threading.local` of pyroute2's own; another thread
@@ -30,7 +32,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from ..cni.errors import CNIError, NETLINK_FAILURE
-from .netns import netlink_socket
+from .netns import netlink_sockets
+from .rtlink import Lookups
 
 if TYPE_CHECKING:  # batch.py imports this module (in DeleteBatch.run), never the reverse at run time
     from .batch import DeleteBatch
@@ -123,8 +126,9 @@ def keep_node_sockets(on: bool = True) -> None:
     global _keeping
     _keeping = on
     if not on:
-        for ipr in _kept.idle.values():
+        for ipr, look in _kept.idle.values():
             ipr.close()
+            look.close()
         _kept.idle.clear()
 
 
@@ -136,14 +140,16 @@ def _this_netns() -> int:
     return os.stat("/proc/thread-self/ns/net").st_ino
 
 
-def _open_ipr(netns: Optional[str], field: str) -> Any:
+def _open_sockets(netns: Optional[str], field: str) -> tuple[Any, Lookups]:
+    """pyroute2's IPRoute and our own look-up socket (rtlink), both made in `netns`."""
     from pyroute2 import IPRoute
 
-    sock = netlink_socket(netns, field)
+    main, look = netlink_sockets(netns, 2, field)
     try:
-        return IPRoute(fileno=sock.detach())
+        return IPRoute(fileno=main.detach()), Lookups(look)
     except Exception:
-        sock.close()
+        main.close()
+        look.close()
         raise
 
 
@@ -161,11 +167,11 @@ class Handle:
         self._thread = threading.get_ident()
         if not netns and _keeping:
             key = _this_netns()
-            ipr = _kept.idle.pop(key, None)
-            self._ipr = ipr if ipr is not None else _open_ipr(None, field)
+            kept = _kept.idle.pop(key, None)
+            self._ipr, self._look = kept if kept is not None else _open_sockets(None, field)
             self._kept_as = key
             return
-        self._ipr = _open_ipr(netns, field)
+        self._ipr, self._look = _open_sockets(netns, field)
 
     # ---- lifetime -------------------------------------------------------------------------------
     def close(self, reusable: bool = True) -> None:
@@ -177,9 +183,12 @@ class Handle:
         key = self._kept_as
         if (reusable and key is not None and _keeping and self._thread == threading.get_ident()
                 and key not in _kept.idle):
-            _kept.idle[key] = ipr
+            _kept.idle[key] = (ipr, self._look)
             return
-        ipr.close()
+        try:
+            ipr.close()
+        finally:
+            self._look.close()
 
     def __enter__(self) -> "Handle":
         return self
@@ -210,25 +219,19 @@ class Handle:
                     operstate=msg.get("operstate") or "")
 
     def link(self, name: str) -> Optional[Link]:
-        """The link called `name`, or None."""
-        from pyroute2.netlink.exceptions import NetlinkError
-
+        """The link called `name`, or None. Read by rtlink (stdlib), not pyroute2: see there."""
         try:
-            return self._link(self._ipr.link("get", ifname=name)[0])
-        except NetlinkError as e:
-            if e.code in (errno.ENODEV, errno.ENOENT):
-                return None
+            found = self._look.get(name=name)
+        except OSError as e:
             raise kernel_error(e, f"look up link {name}", f"link: {name} in {self.where}") from None
+        return Link(**found) if found is not None else None
 
     def link_at(self, index: int) -> Optional[Link]:
-        from pyroute2.netlink.exceptions import NetlinkError
-
         try:
-            return self._link(self._ipr.link("get", index=index)[0])
-        except NetlinkError as e:
-            if e.code in (errno.ENODEV, errno.ENOENT):
-                return None
+            found = self._look.get(index=index)
+        except OSError as e:
             raise kernel_error(e, f"look up link #{index}", f"link: #{index} in {self.where}") from None
+        return Link(**found) if found is not None else None
 
     def links(self) -> list[Link]:
         return [self._link(m) for m in self._call("list links", "links", self._ipr.link, "dump")]

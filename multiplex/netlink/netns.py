@@ -86,6 +86,19 @@ def entered(path: Optional[str], field: str = "CNI_NETNS") -> Iterator[None]:
 
 def netlink_socket(path: Optional[str], field: str = "CNI_NETNS") -> socket.socket:
     """An rtnetlink socket living in the namespace at `path` (None: the current one)."""
-    with entered(path, field):
-        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+    return netlink_sockets(path, 1, field)[0]
+
+
+def netlink_sockets(path: Optional[str], count: int, field: str = "CNI_NETNS") -> list[socket.socket]:
+    """`count` rtnetlink sockets living in the namespace at `path`, made in one visit to it."""
+    out: list[socket.socket] = []
+    try:
+        with entered(path, field):
+            for _ in range(count):
+                out.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE))
+    except BaseException:
+        for s in out:
+            s.close()
+        raise
+    return out
 

@@ -12,10 +12,14 @@ import pytest
 
 from multiplex import netlink
 from multiplex.cni.errors import CNIError
-from multiplex.netlink import handle
+from multiplex.netlink import handle, rtlink
 from tests.cnitool import links
 
 pytestmark = pytest.mark.root
+
+
+#: netlink sockets per Handle: pyroute2's and the look-up socket (rtlink)
+PER_HANDLE = 2
 
 
 def path(ns: str) -> str:
@@ -84,7 +88,7 @@ def test_a_thread_reuses_one_node_socket_across_calls(netns_factory, keeping):
             return counts
 
     counts = in_thread(calls)
-    assert counts[:20] == [base + 1] * 20  # one socket for twenty calls, kept between them
+    assert counts[:20] == [base + PER_HANDLE] * 20  # one socket for twenty calls, kept between them
     assert counts[20] == base
     assert {f"mpxk{k}" for k in range(20)} <= links(ns)
 
@@ -117,7 +121,7 @@ def test_concurrent_threads_never_share_a_socket(netns_factory, keeping):
     for t in threads:
         t.join(60)
     assert not errors, errors
-    assert min(seen) >= base + 4  # four handles open at once: four sockets
+    assert min(seen) >= base + 4 * PER_HANDLE  # four handles open at once: four socket pairs
     gc.collect()
     assert netlink_fds() == base  # the threads ended: their kept sockets went with them
     assert links(ns) == {"lo"}
@@ -140,7 +144,7 @@ def test_a_nested_node_handle_gets_its_own_socket(netns_factory, keeping):
             return both, kept, netlink_fds()
 
     both, kept, none = in_thread(nested)
-    assert both == none + 2 and kept == none + 1  # one of the two is kept, the other closed
+    assert both == none + 2 * PER_HANDLE and kept == none + PER_HANDLE  # one of the two is kept, the other closed
 
 
 def test_a_socket_is_kept_after_a_kernel_refusal_and_dropped_after_anything_else(netns_factory, keeping):
@@ -166,7 +170,7 @@ def test_a_socket_is_kept_after_a_kernel_refusal_and_dropped_after_anything_else
             return base, after_refusal, after_error
 
     base, after_refusal, after_error = in_thread(run)
-    assert after_refusal == base + 1 and after_error == base
+    assert after_refusal == base + PER_HANDLE and after_error == base
 
 
 def test_kept_sockets_follow_the_namespace_the_thread_is_in(netns_factory, keeping):
@@ -223,3 +227,30 @@ def test_created_links_are_what_a_look_up_reads_with_or_without_the_echo(netns_f
         br2, created2 = n.ensure_bridge("mpxt-kpbr2")
         assert created2 and br2.kind == "bridge" and br2.index == n.link("mpxt-kpbr2").index
     assert {"net1", "net2"} <= links(pod_ns)
+
+
+def test_look_ups_read_what_pyroute2_reads(netns_factory):
+    """Handle.link (rtlink, stdlib) against pyroute2's own decoding of the same links."""
+    node_ns, pod_ns = netns_factory("kp"), netns_factory("kp")
+    with netlink.open_netns(path(node_ns)) as n, netlink.open_netns(path(pod_ns)) as p:
+        br, _ = n.ensure_bridge("mpxt-kpbr3", mtu=1450)
+        n.set_alias(br, "a network's name ✓")
+        netlink.make_veth_pair(n, p, "mpxt-kph3", "net3", mtu=1450, mac="02:00:00:00:03:03",
+                               alias="c/net3/kp", master=br)
+        for h, name in ((n, "mpxt-kpbr3"), (n, "mpxt-kph3"), (p, "net3"), (p, "lo")):
+            mine = h.link(name)
+            theirs = h._link(h._ipr.link("get", ifname=name)[0])
+            # operstate follows the carrier, which the kernel settles on its own time: compared apart
+            assert mine.operstate in rtlink.OPERSTATES and theirs.operstate in rtlink.OPERSTATES
+            mine.operstate = theirs.operstate = ""
+            assert mine == theirs, name
+            at = h.link_at(mine.index)
+            at.operstate = ""
+            assert at == theirs
+        assert n.link("mpxt-nothere") is None and n.link_at(99999) is None
+        with pytest.raises(CNIError) as e:
+            n.require_link("mpxt-nothere", "bridge")
+        assert e.value.code == 105 and "mpxt-nothere not found" in e.value.msg and "bridge" in e.value.details
+        with pytest.raises(CNIError) as e:  # a name the kernel refuses outright (too long)
+            n.link("x" * 40)
+        assert e.value.code == 105 and "look up link" in e.value.msg
