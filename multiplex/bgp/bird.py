@@ -260,8 +260,9 @@ class Bird:
 
     def configure(self) -> str:
         """Apply bird.conf to the running BIRD (`configure`: sessions whose config did not change
-        stay up). BIRD's answer, e.g. "Reconfigured"; BirdError when it refuses the file."""
-        return command(self.socket_path, f'configure "{self.conf}"', timeout=30.0).text
+        stay up). BIRD's final answer, e.g. "Reconfigured"; BirdError when it refuses the file."""
+        reply = command(self.socket_path, f'configure "{self.conf}"', timeout=30.0)
+        return reply.lines[-1][1] if reply.lines else ""
 
     def graceful_restart(self, timeout: float = 10.0) -> None:
         """Stop BIRD for a graceful restart: peers keep our routes as stale, the kernel keeps them."""

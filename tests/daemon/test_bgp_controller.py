@@ -1,0 +1,262 @@
+"""The BGP controller and its parts: settings refused naming the field, plans (mesh, reflectors,
+explicit peers, per-node ASN), generated configs that BIRD itself accepts (`bird -p`), BIRD's
+socket replies parsed, and the controller driving a real BIRD in a netns: started on the node's
+blocks, reconfigured (same pid, sessions kept) when a block appears, stopped by pid. Printed, not
+timed: config generation and session counts for 200 simulated nodes, full mesh against route
+reflectors. The routes between real nodes are tests/netns/test_bgp_routed_cluster.py."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+
+import pytest
+
+from multiplex.bgp import bird as birdmod
+from multiplex.bgp import plan as bgp_plan
+from multiplex.bgp import render, settings
+from multiplex.controllers import bgp as bgp_ctrl
+from multiplex.controllers.node_registry import ANNOTATION, NodeFacts
+from multiplex.daemon.controller import DaemonContext
+from tests.daemon.fakeobjects import FakeObjects
+
+POOLS = [ipaddress.ip_network("198.18.64.0/18"), ipaddress.ip_network("fd00:64::/64")]
+
+
+# --- settings --------------------------------------------------------------------------------------
+
+BAD_SETTINGS = [
+    pytest.param({"asn": 0}, "$.asn", id="asn-zero"),
+    pytest.param({"asn": 4294967296}, "$.asn", id="asn-over-32-bits"),
+    pytest.param({"asn": "private"}, "$.asn", id="asn-a-word"),
+    pytest.param({"peers": [{"name": "tor", "address": "tor.example", "asn": 65001}]}, "$.peers[0].address",
+                 id="peer-not-an-address"),
+    pytest.param({"peers": [{"address": "198.19.0.1"}]}, "$.peers[0].asn", id="peer-without-asn"),
+    pytest.param({"bfd": {"enabled": "yes"}}, "$.bfd.enabled", id="bfd-enabled-not-bool"),
+    pytest.param({"bfd": {"intervalMs": 1}}, "$.bfd.intervalMs", id="bfd-interval-too-small"),
+    pytest.param({"gracefulRestart": {"restartTime": 5000}}, "$.gracefulRestart.restartTime", id="restart-time"),
+    pytest.param({"routeReflectorClusterId": "cluster-1"}, "$.routeReflectorClusterId", id="cluster-id"),
+    pytest.param({"mesh": False}, "$.mesh", id="unknown-field"),
+]
+
+
+@pytest.mark.parametrize("body, field", BAD_SETTINGS)
+def test_bad_settings_name_their_field(body, field):
+    with pytest.raises(settings.SettingsError) as e:
+        settings.parse(body)
+    assert e.value.field == field and field in str(e.value)
+
+
+def test_settings_defaults():
+    s = settings.parse({})
+    assert (s.asn, s.node_to_node_mesh, s.bfd, s.graceful_restart) == (64512, True, False, True)
+
+
+def test_a_bad_settings_file_names_the_file_and_field(tmp_path):
+    path = tmp_path / "bgp.json"
+    path.write_text(json.dumps({"asn": 70000000000}))
+    with pytest.raises(settings.SettingsError) as e:
+        settings.load(str(path))
+    assert str(path) in str(e.value) and e.value.field == "$.asn"
+
+
+# --- plans -----------------------------------------------------------------------------------------
+
+def infos(n: int, reflectors: tuple = (), **extra) -> list[bgp_plan.NodeInfo]:
+    label = settings.DEFAULT_RR_LABEL
+    return [bgp_plan.NodeInfo(f"node-{i}", f"198.19.{i // 250}.{i % 250 + 1}", f"fd00:19::{i + 1:x}",
+                              labels={label: "true"} if i in reflectors else {}, **extra)
+            for i in range(n)]
+
+
+def plans(nodes, conf) -> list[bgp_plan.Plan]:
+    return [bgp_plan.make_plan(me, nodes, conf, [], [], POOLS) for me in nodes]
+
+
+def test_full_mesh_and_reflectors():
+    conf = settings.parse({})
+    assert bgp_plan.session_count(plans(infos(5), conf)) == 10
+    with_rr = plans(infos(5, reflectors=(0,)), conf)
+    assert bgp_plan.session_count(with_rr) == 4
+    assert [n.kind for n in with_rr[0].neighbors] == ["client"] * 4 and with_rr[0].reflector
+    assert [(n.kind, n.description) for n in with_rr[3].neighbors] == [("reflector", "node-0")]
+    two = plans(infos(6, reflectors=(0, 1)), conf)
+    assert sorted(n.kind for n in two[0].neighbors) == ["client"] * 4 + ["reflector"]
+    assert bgp_plan.session_count(two) == 1 + 2 * 4
+    assert bgp_plan.session_count(plans(infos(5), settings.parse({"nodeToNodeMesh": False}))) == 0
+
+
+def test_explicit_peers_follow_their_node_selector_and_a_node_may_have_its_own_asn():
+    conf = settings.parse({"peers": [{"name": "tor-a", "address": "198.19.0.254", "asn": 65001,
+                                      "nodeSelector": {"rack": "a"}}]})
+    nodes = [bgp_plan.NodeInfo("a1", "198.19.0.1", labels={"rack": "a"}),
+             bgp_plan.NodeInfo("b1", "198.19.0.2", labels={"rack": "b"},
+                               annotations={settings.ASN_ANNOTATION: "65010"})]
+    pa, pb = (bgp_plan.make_plan(me, nodes, conf, [], [], POOLS) for me in nodes)
+    assert [(n.kind, n.address, n.asn) for n in pa.neighbors] == [("mesh", "198.19.0.2", 65010),
+                                                                   ("peer", "198.19.0.254", 65001)]
+    assert pb.asn == 65010 and [n.kind for n in pb.neighbors] == ["mesh"]
+    bad = [bgp_plan.NodeInfo("c1", "198.19.0.3", annotations={settings.ASN_ANNOTATION: "99999999999"})]
+    with pytest.raises(settings.SettingsError) as e:
+        bgp_plan.make_plan(bad[0], bad, conf, [], [], POOLS)
+    assert "node c1" in str(e.value) and settings.ASN_ANNOTATION in str(e.value)
+
+
+def test_a_node_without_an_ipv4_underlay_cannot_speak_bgp():
+    me = bgp_plan.NodeInfo("v6only", "", "fd00:19::9")
+    with pytest.raises(ValueError, match="no IPv4 underlay address"):
+        bgp_plan.make_plan(me, [me], settings.parse({}), [], [], POOLS)
+
+
+def test_blocks_and_borrowed_addresses_from_ipblocks():
+    objs = [{"metadata": {"name": "a"}, "spec": {"cidr": "198.18.64.0/26", "node": "n1", "allocations": {}}},
+            {"metadata": {"name": "b"}, "spec": {"cidr": "198.18.64.64/26", "node": "n2", "allocations": {
+                "198.18.64.70": {"node": "n1"}, "198.18.64.71": {"node": "n2"}}}},
+            {"metadata": {"name": "c"}, "spec": {"cidr": "nonsense", "node": "n1"}}]
+    blocks, borrowed, error = bgp_plan.blocks_from_ipblocks(objs, "n1")
+    assert blocks == [ipaddress.ip_network("198.18.64.0/26")] and borrowed == ["198.18.64.70"]
+    assert "nonsense" in error
+
+
+def test_generated_configs_are_accepted_by_bird(tmp_path):
+    """Every shape the renderer makes (mesh with BFD, reflector, client, explicit peer with a
+    password, IPv4-only, IPv6 pools, no pools) parses with `bird -p`."""
+    conf = settings.parse({"bfd": {"enabled": True}, "routeReflectorClusterId": "198.19.0.1",
+                           "peers": [{"name": "tor", "address": "198.19.0.254", "asn": 65001, "bfd": True,
+                                      "password": "s3cret"}]})
+    b = birdmod.Bird(str(tmp_path))
+    nodes = infos(4, reflectors=(0,))
+    blocks = [ipaddress.ip_network("198.18.64.0/26"), ipaddress.ip_network("fd00:64::/122")]
+    cases = [bgp_plan.make_plan(nodes[0], nodes, conf, blocks, ["198.18.70.1", "fd00:64::99"], POOLS),
+             bgp_plan.make_plan(nodes[1], nodes, conf, blocks, [], POOLS),
+             bgp_plan.make_plan(bgp_plan.NodeInfo("v4", "198.19.0.9"), infos(3), settings.parse({}), [], [], [])]
+    for p in cases:
+        text = render.render(p)
+        b.check_config(text)
+        assert render.render(p) == text     # deterministic: equal plans, equal text
+    assert "rr client;" in render.render(cases[0]) and "bfd on;" in render.render(cases[0])
+    assert 'route 198.18.70.1/32 blackhole' in render.render(cases[0])
+
+
+def test_bird_refusing_a_config_is_an_error_with_its_message(tmp_path):
+    with pytest.raises(birdmod.BirdError, match="syntax error|error"):
+        birdmod.Bird(str(tmp_path)).check_config("router id nonsense;\n")
+
+
+def test_show_protocols_all_is_parsed():
+    lines = [(2002, "Name       Proto      Table      State  Since         Info"),
+             (1002, "node_n2    BGP        ---        up     20:03:48.485  Established   "),
+             (1006, '  Description:    mesh n2'), (1006, "  BGP state:          Established"),
+             (1006, "    Neighbor address: 198.19.0.12"), (1006, "    Neighbor AS:      64512"),
+             (1006, "  Channel ipv4"), (1006, "    Routes:         2 imported, 1 exported, 2 preferred"),
+             (1006, "  Channel ipv6"), (1006, "    Routes:         1 imported, 1 exported, 1 preferred"),
+             (1002, "kernel4    Kernel     master4    up     2026-11-29 20:03:48  "), (0, "")]
+    p, k = birdmod.parse_protocols(birdmod.Reply(0, lines))
+    assert (p.name, p.proto, p.state, p.since, p.info, p.bgp_state) == \
+        ("node_n2", "BGP", "up", "20:03:48.485", "Established", "Established")
+    assert (p.neighbor, p.neighbor_as, p.description) == ("198.19.0.12", "64512", "mesh n2")
+    assert p.routes == {"ipv4": {"imported": 2, "exported": 1, "preferred": 2},
+                        "ipv6": {"imported": 1, "exported": 1, "preferred": 1}}
+    assert (k.name, k.since) == ("kernel4", "2026-11-29 20:03:48")
+
+
+def test_200_nodes_full_mesh_against_route_reflectors():
+    """Printed: sessions and config generation for 200 nodes (every node's plan and config)."""
+    for label, conf, refl in (("full mesh", settings.parse({}), ()),
+                              ("3 route reflectors", settings.parse({}), (0, 1, 2))):
+        nodes = infos(200, reflectors=refl)
+        t0 = time.perf_counter()
+        ps = plans(nodes, conf)
+        texts = [render.render(p) for p in ps]
+        took = time.perf_counter() - t0
+        sessions = bgp_plan.session_count(ps)
+        print(f"\n200 nodes, {label}: {sessions} sessions, largest config {max(map(len, texts)) // 1024} KiB, "
+              f"{took * 1000 / 200:.2f} ms per node to plan and render")
+        assert sessions == (200 * 199 // 2 if not refl else 3 + 3 * 197)
+
+
+# --- the controller --------------------------------------------------------------------------------
+
+class FakeRegistry:
+    def __init__(self, facts: dict):
+        self._facts = facts
+        self.listeners = []
+
+    def nodes(self):
+        return dict(self._facts)
+
+    def add_listener(self, fn):
+        self.listeners.append(fn)
+
+
+def _node(name: str, ipv4: str) -> dict:
+    return {"metadata": {"name": name, "annotations": {ANNOTATION: NodeFacts(name, "ul0", 1400, ipv4).to_json()}}}
+
+
+def _block(cidr: str, node: str) -> dict:
+    return {"metadata": {"name": cidr.replace("/", "-").replace(".", "-")}, "spec": {"cidr": cidr, "node": node}}
+
+
+@pytest.fixture
+def controller_in_netns(node, tmp_path):
+    """The controller of node `n1` with fake objects; its BIRD runs in the test's node netns."""
+    path = tmp_path / "bgp.json"
+    path.write_text(json.dumps({"asn": 64512}))
+    objects = FakeObjects()
+    objects.informer("nodes").put(_node("n1", "198.19.0.11"))
+    objects.informer("nodes").put(_node("n2", "198.19.0.12"))
+    objects.informer("ippools").put({"metadata": {"name": "p"}, "spec": {"cidr": "198.18.64.0/18"}})
+    objects.informer("ipblocks").put(_block("198.18.64.0/26", "n1"))
+    registry = FakeRegistry({"n1": NodeFacts("n1", "ul0", 1400, "198.19.0.11"),
+                             "n2": NodeFacts("n2", "ul0", 1400, "198.19.0.12")})
+    ctx = DaemonContext(node_name="n1", objects=objects, state_dir=str(tmp_path / "state"),
+                        controllers={"node-registry": registry})
+    ctrl = bgp_ctrl.BgpController("n1", str(tmp_path / "bgp"), str(path))
+    ctrl.bird.netns = node
+    yield ctrl, ctx, objects, path
+    ctrl.bird.stop(timeout=5)
+
+
+@pytest.mark.root
+def test_controller_starts_reconfigures_and_stops_bird(controller_in_netns):
+    ctrl, ctx, objects, _ = controller_in_netns
+    ctrl.setup(ctx)
+    assert ctrl.apply() and ctrl.ready()
+    pid = ctrl.bird.pid
+    with open(ctrl.bird.conf) as f:
+        assert "route 198.18.64.0/26 blackhole" in f.read()
+    assert not ctrl.apply(), "nothing changed, yet BIRD was reconfigured"
+    objects.informer("ipblocks").put(_block("198.18.64.64/26", "n1"))
+    assert ctrl.apply()
+    assert ctrl.bird.pid == pid and ctrl.last_result.startswith("Reconfigur"), ctrl.last_result
+    names = {p.name for p in birdmod.protocols(ctrl.bird.socket_path)}
+    assert {"node_n2", "mpx_blocks4", "kernel4"} <= names
+    ctrl.daemon = ctx
+    ctrl.stop()
+    assert not birdmod._is_bird(pid)
+
+
+@pytest.mark.root
+def test_a_bad_settings_file_fails_setup_and_starts_nothing(controller_in_netns):
+    ctrl, ctx, _, path = controller_in_netns
+    path.write_text(json.dumps({"peers": [{"address": "not-an-ip", "asn": 65001}]}))
+    with pytest.raises(settings.SettingsError) as e:
+        ctrl.setup(ctx)
+    assert e.value.field == "$.peers[0].address"
+    assert ctrl.bird.pid is None and not ctrl.ready()
+
+
+def test_the_controller_is_off_without_a_settings_file(tmp_path, monkeypatch):
+    monkeypatch.setenv(settings.PATH_ENV, str(tmp_path / "absent.json"))
+    assert bgp_ctrl.controller(DaemonContext(node_name="n1", objects=FakeObjects())) is None
+
+
+def test_the_ipam_kinds_are_registered_on_a_local_directory(tmp_path, monkeypatch):
+    from multiplex.k8s.objects import LocalObjects
+
+    (tmp_path / "bgp.json").write_text("{}")
+    monkeypatch.setenv(settings.PATH_ENV, str(tmp_path / "bgp.json"))
+    objects = LocalObjects(str(tmp_path / "objects"))
+    ctrl = bgp_ctrl.controller(DaemonContext(node_name="n1", objects=objects, state_dir=str(tmp_path)))
+    assert ctrl is not None and {"ipblocks", "ippools"} <= set(objects.kinds)
+    assert ctrl.bird.socket_path == str(tmp_path / "bgp" / "bird.ctl")
