@@ -205,7 +205,7 @@ def uninstall(root, bin_dir, conf_dir, conf_name) -> None:
 @cli.command()
 @click.option("--socket", "socket_path", default="/run/multiplex/multiplex.sock", show_default=True,
               help="the unix socket the shim talks to (made mode 0600)")
-@click.option("--state-dir", default=None, help="the state root (default: $MULTIPLEX_STATE_DIR or /var/lib/multiplex)")
+@click.option("--state-dir", default=None, help="the state root (default: $MULTIPLEX_STATE_DIR or /var/lib/cni/multiplex)")
 @click.option("--node-name", default=None, help="this node's name (default: $NODE_NAME, else the host name)")
 @click.option("--kubeconfig", default=None,
               help="watch the cluster through this kubeconfig (default: in-cluster when in a pod)")
@@ -236,7 +236,7 @@ def daemon(**options) -> None:
 
 @cli.command()
 @click.argument("target", metavar="NAMESPACE/POD|CONTAINERID")
-@click.option("--state-dir", default=None, help="the state root (default: $MULTIPLEX_STATE_DIR or /var/lib/multiplex)")
+@click.option("--state-dir", default=None, help="the state root (default: $MULTIPLEX_STATE_DIR or /var/lib/cni/multiplex)")
 @click.option("-o", "output", type=click.Choice(["table", "json"]), default="table")
 def inspect(target: str, state_dir: str | None, output: str) -> None:
     """A pod's networks on this node: what the cache records beside what the kernel shows."""
@@ -252,7 +252,7 @@ def policy() -> None:
 
 @policy.command("show")
 @click.argument("target", metavar="NAMESPACE/POD|CONTAINERID")
-@click.option("--state-dir", default=None, help="the state root (default: $MULTIPLEX_STATE_DIR or /var/lib/multiplex)")
+@click.option("--state-dir", default=None, help="the state root (default: $MULTIPLEX_STATE_DIR or /var/lib/cni/multiplex)")
 @click.option("-o", "output", type=click.Choice(["table", "json"]), default="table")
 def policy_show(target: str, state_dir: str | None, output: str) -> None:
     """The policies that apply to each of a pod's interfaces, their rules and nft counters."""
@@ -269,7 +269,7 @@ def bgp() -> None:
 @bgp.command("status")
 @click.option("--socket", "socket_path", default=None,
               help="the node's BIRD control socket (default: the one the daemon's BGP controller runs)")
-@click.option("--state-dir", default=None, help="the state root (default: $MULTIPLEX_STATE_DIR or /var/lib/multiplex)")
+@click.option("--state-dir", default=None, help="the state root (default: $MULTIPLEX_STATE_DIR or /var/lib/cni/multiplex)")
 @click.option("-o", "output", type=click.Choice(["table", "json"]), default="table")
 def bgp_status(socket_path: str | None, state_dir: str | None, output: str) -> None:
     """BGP sessions (peer, state, since, routes in/out) and the routes learned, from the node's BIRD."""
