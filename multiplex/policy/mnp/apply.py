@@ -11,6 +11,7 @@ resync repairs a table removed or edited by hand.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -19,6 +20,7 @@ from ...cni.errors import CNIError, NETLINK_FAILURE
 from . import compiler
 
 Runner = Callable[..., object]   # multiplex.netlink.nft.run_in_netns
+_COMMENT = re.compile(r'^\s*comment "' + re.escape(compiler.COMMENT_PREFIX) + r'([0-9a-f]+)"', re.M)
 
 
 @dataclass
@@ -46,15 +48,10 @@ class Applier:
                            f"netns: {netns}; table {compiler.FAMILY} {compiler.TABLE}")
 
     def table_hash(self, netns: str) -> Optional[str]:
-        """The structure hash of the table in `netns` (its comment), None when there is none."""
-        proc = self.run(netns, ["-j", "list", "table", compiler.FAMILY, compiler.TABLE])
-        if proc.returncode != 0:
-            return None
-        for item in json.loads(proc.stdout or "{}").get("nftables", []):
-            table = item.get("table")
-            if table and str(table.get("comment", "")).startswith(compiler.COMMENT_PREFIX):
-                return str(table["comment"])[len(compiler.COMMENT_PREFIX):]
-        return None
+        """The structure hash of the table in `netns` (its comment), None when there is none.
+        Read from nft's text form (`-t`: without set elements): its JSON form leaves out a
+        table's comment (nftables 1.0.6)."""
+        return table_hash(netns, self.run)
 
     def apply(self, netns: str, ruleset: compiler.Ruleset, verify: bool = False) -> str:
         """Bring `netns` to `ruleset`. Returns what was done: "full", "sets", "none", "removed"."""
@@ -73,8 +70,12 @@ class Applier:
             script = compiler.set_update(known.sets, ruleset)
             if not script:
                 return "none"
-            self._nft(netns, script, "update the MultiNetworkPolicy peer sets")
-            done = "sets"
+            try:
+                self._nft(netns, script, "update the MultiNetworkPolicy peer sets")
+                done = "sets"
+            except CNIError:   # the table went behind our back (removed by hand): put it back whole
+                self._nft(netns, compiler.full_replace(ruleset), "apply the MultiNetworkPolicy table")
+                done = "full"
         else:
             self._nft(netns, compiler.full_replace(ruleset), "apply the MultiNetworkPolicy table")
             done = "full"
@@ -91,6 +92,15 @@ class Applier:
     def forget(self, netns: str) -> None:
         with self._lock:
             self.state.pop(netns, None)
+
+
+def table_hash(netns: str, runner: Optional[Runner] = None) -> Optional[str]:
+    """See Applier.table_hash."""
+    proc = (runner or _runner())(netns, ["-t", "list", "table", compiler.FAMILY, compiler.TABLE])
+    if proc.returncode != 0:
+        return None
+    found = _COMMENT.search(proc.stdout or "")
+    return found.group(1) if found else None
 
 
 def read_table(netns: str, runner: Optional[Runner] = None) -> Optional[dict]:

@@ -119,6 +119,8 @@ class Engine:
         self._seen_errors: set[str] = set()
         self._pending: dict[str, tuple[LocalPod, Optional[dict]]] = {}
         self._labels: dict[str, dict] = {}     # containerID -> the pod object last seen
+        #: containers being deleted: their cache entry lingers until DEL ends, the pass skips them
+        self._deleted: set[str] = set()
         self._lock = threading.RLock()
         self.last_pass: dict[str, Any] = {}
 
@@ -132,7 +134,12 @@ class Engine:
         except Exception as e:   # an unreadable state dir: nothing local (logged; next pass retries)
             self.log.warning("policy: cannot read the result cache", error=str(e))
             entries = []
+        with self._lock:   # a DEL's tombstone lasts until its cache entry is gone
+            self._deleted &= {cid for cid, _i, _r in entries}
+            deleted = set(self._deleted)
         for cid, _ifname, record in entries:
+            if cid in deleted:
+                continue
             if isinstance(record, dict) and record.get("complete"):
                 pod = local_pod_from_record(cid, record)
                 if pod is not None:
@@ -210,8 +217,7 @@ class Engine:
             for err in plan.errors:
                 self._report(err, pod, plan.ifname)
         done = self.applier.apply(pod.netns, rs, verify=verify)
-        if done != "none" or verify:
-            self._write_status(pod, rs)
+        self._write_status(pod, rs)   # also when nft had nothing to do: the reasons may differ
         return done
 
     def _report(self, error: str, pod: LocalPod, ifname: str) -> None:
@@ -222,14 +228,15 @@ class Engine:
         self.errors += 1
         self.log.error("policy cannot be applied; the interface fails closed", pod=pod.key, ifname=ifname,
                        error=error)
-        if self.on_error is not None:
-            self.on_error(error.split(":")[0])
+        if self.on_error is not None:   # the policy's namespace/name, as PolicyError words it
+            self.on_error(error.split(":")[0].removeprefix("MultiNetworkPolicy ").strip())
 
     # --- the CNI path ----------------------------------------------------------------------------
     def enforce_add(self, pod: LocalPod, pod_object: Optional[dict]) -> compiler.Ruleset:
         """ADD: the pod's rules in its netns now (before ADD returns). The pod stays registered
         until its cache record is complete; the other pods' sets follow in the next pass."""
         with self._lock:
+            self._deleted.discard(pod.container_id)
             self._pending[pod.container_id] = (pod, pod_object)
             if pod_object:
                 self._labels[pod.container_id] = pod_object
@@ -250,14 +257,19 @@ class Engine:
         with self._lock:
             self._pending.pop(container_id, None)
 
-    def forget(self, container_id: str, netns: str) -> None:
-        """DEL: drop what the engine remembers of the pod; the others' sets follow."""
+    def delete(self, container_id: str, netns: str) -> None:
+        """DEL: the table out of the pod's netns (when it is still there) and the pod out of every
+        later pass, under the engine's lock so that no pass puts the table back meanwhile; then a
+        pass for the others' sets."""
         with self._lock:
+            self._deleted.add(container_id)
             self._pending.pop(container_id, None)
             self._labels.pop(container_id, None)
-            if netns:
-                self.applier.forget(netns)
             self._seen_errors = {k for k in self._seen_errors if not k.startswith(container_id + "/")}
+            if netns and os.path.exists(netns):
+                self.applier.remove(netns)
+            elif netns:
+                self.applier.forget(netns)
         if self.on_change is not None:
             self.on_change()
 
@@ -296,7 +308,14 @@ def write_status(state_dir: Optional[str], pod: LocalPod, rs: compiler.Ruleset) 
             "interfaces": [{"ifname": p.ifname, "network": p.network, "ingress": p.ingress, "egress": p.egress,
                             "errors": p.errors} for p in rs.interfaces],
             "sets": {n: len(s.elements) for n, s in rs.sets.items()}}
-    atomic_write(path, json.dumps(data, indent=1) + "\n", mode=0o644)
+    text = json.dumps(data, indent=1) + "\n"
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return
+    except OSError:
+        pass
+    atomic_write(path, text, mode=0o644)
 
 
 def remove_status(state_dir: Optional[str], container_id: str) -> None:

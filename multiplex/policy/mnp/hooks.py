@@ -123,14 +123,13 @@ def enforce_del(ctx: Any, netns: str) -> None:
     status = read_status(state_dir, req.container_id)
     engine = engine_for(state_dir)
     if engine is not None:
-        engine.forget(req.container_id, netns or (status or {}).get("netns", ""))
-    if status is None:
-        return
-    if netns and os.path.exists(netns):
+        engine.delete(req.container_id, netns or (status or {}).get("netns", ""))
+    elif status is not None and netns and os.path.exists(netns):
         from .apply import Applier
 
         Applier().remove(netns)
-    remove_status(state_dir, req.container_id)
+    if status is not None:
+        remove_status(state_dir, req.container_id)
 
 
 def enforce_check(ctx: Any) -> None:
