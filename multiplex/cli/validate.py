@@ -65,6 +65,9 @@ def check_multiplex_config(stdin: bytes) -> list[CNIError]:
         req = Request.from_env(ADD_ENV, stdin)
         cniversion.check_supported(req.cni_version)
         conf = MultiplexConfig.from_dict(req.config)
+        from ..policy.external import configured_hooks
+
+        configured_hooks(conf)   # what ADD checks of authorizeHooks beyond the schema (unique names)
         check_attachments(config_attachments(conf, None, "eth0", resolve=False), conf.cni_version)
     except CNIError as e:
         return [e]

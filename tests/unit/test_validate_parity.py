@@ -233,5 +233,19 @@ def test_the_issue_example_is_refused_by_validate_as_by_add(tmp_path, monkeypatc
     assert "field: vlan5000:$.vlan" in lines[0]
 
 
+def test_two_authorize_hooks_of_one_name_are_refused_by_validate_as_by_add(tmp_path, monkeypatch):
+    """A refusal is known by its hook's name, so ADD refuses a config naming one twice: so does validate."""
+    lab = Lab(str(tmp_path), monkeypatch)
+    hooks = [{"name": "corp", "path": "/bin/true"}, {"name": "corp", "path": "/bin/false"}]
+    mpx = lab.ctx.config(authorizeHooks=hooks)
+    path = tmp_path / "multiplex.conf"
+    path.write_text(json.dumps(mpx))
+    lines = validate.validate_file(str(path))
+    add = lab.add(json.dumps(mpx).encode())
+    assert add is not None and add["code"] == 7
+    assert lines == [f"code 7: {add['msg']} [{add['details']}]"]
+    assert "authorizeHooks[1].name" in lines[0]
+
+
 def test_the_corpus_and_the_unit_lists_are_all_here():
     assert len(MPX_CASES) >= 40 and len(PLUGIN_CASES) >= 40 and len(NAD_CASES) >= 20 and len(UNIT_CONFIGS) >= 50
