@@ -17,7 +17,10 @@ those informers, plus **what this node wrote itself**:
 - Blocks known to exist that are not ours (AlreadyExists answers of claims) are remembered by name,
   so the next claim does not ask for them again.
 - The cache serves nothing before both informers read their first list (`ready`): a call that
-  comes first waits up to `sync_timeout`, then reads the API as the one-shot path does.
+  comes first waits up to `sync_timeout`, then reads the API as the one-shot path does. Warm-up
+  also asks, once per pool, whether the pool holds blocks of another size than its blockSize
+  (`uniform`: a claim that probes must not overlap one); a pool that changes is asked again at
+  its next claim.
 
 Correctness never rests on the cache: every write carries the resourceVersion it was read at,
 so a stale read costs one 409 and one GET, never a duplicate address. Counters in `stats`: hits
@@ -90,6 +93,7 @@ class IPAMCache:
         self._pools_inf = None
         self._blocks_inf = None
         self._started = False
+        self._checked = False
         self._start_lock = threading.Lock()
 
     # --- the informers ------------------------------------------------------------------------
@@ -110,7 +114,25 @@ class IPAMCache:
         for inf in (self._pools_inf, self._blocks_inf):
             if not inf.wait_synced(max(0.0, end - time.monotonic())):
                 return False
+        if not self._checked:
+            self._check_pools()
         return True
+
+    def _check_pools(self) -> None:
+        """Warm-up, once: is every pool's block of its blockSize (`uniform`)? Asked here, beside
+        the informers' first lists, so a node's first claim costs its create alone."""
+        client = self.client or getattr(self.objects, "client", None)
+        with self._start_lock:
+            if self._checked or client is None:
+                return
+            self._checked = True
+        from ...k8s.errors import KubeError
+
+        for pool in self.pools():
+            try:
+                self.uniform(client, pool)
+            except KubeError as e:   # asked again at the pool's first claim
+                self.log.info("cannot check the pool's block sizes yet", pool=pool.name, error=e.msg)
 
     def _on_block(self, etype: str, obj: dict) -> None:
         """The informer caught up with our write (the same resourceVersion), or the block is

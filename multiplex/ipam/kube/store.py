@@ -450,9 +450,12 @@ class KubeStore(Store):
         from ...k8s.errors import AlreadyExists
 
         block.allocations[str(ip)] = Allocation.for_owner(owner, self.node, self.clock())
+        retries = self.client.stats["retries"] if self._cache_ready else None
         try:
             self._create(block)
         except AlreadyExists:
+            if retries is not None and self.client.stats["retries"] == retries:
+                return None     # the create was sent once: the block is another node's (no GET)
             return self._landed(block, owner)
         self.stats["claims"] += 1
         return block.lease(str(ip), fresh=True)
