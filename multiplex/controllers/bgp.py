@@ -77,6 +77,9 @@ class BgpController(Controller):
         from ..bgp import settings
 
         settings.load(self.settings_path)   # a bad file fails setup, named in /readyz and the log
+        if not (os.path.isabs(self.bird.binary) and os.access(self.bird.binary, os.X_OK)):
+            raise RuntimeError(f"BIRD 2 is not installed on this node (no {self.bird.binary!r}): install the "
+                               f"bird2 package, or remove {self.settings_path} to run without BGP")
         registry = daemon.controllers.get("node-registry")
         if registry is None:
             raise RuntimeError("the bgp controller needs the node-registry controller (--controllers)")

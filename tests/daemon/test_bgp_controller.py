@@ -260,3 +260,21 @@ def test_the_ipam_kinds_are_registered_on_a_local_directory(tmp_path, monkeypatc
     ctrl = bgp_ctrl.controller(DaemonContext(node_name="n1", objects=objects, state_dir=str(tmp_path)))
     assert ctrl is not None and {"ipblocks", "ippools"} <= set(objects.kinds)
     assert ctrl.bird.socket_path == str(tmp_path / "bgp" / "bird.ctl")
+
+
+def test_setup_without_bird_installed_says_so(tmp_path):
+    path = tmp_path / "bgp.json"
+    path.write_text("{}")
+    ctrl = bgp_ctrl.BgpController("n1", str(tmp_path / "bgp"), str(path), binary="/nonexistent/bird")
+    ctx = DaemonContext(node_name="n1", objects=FakeObjects(), controllers={"node-registry": FakeRegistry({})})
+    with pytest.raises(RuntimeError, match="bird2"):
+        ctrl.setup(ctx)
+
+
+def test_bgp_status_without_a_bird_is_exit_1_naming_the_socket(tmp_path):
+    from multiplex.cli.bgp import status
+
+    out, err = [], []
+    code = status(state_dir=str(tmp_path), echo=out.append, echo_err=err.append)
+    assert code == 1 and not out
+    assert str(tmp_path / "bgp" / "bird.ctl") in err[0] and "bgp controller" in err[0]
