@@ -85,6 +85,7 @@ class OverlayConfig:
     underlay_family: int = 0                  # 0: the peers', else IPv4 when the underlay has it
     mtu: Optional[int] = None
     peers: list[Any] = field(default_factory=list)   # ip addresses (static mode)
+    encrypt: bool = False                    # VXLAN between nodes rides WireGuard
     mac: str = ""
     dns: Optional[DNS] = None
 
@@ -113,6 +114,7 @@ class OverlayConfig:
         return cls(network=name, vni=int(conf.get("vni") or 0), port=int(conf.get("port") or DEFAULT_PORT),
                    underlay_interface=str(conf.get("underlayInterface") or ""), underlay_family=fam,
                    mtu=conf.get("mtu") or None, peers=parse_peers(conf.get("peers")),
+                   encrypt=conf.get("encrypt") == "wireguard",
                    mac=str(rc.get("mac") or "").lower().replace("-", ":"),
                    dns=dns if dns is not None and not dns.empty() else None)
 
@@ -158,7 +160,7 @@ def find_underlay(node, conf: OverlayConfig) -> Underlay:
     """The underlay interface, this node's address on it and the pod MTU, or code 7 naming the
     field that would fix it. Reads only: nothing is made before this has passed."""
     from multiplex.netlink import AF_INET, AF_INET6
-    from multiplex.netlink import vxlan
+    from multiplex.netlink import vxlan, wireguard
 
     link = None
     if conf.underlay_interface:
@@ -195,11 +197,13 @@ def find_underlay(node, conf: OverlayConfig) -> Underlay:
         if peer.version != family:
             raise invalid_config(f"peer {peer} is IPv{peer.version}; the underlay address {addrs[0]} is IPv{family}",
                                  f"$.peers[{i}]", f"IPv{family} addresses, or underlayFamily ipv{peer.version}")
-    most = link.mtu - vxlan.overhead(family)
+    cost = vxlan.overhead(family) + (wireguard.OVERHEAD[family] if conf.encrypt else 0)
+    most = link.mtu - cost
     if conf.mtu and conf.mtu > most:
+        how = f"VXLAN's {vxlan.overhead(family)} bytes" + (f" and WireGuard's {wireguard.OVERHEAD[family]}"
+                                                            if conf.encrypt else "")
         raise invalid_config(f"mtu {conf.mtu} is above {most}, the most the underlay {link.name} (MTU {link.mtu}) "
-                             f"leaves after VXLAN's {vxlan.overhead(family)} bytes over IPv{family}", "$.mtu",
-                             f"at most {most}, or leave mtu out")
+                             f"leaves after {how} over IPv{family}", "$.mtu", f"at most {most}, or leave mtu out")
     return Underlay(link=link, local=addrs[0], mtu=conf.mtu or most)
 
 
@@ -243,6 +247,10 @@ class VxlanOverlayPlugin(Plugin):
         super().validate(conf, where)
         check_ipv6_mtu(conf, where)
         parse_peers(conf.get("peers"), where)
+        if conf.get("encrypt") and conf.get("peers"):
+            raise invalid_config("encrypt needs the node daemon's peers (it publishes and learns their public keys); "
+                                 "static peers cannot be encrypted", f"{where}.encrypt",
+                                 "leave peers out (the vxlan-peers controller finds the peers), or leave encrypt out")
 
     def config(self, req: Request) -> OverlayConfig:
         if req.command in ("ADD", "CHECK"):
@@ -257,6 +265,7 @@ class VxlanOverlayPlugin(Plugin):
         with netlink.open_node(batch=req.ctx.batch) as node:
             underlay = find_underlay(node, conf)
             check_vni_free(node, conf)
+            check_port_encryption(node, conf, underlay)
             with undone_on_failure(req) as undo, netlink.open_netns(req.netns) as pod:
                 result = self._add(req, conf, underlay, node, pod, undo)
         tell_controller(conf.network)
@@ -378,6 +387,8 @@ def ensure_overlay(req: Request, conf: OverlayConfig, underlay: Underlay, node, 
     from multiplex import netlink
     from multiplex.netlink import vxlan
 
+    if conf.encrypt:
+        ensure_encryption(req, conf, underlay, node, undo)
     br, created = node.ensure_bridge(conf.bridge, mtu=underlay.mtu)
     if created:
         netlink.sysctl.write(f"net/ipv6/conf/{br.name}/accept_ra", "0", missing_ok=True)
@@ -394,6 +405,40 @@ def ensure_overlay(req: Request, conf: OverlayConfig, underlay: Underlay, node, 
         for peer in conf.peers:
             vxlan.add_remote(node, vx, vxlan.ZERO_MAC, str(peer))
     return br, vx
+
+
+def check_port_encryption(node, conf: OverlayConfig, underlay: Underlay) -> None:
+    """One UDP port is encrypted for every network on it, or for none (the rule that sends VXLAN
+    through WireGuard matches the port): code 7 naming `port` when this network would mix them."""
+    from multiplex.netlink import vxlan, wireguard
+
+    encrypted = (underlay.family, conf.port) in wireguard.encrypted_ports(node)
+    if conf.encrypt == encrypted:
+        return
+    others = [d for d in vxlan.vxlan_devices(node) if d.port == conf.port and d.link.name != conf.device
+              and d.local is not None and d.local.version == underlay.family]
+    if conf.encrypt and not others:
+        return
+    other = network_of_alias(others[0].link.alias) if others else None
+    raise invalid_config(f"UDP port {conf.port} carries {'unencrypted' if conf.encrypt else 'encrypted'} VXLAN on this "
+                         f"node (network {other or 'of another overlay'}); one port is encrypted for every network "
+                         "on it or for none", "$.port", "another port for this network")
+
+
+def ensure_encryption(req: Request, conf: OverlayConfig, underlay: Underlay, node, undo: Undo) -> None:
+    """The node's WireGuard device (key pair in the state dir) and the rule sending this network's
+    VXLAN port through it (multiplex/netlink/wireguard.py). The vxlan-peers controller adds the
+    peers, their routes, and publishes the public key."""
+    from multiplex.netlink import wireguard
+    from multiplex.util.state import root
+
+    dev, created = wireguard.ensure_device(node, root(req.ctx.state_dir),
+                                           underlay.link.mtu - wireguard.OVERHEAD[underlay.family])
+    if created:
+        undo.push(f"remove WireGuard device {dev.name}", lambda: node.delete_link(wireguard.DEVICE))
+    if wireguard.ensure_port_rule(node, underlay.family, conf.port):
+        undo.push(f"remove the rule for port {conf.port}",
+                  lambda: wireguard.delete_port_rule(node, underlay.family, conf.port))
 
 
 def remove_overlay_if_unused(node, conf: OverlayConfig) -> None:

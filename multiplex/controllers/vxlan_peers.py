@@ -16,6 +16,13 @@ For each VXLAN device the vxlan-overlay delegate made on this node in programmed
 - everything else permanent on the device is removed: a node that left (its Node, or its facts,
   gone), a pod deleted or moved.
 
+Encryption (`encrypt: wireguard`, multiplex/netlink/wireguard.py): when this node has the
+WireGuard device, its public key is published as the fact `wireguard` = {"publicKey", "port"}, and
+for every peer of an encrypted VXLAN port that publishes one, the device gets a WireGuard peer
+(its public key, endpoint and only allowed IP its underlay address) and table 47890 a route to
+that address through the device. A private key rotated in the state dir (`rotate_key`) is put on
+the device and published at the next pass; peers replace the old public key when they see it.
+
 One key, "all": a reconcile reads the devices, the registry's view and the pods, and makes the
 kernel's tables equal to that (adds, replaces, deletes; nothing when equal). It runs on pod events
 (the cluster's pods: a kind `vxlan-pods` this controller registers, since the daemon's own `pods`
@@ -171,8 +178,12 @@ class VxlanPeers(Controller):
     watches = (PODS_KIND,)
     resync = 5.0
 
-    def __init__(self, node_name: str):
+    def __init__(self, node_name: str, netns: Optional[str] = None, state_dir: Optional[str] = None):
+        """`netns`: where the overlay devices are (None: the daemon's own namespace); `state_dir`:
+        the node's state root, where the WireGuard key lives (None: the daemon's)."""
         self.node_name = node_name
+        self.netns = netns
+        self.state_dir = state_dir
         self.registry: Any = None
         self._published: set[str] = set()
 
@@ -198,14 +209,71 @@ class VxlanPeers(Controller):
 
         pods = self.daemon.objects.informer(PODS_KIND).list()
         nodes = self.registry.nodes()
-        with Handle() as h:
+        with Handle(self.netns) as h:
             devices = local_devices(h)
             self.publish(devices)
+            wanted = []
             for dev in devices:
-                changed = program(h, dev, desired(dev, self.node_name, nodes, pods))
+                want = desired(dev, self.node_name, nodes, pods)
+                wanted.append((dev, want))
+                changed = program(h, dev, want)
                 if changed["added"] or changed["removed"]:
                     self.daemon.log.info("vxlan peers programmed", network=dev.network, device=dev.link.name,
                                          vni=dev.vni, **changed)
+            self.encrypt(h, wanted, nodes)
+
+    def encrypt(self, h, wanted: list, nodes: dict) -> None:
+        """The WireGuard side: this node's public key published (after a rotation: the new key on the
+        device first), one WireGuard peer and one route per peer of an encrypted port."""
+        from ..netlink import wireguard
+        from ..util.state import root
+
+        dev = h.link(wireguard.DEVICE)
+        if dev is None:
+            if "wireguard" in self._published:
+                self.registry.unregister("wireguard")
+                self._published.discard("wireguard")
+            return
+        netns = self.netns or ""
+        key = wireguard.read_key(root(self.state_dir or self.daemon.state_dir))
+        mine = wireguard.device_public_key(netns)
+        if key is not None and wireguard.public_key(key) != mine:
+            wireguard.set_private_key(netns, key)
+            mine = wireguard.public_key(key)
+            self.daemon.log.info("WireGuard key rotated", device=wireguard.DEVICE, public_key=mine)
+        if mine:
+            self.registry.register("wireguard", {"publicKey": mine, "port": wireguard.LISTEN_PORT})
+            self._published.add("wireguard")
+        ports = wireguard.encrypted_ports(h)
+        want: dict[str, wireguard.Peer] = {}
+        by_address = {}
+        for name, facts in nodes.items():
+            fact = facts.facts.get("wireguard")
+            if name == self.node_name or not isinstance(fact, dict) or not isinstance(fact.get("publicKey"), str):
+                continue
+            for fam in (4, 6):
+                addr = facts.address(fam)
+                if addr is not None:
+                    by_address[str(addr)] = (fact["publicKey"], int(fact.get("port") or wireguard.LISTEN_PORT))
+        for d, w in wanted:
+            if (d.family, d.port) not in ports:
+                continue
+            for addr in w.peers:
+                if addr in by_address:
+                    pub, port = by_address[addr]
+                    want[pub] = wireguard.Peer(pub, addr, port)
+        have = wireguard.peers(netns)
+        for pub, peer in want.items():
+            if have.get(pub) != peer:
+                wireguard.set_peer(netns, peer)
+        for pub in set(have) - set(want):
+            wireguard.remove_peer(netns, pub)
+        routed = wireguard.peer_routes(h)
+        for peer in want.values():
+            if peer.address not in routed:
+                wireguard.add_peer_route(h, dev, peer.address)
+        for addr in routed - {p.address for p in want.values()}:
+            wireguard.delete_peer_route(h, addr)
 
     def publish(self, devices: list[Device]) -> None:
         """This node's VTEP per network among its facts; withdrawn for devices that are gone."""
@@ -214,9 +282,9 @@ class VxlanPeers(Controller):
             key = FACT_PREFIX + dev.network
             self.registry.register(key, {"vtepMAC": dev.link.mac, "vni": dev.vni, "port": dev.port})
             now.add(key)
-        for key in self._published - now:
+        for key in self._published - now - {"wireguard"}:
             self.registry.unregister(key)
-        self._published = now
+        self._published = now | (self._published & {"wireguard"})
 
 
 def register_pods_kind(objects: Any) -> None:

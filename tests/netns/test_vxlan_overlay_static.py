@@ -10,6 +10,8 @@ is a clear error naming its field, with no VXLAN device, bridge, FDB entry or le
 """
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from tests.cnitool import links, nsexec, ping
@@ -115,7 +117,9 @@ BAD = [
     pytest.param({"peers": ["198.18.70.12", "fd00:70::12"]}, "$.peers[1]", 7, id="peers-mixed-families"),
     pytest.param({"underlayInterface": "nope0"}, "$.underlayInterface", 7, id="missing-underlay-interface"),
     pytest.param({"port": 0}, "$.port", 7, id="port-0"),
-    pytest.param({"encrypt": "wireguard"}, "$.encrypt", 7, id="encrypt-unknown-field"),
+    pytest.param({"encrypt": "ipsec"}, "$.encrypt", 7, id="encrypt-not-wireguard"),
+    pytest.param({"encrypt": "wireguard"}, "$.encrypt", 7, id="encrypt-with-static-peers"),
+    pytest.param({"tunnel": "gre"}, "$.tunnel", 7, id="unknown-field"),
 ]
 
 
@@ -176,5 +180,41 @@ def test_two_networks_with_one_vni_on_a_node_is_refused(underlay, pods):
         from tests.netns.test_bridge_lab import BridgeLab
 
         assert BridgeLab(node=n1.netns, root=n1.root, make_ns=None, ipam_type="multiplex-ipam").leases("vnib") == []
+    finally:
+        pool.close()
+
+
+def kernel_has_wireguard(ns: str) -> bool:
+    r = subprocess.run(["ip", "-n", ns, "link", "add", "mpxwgprobe", "type", "wireguard"], capture_output=True)
+    subprocess.run(["ip", "-n", ns, "link", "del", "mpxwgprobe"], capture_output=True)
+    return r.returncode == 0
+
+
+def test_encryption_on_a_kernel_without_wireguard_says_so_and_leaves_nothing(underlay):
+    """This machine's kernel has no WireGuard (the VM tier tests encryption itself,
+    tests/vm/test_vxlan_wireguard.py): the delegate says so, naming `encrypt`, and makes nothing,
+    not even the key. On a kernel with WireGuard the same ADD works, with the MTU less 60 more."""
+    import os
+
+    from tests.cnitool import NetnsPool
+
+    n1, _ = underlay.nodes
+    conf = overlay_conf("stwg", 76, *node_ranges(n1.index), encrypt="wireguard", port=4790)
+    before = {"links": links(n1.netns), "fdb": {d: fdb(n1.netns, d) for d in vxlan_links(n1.netns)}}
+    pool = NetnsPool("mpx")
+    try:
+        ns, cid = pool.make("vw"), container_id()
+        out = cni(n1, "ADD", conf, cid, ns)
+        if kernel_has_wireguard(n1.netns):
+            assert out.ok, out
+            assert link_mtu(ns, "net1") == 1400 - 60 - 50
+            cni(n1, "DEL", conf, cid, ns)
+            return
+        assert out.rc == 1 and out.code == 7, out
+        assert "field: $.encrypt" in out.out["details"] and "WireGuard" in out.out["msg"], out
+        assert_nothing_left(n1, before, ns, "stwg")
+        assert not os.path.exists(os.path.join(n1.state_dir, "vxlan", "wireguard.key")), "a key was made"
+        rules = nsexec(n1.netns, "ip", "rule").stdout
+        assert "47890" not in rules, rules
     finally:
         pool.close()
