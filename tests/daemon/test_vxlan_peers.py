@@ -123,3 +123,38 @@ def test_without_the_node_registry_setup_says_what_is_missing():
     ctrl = controller(DaemonContext(node_name="n1", objects=object()))
     with pytest.raises(RuntimeError, match="node-registry"):
         ctrl.setup(DaemonContext(node_name="n1", objects=object()))
+
+
+# ---- WireGuard keys (multiplex/netlink/wireguard.py) ---------------------------------------------
+def test_x25519_matches_rfc_7748_and_public_keys_are_wireguards():
+    import base64
+
+    from multiplex.netlink.wireguard import public_key, x25519
+
+    # RFC 7748, section 6.1: Alice's and Bob's key pairs and their shared secret
+    alice = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+    bob = bytes.fromhex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
+    nine = (9).to_bytes(32, "little")
+    alice_pub, bob_pub = x25519(alice, nine), x25519(bob, nine)
+    assert alice_pub.hex() == "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+    assert bob_pub.hex() == "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"
+    shared = "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742"
+    assert x25519(alice, bob_pub).hex() == shared == x25519(bob, alice_pub).hex()
+    assert public_key(base64.b64encode(alice).decode()) == base64.b64encode(alice_pub).decode()
+
+
+def test_the_private_key_is_made_once_0600_and_rotation_changes_it(tmp_path):
+    import os
+
+    from multiplex.netlink import wireguard
+
+    root = str(tmp_path)
+    key = wireguard.load_or_create_key(root)
+    assert os.stat(wireguard.key_path(root)).st_mode & 0o777 == 0o600
+    assert os.stat(os.path.dirname(wireguard.key_path(root))).st_mode & 0o777 == 0o700
+    assert wireguard.load_or_create_key(root) == key, "a second call made another key"
+    new_public = wireguard.rotate_key(root)
+    assert wireguard.read_key(root) != key
+    assert new_public == wireguard.public_key(wireguard.read_key(root)) != wireguard.public_key(key)
+    assert os.stat(wireguard.key_path(root)).st_mode & 0o777 == 0o600
+    assert [f for f in os.listdir(os.path.dirname(wireguard.key_path(root)))] == ["wireguard.key"]

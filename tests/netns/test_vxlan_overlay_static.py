@@ -218,3 +218,22 @@ def test_encryption_on_a_kernel_without_wireguard_says_so_and_leaves_nothing(und
         assert "47890" not in rules, rules
     finally:
         pool.close()
+
+
+def test_a_plain_network_on_an_encrypted_port_is_refused(underlay):
+    """One UDP port is encrypted for every network on it or for none: a rule sending port 4792 through
+    WireGuard (as an encrypted network leaves it) refuses a plain network on that port, naming `port`."""
+    from tests.cnitool import NetnsPool
+
+    n1, n2 = underlay.nodes
+    nsexec(n1.netns, "ip", "rule", "add", "ipproto", "udp", "dport", "4792", "lookup", "47890", "priority", "17890")
+    pool = NetnsPool("mpx")
+    try:
+        before = {"links": links(n1.netns), "fdb": {d: fdb(n1.netns, d) for d in vxlan_links(n1.netns)}}
+        ns = pool.make("vb")
+        out = cni(n1, "ADD", overlay_conf("stport", 77, *node_ranges(n1.index), port=4792), container_id(), ns)
+        assert out.rc == 1 and out.code == 7 and "field: $.port" in out.out["details"], out
+        assert_nothing_left(n1, before, ns, "stport")
+    finally:
+        nsexec(n1.netns, "ip", "rule", "del", "priority", "17890", check=False)
+        pool.close()

@@ -77,7 +77,7 @@ class Underlay:
         return node
 
     # ---- counting on the underlay ---------------------------------------------------------------
-    def count_udp(self, port: int = 4789) -> None:
+    def count_udp(self, port: int = 4789, also: tuple[int, ...] = ()) -> None:
         """nftables counters in the underlay's switch: UDP to `port` in all (\"all\"), per node port
         (\"n1\", ...), and ARP carried inside it per node port (\"arp-n1\", ...)."""
         rules = [f"add rule bridge vxt cnt udp dport {port} counter comment \"all\""]
@@ -87,6 +87,7 @@ class Underlay:
         # destination and source MAC 12)
         rules += [f"add rule bridge vxt cnt oifname \"{n.port}\" udp dport {port} @th,224,16 0x0806 counter "
                   f"comment \"arp-{n.name}\"" for n in self.nodes]
+        rules += [f"add rule bridge vxt cnt udp dport {p} counter comment \"port-{p}\"" for p in also]
         script = "\n".join(["add table bridge vxt", "delete table bridge vxt", "add table bridge vxt",
                             "add chain bridge vxt cnt { type filter hook forward priority 0; }"] + rules) + "\n"
         subprocess.run(["ip", "netns", "exec", self.netns, "nft", "-f", "-"], input=script, text=True, check=True,
