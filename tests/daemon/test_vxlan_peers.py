@@ -158,3 +158,16 @@ def test_the_private_key_is_made_once_0600_and_rotation_changes_it(tmp_path):
     assert new_public == wireguard.public_key(wireguard.read_key(root)) != wireguard.public_key(key)
     assert os.stat(wireguard.key_path(root)).st_mode & 0o777 == 0o600
     assert [f for f in os.listdir(os.path.dirname(wireguard.key_path(root)))] == ["wireguard.key"]
+
+
+def test_rotate_key_command_prints_the_new_public_key_or_says_there_is_none(tmp_path, capsys):
+    from multiplex.cli.vxlan import rotate_key
+    from multiplex.netlink import wireguard
+
+    root = str(tmp_path)
+    assert rotate_key(root) == 1
+    assert "no WireGuard key" in capsys.readouterr().err
+    old = wireguard.load_or_create_key(root)
+    printed = []
+    assert rotate_key(root, output=printed.append) == 0
+    assert wireguard.public_key(wireguard.read_key(root)) in printed[0] and wireguard.read_key(root) != old
