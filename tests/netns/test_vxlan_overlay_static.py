@@ -237,3 +237,26 @@ def test_a_plain_network_on_an_encrypted_port_is_refused(underlay):
     finally:
         nsexec(n1.netns, "ip", "rule", "del", "priority", "17890", check=False)
         pool.close()
+
+
+def test_check_passes_then_names_a_vxlan_device_that_is_down(underlay):
+    from delegates.vxlan_overlay import vxlan_name
+    from tests.cnitool import NetnsPool
+
+    n1, n2 = underlay.nodes
+    conf = conf_for(n1, "stchk", 78, [n2.v4])
+    pool = NetnsPool("mpx")
+    cid, ns = container_id(), pool.make("vc")
+    try:
+        out = cni(n1, "ADD", conf, cid, ns)
+        assert out.ok, out
+        ok = cni(n1, "CHECK", dict(conf, prevResult=out.out), cid, ns)
+        assert ok.ok, ok
+        nsexec(n1.netns, "ip", "link", "set", vxlan_name("stchk"), "down")
+        bad = cni(n1, "CHECK", dict(conf, prevResult=out.out), cid, ns)
+        assert bad.rc == 1 and bad.code == 104 and "vni" in bad.out["details"], bad
+        assert vxlan_name("stchk") in bad.out["msg"], bad
+        nsexec(n1.netns, "ip", "link", "set", vxlan_name("stchk"), "up")
+    finally:
+        cni(n1, "DEL", conf, cid, ns)
+        pool.close()
