@@ -13,7 +13,8 @@ multiplex/bgp/plan.py makes the plan, render.py BIRD's config. When the text dif
 nothing new costs a few dict reads and one file read.
 
 BIRD's files are `<state>/bgp/` (bird.conf, bird.ctl - what `multiplex bgp status` reads -,
-bird.pid, bird.log). BIRD runs in a session of its own: a daemon that crashes leaves it running,
+bird.pid, bird.log). A BIRD that exits is started again at once (a thread waits on it). BIRD runs
+in a session of its own: a daemon that crashes leaves it running,
 and the next daemon adopts it (pid file + a socket that answers), so routes survive a daemon
 restart; a daemon that stops stops BIRD by its pid.
 
@@ -148,12 +149,28 @@ class BgpController(Controller):
                                  blocks=[str(b) for b in plan.blocks], borrowed=[str(b) for b in plan.borrowed])
         else:
             pid = self.bird.start()
+            self._watch_exit(self.bird.proc)
             self.last_result = "started"
             self.daemon.log.info("BIRD started", pid=pid, socket=self.bird.socket_path,
                                  neighbors=len(plan.neighbors), blocks=[str(b) for b in plan.blocks])
         self.plan = plan
         self.applied += 1
         return True
+
+
+    def _watch_exit(self, proc) -> None:
+        """A BIRD that exits (crash, kill) is started again at once, not at the next resync."""
+        import threading
+
+        def wait() -> None:
+            code = proc.wait()
+            if not self.daemon.stopping.is_set():
+                self.daemon.log.warning("BIRD exited; starting it again", pid=proc.pid, code=code,
+                                        log=self.bird.log_tail(500))
+                self.enqueue("all")
+
+        if proc is not None:
+            threading.Thread(target=wait, name=f"bird-{proc.pid}", daemon=True).start()
 
 
 def bgp_directory(state_dir: Optional[str]) -> str:

@@ -251,6 +251,18 @@ def test_three_nodes_route_pods_over_bgp(cluster, netns_factory):
         assert r["gateway"] == underlay_v4(1), r
     assert ping(pods[2][0], str(want)) and ping(pods[1][0], str(want))
 
+    # a range with no IPPool behind it: a clear error naming the field, nothing left on the node
+    bad_pod = netns_factory("pbad")
+    conf = {"cniVersion": "1.1.0", "name": "routed", "type": "multiplex-bgp-routed",
+            "ipam": {"type": "multiplex-ipam", "store": "kubernetes", "kubeconfig": cluster["kubeconfig"],
+                     "nodeName": nodes[0], "dataDir": str(cluster["tmp"] / "n1" / "ipam"),
+                     "ranges": [[{"subnet": "198.18.128.0/24"}]]}}
+    before = {l["ifname"] for l in ip_json(nodes[0], "link")}
+    out = run_plugin("multiplex-bgp-routed", "ADD", conf, node=nodes[0], container_id="cnopool", netns=bad_pod)
+    assert out.code == 7 and "$.ipam.ranges[0][0]" in out.out["details"], out
+    assert {l["ifname"] for l in ip_json(nodes[0], "link")} == before
+    assert {l["ifname"] for l in ip_json(bad_pod, "link")} == {"lo"}
+
     # node 3's BIRD dies: the others withdraw its routes (BFD); the controller starts BIRD again
     gone = str(blocks[2][0])
     pid = int(open(cluster["tmp"] / "n3" / "state" / "bgp" / "bird.pid").read())
