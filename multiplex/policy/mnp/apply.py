@@ -1,7 +1,7 @@
 """Put a compiled ruleset into a pod's netns: one atomic `nft -f` transaction per change.
 
 What is in a netns is remembered per netns path (the structure hash and each peer set's
-elements), so a change that only moves peers is a set update (`flush set` + `add element`; the
+elements), so a change that only moves peers is a set update (`add element` / `delete element` of what changed; the
 rules and their counters stay) and anything else is a full replace (`delete table` + the whole
 table, in one transaction: the kernel swaps them at once, the pod never sees a moment without
 rules). The memory is only a shortcut: `apply(..., verify=True)` reads the table's comment (the

@@ -18,8 +18,8 @@ The table, for a pod whose `net1` is selected by a policy for ingress:
 
 Why this shape:
 - **Peers live in sets, one set per (rule, family)**: a pod joining or leaving changes set
-  elements, never the rules, so the update is `flush set` + `add element` in one transaction and
-  the counters survive. The *structure* (everything but the peer sets' elements) is hashed; the
+  elements, never the rules, so the update is `add element` / `delete element` of just those
+  addresses in one transaction, and the counters survive. The *structure* (everything but the peer sets' elements) is hashed; the
   hash is the table's comment, so the applier knows when only sets changed and CHECK knows
   whether the table in the netns is the one it should be. A set exists even while empty, so a
   first peer arriving does not change the structure.
@@ -120,6 +120,13 @@ class PolicyView:
     namespaces: dict[str, dict[str, str]]               # name -> labels
     pods: list[PodInfo]                                 # every pod known, with addresses per network
 
+    def pod(self, key: str) -> Optional[PodInfo]:
+        """The pod `namespace/name` (an index built on first use)."""
+        index = self.__dict__.get("_index")
+        if index is None:
+            index = self.__dict__["_index"] = {p.key: p for p in self.pods}
+        return index.get(key)
+
     def namespace_labels(self, name: str) -> dict[str, str]:
         from .model import NAMESPACE_NAME_LABEL
 
@@ -127,7 +134,8 @@ class PolicyView:
 
 
 def _version(addr: str) -> int:
-    return ipaddress.ip_network(addr, strict=False).version
+    """4 or 6 of an address or prefix already checked (model.py parses every one it reads)."""
+    return 6 if ":" in addr else 4
 
 
 class _Builder:
@@ -144,6 +152,10 @@ class _Builder:
         selectors = [p for p in rule.peers if p.ip_block is None]
         if not selectors:
             return None
+        cache = self.view.__dict__.setdefault("_selected", {})   # the same for every local pod of a pass
+        hit = cache.get(id(rule))
+        if hit is not None and hit[0] is rule:
+            return hit[1]
         out = []
         for pod in self.view.pods:
             for peer in selectors:
@@ -156,12 +168,27 @@ class _Builder:
                     continue
                 out.append(pod)
                 break
+        cache[id(rule)] = (rule, out)
+        return out
+
+    def addresses(self, rule: Rule, pods: list[PodInfo], network: str) -> dict[int, list[str]]:
+        """{4: [...], 6: [...]}: the addresses on `network` of the pods a rule selects (the same
+        for every local pod of a pass, so computed once)."""
+        cache = self.view.__dict__.setdefault("_addresses", {})
+        hit = cache.get((id(rule), network))
+        if hit is not None and hit[0] is rule:
+            return hit[1]
+        out: dict[int, list[str]] = {4: [], 6: []}
+        for p in pods:
+            for a in p.addresses.get(network, ()):
+                out[_version(a)].append(a)
+        cache[(id(rule), network)] = (rule, out)
         return out
 
     def new_set(self, prefix: str, version: int, comment: str, elements: Iterable[str], *, interval: bool = False,
                 dynamic: bool = True, key_type: str = "") -> str:
         name = f"{prefix}{self.group}_{version}"
-        self.sets[name] = NftSet(name, key_type or _ADDR_TYPE[version], comment, sorted(set(elements), key=_sort_key),
+        self.sets[name] = NftSet(name, key_type or _ADDR_TYPE[version], comment, sorted(set(elements)),
                                  interval=interval, dynamic=dynamic)
         return name
 
@@ -212,11 +239,11 @@ class _Builder:
         if not rule.peers:
             peer_exprs = [""]
         if pods is not None and port_exprs:   # (all ports named: the named-port sets carry the peers)
-            addrs = [a for p in pods for a in p.addresses.get(network, [])]
+            by_family = self.addresses(rule, pods, network)
             for v in (4, 6):
-                fam = [a for a in addrs if _version(a) == v]
+                fam = by_family[v]
                 if self.per_address_rules:   # the benchmark's "rules" side: one rule per peer address
-                    peer_exprs += [f"{_PROTO[v]} {side} {a}" for a in sorted(fam, key=_sort_key)]
+                    peer_exprs += [f"{_PROTO[v]} {side} {a}" for a in sorted(fam)]
                 else:
                     name = self.new_set("a", v, f"{comment} pods", fam)
                     peer_exprs.append(f"{_PROTO[v]} {side} @{name}")
@@ -245,15 +272,6 @@ class _Builder:
 def _rule(peer: str, ports: str, comment: str) -> str:
     body = " ".join(x for x in (peer, ports) if x)
     return f'\t\t{body + " " if body else ""}counter accept comment "{comment}"'
-
-
-def _sort_key(element: str):
-    head = element.split(" ")[0].split("/")[0]
-    try:
-        ip = ipaddress.ip_address(head)
-        return (ip.version, int(ip), element)
-    except ValueError:
-        return (9, 0, element)
 
 
 def _chain(name: str, lines: list[str], comment: str) -> str:
@@ -326,16 +344,17 @@ def compile_pod(view: PolicyView, pod: PodInfo, interfaces: list[tuple[str, str]
 
 
 def set_update(old: dict[str, frozenset[str]], new: Ruleset) -> str:
-    """The transaction that brings the dynamic sets from `old` to `new` (same structure): flush and
-    refill each set that changed. "" when none did."""
+    """The transaction that brings the dynamic sets from `old` to `new` (same structure): the
+    elements that went are deleted, the new ones added; a peer joining is one `add element`
+    whatever the set's size. "" when nothing changed."""
     lines = []
     for name, elements in new.dynamic_sets().items():
-        if old.get(name) == elements:
-            continue
-        lines.append(f"flush set {FAMILY} {TABLE} {name}")
-        if elements:
-            lines.append(f"add element {FAMILY} {TABLE} {name} {{ "
-                         + ", ".join(sorted(elements, key=_sort_key)) + " }")
+        before = old.get(name, frozenset())
+        gone, came = before - elements, elements - before
+        if gone:
+            lines.append(f"delete element {FAMILY} {TABLE} {name} {{ " + ", ".join(sorted(gone)) + " }")
+        if came:
+            lines.append(f"add element {FAMILY} {TABLE} {name} {{ " + ", ".join(sorted(came)) + " }")
     return "\n".join(lines) + ("\n" if lines else "")
 
 

@@ -105,11 +105,15 @@ def local_pod_from_record(container_id: str, record: dict) -> Optional[LocalPod]
 class Engine:
     def __init__(self, snapshot: Callable[[], Snapshot], state_dir: Optional[str] = None,
                  log: Optional[_log.Logger] = None, applier: Optional[Applier] = None,
-                 on_error: Optional[Callable[[str], None]] = None, on_change: Optional[Callable[[], None]] = None):
+                 on_error: Optional[Callable[[str], None]] = None, on_change: Optional[Callable[[], None]] = None,
+                 per_address_rules: bool = False):
         """`snapshot`: reads the watched objects; `on_error(policy)`: a policy could not be applied
         (the daemon counts it); `on_change()`: the local pods changed outside a pass (an ADD or
-        DEL), so the others' peer sets need a pass (the controller queues one)."""
+        DEL), so the others' peer sets need a pass (the controller queues one).
+        `per_address_rules`: one rule per peer address instead of sets (the benchmark's other side,
+        as rule-per-address implementations do)."""
         self.snapshot = snapshot
+        self.per_address_rules = per_address_rules
         self.state_dir = state_dir
         self.log = log or _log.get()
         self.applier = applier or Applier()
@@ -183,9 +187,9 @@ class Engine:
         return compiler.PolicyView(policies, broken, namespaces, list(pods.values()))
 
     # --- passes ----------------------------------------------------------------------------------
-    def compile(self, view: compiler.PolicyView, pod: LocalPod, per_address_rules: bool = False) -> compiler.Ruleset:
-        info = next((p for p in view.pods if p.key == pod.key), None) or PodInfo(pod.namespace, pod.name)
-        return compiler.compile_pod(view, info, [(i, n) for i, n, _ in pod.interfaces], per_address_rules)
+    def compile(self, view: compiler.PolicyView, pod: LocalPod) -> compiler.Ruleset:
+        info = view.pod(pod.key) or PodInfo(pod.namespace, pod.name)
+        return compiler.compile_pod(view, info, [(i, n) for i, n, _ in pod.interfaces], self.per_address_rules)
 
     def sync_all(self, verify: bool = False) -> dict[str, int]:
         """One pass over every local pod. Returns how many got a full replace, a set update,
