@@ -4,9 +4,10 @@ A Handle wraps a pyroute2 `IPRoute` on a socket made in the target namespace (ne
 so a call needs one socket per namespace it touches and no child process. Every kernel refusal
 becomes CNIError 105 (NETLINK_FAILURE) saying which operation on which link/address failed.
 
-pyroute2 is imported when the first Handle is opened, never at module import. Link look-ups
-(`link`, `link_at`, `require_link`) go through a second socket in the same namespace with the
-stdlib RTM_GETLINK of rtlink.py: pyroute2's decoding of a whole link was most of their cost.
+pyroute2 is imported when the first Handle is opened, never at module import. The hot
+requests (link look-ups, `set_link` and what is built on it, `delete_link`, `add_address`) go
+through a second socket in the same namespace with the stdlib requests of rtlink.py: pyroute2's
+building and decoding of messages was most of their cost. The rest stays with pyroute2.
 
 Kept node sockets (a warm process only): a pyroute2 `IPRoute` belongs to the thread that made it
 (its event loop and socket wrapper live in a `threading.local` of pyroute2's own; another thread
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from ..cni.errors import CNIError, NETLINK_FAILURE
 from .netns import netlink_sockets
-from .rtlink import Lookups
+from .rtlink import Rtnl
 
 if TYPE_CHECKING:  # batch.py imports this module (in DeleteBatch.run), never the reverse at run time
     from .batch import DeleteBatch
@@ -140,13 +141,13 @@ def _this_netns() -> int:
     return os.stat("/proc/thread-self/ns/net").st_ino
 
 
-def _open_sockets(netns: Optional[str], field: str) -> tuple[Any, Lookups]:
+def _open_sockets(netns: Optional[str], field: str) -> tuple[Any, Rtnl]:
     """pyroute2's IPRoute and our own look-up socket (rtlink), both made in `netns`."""
     from pyroute2 import IPRoute
 
     main, look = netlink_sockets(netns, 2, field)
     try:
-        return IPRoute(fileno=main.detach()), Lookups(look)
+        return IPRoute(fileno=main.detach()), Rtnl(look)
     except Exception:
         main.close()
         look.close()
@@ -168,10 +169,10 @@ class Handle:
         if not netns and _keeping:
             key = _this_netns()
             kept = _kept.idle.pop(key, None)
-            self._ipr, self._look = kept if kept is not None else _open_sockets(None, field)
+            self._ipr, self._rt = kept if kept is not None else _open_sockets(None, field)
             self._kept_as = key
             return
-        self._ipr, self._look = _open_sockets(netns, field)
+        self._ipr, self._rt = _open_sockets(netns, field)
 
     # ---- lifetime -------------------------------------------------------------------------------
     def close(self, reusable: bool = True) -> None:
@@ -183,12 +184,12 @@ class Handle:
         key = self._kept_as
         if (reusable and key is not None and _keeping and self._thread == threading.get_ident()
                 and key not in _kept.idle):
-            _kept.idle[key] = (ipr, self._look)
+            _kept.idle[key] = (ipr, self._rt)
             return
         try:
             ipr.close()
         finally:
-            self._look.close()
+            self._rt.close()
 
     def __enter__(self) -> "Handle":
         return self
@@ -221,14 +222,14 @@ class Handle:
     def link(self, name: str) -> Optional[Link]:
         """The link called `name`, or None. Read by rtlink (stdlib), not pyroute2: see there."""
         try:
-            found = self._look.get(name=name)
+            found = self._rt.get(name=name)
         except OSError as e:
             raise kernel_error(e, f"look up link {name}", f"link: {name} in {self.where}") from None
         return Link(**found) if found is not None else None
 
     def link_at(self, index: int) -> Optional[Link]:
         try:
-            found = self._look.get(index=index)
+            found = self._rt.get(index=index)
         except OSError as e:
             raise kernel_error(e, f"look up link #{index}", f"link: #{index} in {self.where}") from None
         return Link(**found) if found is not None else None
@@ -243,10 +244,23 @@ class Handle:
                            f"field: {field}" if field else f"link: {name}")
         return link
 
+    #: set_link's pyroute2 attrs that rtlink sends itself, and its keyword for each
+    _RT_SET = {"state": "up", "master": "master", "mtu": "mtu", "address": "mac", "ifalias": "alias",
+               "ifname": "new_name", "group": "group"}
+
     def set_link(self, link: Link, what: str = "", **attrs: Any) -> None:
         """One RTM_SETLINK on `link` with pyroute2 attrs (state="up", master=, mtu=, address=,
-        ifalias=, ifname=, ...)."""
+        ifalias=, ifname=, ...): by rtlink when it knows every attr, else by pyroute2."""
         what = what or "set " + ", ".join(f"{k}={v}" for k, v in attrs.items()) + f" on {link.name}"
+        if set(attrs) <= self._RT_SET.keys() and attrs.get("state", "up") in ("up", "down"):
+            kw = {self._RT_SET[k]: v for k, v in attrs.items()}
+            if "up" in kw:
+                kw["up"] = kw["up"] == "up"
+            try:
+                self._rt.set_link(link.index, **kw)
+            except OSError as e:
+                raise kernel_error(e, what, f"link: {link.name} in {self.where}") from None
+            return
         self._call(what, f"link: {link.name}", self._ipr.link, "set", index=link.index, **attrs)
 
     def set_up(self, link: Link) -> None:
@@ -257,12 +271,10 @@ class Handle:
 
     def rename(self, link: Link, name: str) -> None:
         """Rename a link (it must be down). EEXIST means the name is taken in this namespace."""
-        from pyroute2.netlink.exceptions import NetlinkError
-
         try:
-            self._ipr.link("set", index=link.index, ifname=name)
-        except NetlinkError as e:
-            if e.code == errno.EEXIST:
+            self._rt.set_link(link.index, new_name=name)
+        except OSError as e:
+            if getattr(e, "code", 0) == errno.EEXIST:
                 raise CNIError(NETLINK_FAILURE, f"an interface named {name} already exists in {self.where}",
                                f"link: {name}; allowed: an interface name not used in that namespace") from None
             raise kernel_error(e, f"rename {link.name} to {name}", f"link: {link.name}") from None
@@ -319,18 +331,16 @@ class Handle:
         On the node's namespace with a batch (given at open), the link joins the batch's link
         group instead and is deleted with the rest of the pod's links when the batch runs.
         """
-        from pyroute2.netlink.exceptions import NetlinkError
-
         batch = self.batch
         try:
             if batch is not None and not self.netns:
-                self._ipr.link("set", ifname=name, group=batch.group)
+                self._rt.set_link(0, name, group=batch.group)
                 batch.mark()
                 return True
-            self._ipr.link("del", ifname=name)
+            self._rt.delete_link(name)
             return True
-        except NetlinkError as e:
-            if e.code in (errno.ENODEV, errno.ENOENT):
+        except OSError as e:
+            if getattr(e, "code", 0) in (errno.ENODEV, errno.ENOENT):
                 return False
             raise kernel_error(e, f"delete link {name}", f"link: {name} in {self.where}") from None
 
@@ -507,17 +517,12 @@ class Handle:
     def add_address(self, link: Link, iface: IPInterface, nodad: bool = True, exist_ok: bool = False) -> bool:
         """Add `iface` (address/prefix) to `link`. IPv6 addresses skip DAD unless nodad=False
         (they are usable at once). Returns False when already there and `exist_ok`."""
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        kw: dict[str, Any] = {}
-        if nodad and iface.version == 6:
-            kw["flags"] = IFA_F_NODAD
+        flags = IFA_F_NODAD if nodad and iface.version == 6 else 0
         try:
-            self._ipr.addr("add", index=link.index, address=str(iface.ip), prefixlen=iface.network.prefixlen,
-                           family=family_of(iface), **kw)
+            self._rt.add_address(link.index, family_of(iface), iface.ip.packed, iface.network.prefixlen, flags)
             return True
-        except NetlinkError as e:
-            if e.code == errno.EEXIST and exist_ok:
+        except OSError as e:
+            if getattr(e, "code", 0) == errno.EEXIST and exist_ok:
                 return False
             raise kernel_error(e, f"add address {iface} to {link.name}", f"link: {link.name}; address: {iface}") from None
 

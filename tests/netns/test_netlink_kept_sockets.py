@@ -254,3 +254,57 @@ def test_look_ups_read_what_pyroute2_reads(netns_factory):
         with pytest.raises(CNIError) as e:  # a name the kernel refuses outright (too long)
             n.link("x" * 40)
         assert e.value.code == 105 and "look up link" in e.value.msg
+
+
+def test_stdlib_requests_do_what_ip_shows(netns_factory):
+    """set_link, rename, add_address and delete_link (rtlink, stdlib) as `ip` reads the result,
+    side by side with what pyroute2 made for the same request; kernel refusals keep their errors."""
+    import ipaddress
+
+    from tests.cnitool import ip_json
+
+    ns = netns_factory("kp")
+    with netlink.open_netns(path(ns)) as n:
+        br, _ = n.ensure_bridge("mpxt-kpbr4")
+        a = n.create_link("mpxt-kpa", "veth", peer={"ifname": "mpxt-kpa2"})
+        n.set_link(a, mtu=1280, address="02:00:00:00:0a:0a", ifalias="alias a", master=br.index, state="up")
+        shown = ip_json(ns, "link", "show", "dev", "mpxt-kpa")[0]
+        assert (shown["mtu"], shown["address"], shown["ifalias"], shown["master"]) == \
+            (1280, "02:00:00:00:0a:0a", "alias a", "mpxt-kpbr4") and "UP" in shown["flags"]
+        n.set_link(a, state="down")
+        assert "UP" not in ip_json(ns, "link", "show", "dev", "mpxt-kpa")[0]["flags"]
+        n.rename(a, "mpxt-kpb")
+        assert a.name == "mpxt-kpb" and n.link("mpxt-kpb").index == a.index
+        with pytest.raises(CNIError) as e:
+            n.rename(a, "mpxt-kpbr4")
+        assert e.value.code == 105 and "an interface named mpxt-kpbr4 already exists" in e.value.msg
+        # addresses: ours beside one pyroute2 adds, read back the same way
+        c = n.create_link("mpxt-kpc", "bridge")
+        n._ipr.addr("add", index=c.index, address="198.18.44.1", prefixlen=24)
+        n._ipr.addr("add", index=c.index, address="fd00:44::1", prefixlen=64, flags=0x02)
+        assert n.add_address(a, ipaddress.ip_interface("198.18.45.1/24"))
+        assert n.add_address(a, ipaddress.ip_interface("fd00:45::1/64"))
+        assert not n.add_address(a, ipaddress.ip_interface("198.18.45.1/24"), exist_ok=True)
+        with pytest.raises(CNIError) as e:
+            n.add_address(a, ipaddress.ip_interface("198.18.45.1/24"))
+        assert e.value.code == 105 and "198.18.45.1/24" in e.value.msg and "mpxt-kpb" in e.value.details
+
+        def shape(dev):
+            return sorted((x["family"], x["prefixlen"], x.get("broadcast"), x.get("nodad", False), x["scope"])
+                          for x in ip_json(ns, "addr", "show", "dev", dev)[0]["addr_info"] if x["scope"] == "global")
+        assert shape("mpxt-kpb") == shape("mpxt-kpc")
+        assert {f"{x['local']}/{x['prefixlen']}" for x in ip_json(ns, "addr", "show", "dev", "mpxt-kpb")[0]["addr_info"]
+                if x["scope"] == "global"} == {"198.18.45.1/24", "fd00:45::1/64"}
+        with pytest.raises(CNIError) as e:  # a link that is gone
+            n.add_address(netlink.Link(index=99999, name="mpxt-gone"), ipaddress.ip_interface("198.18.46.1/24"))
+        assert e.value.code == 105 and "cannot add address" in e.value.msg
+        # deletes by name: idempotent; with a batch, into its link group, then deleted together
+        assert n.delete_link("mpxt-kpc") and not n.delete_link("mpxt-kpc")
+    batch = netlink.DeleteBatch()
+    with netlink.netns.entered(path(ns)):
+        with netlink.open_node(batch=batch) as node:
+            assert node.delete_link("mpxt-kpb") and not node.delete_link("mpxt-nothere")
+            assert [l.get("ifname") for l in ip_json(ns, "link", "show", "group", str(batch.group)) if l] == ["mpxt-kpb"]
+            assert "mpxt-kpb" in links(ns)
+        batch.run()
+    assert links(ns) == {"lo", "mpxt-kpbr4"}
