@@ -48,7 +48,7 @@ def write_pod(pod_dir: str, pod: dict) -> None:
 
 def read_pods(pod_dir: str) -> list[dict]:
     out = []
-    for f in sorted(os.listdir(pod_dir)):
+    for f in sorted(os.listdir(pod_dir) if os.path.isdir(pod_dir) else []):
         if f.endswith(".json"):
             with open(os.path.join(pod_dir, f)) as fh:
                 out.append(json.load(fh))
