@@ -53,7 +53,10 @@ def register_kinds(objects: Any) -> None:
                  PODS_KIND: LocalKind("Pod")}
     for kind, spec in specs.items():
         if kind not in kinds:
-            register(kind, spec)
+            try:
+                register(kind, spec)
+            except ValueError:
+                pass   # already watched (the authorize hooks' namespaces): the same objects, which is all we need
 
 
 class PolicyController(Controller):

@@ -129,6 +129,7 @@ def test_rules_before_add_returns_then_live_changes_check_and_del(node):
     assert not node.probe("b", "a", "tcp9090") and not node.probe("b", "a", "icmp")
     assert node.probe("a", "c", "tcp9090") and node.probe("c", "b", "udp5353")   # unselected pods stay open
     shown = policy_show(node, "a")
+    print("\n$ multiplex policy show default/a\n" + shown)
     assert "default/clients" in shown and "net1" in shown and "ingress" in shown, shown
 
     # CHECK passes, then fails once the table is removed by hand
