@@ -44,8 +44,7 @@ def register_kinds(objects: Any) -> None:
     if isinstance(objects, KubeObjects):
         from ..k8s.client import PODS, Resource
 
-        specs = {POLICIES_KIND: KubeKind(Resource("k8s.cni.cncf.io", "v1beta1", "multi-networkpolicies",
-                                                  "MultiNetworkPolicy")),
+        specs = {POLICIES_KIND: KubeKind(Resource(MNP_GROUP, MNP_VERSION, MNP_PLURAL, "MultiNetworkPolicy")),
                  NAMESPACES_KIND: KubeKind(Resource("", "v1", "namespaces", "namespace")),
                  PODS_KIND: KubeKind(PODS)}
     else:
@@ -120,7 +119,40 @@ def _error_counter(metrics: Any) -> Any:
         return None
 
 
+MNP_GROUP, MNP_VERSION, MNP_PLURAL = "k8s.cni.cncf.io", "v1beta1", "multi-networkpolicies"
+
+
+def crd_served(objects: Any, log: Any) -> bool:
+    """Whether the API serves MultiNetworkPolicies (one `list ?limit=1`). Without the CRD (404) or
+    the right to list them (403) the watch could never sync and the daemon would never be ready,
+    so the controller is left out, with the reason logged; install the CRD (and RBAC) and restart
+    the daemon to enforce policies. An API that cannot be reached now says nothing: the controller
+    runs and waits for its watch like every other."""
+    client = getattr(objects, "client", None)
+    if client is None:
+        return True
+    from ..k8s.client import custom
+    from ..k8s.errors import Forbidden, NotFound
+
+    try:
+        client.request("list", "GET", custom(MNP_GROUP, MNP_VERSION, MNP_PLURAL), query={"limit": "1"})
+    except NotFound:
+        log.warning("MultiNetworkPolicy CRD not installed (multi-networkpolicies.k8s.cni.cncf.io v1beta1): "
+                    "the policy controller is not run; install it and restart the daemon to enforce policies")
+        return False
+    except Forbidden as e:
+        log.error("cannot list multi-networkpolicies (RBAC): the policy controller is not run", error=e.msg)
+        return False
+    except Exception as e:  # noqa: BLE001 - unreachable now: run, the watch retries
+        log.warning("cannot ask the API for multi-networkpolicies yet; the policy controller waits for its watch",
+                    error=str(e))
+    return True
+
+
 def controller(daemon: DaemonContext) -> Optional[PolicyController]:
-    """The entry point: every daemon runs one (without policies it removes nothing and adds nothing)."""
+    """The entry point: every daemon runs one where policies can exist (a local directory, or an
+    API serving the CRD); without policies it adds nothing and removes nothing."""
+    if not crd_served(daemon.objects, daemon.log):
+        return None
     register_kinds(daemon.objects)
     return PolicyController()
