@@ -5,6 +5,14 @@ with `--ipam-gc-grace`: allocations of pods or nodes gone for the grace period a
 nodes that left are released or handed over. Counts go to the metrics (ipam_gc_passes_total,
 ipam_gc_actions_total) and one log line per pass that did something.
 
+Node churn: besides the pass every `--ipam-gc-every` seconds, a Node deleted (the daemon's "nodes"
+informer, which the node registry watches anyway) queues a pass at once, so the addresses of a
+node that is gone are marked when it goes and freed one grace period later, not up to `every`
+seconds after each; its empty blocks are released, blocks still holding addresses of live nodes
+handed over to the one holding most (their borrowed addresses become its own), and what a gone
+node borrowed elsewhere is freed with the rest of its addresses. Only deletions queue a pass
+(Node updates are frequent: a heartbeat per node every few seconds), and passes coalesce (one key).
+
 Only with a cluster: a daemon on a local directory has no cluster IPAM, and its factory returns
 None. A cluster without the IPAM CRDs (no network uses `"store": "kubernetes"`) answers the block
 list with 404: the pass is counted as "idle" and logged once.
@@ -116,8 +124,11 @@ class IpamGC(Controller):
     watches = ()
 
     def __init__(self, client: Any, node_name: str, every: float, grace: float, namespace: str = "",
-                 lease_duration: Optional[float] = None, now: Callable[[], float] = time.time):
+                 lease_duration: Optional[float] = None, now: Callable[[], float] = time.time,
+                 watch_nodes: bool = False):
         self.client = client
+        #: a deleted Node queues a pass (the daemon's nodes informer); without it, passes are periodic
+        self.watches = ("nodes",) if watch_nodes else ()
         self.node_name = node_name
         self.every = float(every)
         self.grace = float(grace)
@@ -132,6 +143,10 @@ class IpamGC(Controller):
 
     def all_keys(self) -> Iterable[str]:
         return ("pass",)
+
+    def keys_for(self, kind: str, event: str, obj: dict) -> Iterable[str]:
+        """A deleted Node: a pass now. Other node events: nothing (the periodic pass covers them)."""
+        return ("pass",) if kind == "nodes" and event == "DELETED" else ()
 
     def reconcile(self, key: str) -> None:
         self.run_pass()
@@ -187,4 +202,4 @@ def controller(daemon: DaemonContext) -> Optional[IpamGC]:
 
     grace = opts.get("ipam_gc_grace")
     return IpamGC(client, daemon.node_name, every, DEFAULT_GRACE if grace is None else float(grace),
-                  namespace=str(opts.get("ipam_gc_namespace") or ""))
+                  namespace=str(opts.get("ipam_gc_namespace") or ""), watch_nodes=True)

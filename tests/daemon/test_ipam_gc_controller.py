@@ -35,8 +35,8 @@ def wait_for(what, timeout: float = 15.0):
 def runners():
     made = []
 
-    def start(ctrl, node="n1"):
-        daemon = DaemonContext(node_name=node, objects=None, metrics=Metrics())
+    def start(ctrl, node="n1", objects=None):
+        daemon = DaemonContext(node_name=node, objects=objects, metrics=Metrics())
         runner = Runner(daemon, [ctrl])
         made.append(runner)
         runner.start()
@@ -84,6 +84,41 @@ def test_an_orphaned_allocation_is_freed_after_the_grace_and_a_live_one_kept(clu
     assert metrics.value("multiplex_ipam_gc_passes_total", {"result": "ok"}) >= 3
     lease = cluster.api.store.get_object("coordination.k8s.io", "v1", "leases", LEASE_NAME, "kube-system")
     assert lease["spec"]["holderIdentity"] == "n1"
+
+
+def test_a_deleted_node_queues_a_pass_at_once_its_block_released_its_borrowed_address_freed(  # noqa: F811
+        cluster, runners):  # noqa: F811
+    cluster.pool("tiny", "198.18.94.0/28", blockSize=29)       # two blocks: .2-.7 (.1 the gateway), .8-.14
+    for n in ("n1", "n2", "n3"):
+        cluster.node(n)
+    conf = ipam_conf("198.18.94.0/28", network="tiny")
+    for i in range(6):                                          # n2 fills the first block...
+        take(cluster.store("n2"), conf, owner(f"n2-{i}", network="tiny"))
+    mine = take(cluster.store("n1"), conf, owner("n1-0", network="tiny"))   # ...n1 claims the second
+    for i in range(6):
+        take(cluster.store("n3"), conf, owner(f"n3-{i}", network="tiny"))     # n3 borrows from both
+    assert any(b.borrowed() for b in cluster.blocks().values()) and mine.fresh     # the pool ran short
+
+    objects = KubeObjects(cluster.api.kubeconfig, "n1", backoff=0.05, max_backoff=0.3)
+    try:
+        ctrl = IpamGC(cluster.client("n1"), "n1", every=3600, grace=0, namespace="kube-system", watch_nodes=True)
+        runner = runners(ctrl, objects=objects)
+        assert wait_for(lambda: ctrl.passes >= 1)               # the first pass, then none for an hour
+        cluster.api.store.delete_node("n2")                     # n2 never comes back
+        assert wait_for(lambda: ctrl.passes >= 2), "a deleted Node did not queue a pass"
+        blocks = cluster.blocks().values()
+        assert "n2" not in {b.node for b in blocks}             # released, or handed to n3 borrowing in it
+        assert {a.container_id for b in blocks for a in b.allocations.values()} == {"n1-0"} | {
+            f"n3-{i}" for i in range(6)}
+        cluster.api.store.delete_node("n1")
+        assert wait_for(lambda: ctrl.passes >= 3)
+        blocks = cluster.blocks().values()
+        assert {b.node for b in blocks} == {"n3"} and not any(b.borrowed() for b in blocks)
+        assert sorted(a.container_id for b in blocks for a in b.allocations.values()) == [
+            f"n3-{i}" for i in range(6)]                       # n3's borrowed addresses are its own now
+        assert runner.metrics.value("multiplex_ipam_gc_actions_total", {"action": "handed-over"}) >= 1
+    finally:
+        objects.stop()
 
 
 def test_one_node_collects_and_another_takes_over_when_it_goes_quiet(cluster, runners):  # noqa: F811

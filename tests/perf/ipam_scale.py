@@ -280,6 +280,18 @@ class SimNode:
             self.client.close()
 
 
+def rss() -> int:
+    """This process's resident memory now, in bytes (0 where /proc is not there)."""
+    try:
+        with open("/proc/self/status") as f:
+            for text in f:
+                if text.startswith("VmRSS:"):
+                    return int(text.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def deep_size(obj, seen: Optional[set] = None) -> int:
     seen = set() if seen is None else seen
     if id(obj) in seen:
@@ -336,6 +348,9 @@ class Row:
     duplicates: list = field(default_factory=list)
     errors: list = field(default_factory=list)
     distinct: int = 0
+    joined_allocations: int = 0
+    joined_lost: int = 0
+    rss_per_node: float = 0.0      # bytes of process RSS per node (client, threads, connections, cache)
 
     def per_alloc(self, verbs: Counter, n: int) -> str:
         if not n:
@@ -374,10 +389,14 @@ def simulate(n: int, directory: str, *, gap: float = 0.01, live_cap: int = 6, se
     try:
         for i in range(n):
             api.store.add_node(f"node-{i}")
+        import kubernetes.client  # noqa: F401  (the import is the process's, not a node's)
+
+        rss0 = rss()
         nodes = [SimNode(f"node-{i}", api.kubeconfig, conf, gap, live_cap) for i in range(n)]
         run_threads(nodes, lambda s: s.start())
         # the steady phase: every node allocates and releases at its rate, all at once
         row.seconds = run_threads(nodes, lambda s: s.run(row.per_node, random.Random(rng.random())))
+        row.rss_per_node = max(0, rss() - rss0) / n
 
         # today's figure, same cluster: one-shot stores (no cache) on a few nodes
         sample = nodes[: min(n, 8)]
@@ -429,24 +448,21 @@ def simulate(n: int, directory: str, *, gap: float = 0.01, live_cap: int = 6, se
             row.duplicates.append(("duplicate addresses", len(addresses) - len(set(addresses))))
         row.leaked_blocks = sorted(b.name for b in blocks if b.node in gone)
 
-        for s in nodes + joiners:
-            row.allocations += s.allocations if s in nodes else 0
-            row.errors += [f"{s.name}: {e}" for e in s.errors]
+        # the steady phase's figures come from the first N nodes; the joiners' are churn
+        for s in nodes:
+            row.allocations += s.allocations
             for (op, verb), v in s.client.counts.items():
                 {"alloc": row.by_verb, "release": row.release_by_verb, "cache": row.cache_by_verb,
                  "oneshot": row.oneshot_by_verb}[op][verb] += v
             row.conflicts += s.stats["conflicts"]
             row.lost_claims += s.stats["claims_lost"]
             row.claims += s.stats["claims"]
-        row.latencies = [x for s in nodes for x in s.latencies]
+            row.latencies += s.latencies
+        for s in nodes + joiners:
+            row.errors += [f"{s.name}: {e}" for e in s.errors]
+        row.joined_allocations = sum(s.allocations for s in joiners)
+        row.joined_lost = sum(s.stats["claims_lost"] for s in joiners)
         row.cache_bytes = [s.cache_bytes() for s in alive]
-        # the joiners' allocations are churn, not the steady phase: counted apart
-        join_allocs = sum(s.allocations for s in joiners)
-        for s in joiners:
-            for (op, verb), v in s.client.counts.items():
-                if op == "alloc":
-                    row.by_verb[verb] -= v
-        row.joined_allocations = join_allocs
     finally:
         for s in nodes:
             s.stop()
@@ -456,17 +472,23 @@ def simulate(n: int, directory: str, *, gap: float = 0.01, live_cap: int = 6, se
     return row
 
 
-def header() -> str:
-    return (f"{'nodes':>5} {'alloc/node':>10} {'allocs':>6} {'alloc/s':>7} {'req/alloc':>9} {'by verb':<34} "
-            f"{'today':>5} {'today by verb':<28} {'409s':>4} {'claims':>6} {'lost':>4} {'p50 ms':>6} "
-            f"{'p99 ms':>6} {'cache KiB/node':>14} {'churn -/x/+':>11} {'leaked addr':>11} {'leaked blk':>10}")
+COLUMNS = ("nodes", "alloc/node", "allocs", "alloc/s", "req/alloc", "by verb", "today", "today by verb", "409s",
+           "claims (lost)", "p50 ms", "p99 ms", "cache KiB/node", "RSS KiB/node", "churn -/x/+", "leaked addr",
+           "leaked blocks")
 
 
-def line(r: Row) -> str:
+def cells(r: Row) -> list[str]:
     mem = statistics.mean(r.cache_bytes) / 1024 if r.cache_bytes else 0.0
-    return (f"{r.nodes:>5} {r.per_node:>10} {r.allocations:>6} {r.allocations / r.seconds if r.seconds else 0:>7.0f} "
-            f"{r.requests_per_alloc:>9.2f} {r.per_alloc(r.by_verb, r.allocations):<34} "
-            f"{r.oneshot_per_alloc:>5.2f} {r.per_alloc(r.oneshot_by_verb, r.oneshot_allocations):<28} "
-            f"{r.conflicts:>4} {r.claims:>6} {r.lost_claims:>4} {r.pct(0.5):>6.1f} {r.pct(0.99):>6.1f} {mem:>14.1f} "
-            f"{f'{r.left_drained}/{r.left_crashed}/{r.joined}':>11} {len(r.leaked_addresses):>11} "
-            f"{len(r.leaked_blocks):>10}")
+    return [str(r.nodes), str(r.per_node), str(r.allocations), f"{r.allocations / r.seconds if r.seconds else 0:.0f}",
+            f"{r.requests_per_alloc:.2f}", r.per_alloc(r.by_verb, r.allocations), f"{r.oneshot_per_alloc:.2f}",
+            r.per_alloc(r.oneshot_by_verb, r.oneshot_allocations), str(r.conflicts), f"{r.claims} ({r.lost_claims})",
+            f"{r.pct(0.5):.1f}", f"{r.pct(0.99):.1f}", f"{mem:.1f}", f"{r.rss_per_node / 1024:.0f}",
+            f"{r.left_drained}/{r.left_crashed}/{r.joined}", str(len(r.leaked_addresses)), str(len(r.leaked_blocks))]
+
+
+def table(rows: list[Row]) -> str:
+    """A markdown table, one row per N."""
+    lines = [cells(r) for r in rows]
+    widths = [max(len(x[i]) for x in [list(COLUMNS)] + lines) for i in range(len(COLUMNS))]
+    fmt = lambda cs: "| " + " | ".join(c.rjust(w) for c, w in zip(cs, widths)) + " |"  # noqa: E731
+    return "\n".join([fmt(COLUMNS), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(x) for x in lines])
