@@ -278,5 +278,19 @@ def bgp_status(socket_path: str | None, state_dir: str | None, output: str) -> N
     sys.exit(status(socket_path=socket_path, state_dir=state_dir, output=output))
 
 
+@cli.group()
+def vxlan() -> None:
+    """vxlan-overlay networks on this node."""
+
+
+@vxlan.command("rotate-key")
+@click.option("--state-dir", default=None, help="the state root (default: $MULTIPLEX_STATE_DIR or /var/lib/cni/multiplex)")
+def vxlan_rotate_key(state_dir: str | None) -> None:
+    """A new WireGuard key for this node's encrypted overlays; the daemon publishes it to the peers."""
+    from .vxlan import rotate_key
+
+    sys.exit(rotate_key(state_dir=state_dir, output=click.echo))
+
+
 if __name__ == "__main__":
     cli()
