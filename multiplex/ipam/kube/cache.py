@@ -156,7 +156,8 @@ class IPAMCache:
         for obj in self._pools_inf.list():
             name, rv = _name(obj), _rv(obj)
             seen.add(name)
-            hit = self._pools.get(name)
+            with self._lock:
+                hit = self._pools.get(name)
             if hit is None or hit[0] != rv or not rv:
                 try:
                     parsed: Optional[Pool] = Pool.from_object(obj)
@@ -164,11 +165,13 @@ class IPAMCache:
                     self.log.warning("ignoring a malformed IPPool", error=str(e))
                     parsed = None
                 hit = (rv, parsed)
-                self._pools[name] = hit
+                with self._lock:
+                    self._pools[name] = hit
             if hit[1] is not None:
                 out.append(hit[1])
-        for name in [n for n in self._pools if n not in seen]:
-            self._pools.pop(name, None)
+        with self._lock:
+            for name in [n for n in self._pools if n not in seen]:
+                del self._pools[name]
         return sorted(out, key=lambda p: p.name)
 
     def block_objects(self) -> list[dict]:
@@ -222,8 +225,8 @@ class IPAMCache:
         selector = f"{POOL_LABEL}={label_value(pool.name)},{SIZE_LABEL}!={pool.block_prefix}"
         odd = [o for o in client.list_objects(GROUP, VERSION, BLOCKS, label_selector=selector)
                if not str((o.get("spec") or {}).get("cidr", "")).endswith(f"/{pool.block_prefix}")]
-        self.stats["uniform_checks"] += 1
         with self._lock:
+            self.stats["uniform_checks"] += 1
             self._uniform[key] = not odd
         if odd:
             self.log.info("pool has blocks of another size; claims LIST it", pool=pool.name, blocks=len(odd))
@@ -250,13 +253,13 @@ class IPAMCache:
                 self._overlay.pop(name, None)
             else:
                 self._overlay[name] = copy.deepcopy(obj)
-        self.stats["wrote"] += 1
+        self.count(Counter(wrote=1))
 
     def gone(self, name: str) -> None:
         """Our write answered 404: the block was deleted (GC)."""
         with self._lock:
             self._overlay[name] = _GONE
-        self.stats["gone"] += 1
+        self.count(Counter(gone=1))
 
     def taken(self, name: str) -> None:
         """A claim of `name` answered AlreadyExists: another node holds it."""
@@ -267,7 +270,7 @@ class IPAMCache:
         """After a 409: the block as the API has it now (or gone) is the newest state."""
         from ...k8s.errors import NotFound
 
-        self.stats["refreshes"] += 1
+        self.count(Counter(refreshes=1))
         try:
             obj = client.get_object(GROUP, VERSION, BLOCKS, name)
         except NotFound:

@@ -172,11 +172,9 @@ class KubeStore(Store):
             return None
         if self._cache_ready is None:
             self._cache_ready = self.cache.ready(min(self.cache.sync_timeout, self.lock_timeout))
+            self.cache.count(Counter(hits=1) if self._cache_ready else Counter(misses=1))
             if not self._cache_ready:
-                self.cache.stats["misses"] += 1
                 self.log.info("IPAM watch cache not synced yet; reading the API", node=self.node)
-            else:
-                self.cache.stats["hits"] += 1
         return self.cache if self._cache_ready else None
 
     # --- reads --------------------------------------------------------------------------------
@@ -423,7 +421,7 @@ class KubeStore(Store):
                 continue
             for cidr in probe_blocks(pool, space, self.node):
                 if lost >= PROBES:
-                    cache.stats["claim_lists"] += 1
+                    cache.count(Counter(claim_lists=1))
                     return None
                 block = Block(cidr, pool.name, str(pool.cidr), self.node)
                 if block.name in known:
@@ -441,7 +439,7 @@ class KubeStore(Store):
                 known.add(block.name)
                 self.stats["claims_lost"] += 1
                 self.log.info("block claimed by another node, probing on", block=block.name, lost=lost)
-        cache.stats["claim_lists"] += 1
+        cache.count(Counter(claim_lists=1))
         return None
 
     def _create_with(self, block: Block, ip: IPAddress, owner: Owner) -> Optional[Lease]:
