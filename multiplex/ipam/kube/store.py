@@ -60,7 +60,7 @@ from ..allocator import Space, address as int_to_address
 from ..config import IPAMConfig, Range, RangeSet, StoreLocation
 from ..store import Lease, Owner, PoolUsage, Store, as_keep
 from .blocks import candidate_blocks, free_in, pool_size, probe_blocks
-from .model import (API_VERSION, BLOCKS, GROUP, POOL_KIND, POOL_LABEL, POOLS, SIZE_LABEL, VERSION, Allocation,
+from .model import (API_VERSION, BLOCKS, GROUP, POOL_KIND, POOL_LABEL, POOLS, VERSION, Allocation,
                     Block, Pool, address_int, block_name, label_value, user_label)
 
 #: the node kubeconfig `multiplex install` writes (install.DEFAULT_CONF_DIR/STATE_SUBDIR/KUBECONFIG_NAME)
