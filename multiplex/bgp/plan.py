@@ -19,7 +19,7 @@ pools' CIDRs, so a peer can never inject a route elsewhere (the underlay, a defa
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Optional
 
 from .settings import ASN_ANNOTATION, Peer, Settings, SettingsError, parse_asn
@@ -47,6 +47,7 @@ class Neighbor:
     bfd: bool = False
     password: str = ""
     kind: str = "mesh"        # "mesh", "reflector", "client", "peer"
+    multihop: bool = False    # not on this node's underlay subnet
 
 
 @dataclass
@@ -62,6 +63,16 @@ class Plan:
     pools: list[IPNetwork]
     settings: Settings
     reflector: bool = False
+    #: this node's underlay subnets (both families); empty: unknown, every node counts as on-segment
+    local_subnets: list = field(default_factory=list)
+    #: nodes on another subnet, reached through the VXLAN device (crossSubnet "vxlan")
+    cross_nodes: list = field(default_factory=list)
+    #: the underlay interface (where next hops on this node's subnets are)
+    interface: str = ""
+
+    @property
+    def encapsulates(self) -> bool:
+        return bool(self.cross_nodes)
 
 
 def node_asn(info: NodeInfo, settings: Settings) -> int:
@@ -115,18 +126,36 @@ def peer_neighbor(p: Peer) -> Neighbor:
                     password=p.password, kind="peer")
 
 
+def on_segment(address: str, subnets: list) -> bool:
+    """`address` is on one of this node's underlay subnets (unknown subnets: assumed so)."""
+    if not subnets:
+        return True
+    ip = ipaddress.ip_address(address)
+    return any(ip in net for net in subnets if net.version == ip.version)
+
+
 def make_plan(me: NodeInfo, nodes: Iterable[NodeInfo], settings: Settings, blocks: Iterable[IPNetwork],
-              borrowed: Iterable[Any], pools: Iterable[IPNetwork]) -> Plan:
+              borrowed: Iterable[Any], pools: Iterable[IPNetwork], local_subnets: Iterable[IPNetwork] = (),
+              interface: str = "") -> Plan:
     """The plan of node `me`. It needs an IPv4 underlay address (the router id, the session's
-    source): without one, a ValueError saying so."""
+    source): without one, a ValueError saying so. `local_subnets`: this node's underlay subnets;
+    neighbours outside them are multihop sessions and, with crossSubnet "vxlan", every node
+    outside them is reached through the VXLAN device (Calico's CrossSubnet)."""
     if not me.ipv4:
         raise ValueError(f"node {me.name} has no IPv4 underlay address in its node facts: BGP needs one "
                          f"for its router id and sessions")
+    nodes = list(nodes)
+    subnets = list(local_subnets)
     nbrs, reflector = neighbors(me, nodes, settings)
+    nbrs = [n if on_segment(n.address, subnets) else replace(n, multihop=True) for n in nbrs]
+    cross = [n for n in sorted(nodes, key=lambda n: n.name)
+             if n.name != me.name and n.ipv4 and not on_segment(n.ipv4, subnets)] \
+        if settings.cross_subnet == "vxlan" else []
     host = [ipaddress.ip_network(f"{a}/{ipaddress.ip_address(a).max_prefixlen}") for a in borrowed]
     return Plan(node=me.name, router_id=me.ipv4, asn=node_asn(me, settings), ipv4=me.ipv4, ipv6=me.ipv6,
                 neighbors=nbrs, blocks=sorted(set(blocks), key=_key), borrowed=sorted(set(host), key=_key),
-                pools=sorted(set(pools), key=_key), settings=settings, reflector=reflector)
+                pools=sorted(set(pools), key=_key), settings=settings, reflector=reflector,
+                local_subnets=subnets, cross_nodes=cross, interface=interface)
 
 
 def _key(net: IPNetwork) -> tuple:

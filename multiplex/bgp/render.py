@@ -8,8 +8,10 @@ Choices, each for a reason found with BIRD 2.0.12:
 - The export filter sets `bgp_next_hop` to the node's underlay address for these local routes:
   a static blackhole exported over iBGP otherwise arrives at the peer as `unreachable`. Routes
   learned from other nodes keep their next hop (a reflector reflects, it does not carry traffic).
-- Sessions are `direct` (single hop, gateway direct): the nodes share one L2 underlay, so no IGP
-  is needed to resolve next hops. IPv6 routes ride the IPv4 session (multiprotocol BGP) with the
+- Sessions are `direct` (single hop, gateway direct) to nodes on this node's underlay subnet, so
+  no IGP is needed to resolve next hops; `multihop` to nodes on another subnet, whose routes are
+  sent through the VXLAN device (Calico's CrossSubnet; the import filter sets `ifname`, `onlink`
+  and `gw`, as BIRD 2.0.12 allows for dynamically routed overlays). IPv6 routes ride the IPv4 session (multiprotocol BGP) with the
   node's IPv6 underlay address as their next hop.
 - The kernel protocols export only BGP-learned routes and the blocks' blackholes, and import
   nothing: BIRD never learns the node's pod routes from the kernel. Routes land as `proto bird`.
@@ -44,9 +46,7 @@ def render(plan: Plan) -> str:
         out.append(f"protocol static mpx_blocks{f} {{ ipv{f};" + "".join(f" route {b} blackhole;" for b in blocks) + " }")
         out.append(f"protocol static mpx_borrowed{f} {{ ipv{f};" + "".join(f" route {b} blackhole;" for b in borrowed) + " }")
         nh = plan.ipv4 if f == 4 else plan.ipv6
-        out += [f"filter mpx_import{f} {{",
-                (f"  if net ~ {_set(pools)} then accept;" if pools else "  # no IPPool of this family"),
-                "  reject;", "}",
+        out += import_filter(plan, f, pools) + [
                 f"filter mpx_export{f} {{",
                 f'  if proto = "mpx_blocks{f}" || proto = "mpx_borrowed{f}" then {{ bgp_next_hop = {nh}; accept; }}',
                 (f"  if source = RTS_BGP && net ~ {_set(pools)} then accept;" if pools else None),
@@ -57,14 +57,44 @@ def render(plan: Plan) -> str:
                 "  merge paths on;",
                 *(["  graceful restart on;", "  persist;"] if s.graceful_restart else []),
                 "}", ""]
+    if any(n.multihop for n in plan.neighbors):
+        out += igp_tables(plan, fams)
     if any(n.bfd for n in plan.neighbors):
-        out += ["protocol bfd mpx_bfd {", '  interface "*" {',
-                f"    min rx interval {s.bfd_interval_ms} ms; min tx interval {s.bfd_interval_ms} ms; "
-                f"multiplier {s.bfd_multiplier};",
-                "  };", "}", ""]
+        timers = (f"min rx interval {s.bfd_interval_ms} ms; min tx interval {s.bfd_interval_ms} ms; "
+                  f"multiplier {s.bfd_multiplier};")
+        out += ["protocol bfd mpx_bfd {", f'  interface "*" {{ {timers} }};', f"  multihop {{ {timers} }};", "}", ""]
     for n in plan.neighbors:
         out += neighbor_lines(plan, n, fams)
     return "\n".join(line for line in out if line is not None).rstrip() + "\n"
+
+
+def igp_tables(plan: Plan, fams: list[int]) -> list[str]:
+    """For multihop sessions: a table holding only this node's underlay subnets (device routes), in
+    which BGP resolves next hops on this segment. It feeds nothing else (not the kernel)."""
+    out = []
+    for f in fams:
+        nets = [n for n in plan.local_subnets if n.version == f]
+        out += [f"ipv{f} table mpx_igp{f};",
+                f"protocol static mpx_subnets{f} {{ ipv{f} {{ table mpx_igp{f}; }};"
+                + "".join(f' route {n} via "{plan.interface}";' for n in nets if plan.interface) + " }", ""]
+    return out
+
+
+def import_filter(plan: Plan, family: int, pools) -> list[str]:
+    """Only prefixes inside the pools. With nodes on other subnets (crossSubnet "vxlan"), a route
+    whose next hop is one of them leaves through the VXLAN device, to that node's underlay address
+    on-link (the device's static neighbour and FDB entries carry it there; crosssubnet.py)."""
+    from .crosssubnet import VXLAN_DEV
+
+    if not pools:
+        return [f"filter mpx_import{family} {{", "  # no IPPool of this family", "  reject;", "}"]
+    hops = [n.ipv4 if family == 4 else n.ipv6 for n in plan.cross_nodes]
+    hops = [h for h in hops if h]
+    lines = [f"filter mpx_import{family} {{", f"  if net ~ {_set(pools)} then {{"]
+    if hops:
+        test = " || ".join(f"bgp_next_hop = {h}" for h in hops)
+        lines.append(f'    if {test} then {{ ifname = "{VXLAN_DEV}"; onlink = true; gw = bgp_next_hop; }}')
+    return lines + ["    accept;", "  }", "  reject;", "}"]
 
 
 def neighbor_lines(plan: Plan, n: Neighbor, fams: list[int]) -> list[str]:
@@ -73,7 +103,7 @@ def neighbor_lines(plan: Plan, n: Neighbor, fams: list[int]) -> list[str]:
              f'  description "{n.kind} {n.description}";',
              f"  local {plan.ipv4} as {plan.asn};",
              f"  neighbor {n.address} as {n.asn};",
-             "  direct;",
+             "  multihop;" if n.multihop else "  direct;",
              # fast first contact and retries: a node joining is meshed within seconds
              "  connect delay time 1;", "  connect retry time 5;", "  error wait time 1, 30;"]
     if n.rr_client:
@@ -88,6 +118,8 @@ def neighbor_lines(plan: Plan, n: Neighbor, fams: list[int]) -> list[str]:
         lines.append(f'  password "{n.password}";')
     for f in fams:
         extra = f" next hop address {plan.ipv6};" if f == 6 else ""
+        if n.multihop:   # next hops on this segment resolve through the underlay subnets (mpx_igp)
+            extra += f" igp table mpx_igp{f};"
         lines.append(f"  ipv{f} {{ import filter mpx_import{f}; export filter mpx_export{f};{extra} }};")
     lines += ["}", ""]
     return lines

@@ -5,7 +5,8 @@ read by the BGP controller; every value checked here, a bad one a ValueError nam
      "bfd": {"enabled": true, "intervalMs": 100, "multiplier": 3},
      "gracefulRestart": {"enabled": true, "restartTime": 120},
      "peers": [{"name": "tor1", "address": "198.19.0.1", "asn": 65001, "bfd": false,
-                "nodeSelector": {"rack": "r1"}}]}
+                "nodeSelector": {"rack": "r1"}}],
+     "crossSubnet": {"encapsulation": "vxlan", "vni": 4097, "port": 4789}}
 
 Why a file and not a custom resource: the settings are the admin's, cluster-wide and rarely
 changed; a ConfigMap mounted as a file needs no new CRD, no RBAC and no watch, and the controller
@@ -64,6 +65,9 @@ class Settings:
     graceful_restart: bool = True
     restart_time: int = 120
     peers: tuple[Peer, ...] = ()
+    cross_subnet: str = "vxlan"      # "vxlan": encapsulate to nodes on another subnet; "none": never
+    vxlan_vni: int = 4097
+    vxlan_port: int = 4789
 
 
 def parse_asn(value: Any, where: str) -> int:
@@ -94,7 +98,7 @@ def parse(body: Any, where: str = "$") -> Settings:
     if not isinstance(body, dict):
         raise SettingsError("the BGP settings must be a JSON object", where)
     known = {"asn", "nodeToNodeMesh", "routeReflectorLabel", "routeReflectorClusterId", "bfd", "gracefulRestart",
-             "peers"}
+             "peers", "crossSubnet"}
     unknown = sorted(set(body) - known)
     if unknown:
         raise SettingsError(f"unknown field {unknown[0]!r}; known: {', '.join(sorted(known))}", f"{where}.{unknown[0]}")
@@ -115,6 +119,12 @@ def parse(body: Any, where: str = "$") -> Settings:
     gr = body.get("gracefulRestart", {})
     if not isinstance(gr, dict):
         raise SettingsError("gracefulRestart must be an object {enabled, restartTime}", f"{where}.gracefulRestart")
+    cross = body.get("crossSubnet", {})
+    if not isinstance(cross, dict):
+        raise SettingsError("crossSubnet must be an object {encapsulation, vni, port}", f"{where}.crossSubnet")
+    encap = cross.get("encapsulation", "vxlan")
+    if encap not in ("vxlan", "none"):
+        raise SettingsError(f"{encap!r} is not \"vxlan\" or \"none\"", f"{where}.crossSubnet.encapsulation")
     peers = body.get("peers", [])
     if not isinstance(peers, list):
         raise SettingsError("peers must be a list of {name, address, asn}", f"{where}.peers")
@@ -125,7 +135,9 @@ def parse(body: Any, where: str = "$") -> Settings:
                     bfd_multiplier=_int(bfd, "multiplier", 3, 1, 255, f"{where}.bfd"),
                     graceful_restart=_bool(gr, "enabled", True, f"{where}.gracefulRestart"),
                     restart_time=_int(gr, "restartTime", 120, 1, 4095, f"{where}.gracefulRestart"),
-                    peers=tuple(parse_peer(p, f"{where}.peers[{i}]") for i, p in enumerate(peers)))
+                    peers=tuple(parse_peer(p, f"{where}.peers[{i}]") for i, p in enumerate(peers)),
+                    cross_subnet=encap, vxlan_vni=_int(cross, "vni", 4097, 1, 16777215, f"{where}.crossSubnet"),
+                    vxlan_port=_int(cross, "port", 4789, 1, 65535, f"{where}.crossSubnet"))
 
 
 def parse_peer(body: Any, where: str) -> Peer:

@@ -3,6 +3,8 @@
 Each reconcile gathers what the node should announce and to whom, and makes BIRD match:
 - the settings file (multiplex/bgp/settings.py: ASN, mesh, reflector label, BFD, graceful
   restart, explicit peers), read again at every pass;
+- this node's underlay subnets (read from its underlay interface): nodes outside them are
+  reached through a VXLAN device (multiplex/bgp/crosssubnet.py, Calico's CrossSubnet);
 - every node's published underlay (the node registry's view: `nodes()`), labels (route
   reflectors) and annotations (a per-node ASN), from the Nodes informer;
 - this node's affine IPBlocks and the addresses it borrowed in other nodes' blocks, and every
@@ -31,6 +33,12 @@ from ..daemon.controller import Controller, DaemonContext
 
 NAME = "bgp"
 BLOCKS_KIND, POOLS_KIND = "ipblocks", "ippools"
+
+
+def local_subnets(interface: str) -> list:
+    from ..bgp.crosssubnet import local_subnets as read
+
+    return read(interface)
 
 
 def register_kinds(objects: Any) -> None:
@@ -70,6 +78,8 @@ class BgpController(Controller):
         self.bird = Bird(directory, binary)
         self.plan: Any = None
         self.applied = 0          # configs written and applied (start or configure)
+        self.underlay_mtu = 0
+        self.cross: dict = {}     # the VXLAN device's entries (nodes on other subnets)
         self.last_result = ""
 
     # --- the framework's hooks ----------------------------------------------------------------------
@@ -123,14 +133,20 @@ class BgpController(Controller):
         if error:
             self.daemon.log.warning("ignoring a malformed IPBlock", error=error)
         pools = bgp_plan.pools_from_ippools(objects.informer(POOLS_KIND).list())
-        return bgp_plan.make_plan(me, infos, conf, blocks, borrowed, pools)
+        mine = facts[self.node_name]
+        self.underlay_mtu = mine.mtu
+        subnets = local_subnets(mine.interface) if mine.interface else []
+        return bgp_plan.make_plan(me, infos, conf, blocks, borrowed, pools, subnets, mine.interface)
 
     def apply(self) -> bool:
         """Make BIRD run the config of the current plan. True when something was (re)applied."""
+        from ..bgp import crosssubnet
         from ..bgp.render import render
         from ..util.files import atomic_write
 
         plan = self.gather()
+        # the VXLAN device first: BIRD's import filter names it for nodes on other subnets
+        self.cross = crosssubnet.sync(plan, self.underlay_mtu)
         text = render(plan)
         try:
             with open(self.bird.conf, encoding="utf-8") as f:

@@ -37,6 +37,8 @@ BAD_SETTINGS = [
     pytest.param({"gracefulRestart": {"restartTime": 5000}}, "$.gracefulRestart.restartTime", id="restart-time"),
     pytest.param({"routeReflectorClusterId": "cluster-1"}, "$.routeReflectorClusterId", id="cluster-id"),
     pytest.param({"mesh": False}, "$.mesh", id="unknown-field"),
+    pytest.param({"crossSubnet": {"encapsulation": "ipip"}}, "$.crossSubnet.encapsulation", id="encapsulation"),
+    pytest.param({"crossSubnet": {"vni": 1 << 24}}, "$.crossSubnet.vni", id="vni-over-24-bits"),
 ]
 
 
@@ -108,6 +110,20 @@ def test_a_node_without_an_ipv4_underlay_cannot_speak_bgp():
         bgp_plan.make_plan(me, [me], settings.parse({}), [], [], POOLS)
 
 
+def test_nodes_on_other_subnets_are_multihop_and_encapsulated_unless_turned_off():
+    nodes = [bgp_plan.NodeInfo("a", "198.19.0.11"), bgp_plan.NodeInfo("b", "198.19.0.12"),
+             bgp_plan.NodeInfo("c", "198.19.1.13")]
+    subnets = [ipaddress.ip_network("198.19.0.0/24")]
+    p = bgp_plan.make_plan(nodes[0], nodes, settings.parse({}), [], [], POOLS, subnets, "ul0")
+    assert [(n.description, n.multihop) for n in p.neighbors] == [("b", False), ("c", True)]
+    assert [n.name for n in p.cross_nodes] == ["c"]
+    off = bgp_plan.make_plan(nodes[0], nodes, settings.parse({"crossSubnet": {"encapsulation": "none"}}), [], [],
+                             POOLS, subnets)
+    assert off.cross_nodes == [] and "mpxbgp0" not in render.render(off)
+    from multiplex.bgp.crosssubnet import vtep_mac
+    assert vtep_mac("198.19.1.13") == "0e:6d:c6:13:01:0d"
+
+
 def test_blocks_and_borrowed_addresses_from_ipblocks():
     objs = [{"metadata": {"name": "a"}, "spec": {"cidr": "198.18.64.0/26", "node": "n1", "allocations": {}}},
             {"metadata": {"name": "b"}, "spec": {"cidr": "198.18.64.64/26", "node": "n2", "allocations": {
@@ -129,13 +145,20 @@ def test_generated_configs_are_accepted_by_bird(tmp_path):
     blocks = [ipaddress.ip_network("198.18.64.0/26"), ipaddress.ip_network("fd00:64::/122")]
     cases = [bgp_plan.make_plan(nodes[0], nodes, conf, blocks, ["198.18.70.1", "fd00:64::99"], POOLS),
              bgp_plan.make_plan(nodes[1], nodes, conf, blocks, [], POOLS),
-             bgp_plan.make_plan(bgp_plan.NodeInfo("v4", "198.19.0.9"), infos(3), settings.parse({}), [], [], [])]
+             bgp_plan.make_plan(bgp_plan.NodeInfo("v4", "198.19.0.9"), infos(3), settings.parse({}), [], [], []),
+             # node-0 on 198.19.0.0/24 sees node-250.. on 198.19.1.0/24: multihop sessions, VXLAN next hops
+             bgp_plan.make_plan(nodes[1], infos(260)[:3] + infos(260)[250:253], conf, blocks, [], POOLS,
+                                [ipaddress.ip_network("198.19.0.0/24"), ipaddress.ip_network("fd00:19::/64")],
+                                "ul0")]
     for p in cases:
         text = render.render(p)
         b.check_config(text)
         assert render.render(p) == text     # deterministic: equal plans, equal text
     assert "rr client;" in render.render(cases[0]) and "bfd on;" in render.render(cases[0])
     assert 'route 198.18.70.1/32 blackhole' in render.render(cases[0])
+    cross = render.render(cases[3])
+    assert [n.address for n in cases[3].neighbors if n.multihop] == ["198.19.1.1", "198.19.1.2", "198.19.1.3"]
+    assert 'ifname = "mpxbgp0"; onlink = true; gw = bgp_next_hop;' in cross and "igp table mpx_igp4" in cross
 
 
 def test_bird_refusing_a_config_is_an_error_with_its_message(tmp_path):

@@ -41,30 +41,40 @@ POOL4, POOL6 = "198.18.64.0/20", "fd00:64::/64"
 INSIDE, OUTSIDE = "198.18.79.192/26", "198.18.200.0/24"   # what the rogue peer offers
 
 
-def underlay_v4(i: int) -> str:
-    return f"198.19.0.{10 + i}"
+def underlay_v4(i: int, seg: int = 0) -> str:
+    """Node i's underlay IPv4 on segment `seg` (0: 198.19.0.0/24, 1: 198.19.1.0/24)."""
+    return f"198.19.{seg}.{10 + i}"
 
 
-def underlay_v6(i: int) -> str:
-    return f"fd00:19::{10 + i}"
+def underlay_v6(i: int, seg: int = 0) -> str:
+    return str(ipaddress.ip_address(f"fd00:19:{seg}::{10 + i:x}"))
 
 
-def make_underlay(netns_factory, count: int) -> tuple[str, list[str]]:
-    """The underlay netns (bridge br0, 198.19.0.254 and .250 on it) and `count` node netns on it."""
+def make_underlay(netns_factory, count: int, other_subnet: tuple = ()) -> tuple[str, list[str]]:
+    """The underlay netns and `count` node netns on it. Segment 0 is bridge br0 (198.19.0.0/24, the
+    API server at .254, the rogue peer at .250); nodes listed in `other_subnet` sit on br1
+    (198.19.1.0/24), a second L2 segment: the underlay netns routes between the two (it holds no
+    route to any pod), and each node's default route goes through it."""
     ul = netns_factory("ul")
-    nsexec(ul, "ip", "link", "add", "br0", "type", "bridge")
-    nsexec(ul, "ip", "link", "set", "br0", "up")
-    for addr in (API_ADDR, ROGUE_ADDR):
-        nsexec(ul, "ip", "addr", "add", f"{addr}/24", "dev", "br0")
+    nsexec(ul, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+    for seg in (0, 1):
+        nsexec(ul, "ip", "link", "add", f"br{seg}", "type", "bridge")
+        nsexec(ul, "ip", "link", "set", f"br{seg}", "up")
+        nsexec(ul, "ip", "addr", "add", f"198.19.{seg}.254/24", "dev", f"br{seg}")
+        nsexec(ul, "ip", "addr", "add", f"fd00:19:{seg}::fe/64", "dev", f"br{seg}", "nodad")
+    nsexec(ul, "ip", "addr", "add", f"{ROGUE_ADDR}/24", "dev", "br0")
     nodes = []
     for i in range(1, count + 1):
+        seg = 1 if i in other_subnet else 0
         n = netns_factory(f"n{i}")
         subprocess.run(["ip", "-n", n, "link", "add", "ul0", "type", "veth", "peer", "name", f"to{i}", "netns", ul],
                        check=True)
-        nsexec(ul, "ip", "link", "set", f"to{i}", "master", "br0", "up")
-        nsexec(n, "ip", "addr", "add", f"{underlay_v4(i)}/24", "dev", "ul0")
-        nsexec(n, "ip", "addr", "add", f"{underlay_v6(i)}/64", "dev", "ul0", "nodad")
+        nsexec(ul, "ip", "link", "set", f"to{i}", "master", f"br{seg}", "up")
+        nsexec(n, "ip", "addr", "add", f"{underlay_v4(i, seg)}/24", "dev", "ul0")
+        nsexec(n, "ip", "addr", "add", f"{underlay_v6(i, seg)}/64", "dev", "ul0", "nodad")
         nsexec(n, "ip", "link", "set", "ul0", "up")
+        nsexec(n, "ip", "route", "add", "default", "via", f"198.19.{seg}.254")
+        nsexec(n, "ip", "-6", "route", "add", "default", "via", f"fd00:19:{seg}::fe")
         nodes.append(n)
     return ul, nodes
 
@@ -116,7 +126,12 @@ def rogue_config(node_addrs: list[str]) -> str:
 
 @pytest.fixture
 def cluster(netns_factory, tmp_path, request):
-    ul, nodes = make_underlay(netns_factory, 3)
+    return start_cluster(netns_factory, tmp_path, request)
+
+
+def start_cluster(netns_factory, tmp_path, request, other_subnet: tuple = (), rogue_peer: bool = True) -> dict:
+    """3 nodes, the API server, a daemon per node; finalizers stop everything by pid."""
+    ul, nodes = make_underlay(netns_factory, 3, other_subnet)
     api = ApiServer(host=API_ADDR, netns=f"/var/run/netns/{ul}").start()
     request.addfinalizer(api.stop)
     kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
@@ -128,15 +143,16 @@ def cluster(netns_factory, tmp_path, request):
     for n in nodes:
         api.store.add_node(n)
     conf_path = tmp_path / "bgp.json"
-    conf_path.write_text(json.dumps({"bfd": {"enabled": True, "intervalMs": 100, "multiplier": 3},
-                                     "peers": [{"name": "rogue", "address": ROGUE_ADDR, "asn": 65001}]}))
-    rogue_dir = str(tmp_path / "rogue")
-    os.makedirs(rogue_dir)
-    rogue = birdmod.Bird(rogue_dir, netns=ul)
-    with open(rogue.conf, "w") as f:
-        f.write(rogue_config([underlay_v4(i) for i in range(1, 4)]))
-    rogue.start()
-    request.addfinalizer(lambda: kill_bird_of(rogue_dir))
+    peers = [{"name": "rogue", "address": ROGUE_ADDR, "asn": 65001}] if rogue_peer else []
+    conf_path.write_text(json.dumps({"bfd": {"enabled": True, "intervalMs": 100, "multiplier": 3}, "peers": peers}))
+    if rogue_peer:
+        rogue_dir = str(tmp_path / "rogue")
+        os.makedirs(rogue_dir)
+        rogue = birdmod.Bird(rogue_dir, netns=ul)
+        with open(rogue.conf, "w") as f:
+            f.write(rogue_config([underlay_v4(i) for i in range(1, 4)]))
+        request.addfinalizer(lambda: kill_bird_of(rogue_dir))
+        rogue.start()
     daemons = []
     for i, n in enumerate(nodes, 1):
         d = tmp_path / f"n{i}"
@@ -274,6 +290,39 @@ def test_three_nodes_route_pods_over_bgp(cluster, netns_factory):
     wait_for("node 3's block back on node 1", lambda: gone in bird_routes(nodes[0]), timeout=60)
     print(f"BIRD restarted by the controller: node 3's block back on node 1 after {time.monotonic() - t0:.2f} s")
     assert ping(pods[0][0], str(addrs[2][0]))
+
+
+def test_a_node_on_another_subnet_is_reached_through_vxlan(netns_factory, tmp_path, request):
+    """Nodes 1 and 2 share a segment, node 3 is on another subnet behind the underlay's router (which
+    has no route to any pod): 1 <-> 2 stays unencapsulated, 1 <-> 3 and 2 <-> 3 go through the
+    VXLAN device (static FDB and neighbour entries), over multihop sessions."""
+    c = start_cluster(netns_factory, tmp_path, request, other_subnet=(3,), rogue_peer=False)
+    nodes = c["nodes"]
+    pods = [attach(c, netns_factory, i) for i in (1, 2, 3)]
+    addrs = [[ipaddress.ip_interface(ip["address"]).ip for ip in out["ips"]] for _, out in pods]
+    b3 = [str(ipaddress.ip_network(f"{a}/{26 if a.version == 4 else 122}", strict=False)) for a in addrs[2]]
+    b2 = str(ipaddress.ip_network(f"{addrs[1][0]}/26", strict=False))
+    b1 = str(ipaddress.ip_network(f"{addrs[0][0]}/26", strict=False))
+    r = wait_for("node 3's blocks on node 1 through the VXLAN device",
+                 lambda: bird_routes(nodes[0]).get(b3[0], {}).get("dev") == "mpxbgp0"
+                 and bird_routes(nodes[0], "-6").get(b3[1], {}).get("dev") == "mpxbgp0" and bird_routes(nodes[0]))
+    assert r[b3[0]]["gateway"] == underlay_v4(3, 1) and "onlink" in r[b3[0]].get("flags", [])
+    assert wait_for("node 2's block on node 1", lambda: bird_routes(nodes[0]).get(b2))["dev"] == "ul0"
+    back = wait_for("node 1's block on node 3", lambda: bird_routes(nodes[2]).get(b1))
+    assert back["dev"] == "mpxbgp0" and back["gateway"] == underlay_v4(1)
+    vx = ip_json(nodes[0], "-d", "link", "show", "mpxbgp0")[0]
+    assert vx["linkinfo"]["info_data"]["id"] == 4097 and vx["mtu"] == 1450
+    fdb = {(e["mac"], e.get("dst")) for e in json.loads(nsexec(nodes[0], "bridge", "-j", "fdb", "show", "dev",
+                                                                 "mpxbgp0").stdout)}
+    assert ("0e:6d:c6:13:01:0d", underlay_v4(3, 1)) in fdb and not [e for e in fdb if e[1] == underlay_v4(2)]
+    # the router between the segments knows no pod: only encapsulated traffic gets across
+    assert not [x for x in ip_json(c["ul"], "route") if x["dst"].startswith("198.18.")]
+    for a in addrs[2]:
+        assert ping(pods[0][0], str(a)) and ping(pods[1][0], str(a)), f"{a} on node 3 unreachable"
+    for a in addrs[0]:
+        assert ping(pods[2][0], str(a)) and ping(pods[1][0], str(a))
+    out = json.loads(bgp_status(c, 3, "-o", "json").stdout)
+    assert len(out["sessions"]) == 2 and all(x["bgpState"] == "Established" for x in out["sessions"])
 
 
 def test_five_nodes_with_a_route_reflector(netns_factory, tmp_path, request):
