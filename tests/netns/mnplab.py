@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Optional
 
 from multiplex.netlink.netns import entered
+from multiplex.policy.mnp.matrix import tcp_reaches
 
 TIMEOUT = 0.4
 TCP_PORTS = (8080, 9090)
@@ -140,16 +141,12 @@ def probe(src_netns: str, dst: str, kind: str, timeout: float = TIMEOUT) -> bool
     if kind == "icmp":
         argv = ["ip", "netns", "exec", src_netns, "ping", "-n", "-q", "-c", "1", "-W", str(max(timeout, 0.5)), dst]
         return subprocess.run(argv, capture_output=True).returncode == 0
+    if kind.startswith("tcp"):
+        return tcp_reaches(netns_path(src_netns), dst, int(kind[3:]), timeout)
     with entered(netns_path(src_netns)):
-        s = socket.socket(family, socket.SOCK_STREAM if kind.startswith("tcp") else socket.SOCK_DGRAM)
+        s = socket.socket(family, socket.SOCK_DGRAM)
     try:
         s.settimeout(timeout)
-        if kind.startswith("tcp"):
-            try:
-                s.connect((dst, int(kind[3:])))
-                return True
-            except OSError:
-                return False
         try:
             s.sendto(b"probe", (dst, UDP_PORT))
             return s.recv(64) == b"probe"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from multiplex.policy.mnp import compiler, hooks
 from multiplex.policy.mnp.engine import Engine, LocalPod, Snapshot, local_pod_from_record
 from multiplex.policy.mnp.model import PodInfo, PolicyError, parse_policy
@@ -136,3 +138,23 @@ def test_local_pods_come_from_complete_cache_records():
     assert pod == LocalPod("cid", "/var/run/netns/p", "team", "web",
                            [("eth0", "podnet", ["198.18.0.2"]), ("net1", NET, ["fd00:1::5"])])
     assert local_pod_from_record("cid", dict(record, cniArgs={})) is None
+
+
+@pytest.mark.root   # setns(2), even into its own netns, needs CAP_SYS_ADMIN
+def test_tcp_probes_of_the_lab_matrix_on_loopback():
+    """multiplex/policy/mnp/matrix.py (the lab's allowed/denied matrix): a listener answers, a
+    closed port does not, in the caller's own netns (given as its /proc path)."""
+    from multiplex.policy.mnp.matrix import serve_tcp, tcp_matrix
+
+    me = f"/proc/{os.getpid()}/task/{__import__('threading').get_native_id()}/ns/net"
+    import socket
+
+    with socket.socket() as s:      # a free port, then a closed one
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    close = serve_tcp(me, port)
+    try:
+        got = tcp_matrix([(me, "127.0.0.1", port), (me, "::1", port), (me, "127.0.0.1", 1)], timeout=0.5)
+    finally:
+        close()
+    assert list(got.values()) == [True, True, False]
