@@ -6,8 +6,8 @@
     engine.py    the node's local pods (the result cache), the view, passes, status files
     hooks.py     the meta plugin's enforce step: rules in place before ADD returns, gone with
                  DEL, verified by CHECK
-    show.py      what `multiplex policy show` prints
+    matrix.py    TCP listeners and probes in pods' netns (the lab's allowed/denied matrix)
 
 The daemon's controller (multiplex/controllers/policy.py) watches the policies, every pod and the
-namespaces and runs the engine's passes.
+namespaces and runs the engine's passes; `multiplex policy show` is multiplex/cli/policy.py.
 """
