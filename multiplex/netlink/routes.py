@@ -1,13 +1,12 @@
 """Netlink pieces of routed (L3) pod networking, built on `Handle`: host routes to one pod
-address, the pod's on-link gateway and its static neighbour, proxy ARP on a host veth, and
-routes by routing protocol (what BIRD installed: `proto bird`).
+address, the pod gateway's static neighbour, proxy ARP on a host veth, forwarding, and routes by
+routing protocol (what BIRD installed: `proto bird`).
 
 These belong beside Handle's own route methods; they live here while handle.py is being reworked
 (see the report of issue 12) and can move there unchanged: every function takes a Handle.
 """
 from __future__ import annotations
 
-import errno
 import ipaddress
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -19,7 +18,6 @@ IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 RT_SCOPE_LINK = 253
 RTPROT_BIRD = 12          # /etc/iproute2/rt_protos: what `ip route show proto bird` selects
-RTN_UNICAST, RTN_BLACKHOLE, RTN_UNREACHABLE = 1, 6, 7
 NUD_PERMANENT = 0x80
 
 
@@ -48,12 +46,6 @@ def has_host_route(h: Handle, address: IPAddress, link: Link) -> bool:
     prefix = 32 if address.version == 4 else 128
     dst = ipaddress.ip_network(f"{address}/{prefix}")
     return any(r.dst == dst and r.oif == link.index for r in h.routes(family_of(dst)))
-
-
-def onlink_gateway_route(h: Handle, gateway: IPAddress, link: Link) -> bool:
-    """In the pod: `169.254.1.1 dev eth0 scope link`, so a default route via that gateway is
-    accepted though no pod address shares a subnet with it."""
-    return host_route(h, gateway, link)
 
 
 def permanent_neighbour(h: Handle, address: IPAddress, link: Link, mac: str) -> None:
@@ -114,18 +106,3 @@ def routes_by_proto(h: Handle, proto: int = RTPROT_BIRD, family: int = 0,
                                   _KINDS.get(m["type"], str(m["type"])),
                                   ipaddress.ip_address(gw) if gw else None, m.get("oif") or 0, proto))
     return out
-
-
-def delete_routes_by_proto(h: Handle, proto: int = RTPROT_BIRD) -> int:
-    """Remove every route of `proto` (a BIRD that will not come back left them). Returns how many."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    n = 0
-    for r in routes_by_proto(h, proto):
-        try:
-            h._ipr.route("del", dst=str(r.dst), family=family_of(r.dst), proto=proto, table=MAIN_TABLE)
-            n += 1
-        except NetlinkError as e:
-            if e.code not in (errno.ESRCH, errno.ENOENT):
-                raise kernel_error(e, f"delete route {r.dst}", f"route: {r.dst}") from None
-    return n
