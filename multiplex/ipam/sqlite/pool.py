@@ -99,7 +99,7 @@ class Pool:
         self._idle: dict[str, list[Kept]] = {}
         self._parked: list[Kept] = []
         self._lock = threading.Lock()
-        #: borrowed (reused), opened afresh (kept after), dropped as stale, parked
+        #: connections borrowed again, given back, found stale, parked (for tests and profiles)
         self.stats = {"reused": 0, "stale": 0, "parked": 0, "returned": 0}
 
     def enable(self) -> None:
@@ -125,9 +125,9 @@ class Pool:
         return None
 
     def give(self, kept: Kept) -> bool:
-        """Keep `kept` for the next call; False when it was closed instead (pool off or full, a
-        transaction left open, or the file changed meanwhile)."""
-        if not self.enabled or kept.conn.in_transaction or identity(kept.path) != kept.ident:
+        """Keep `kept` for the next call; False when it was closed instead (pool off or full, or
+        a transaction left open). Whether the file changed meanwhile is `take`'s check, once."""
+        if not self.enabled or kept.conn.in_transaction:
             self.drop(kept)
             return False
         with self._lock:
@@ -136,7 +136,7 @@ class Pool:
                 idle.append(kept)
                 self.stats["returned"] += 1
                 return True
-        close_quietly(kept.conn)
+        self.drop(kept)
         return False
 
     def drop(self, kept: Kept) -> None:
