@@ -194,7 +194,7 @@ class CountingClient(KubeClient):
         return super().watch(*a, **kw)
 
 
-@dataclass
+@dataclass(eq=False)
 class SimNode:
     name: str
     kubeconfig: str
@@ -212,7 +212,19 @@ class SimNode:
     seq: int = 0
     stopped: bool = False
 
+    planned: int = 0
+    deferred: bool = False
+
     def __post_init__(self) -> None:
+        if not self.deferred:
+            self.begin_objects()
+
+    @classmethod
+    def later(cls, *a) -> "SimNode":
+        """A node that joins during the run: its client and watches are made by begin()."""
+        return cls(*a, deferred=True)
+
+    def begin_objects(self) -> None:
         self.client = CountingClient(self.kubeconfig, timeout=60, retries=5, backoff=0.1, max_backoff=2.0)
         self.objects = KubeObjects(self.client, self.name, backoff=0.2, max_backoff=2.0, watch_timeout=600)
         self.cache = IPAMCache(self.objects, self.name, self.client, sync_timeout=120)
@@ -221,6 +233,13 @@ class SimNode:
         self.client.op.name = "cache"
         if not self.cache.ready():
             raise AssertionError(f"node {self.name}: the IPAM informers did not sync")
+
+    def begin(self) -> None:
+        """Join: make the client and watches, wait for their first lists."""
+        if self.deferred:
+            self.begin_objects()
+            self.deferred = False
+        self.start()
 
     def _store(self) -> KubeStore:
         return KubeStore(self.client, self.name, cache=self.cache, retries=12, max_backoff=1.0)
@@ -257,6 +276,7 @@ class SimNode:
     def run(self, allocations: int, rng: random.Random) -> None:
         """`allocations` allocations at a steady rate (one every `gap` seconds, jittered), keeping
         at most `live_cap` addresses: beyond it the oldest is released first."""
+        self.planned += allocations
         try:
             for _ in range(allocations):
                 time.sleep(rng.uniform(0, 2 * self.gap))
@@ -267,6 +287,8 @@ class SimNode:
             self.errors.append(f"{type(e).__name__}: {e}")
 
     def cache_bytes(self) -> int:
+        if self.deferred:
+            return 0
         """The deep size of what this node's watch cache holds: its informers' objects and its overlay."""
         objs = [o for inf in self.objects.started().values() for o in inf.list()]
         with self.cache._lock:
@@ -274,7 +296,7 @@ class SimNode:
         return deep_size(objs)
 
     def stop(self) -> None:
-        if not self.stopped:
+        if not self.stopped and not self.deferred:
             self.stopped = True
             self.objects.stop()
             self.client.close()
@@ -348,8 +370,7 @@ class Row:
     duplicates: list = field(default_factory=list)
     errors: list = field(default_factory=list)
     distinct: int = 0
-    joined_allocations: int = 0
-    joined_lost: int = 0
+    expected_allocations: int = 0
     rss_per_node: float = 0.0      # bytes of process RSS per node (client, threads, connections, cache)
 
     def per_alloc(self, verbs: Counter, n: int) -> str:
@@ -380,12 +401,17 @@ def per_node_work(n: int) -> int:
 
 
 def simulate(n: int, directory: str, *, gap: float = 0.01, live_cap: int = 6, seed: int = 1) -> Row:
+    """One row: N nodes start (watches synced), then all at once: most allocate and release at a
+    steady rate; a tenth leave midway (half drained and deleted, half crashed and deleted with
+    their addresses held); a tenth join midway (start their watches, allocate twice). Then
+    today's figure on the same cluster, the GC's two passes a grace apart, and the audit."""
     rng = random.Random(seed + n)
     api = scale_server(directory)
     conf = config.parse({"name": "sim", "ipam": {"type": "multiplex-ipam", "store": "kubernetes",
                                                 "range": POOL_CIDR}})
     row = Row(n, per_node_work(n))
     nodes: list[SimNode] = []
+    joiners: list[SimNode] = []
     try:
         for i in range(n):
             api.store.add_node(f"node-{i}")
@@ -394,39 +420,44 @@ def simulate(n: int, directory: str, *, gap: float = 0.01, live_cap: int = 6, se
         rss0 = rss()
         nodes = [SimNode(f"node-{i}", api.kubeconfig, conf, gap, live_cap) for i in range(n)]
         run_threads(nodes, lambda s: s.start())
-        # the steady phase: every node allocates and releases at its rate, all at once
-        row.seconds = run_threads(nodes, lambda s: s.run(row.per_node, random.Random(rng.random())))
         row.rss_per_node = max(0, rss() - rss0) / n
 
-        # today's figure, same cluster: one-shot stores (no cache) on a few nodes
-        sample = nodes[: min(n, 8)]
-        for s in sample:
-            s.client.op.name = "oneshot"
+        leaving = nodes[n - max(1, n // 10):]
+        drained, crashed = leaving[: (len(leaving) + 1) // 2], leaving[(len(leaving) + 1) // 2:]
+        joiners = [SimNode.later(f"node-{n + i}", api.kubeconfig, conf, gap, live_cap) for i in range(max(1, n // 10))]
+        midway = row.per_node * gap / 2
+        lifecycles = {s.name: "drain" for s in drained} | {s.name: "crash" for s in crashed}
+
+        def life(s: SimNode) -> None:
+            r = random.Random(rng.random())
+            fate = lifecycles.get(s.name)
+            if s in joiners:
+                time.sleep(r.uniform(0, midway))
+                api.store.add_node(s.name)
+                s.begin()
+                s.run(2, r)
+                return
+            s.run(max(1, row.per_node // 2) if fate else row.per_node, r)
+            if fate == "drain":
+                s.drain()
+            if fate:                          # gone: its Node deleted; a crashed one never said goodbye
+                s.stop()
+                api.store.delete_node(s.name)
+
+        row.seconds = run_threads(nodes + joiners, life)
+        row.left_drained, row.left_crashed, row.joined = len(drained), len(crashed), len(joiners)
+        gone = {s.name for s in leaving}
+        alive = [s for s in nodes if s.name not in gone] + joiners
+
+        # today's figure, same cluster: one-shot stores (no cache) on a few live nodes
+        for s in alive[:8]:
             for k in range(3):
                 who = Owner(f"{s.name}-oneshot{k}", "eth0", "sim")
-                store = KubeStore(s.client, s.name)
-                store.allocate(conf.range_sets[0], conf.exclude, who)
+                s.client.op.name = "oneshot"
+                KubeStore(s.client, s.name).allocate(conf.range_sets[0], conf.exclude, who)
                 row.oneshot_allocations += 1
                 s.client.op.name = "release"
                 KubeStore(s.client, s.name).release(who)
-                s.client.op.name = "oneshot"
-
-        # churn: a tenth leave (half drained and deleted, half crashed and never back), a tenth join
-        leaving = nodes[n - max(1, n // 10):] if n > 1 else list(nodes)
-        drained, crashed = leaving[: (len(leaving) + 1) // 2], leaving[(len(leaving) + 1) // 2:]
-        run_threads(drained, lambda s: s.drain())
-        for s in leaving:
-            s.stop()
-            api.store.delete_node(s.name)
-        row.left_drained, row.left_crashed = len(drained), len(crashed)
-        gone = {s.name for s in leaving}
-        stay = [s for s in nodes if s.name not in gone]
-        joiners = [SimNode(f"node-{n + i}", api.kubeconfig, conf, gap, live_cap) for i in range(max(1, n // 10))]
-        for s in joiners:
-            api.store.add_node(s.name)
-        run_threads(joiners, lambda s: (s.start(), s.run(2, random.Random(rng.random()))))
-        row.joined = len(joiners)
-        alive = stay + joiners
 
         # the GC with its grace period: a pass marks, one `grace` later frees and releases
         admin = KubeClient(api.kubeconfig, timeout=60, retries=3)
@@ -448,9 +479,9 @@ def simulate(n: int, directory: str, *, gap: float = 0.01, live_cap: int = 6, se
             row.duplicates.append(("duplicate addresses", len(addresses) - len(set(addresses))))
         row.leaked_blocks = sorted(b.name for b in blocks if b.node in gone)
 
-        # the steady phase's figures come from the first N nodes; the joiners' are churn
-        for s in nodes:
+        for s in nodes + joiners:
             row.allocations += s.allocations
+            row.expected_allocations += s.planned
             for (op, verb), v in s.client.counts.items():
                 {"alloc": row.by_verb, "release": row.release_by_verb, "cache": row.cache_by_verb,
                  "oneshot": row.oneshot_by_verb}[op][verb] += v
@@ -458,15 +489,10 @@ def simulate(n: int, directory: str, *, gap: float = 0.01, live_cap: int = 6, se
             row.lost_claims += s.stats["claims_lost"]
             row.claims += s.stats["claims"]
             row.latencies += s.latencies
-        for s in nodes + joiners:
             row.errors += [f"{s.name}: {e}" for e in s.errors]
-        row.joined_allocations = sum(s.allocations for s in joiners)
-        row.joined_lost = sum(s.stats["claims_lost"] for s in joiners)
         row.cache_bytes = [s.cache_bytes() for s in alive]
     finally:
-        for s in nodes:
-            s.stop()
-        for s in locals().get("joiners", []):
+        for s in nodes + joiners:
             s.stop()
         api.stop()
     return row
