@@ -66,6 +66,8 @@ class PolicyController(Controller):
     def __init__(self) -> None:
         self.engine: Any = None
         self._errors: Any = None
+        #: pod -> what policies read of it, as last seen (keys_for runs on the informer's thread only)
+        self._fingerprints: dict[str, tuple] = {}
 
     def setup(self, daemon: DaemonContext) -> None:
         super().setup(daemon)
@@ -88,6 +90,23 @@ class PolicyController(Controller):
             self._errors.labels(policy=policy).inc()
 
     def keys_for(self, kind: str, event: str, obj: dict) -> Iterable[str]:
+        """A pass for every policy and namespace event; for a pod, only when what policies read of
+        it changed (labels, named ports, network-status) or it went: a busy cluster's pod status
+        updates do not each cost a pass over this node's pods."""
+        if kind != PODS_KIND:
+            return ("all",)
+        meta = obj.get("metadata") or {}
+        key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+        if event == "DELETED":
+            self._fingerprints.pop(key, None)
+            return ("all",)
+        from ..policy.mnp.model import named_ports
+
+        print_ = (tuple(sorted((meta.get("labels") or {}).items())), repr(named_ports(obj)),
+                  (meta.get("annotations") or {}).get("k8s.v1.cni.cncf.io/network-status", ""))
+        if self._fingerprints.get(key) == print_:
+            return ()
+        self._fingerprints[key] = print_
         return ("all",)
 
     def all_keys(self) -> Iterable[str]:

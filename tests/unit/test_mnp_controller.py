@@ -88,3 +88,21 @@ def test_without_the_right_to_list_policies_the_controller_is_left_out(tmp_path)
                 assert "cannot list multi-networkpolicies (RBAC): the policy controller is not run" in f.read()
         finally:
             objects.stop()
+
+
+def test_pod_events_cost_a_pass_only_when_what_policies_read_changed():
+    from multiplex.controllers.policy import PolicyController
+
+    ctrl = PolicyController()
+    pod = {"metadata": {"name": "p", "namespace": "default", "labels": {"role": "client"}, "annotations": {}},
+           "status": {"phase": "Pending"}}
+    assert list(ctrl.keys_for("policy-pods", "ADDED", pod)) == ["all"]
+    assert list(ctrl.keys_for("policy-pods", "MODIFIED", dict(pod, status={"phase": "Running"}))) == []
+    status = {"k8s.v1.cni.cncf.io/network-status": '[{"name": "default/blue", "ips": ["198.18.1.2"]}]'}
+    moved = dict(pod, metadata=dict(pod["metadata"], annotations=status))
+    assert list(ctrl.keys_for("policy-pods", "MODIFIED", moved)) == ["all"]
+    relabelled = dict(moved, metadata=dict(moved["metadata"], labels={"role": "server"}))
+    assert list(ctrl.keys_for("policy-pods", "MODIFIED", relabelled)) == ["all"]
+    assert list(ctrl.keys_for("policy-pods", "DELETED", relabelled)) == ["all"]
+    assert list(ctrl.keys_for("multinetworkpolicies", "MODIFIED", {})) == ["all"]
+    assert list(ctrl.all_keys()) == ["verify"]

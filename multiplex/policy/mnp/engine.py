@@ -127,6 +127,7 @@ class Engine:
         self._deleted: set[str] = set()
         self._lock = threading.RLock()
         self.last_pass: dict[str, Any] = {}
+        self._last_local: Optional[list[LocalPod]] = None
 
     # --- what is here ----------------------------------------------------------------------------
     def local_pods(self) -> list[LocalPod]:
@@ -197,6 +198,7 @@ class Engine:
         with self._lock:
             started = time.perf_counter()
             local = self.local_pods()
+            self._last_local = local
             view = self.view(self.snapshot(), local)
             self._write_networks(view)
             counts = {"full": 0, "sets": 0, "none": 0, "removed": 0, "failed": 0}
@@ -244,7 +246,10 @@ class Engine:
             self._pending[pod.container_id] = (pod, pod_object)
             if pod_object:
                 self._labels[pod.container_id] = pod_object
-            local = [p for p in self.local_pods() if p.container_id != pod.container_id] + [pod]
+            # the last pass's pods (reading the whole cache on an ADD's path would cost a file per pod)
+            known = self._last_local if self._last_local is not None else self.local_pods()
+            local = [p for p in known if p.container_id != pod.container_id and p.container_id not in self._deleted]
+            local += [p for cid, (p, _o) in self._pending.items() if cid != pod.container_id] + [pod]
             view = self.view(self.snapshot(), local)
             rs = self.compile(view, pod)
             for plan in rs.interfaces:
