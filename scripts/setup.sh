@@ -7,8 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-test}
 
-# iproute2/iputils-ping/nftables: the kernel networking the delegates drive.
-PKGS="iproute2 iputils-ping nftables procps python3-venv"
+# iproute2/iputils-ping/nftables: the kernel networking the delegates drive; bird2: the BGP
+# speaker of bgp-routed networks (one per node netns, started by the node daemon, never a service).
+PKGS="iproute2 iputils-ping nftables procps python3-venv bird2"
 extras=k8s
 if [ "$what" = test ]; then
   # containernetworking-plugins: interop tests; qemu + Debian kernel + busybox: the VM tier;
@@ -25,7 +26,21 @@ if [ -n "$missing" ]; then
   echo "setup: installing Debian packages:$missing"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
-  apt-get install -y -q --no-install-recommends $missing >/dev/null
+  # Packages must not start services here: Debian's bird2 would start a BIRD in the root network
+  # namespace with a config that exports routes to the kernel, and containerd a daemon the tests
+  # do not use (they start their own). policy-rc.d says no to every start during the install.
+  own_prc=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && own_prc=1
+  fi
+  rc=0
+  apt-get install -y -q --no-install-recommends $missing >/dev/null || rc=$?
+  [ -n "$own_prc" ] && rm -f /usr/sbin/policy-rc.d
+  [ "$rc" -eq 0 ] || exit "$rc"
+fi
+# ... nor at boot: BIRD runs only under the node daemon (or a test fixture), per node netns.
+if [ -e /etc/systemd/system/multi-user.target.wants/bird.service ]; then
+  systemctl disable bird.service >/dev/null 2>&1 || rm -f /etc/systemd/system/multi-user.target.wants/bird.service
 fi
 
 PY=${PYTHON:-python3}
