@@ -48,6 +48,8 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "## The multiplex config": ("multiplex.json", ()),
     "## multiplex-bridge config": ("bridge.json", ()),
     "## multiplex-ipvlan config": ("ipvlan.json", ()),
+    "## multiplex-vxlan-overlay config": ("vxlan-overlay.json", ()),
+    "## multiplex-bgp-routed config": ("bgp-routed.json", ()),
     "## multiplex-ipam config (`ipam`)": ("ipam.json", ()),
     "### Range object": ("ipam.json", ("$defs", "range")),
     "### Route object": ("ipam.json", ("properties", "routes", "items")),
