@@ -2,10 +2,15 @@
 
 Run as a user runs it (the console script, as root), and checked on what the user reads: the nodes
 table with each node's underlay addresses (published by the node's registry), the underlay ping
-matrix, every pod with its addresses, every ping matrix cell ok, CHECK and DEL done; and, once it
-has ended, nothing left: no `mpxlab-` netns, no daemon alive among the pids the lab printed, no
-files under /run/mpxlab. Also --nodes 1 with --keep (the lab really up: daemon in the node's
-netns, addresses in the pod netns) then --down, and a Ctrl-C (or SIGTERM) in the middle of a run.
+matrix, the BGP table (every session Established, every other node's blocks learned), every pod
+with its addresses and MTUs (eth0 in its node's routed block, net1 in its node's part of the
+overlay at MTU 1350), every ping matrix cell ok (routed and overlay across all nodes, the bridges
+per node), the policy matrix exactly what the policy says, CHECK and DEL done; and, once it has
+ended, nothing left: no `mpxlab-` netns, no daemon or BIRD alive among the pids the lab printed (nor
+any process of the lab's files), the root netns's nftables untouched, no files under /run/mpxlab.
+Also --nodes 1 with --keep (the lab really up: daemon in the node's netns, addresses in the pod
+netns) then a daemon killed as in a crash (its BIRD stays) and --down (the BIRD stopped by its
+pid), and a Ctrl-C (or SIGTERM) in the middle of a run.
 """
 from __future__ import annotations
 
@@ -30,6 +35,41 @@ TIMEOUT = 600
 
 def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+
+
+def lab_processes() -> list[int]:
+    """Live processes whose command line names the lab's files (daemons, BIRDs), any we missed."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if any(a.startswith(STATE.encode()) for a in argv) and is_alive(int(entry)):
+                found.append(int(entry))
+    return found
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def is_bird(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return os.path.basename(f.read().split(b"\0")[0]) == b"bird" and is_alive(pid)
+    except OSError:
+        return False
+
+
+def root_nft() -> str:
+    return subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
 
 
 def lab_netns() -> list[str]:
@@ -59,6 +99,9 @@ class Run:
     proc: subprocess.CompletedProcess
     netns_after: list[str]
     files_after: bool
+    processes_after: list[int]
+    nft_before: str = ""
+    nft_after: str = ""
 
     @property
     def out(self) -> str:
@@ -66,8 +109,9 @@ class Run:
 
 
 def run_lab(*args: str) -> Run:
+    before = root_nft()
     proc = subprocess.run([MULTIPLEX, "lab", *args], capture_output=True, text=True, env=_env(), timeout=TIMEOUT)
-    return Run(proc, lab_netns(), os.path.exists(STATE))
+    return Run(proc, lab_netns(), os.path.exists(STATE), lab_processes(), before, root_nft())
 
 
 def down() -> None:
@@ -88,18 +132,43 @@ def nodes_table(out: str) -> dict[str, tuple[str, str, str]]:
     return {n: (v4, v6, mtu) for n, v4, v6, mtu in rows}
 
 
-def pods_table(out: str) -> dict[tuple[str, str], dict[str, list[str]]]:
-    """(node, pod) -> interface -> addresses, from the pods table (node and pod named on their first row)."""
-    lines = out.split("NODE  POD", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
-    header = "  NODE  POD" + out.split("NODE  POD", 1)[1].splitlines()[0]
-    cols = [header.index(c) for c in ("NODE", "POD", "INTERFACE", "NETWORK", "ADDRESSES")]
-    table: dict[tuple[str, str], dict[str, list[str]]] = {}
+@dataclass
+class Iface:
+    network: str
+    mtu: str
+    addrs: list[str]
+
+
+def pods_table(out: str) -> dict[tuple[str, str], dict[str, Iface]]:
+    """(node, pod) -> interface -> Iface, from the pods table (node, pod, role on their first row)."""
+    header = "  NODE  POD" + out.split("\n  NODE  POD", 1)[1].splitlines()[0]
+    lines = out.split(header, 1)[1].split("\n\n", 1)[0].strip("\n").splitlines()
+    cols = [header.index(c) for c in ("NODE", "POD", "ROLE", "INTERFACE", "NETWORK", "MTU", "ADDRESSES")]
+    table: dict[tuple[str, str], dict[str, Iface]] = {}
     node = pod = ""
     for line in lines:
         cells = [line[a:b].strip() for a, b in zip(cols, cols[1:] + [len(line) + 1])]
         node, pod = cells[0] or node, cells[1] or pod
-        table.setdefault((node, pod), {})[cells[2]] = [a for a in cells[4].split(", ") if a != "-"]
+        table.setdefault((node, pod), {})[cells[3]] = Iface(cells[4], cells[5],
+                                                            [a for a in cells[6].split(", ") if a != "-"])
     return table
+
+
+def roles(out: str) -> dict[str, str]:
+    """pod -> role, from the pods table's first row of each pod."""
+    return dict(re.findall(r"^\s+(?:n\d+\s+)?(n\d+-pod\d+)\s+(server|client|-)\s", out, re.M))
+
+
+def block(out: str, title: str) -> list[str]:
+    """The lines after the line starting with `title`, to the next empty line."""
+    return out.split("\n" + title, 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+
+
+def matrix(out: str, title: str) -> dict[tuple[str, str], str]:
+    """(row, column) -> cell of a matrix printed under `title` (one group)."""
+    rows = block(out, title)
+    names = rows[0].split()
+    return {(r.split()[0], dst): c for r in rows[1:] for dst, c in zip(names, r.split()[1:])}
 
 
 def underlay_matrix(out: str) -> dict[tuple[str, str], str]:
@@ -135,32 +204,91 @@ def test_nodes_ping_each_other_over_the_underlay(three_nodes):
     assert {p: cells.get(p) for p in pairs} == {p: "ok/ok" for p in pairs}, three_nodes.out
 
 
+def bird_pids(out: str) -> dict[str, int]:
+    """NODE -> BIRD PID, from the BGP table."""
+    return {n: int(p) for n, p in re.findall(r"^\s+(n\d+)\s+(\d+)\s+198\.18\.", out, re.M)}
+
+
 @root
-def test_pods_on_every_node_with_addresses(three_nodes):
+def test_bgp_sessions_established_and_every_block_learned(three_nodes):
+    out = three_nodes.out
+    assert "converged" in out.split("\nBGP ", 1)[1].splitlines()[0], out
+    rows = {l.split()[0]: l for l in block(out, "BGP ")[1:]}
+    assert sorted(rows) == ["n1", "n2", "n3"], out
+    for i, node in enumerate(("n1", "n2", "n3"), start=1):
+        others = [n for n in ("n1", "n2", "n3") if n != node]
+        # the node's own blocks, a session Established with each other node, a route per family from each
+        assert f"198.18.{63 + i}.0/24, fd00:64:0:{i}::/64" in rows[node]
+        assert ", ".join(f"{o} Established" for o in others) in rows[node], rows[node]
+        assert rows[node].rstrip().endswith(f"4 ({', '.join(others)})"), rows[node]
+    assert sorted(bird_pids(out)) == ["n1", "n2", "n3"]
+
+
+@root
+def test_pods_on_every_node_with_addresses_and_mtus(three_nodes):
     table = pods_table(three_nodes.out)
-    for node in ("n1", "n2", "n3"):
+    for i, node in enumerate(("n1", "n2", "n3"), start=1):
         pods = {pod: ifs for (n, pod), ifs in table.items() if n == node}
         assert sorted(pods) == [f"{node}-pod1", f"{node}-pod2", f"{node}-pod3"], three_nodes.out
         for pod, ifs in pods.items():
-            # the cluster network on eth0, IPv4 from podnet's subnet, and at least one more network
-            assert [ipaddress.ip_interface(a).network for a in ifs["eth0"]] == [ipaddress.ip_network("198.18.0.0/24")]
-            assert len(ifs) >= 3, (pod, ifs)
+            # eth0: the cluster network, bgp-routed: host prefixes from this node's blocks, underlay MTU
+            eth0 = ifs["eth0"]
+            assert (eth0.network, eth0.mtu) == ("routed", "1400")
+            assert [ipaddress.ip_interface(a).network.prefixlen for a in eth0.addrs] == [32, 128]
+            v4, v6 = (ipaddress.ip_interface(a).ip for a in eth0.addrs)
+            assert v4 in ipaddress.ip_network(f"198.18.{63 + i}.0/24") and v6 in ipaddress.ip_network(f"fd00:64:0:{i}::/64")
+            # net1: the overlay, from this node's part of the shared subnet, MTU underlay - 50
+            net1 = ifs["net1"]
+            assert (net1.network, net1.mtu) == ("default/overlay", "1350"), (pod, net1)
+            o4, o6 = (ipaddress.ip_interface(a).ip for a in net1.addrs)
+            assert 10 * i <= int(str(o4).rsplit(".", 1)[1]) <= 10 * i + 9
+            assert ipaddress.ip_address(f"fd00:40::{i}00") <= o6 <= ipaddress.ip_address(f"fd00:40::{i}ff")
+            assert len(ifs) >= 3, (pod, ifs)     # and at least one bridge network
         # the fixed address pod2 asked violet for
-        assert "fd00:3::99/64" in [a for ifs in pods.values() for addrs in ifs.values() for a in addrs]
+        assert "fd00:3::99/64" in [a for ifs in pods.values() for f in ifs.values() for a in f.addrs]
+    assert roles(three_nodes.out) == {f"n{n}-pod{p}": ("server", "client", "-")[p - 1] for n in (1, 2, 3) for p in (1, 2, 3)}
 
 
 @root
-def test_every_pod_matrix_cell_passes(three_nodes):
+def test_routed_and_overlay_matrices_span_every_node(three_nodes):
     out = three_nodes.out
-    headers = re.findall(r"^ping matrix, network (\S+), IPv(\d)", out, re.M)
-    assert {("podnet", "4"), ("default/blue", "4"), ("default/green", "4"), ("default/green", "6"),
-            ("default/violet", "6")} <= set(headers), out
-    for header in headers:
-        block = out.split(f"ping matrix, network {header[0]}, IPv{header[1]}", 1)[1].split("\n\n", 1)[0]
-        rows = block.splitlines()[1:]
-        assert set(re.findall(r"\bn\d+\b", block)) == {"n1", "n2", "n3"}, block   # a matrix per node
-        cells = [c for l in rows for c in l.split() if c in ("ok", "FAIL")]
-        assert cells and set(cells) == {"ok"}, block
+    pods = [f"n{n}-pod{p}" for n in (1, 2, 3) for p in (1, 2, 3)]
+    for network in ("routed", "default/overlay"):
+        cells = matrix(out, f"ping matrix, network {network}, IPv4/IPv6 (spans nodes")
+        assert {(a, b): cells.get((a, b)) for a in pods for b in pods if a != b} == \
+            {(a, b): "ok/ok" for a in pods for b in pods if a != b}, out
+
+
+@root
+def test_every_node_local_matrix_cell_passes(three_nodes):
+    out = three_nodes.out
+    headers = re.findall(r"^ping matrix, network (\S+), (\S+) \(node-local", out, re.M)
+    assert {("default/green", "IPv4/IPv6"), ("default/violet", "IPv6")} <= set(headers), out
+    for network, fams in headers:
+        rows = block(out, f"ping matrix, network {network}, {fams}")
+        text = "\n".join(rows)
+        assert set(re.findall(r"\bn\d+\b", text)) == {"n1", "n2", "n3"}, text   # a matrix per node
+        cells = [c for l in rows for c in l.split() if c not in ("-",) and not re.match(r"^(n\d+|pod\d+)$", c)]
+        assert cells and set(cells) == {"ok/ok" if "/" in fams else "ok"}, text
+
+
+@root
+def test_the_policy_matrix_is_what_the_policy_says(three_nodes):
+    out = three_nodes.out
+    rows = block(out, "policy matrix, TCP 8080 over default/overlay")
+    servers = rows[0].split()
+    assert servers == ["n1-pod1", "n2-pod1", "n3-pod1"], out
+    got = {}
+    for row in rows[1:]:
+        if not row.startswith("  "):
+            break                                     # the line under the matrix
+        src, role, *cells = row.split()
+        got.update({(src, role, dst): c for dst, c in zip(servers, cells)})
+    want = {(f"n{n}-pod{p}", ("server", "client", "-")[p - 1], dst):
+            "-" if f"n{n}-pod{p}" == dst else ("allowed" if p == 2 else "denied")
+            for n in (1, 2, 3) for p in (1, 2, 3) for dst in servers}
+    assert got == want, out
+    assert "was enforced on every server" in out
 
 
 @root
@@ -168,8 +296,11 @@ def test_nothing_is_left_after_the_lab(three_nodes):
     pids = daemon_pids(three_nodes.out)
     assert sorted(pids) == ["n1", "n2", "n3"], three_nodes.out
     assert not [pid for pid in pids.values() if is_daemon(pid)]
+    assert not [pid for pid in bird_pids(three_nodes.out).values() if is_bird(pid)]
+    assert three_nodes.processes_after == []
     assert three_nodes.netns_after == []
     assert not three_nodes.files_after
+    assert three_nodes.nft_after == three_nodes.nft_before     # the root netns's tables untouched
 
 
 @root
@@ -179,18 +310,24 @@ def test_one_node_kept_up_then_down():
         assert kept.proc.returncode == 0, kept.out + kept.proc.stderr
         assert "The lab stays up (--keep)" in kept.out and "underlay: one node" in kept.out
         pid = daemon_pids(kept.out)["n1"]
+        bird = bird_pids(kept.out)["n1"]
         # the daemon runs, inside the node's netns, and the pods hold the addresses the table shows
-        assert is_daemon(pid)
+        assert is_daemon(pid) and is_bird(bird)
         node_inode = os.stat("/run/netns/mpxlab-n1").st_ino
         assert os.stat(f"/proc/{pid}/ns/net").st_ino == node_inode
         for (node, pod), ifs in pods_table(kept.out).items():
-            shown = {a for addrs in ifs.values() for a in addrs}
+            shown = {a for f in ifs.values() for a in f.addrs}
             real = {f"{a['local']}/{a['prefixlen']}" for link in ip_json(f"mpxlab-{pod.replace('-pod', '-p')}", "addr")
                     for a in link.get("addr_info", []) if a.get("scope") == "global"}
             assert shown == real and shown, (pod, shown, real)
         assert set(lab_netns()) >= {"mpxlab-underlay", "mpxlab-n1", "mpxlab-n1-p1", "mpxlab-n1-p2"}
+        # the daemon dies as in a crash: its BIRD stays (a restarted daemon would adopt it) ...
+        os.kill(pid, signal.SIGKILL)
+        assert is_bird(bird)
     finally:
         down()
+    # ... and --down stops it by its pid
+    assert not is_bird(bird) and lab_processes() == []
     assert lab_netns() == []
     assert not is_daemon(pid)
     assert not os.path.exists(STATE)
@@ -215,12 +352,12 @@ def test_interrupted_mid_run_leaves_nothing(sig):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        after_netns, after_files = lab_netns(), os.path.exists(STATE)
+        after_netns, after_files, after_processes = lab_netns(), os.path.exists(STATE), lab_processes()
         down()
     assert proc.returncode != 0
     assert "interrupted" in err
     assert not [pid for pid in pids.values() if is_daemon(pid)]
-    assert after_netns == [] and not after_files
+    assert after_netns == [] and not after_files and after_processes == []
 
 
 def test_a_network_spanning_nodes_gets_one_matrix_over_every_node(monkeypatch):

@@ -2,16 +2,24 @@
 
 `multiplex lab --nodes N --pods M` (the README's first command, through scripts/lab.sh):
 1. the underlay (a bridge in netns `mpxlab-underlay`, MTU 1400) and N node netns on it
-   (topology.py), the shared object directory with NADs and pods (cluster.py);
-2. one `multiplex daemon` per node, in its netns, reading that directory (daemons.py); the lab
-   waits for each socket and /readyz, then for each node registry's facts in `nodes/<name>.json`;
+   (topology.py), the shared object directory and each node's NADs (cluster.py: why each node has
+   its own NAD directory, standing in for the cluster IPAM's per-node blocks);
+2. one `multiplex daemon` per node, in its netns, reading that directory, with the node-registry,
+   vxlan-peers, bgp (a BIRD per node) and policy controllers (daemons.py); the lab waits for each
+   socket and /readyz, then for each node registry's facts in `nodes/<name>.json`;
 3. prints the nodes table and the underlay ping matrix, ADDs every pod by exec'ing the node's shim
-   in the node's netns (as the runtime does), CHECKs them, prints the pods table and a ping matrix
-   per network and family (report.py);
-4. DELs every pod, stops the daemons by their pids, deletes every netns and file, unless --keep
-   (then `multiplex lab --down` does it). Ctrl-C or a failure anywhere still cleans up.
+   in the node's netns (as the runtime does), waits for BGP (every session Established, every
+   block learned: bgp.py), CHECKs the pods, prints the BGP table, the pods table (with MTU) and a
+   ping matrix per network: `routed` (eth0, bgp-routed) and `default/overlay` (net1,
+   vxlan-overlay) across every node, the bridges per node (report.py);
+4. writes a MultiNetworkPolicy for the overlay (clients may reach servers on TCP 8080, nothing
+   else may) and prints the allowed/denied matrix once the daemons enforce it (policy.py);
+5. DELs every pod, stops the daemons by their pids (each stops its BIRD; a BIRD left by a killed
+   daemon is stopped by its own pid), deletes every netns and file, unless --keep (then
+   `multiplex lab --down` does it). Ctrl-C, SIGTERM or a failure anywhere still cleans up.
 
-Addresses come from 198.18.0.0/15 and fd00::/8 only; nothing leaves the lab's namespaces.
+The last line gives the time of each phase. Addresses come from 198.18.0.0/15 and fd00::/8 only;
+nothing leaves the lab's namespaces and nothing is changed in the root netns.
 """
 from __future__ import annotations
 
@@ -24,8 +32,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import cluster, daemons, report, topology
-from .cluster import CLUSTER, STATE
+from . import bgp, cluster, daemons, policy, report, topology
+from .cluster import CLUSTER, MAX_NODES, STATE
 from .topology import OUTSIDE_ADDR, UNDERLAY_NS, UPLINK, Node, Pod, sh
 
 __all__ = ["run_lab", "teardown_lab"]
@@ -33,24 +41,59 @@ __all__ = ["run_lab", "teardown_lab"]
 FACTS_TIMEOUT = 30.0
 
 
+class Phases:
+    """Seconds per phase, for the last line (where a slow lab spends its time)."""
+
+    def __init__(self) -> None:
+        self.times: list[tuple[str, float]] = []
+        self._t = time.monotonic()
+
+    def done(self, name: str) -> None:
+        now = time.monotonic()
+        self.times.append((name, now - self._t))
+        self._t = now
+
+    def line(self) -> str:
+        return ", ".join(f"{n} {t:.1f}" for n, t in self.times)
+
+
 def run_lab(pods: int = 3, keep: bool = False, nodes: int = 3) -> int:
     if os.geteuid() != 0:
         print("the lab needs root (it creates network namespaces)", file=sys.stderr)
         return 2
+    if not 1 <= nodes <= MAX_NODES or pods < 1:
+        print(f"the lab runs 1 to {MAX_NODES} nodes (the overlay's per-node ranges) and at least 1 pod per node",
+              file=sys.stderr)
+        return 2
+    if not shutil.which("bird"):
+        print("the lab's routed network needs BIRD 2 (`bird`): run scripts/setup.sh (Debian package bird2)",
+              file=sys.stderr)
+        return 2
     started = time.monotonic()
+    phases = Phases()
     teardown_lab(quiet=True)          # what a crashed lab left
     ipvlan = topology.kernel_has_ipvlan()
     lab_nodes = [Node(i) for i in range(1, nodes + 1)]
     lab_pods = [p for n in lab_nodes for p in n.pods(pods)]
     added: list[Pod] = []
+    closers: list = []
     ok = True
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         _build(lab_nodes, lab_pods, ipvlan)
+        phases.done("build")
         _start_daemons(lab_nodes)
+        phases.done("daemons")
         facts_ok, underlay_ok = _show_nodes(lab_nodes)
+        phases.done("facts")
         _add_pods(lab_nodes, lab_pods, added)
-        ok = _show_pods(lab_nodes, lab_pods, ipvlan, underlay_ok) and facts_ok
+        phases.done("ADD")
+        bgp_ok = _show_bgp(lab_nodes)
+        phases.done("BGP")
+        ok = _show_pods(lab_nodes, lab_pods, ipvlan, underlay_ok) and facts_ok and bgp_ok
+        phases.done("CHECK+pings")
+        ok = _show_policy(lab_pods, closers) and ok
+        phases.done("policy")
     except KeyboardInterrupt as e:
         print(f"\ninterrupted{f' ({e})' if str(e) else ''}: removing the lab", file=sys.stderr)
         ok, keep = False, False
@@ -65,15 +108,20 @@ def run_lab(pods: int = 3, keep: bool = False, nodes: int = 3) -> int:
             print(f"\nThe lab stays up (--keep); files and logs in {STATE}. Try:\n"
                   f"  ip netns exec {p1.netns} ip addr\n"
                   f"  ip netns exec {n1.netns} {daemons.multiplex_bin()} inspect default/{p1.name} --state-dir {STATE}/{n1.name}/state\n"
+                  f"  ip netns exec {n1.netns} {daemons.multiplex_bin()} bgp status --state-dir {STATE}/{n1.name}/state\n"
+                  f"  ip netns exec {n1.netns} {daemons.multiplex_bin()} policy show default/{p1.name} --state-dir {STATE}/{n1.name}/state\n"
                   f"  ip netns exec {n1.netns} curl -s 127.0.0.1:{daemons.METRICS_PORT}/metrics   "
                   f"(the node daemon's metrics)\n"
-                  f"Remove it with: multiplex lab --down")
+                  f"Remove it with: multiplex lab --down  (the TCP listeners of the policy matrix closed with this command)")
+            policy.close(closers)
         else:
+            policy.close(closers)
             deleted = _delete_pods(lab_nodes, added)
             removed = teardown_lab(quiet=True)
+            phases.done("DEL+removal")
             print(f"\n{'DEL done for every pod' if deleted else 'DEL FAILED for some pods (above)'}; "
-                  f"{'daemons stopped, lab removed' if removed else 'REMOVAL INCOMPLETE (above)'}. "
-                  f"({time.monotonic() - started:.1f} s in all)")
+                  f"{'daemons and BIRDs stopped, lab removed' if removed else 'REMOVAL INCOMPLETE (above)'}. "
+                  f"({time.monotonic() - started:.1f} s in all: {phases.line()})")
             ok = ok and deleted and removed
     return 0 if ok else 1
 
@@ -150,16 +198,33 @@ def _add_pods(nodes: list[Node], pods: list[Pod], added: list[Pod]) -> None:
         print(f"  {node.name}: " + ", ".join(timings))
 
 
+def _show_bgp(nodes: list[Node]) -> bool:
+    """Wait for the routed network's BGP to converge; print each node's blocks, sessions, routes."""
+    status, converged, waited = bgp.wait_converged(nodes)
+    print(f"\nBGP (network routed: each node's BIRD announces its blocks; a full mesh, AS 64512; "
+          f"{'converged' if converged else 'NOT CONVERGED'} {waited:.1f} s after the ADDs):")
+    print("\n".join("  " + l for l in report.bgp_table(nodes, status)))
+    for name, st in status.items():
+        if st["error"] or not converged:
+            print(f"  {name}: {st['error'] or 'sessions or routes missing'}; see {STATE}/{name}/state/bgp/bird.log")
+    return converged
+
+
 def _show_pods(nodes: list[Node], pods: list[Pod], ipvlan: bool, underlay_ok: bool) -> bool:
     """CHECK every pod, then the pods table and the ping matrices; True when every ping passed."""
     by_name = {n.name: n for n in nodes}
-    for pod in pods:
-        _read_interfaces(pod)
-        cluster.read_network_status(pod)
-        daemons.cni("CHECK", pod, by_name[pod.node])
-    print("CHECK passed for every pod (through the shim).\n")
-    print("pods (the bridge networks are node-local: each node has its own bridges and IPAM, so the same\n"
-          "addresses may appear on several nodes):")
+
+    def check_on(node: Node) -> None:       # the nodes at once, a node's pods in turn (as ADD)
+        for pod in (p for p in pods if p.node == node.name):
+            _read_interfaces(pod)
+            cluster.read_network_status(pod)
+            daemons.cni("CHECK", pod, by_name[pod.node])
+
+    with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+        list(pool.map(check_on, nodes))
+    print("\nCHECK passed for every pod (through the shim).\n")
+    print("pods (eth0: routed, across nodes; net1: default/overlay, VXLAN across nodes, MTU = underlay - 50;\n"
+          "the bridges are node-local: the same addresses may appear on several nodes):")
     print("\n".join("  " + l for l in report.pods_table(pods)))
     lines, ok = report.pod_matrices(pods)
     print("\n".join(lines))
@@ -167,8 +232,25 @@ def _show_pods(nodes: list[Node], pods: list[Pod], ipvlan: bool, underlay_ok: bo
         ok &= _outside_pings(nodes, pods)
     ok &= underlay_ok
     print("\nall pings ok (underlay and pods)" if ok else "\nSOME PINGS FAILED")
-    print("\n" + _ipvlan_note(ipvlan))
-    print("Networks spanning nodes (vxlan-overlay, bgp-routed) will add their own matrices over every node's pods.")
+    print(_ipvlan_note(ipvlan))
+    return ok
+
+
+def _show_policy(pods: list[Pod], closers: list) -> bool:
+    """Servers listening on TCP 8080, the policy written, then the allowed/denied matrix."""
+    sources, servers = policy.members(pods)
+    if not servers or len(sources) < 2:
+        print("\npolicy: no server and client pods on the overlay (--pods 2 or more shows the policy matrix)")
+        return True
+    closers.extend(policy.serve(servers))
+    cluster.write_policy()
+    got, waited = policy.wait_for_policy(sources, servers)
+    lines, ok = report.policy_matrix(sources, servers, got, policy.expected)
+    print(f"\npolicy matrix, TCP {cluster.POLICY_PORT} over {cluster.POLICY_NETWORK}, IPv4 and IPv6 (MultiNetworkPolicy "
+          f"default/{cluster.POLICY_NAME}: only role=client may reach role=server; row connects to column):")
+    print("\n".join(lines))
+    print(f"the policy, written after the pings, was enforced on every server {waited:.1f} s later"
+          if ok else f"POLICY MATRIX DIFFERS from the policy (cells marked !) after {waited:.1f} s")
     return ok
 
 
@@ -177,6 +259,7 @@ def _read_interfaces(pod: Pod) -> None:
         if link["ifname"] != "lo":
             pod.interfaces[link["ifname"]] = [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
                                               if a.get("scope") == "global"]
+            pod.mtus[link["ifname"]] = link.get("mtu", 0)
 
 
 def _outside_pings(nodes: list[Node], pods: list[Pod]) -> bool:
@@ -210,12 +293,12 @@ def _delete_pods(nodes: list[Node], added: list[Pod]) -> bool:
 
 
 def teardown_lab(quiet: bool = False) -> bool:
-    """Stop the daemons by their recorded pids, delete every mpxlab netns, remove the files.
-    True when nothing is left."""
+    """Stop the daemons by their recorded pids (and any BIRD a killed daemon left, by its pid),
+    delete every mpxlab netns, remove the files. True when nothing is left."""
     stuck = daemons.stop_all()
     topology.delete_netns()
     if stuck:   # keep the pid files, so the next `multiplex lab --down` tries again
-        print(f"lab: daemon pid(s) {', '.join(map(str, stuck))} would not stop; {STATE} kept", file=sys.stderr)
+        print(f"lab: daemon or BIRD pid(s) {', '.join(map(str, stuck))} would not stop; {STATE} kept", file=sys.stderr)
     else:
         shutil.rmtree(STATE, ignore_errors=True)
     left = topology.lab_netns()

@@ -10,6 +10,13 @@ A CNI call execs the node's shim (rendered by multiplex.daemon.shim into `<node 
 inside the node's netns with the CNI environment and the node's multiplex config on stdin, as
 a runtime does with `type: multiplex` in daemon mode. The shim's fallback is "fail": a lab whose
 daemon is not answering says so instead of quietly running the calls in-process.
+
+The daemons run the controllers the lab's networks need (CONTROLLERS): node-registry (underlay
+facts), vxlan-peers (the overlay's FDB and neighbours), bgp (one BIRD per node, started and stopped
+by its daemon; settings from $MULTIPLEX_BGP_CONFIG) and policy (MultiNetworkPolicy). A daemon that
+had to be killed leaves its BIRD running (by design: a restarted daemon adopts it), so the lab then
+stops that BIRD itself, by the pid in `<node>/state/bgp/bird.pid`, after checking /proc that the pid
+is a bird of this lab.
 """
 from __future__ import annotations
 
@@ -22,12 +29,14 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Optional
 
-from .cluster import CLUSTER, STATE, multiplex_config, node_dir
+from .cluster import BGP_SETTINGS, CLUSTER, STATE, multiplex_config, node_dir
 from .topology import UNDERLAY_IF, Node, Pod
 
 METRICS_PORT = 9635      # on each node netns's own loopback
 READY_TIMEOUT = 180.0   # generous: under an emulated VM (tests/vm) imports alone take a minute
+CONTROLLERS = "node-registry,vxlan-peers,bgp,policy"
 
 
 def multiplex_bin() -> str:
@@ -52,6 +61,11 @@ def pid_file(node: Node) -> str:
     return f"{node_dir(node)}/daemon.pid"
 
 
+def bird_socket(node: Node) -> str:
+    """The node's BIRD control socket (the bgp controller's, multiplex.controllers.bgp)."""
+    return f"{node_dir(node)}/state/bgp/bird.ctl"
+
+
 @dataclass
 class Daemon:
     node: Node
@@ -65,8 +79,9 @@ def start(node: Node) -> Daemon:
     argv = ["ip", "netns", "exec", node.netns, multiplex_bin(), "daemon",
             "--socket", socket_path(node), "--state-dir", f"{own}/state", "--local-dir", CLUSTER,
             "--node-name", node.name, "--metrics-address", f"127.0.0.1:{METRICS_PORT}",
-            "--underlay-interface", UNDERLAY_IF, "--log-file", f"{own}/daemon.log"]
+            "--underlay-interface", UNDERLAY_IF, "--controllers", CONTROLLERS, "--log-file", f"{own}/daemon.log"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    env["MULTIPLEX_BGP_CONFIG"] = BGP_SETTINGS
     with open(f"{own}/daemon.stderr", "ab") as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                 env=env, start_new_session=True)
@@ -131,19 +146,30 @@ def _tail(path: str, chars: int = 600) -> str:
         return ""
 
 
-def _is_lab_daemon(pid: int) -> bool:
-    """The pid is still a `multiplex daemon` of this lab (not a reused pid)."""
+def _argv(pid: int) -> list[bytes]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
+            return f.read().split(b"\0")
     except OSError:
-        return False
+        return []
+
+
+def _is_lab_daemon(pid: int) -> bool:
+    """The pid is still a `multiplex daemon` of this lab (not a reused pid)."""
+    argv = _argv(pid)
     return b"daemon" in argv and any(a.startswith(STATE.encode()) for a in argv)
 
 
-def stop_pid(pid: int, grace: float = 10.0) -> bool:
-    """SIGTERM (the daemon drains), then SIGKILL after `grace`. True when it is gone."""
-    if not _is_lab_daemon(pid):
+def is_lab_bird(pid: int) -> bool:
+    """The pid is a BIRD of this lab: `bird ... -c /run/mpxlab/<node>/state/bgp/bird.conf ...`."""
+    argv = _argv(pid)
+    return bool(argv) and os.path.basename(argv[0]) == b"bird" and \
+        any(a.startswith(STATE.encode()) for a in argv)
+
+
+def stop_pid(pid: int, grace: float = 10.0, check=_is_lab_daemon) -> bool:
+    """SIGTERM (a daemon drains and stops its BIRD), then SIGKILL after `grace`. True when it is gone."""
+    if not check(pid):
         return True
     try:
         os.kill(pid, signal.SIGTERM)
@@ -194,9 +220,32 @@ def recorded_pids() -> list[int]:
     return pids
 
 
+def _read_pid(path: str) -> Optional[int]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def bird_pid(node: Node) -> Optional[int]:
+    """The pid in the node's BIRD pid file (BIRD writes it; None when there is none)."""
+    return _read_pid(f"{node_dir(node)}/state/bgp/bird.pid")
+
+
+def bird_pids() -> list[int]:
+    """The pids in the BIRD pid files of every node of the lab (live or not)."""
+    entries = sorted(os.listdir(STATE)) if os.path.isdir(STATE) else []
+    return [pid for e in entries if (pid := _read_pid(f"{STATE}/{e}/state/bgp/bird.pid")) is not None]
+
+
 def stop_all() -> list[int]:
-    """Stop every recorded daemon; returns the pids that would not die."""
-    return [pid for pid in recorded_pids() if not stop_pid(pid)]
+    """Stop every recorded daemon, then any BIRD still running (its daemon was killed, or crashed);
+    returns the pids that would not die."""
+    pids = recorded_pids()
+    with ThreadPoolExecutor(max_workers=max(1, len(pids))) as pool:   # they drain at once, not in turn
+        stuck = [pid for pid, gone in zip(pids, pool.map(stop_pid, pids)) if not gone]
+    return stuck + [pid for pid in bird_pids() if not stop_pid(pid, grace=5.0, check=is_lab_bird)]
 
 
 def cni(command: str, pod: Pod, node: Node) -> dict:

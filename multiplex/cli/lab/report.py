@@ -1,10 +1,12 @@
-"""What the lab prints: the nodes table, the underlay ping matrix, the pods table and a ping matrix
-per pod network and family.
+"""What the lab prints: the nodes table, the underlay ping matrix, the BGP table, the pods table, a
+ping matrix per pod network and the policy's allowed/denied matrix.
 
 A ping matrix is drawn per *group* of pods that should reach each other: for a node-local network
-(today's bridges) one group per node, drawn side by side; for a network that spans nodes
-(cluster.NETWORK_SCOPE "cluster") one group of the pods of every node, one wide matrix. All pings
-of a screen run at once (a thread each), so a matrix costs about one round trip, not one per cell.
+(the bridges) one group per node, drawn side by side; for a network that spans nodes
+(cluster.NETWORK_SCOPE "cluster": routed, overlay) one group of the pods of every node, one wide
+matrix, drawn first. Both families of a network share one matrix (cells `ok/ok`: IPv4/IPv6), so
+the screen stays short. All pings of a screen run at once (a thread each), so a matrix costs about
+one round trip, not one per cell.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ Pinger = Callable[[list[tuple[str, str]]], dict[tuple[str, str], bool]]
 def ping_all(pairs: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:
     """Every (source netns, address) pinged at once."""
     unique = sorted(set(pairs))
-    with ThreadPoolExecutor(max_workers=32) as pool:
+    with ThreadPoolExecutor(max_workers=64) as pool:
         return dict(zip(unique, pool.map(lambda p: ping(*p), unique)))
 
 
@@ -52,21 +54,36 @@ def nodes_table(nodes: list[Node], objects: dict[str, Optional[dict]]) -> tuple[
 
 
 def pods_table(pods: list[Pod]) -> list[str]:
-    """One row per pod interface; a node or pod named once, on its first row."""
-    rows: Table = [("NODE", "POD", "INTERFACE", "NETWORK", "ADDRESSES")]
+    """One row per pod interface; a node, pod or role named once, on its first row."""
+    rows: Table = [("NODE", "POD", "ROLE", "INTERFACE", "NETWORK", "MTU", "ADDRESSES")]
     last_node = ""
     for pod in pods:
         by_if = {v: k for k, v in pod.networks.items()}
         for k, (ifname, addrs) in enumerate(sorted(pod.interfaces.items(), key=lambda kv: (kv[0] != "eth0", kv[0]))):
-            rows.append((pod.node if pod.node != last_node else "", pod.name if k == 0 else "", ifname,
-                         by_if.get(ifname, "?"), ", ".join(addrs) or "-"))
+            rows.append((pod.node if pod.node != last_node else "", pod.name if k == 0 else "",
+                         (pod.role or "-") if k == 0 else "", ifname, by_if.get(ifname, "?"),
+                         str(pod.mtus.get(ifname, "?")), ", ".join(addrs) or "-"))
             last_node = pod.node
+    return format_table(rows)
+
+
+def bgp_table(nodes: list[Node], status: dict[str, dict]) -> list[str]:
+    """Per node: its blocks, its BGP sessions (peer and state, from its BIRD) and the routes BIRD
+    put in its kernel. `status`: node name -> {"blocks": [...], "sessions": [...], "routes": [...]}."""
+    rows: Table = [("NODE", "BIRD PID", "BLOCKS (announced)", "BGP SESSIONS", "ROUTES LEARNED")]
+    for node in nodes:
+        st = status.get(node.name) or {}
+        sessions = ", ".join(f"{s['peer']} {s['state']}" for s in st.get("sessions", [])) or \
+            ("none (one node)" if len(nodes) == 1 else "none")
+        learned = [r for r in st.get("routes", []) if r.get("via")]
+        rows.append((node.name, str(st.get("bird_pid") or "-"), ", ".join(st.get("blocks", [])), sessions,
+                     f"{len(learned)} ({', '.join(sorted({r['peer'] for r in learned}))})" if learned else "0"))
     return format_table(rows)
 
 
 def _matrix(title: str, labels: list[str], cell: Callable[[int, int], str]) -> list[str]:
     """Rows ping columns; the diagonal is '-'."""
-    w = max(6, *(len(l) for l in labels)) + 2
+    w = max(6, len(title), *(len(l) for l in labels)) + 2
     lines = [title.ljust(w) + "".join(l.ljust(w) for l in labels)]
     for i, src in enumerate(labels):
         lines.append(src.ljust(w) + "".join(("-" if i == j else cell(i, j)).ljust(w) for j in range(len(labels))))
@@ -118,28 +135,68 @@ def pod_groups(pods: list[Pod], network: str) -> list[tuple[str, list[Pod]]]:
     return [(f"node {n}", [p for p in members if p.node == n]) for n in nodes]
 
 
+def _families(pods: list[Pod], network: str) -> list[int]:
+    return [f for f in (4, 6) if any(_address(p, network, f) for p in pods)]
+
+
 def pod_matrices(pods: list[Pod], pinger: Pinger = ping_all) -> tuple[list[str], bool]:
-    """A ping matrix per network and family; its groups side by side."""
-    plan = []   # (network, family, [(group title, [(pod, address)])])
-    for network in sorted({n for p in pods for n in p.networks}):
-        for family in (4, 6):
-            groups = []
-            for title, members in pod_groups(pods, network):
-                with_addr = [(p, a) for p in members if (a := _address(p, network, family))]
-                if len(with_addr) >= 2:
-                    groups.append((title, with_addr))
-            if groups:
-                plan.append((network, family, groups))
+    """A ping matrix per network (both families in each cell); its groups side by side; the
+    networks spanning nodes first."""
+    plan = []   # (network, families, [(group title, [(pod, {family: address})])])
+    networks = sorted({n for p in pods for n in p.networks}, key=lambda n: (scope(n) != "cluster", "/" in n, n))
+    for network in networks:
+        groups = []
+        for title, members in pod_groups(pods, network):
+            with_addr = [(p, a) for p in members
+                         if (a := {f: addr for f in (4, 6) if (addr := _address(p, network, f))})]
+            if len(with_addr) >= 2:
+                groups.append((title, with_addr))
+        if groups:
+            plan.append((network, _families([p for _, m in groups for p, _ in m], network), groups))
     got = pinger([(src.netns, addr) for _, _, groups in plan for _, members in groups
-                  for src, _ in members for dst, addr in members if src is not dst])
+                  for src, mine in members for dst, theirs in members if src is not dst
+                  for f, addr in theirs.items() if f in mine])
+
+    def cell(members: list, i: int, j: int) -> str:
+        (src, mine), (_, theirs) = members[i], members[j]
+        return "/".join("ok" if got[(src.netns, theirs[f])] else "FAIL" for f in (4, 6) if f in mine and f in theirs)
+
     lines: list[str] = []
-    for network, family, groups in plan:
+    for network, families, groups in plan:
         where = "spans nodes" if scope(network) == "cluster" else "node-local: one bridge per node"
-        lines += ["", f"ping matrix, network {network}, IPv{family} ({where}; row pings column):"]
+        fams = "/".join(f"IPv{f}" for f in families)
+        lines += ["", f"ping matrix, network {network}, {fams} ({where}; row pings column):"]
         blocks = []
         for title, members in groups:
             short = [p.name.split("-", 1)[-1] if scope(network) == "node" else p.name for p, _ in members]
-            blocks.append(_matrix(title.replace("node ", ""), short,
-                                  lambda i, j, m=members: "ok" if got[(m[i][0].netns, m[j][1])] else "FAIL"))
+            corner = "" if scope(network) == "cluster" else title.replace("node ", "")
+            blocks.append(_matrix(corner, short, lambda i, j, m=members: cell(m, i, j)))
         lines += side_by_side(blocks)
     return lines, all(got.values())
+
+
+def policy_matrix(sources: list[Pod], servers: list[Pod], got: dict[tuple[str, str], dict[int, bool]],
+                  expected: Callable[[Pod, Pod], bool]) -> tuple[list[str], bool]:
+    """Rows connect to columns: `allowed` or `denied` (both families agree), a cell that differs
+    from what the policy says marked `!`. `got`: (source netns, server name) -> family -> reached."""
+    ok = True
+
+    def cell(src: Pod, dst: Pod) -> str:
+        nonlocal ok
+        res = got.get((src.netns, dst.name), {})
+        want = expected(src, dst)
+        if res and all(v == want for v in res.values()):
+            return "allowed" if want else "denied"
+        ok = False
+        if len(set(res.values())) > 1:
+            return "/".join(f"{'yes' if res[f] else 'no'}" for f in sorted(res)) + "!"
+        return ("allowed" if any(res.values()) else "denied") + "!"
+
+    labels = [f"{p.name} {p.role or '-'}" for p in sources]
+    w = max(len(l) for l in labels + ["denied!"]) + 2
+    cw = max(9, *(len(p.name) + 2 for p in servers))
+    lines = [("  " + "".ljust(w) + "".join(p.name.ljust(cw) for p in servers)).rstrip()]
+    for src, label in zip(sources, labels):
+        lines.append("  " + label.ljust(w) + "".join(("-" if src is dst else cell(src, dst)).ljust(cw)
+                                                      for dst in servers).rstrip())
+    return lines, ok

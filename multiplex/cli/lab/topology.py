@@ -38,6 +38,8 @@ class Pod:
     uid: str
     interfaces: dict[str, list[str]] = field(default_factory=dict)   # ifname -> addresses
     networks: dict[str, str] = field(default_factory=dict)           # network -> ifname
+    role: str = ""                 # its `role` label: "server", "client" or none
+    mtus: dict[str, int] = field(default_factory=dict)               # ifname -> MTU
 
 
 @dataclass
