@@ -158,3 +158,47 @@ def test_tcp_probes_of_the_lab_matrix_on_loopback():
     finally:
         close()
     assert list(got.values()) == [True, True, False]
+
+
+class _RecordingApplier:
+    """Stands for apply.Applier: records (netns, structure hash or "" for no table)."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, str]] = []
+        self.during = None
+
+    def apply(self, netns, ruleset, verify=False):
+        self.calls.append((netns, "" if ruleset.empty else ruleset.hash))
+        if self.during is not None:
+            hook, self.during = self.during, None
+            hook()
+        return "full"
+
+    def forget(self, netns):
+        pass
+
+    def remove(self, netns):
+        self.calls.append((netns, "removed"))
+
+
+def test_a_pass_leaves_alone_a_pod_that_an_add_touched_after_the_pass_read_its_view(tmp_path):
+    """The ADD applied the pod's rules with its labels; a pass that read its view before (the
+    pod then unknown: no labels, no policy) must not put back an older, open, table."""
+    applier = _RecordingApplier()
+    spec = {"apiVersion": "k8s.cni.cncf.io/v1beta1", "kind": "MultiNetworkPolicy",
+            "metadata": {"name": "p", "namespace": "team", "annotations": {"k8s.v1.cni.cncf.io/policy-for": "blue"}},
+            "spec": CLIENTS_8080}
+    engine = Engine(lambda: Snapshot([spec], [], []), str(tmp_path), applier=applier)
+    n1, n2 = tmp_path / "n1", tmp_path / "n2"          # stand-ins for the pods' netns paths
+    n1.mkdir()
+    n2.mkdir()
+    first = LocalPod("cid-1", str(n1), "team", "client", [("net1", NET, ["198.18.1.2"])])
+    late = LocalPod("cid-2", str(n2), "team", "server", [("net1", NET, ["198.18.1.1"])])
+    server = {"metadata": {"name": "server", "namespace": "team", "labels": {"role": "server"}}}
+    engine.local_pods = lambda: [first, late]           # the pass sees the server without its labels
+    applier.during = lambda: engine.enforce_add(late, server)   # its ADD lands while the pass is under way
+    engine.sync_all()
+    on_server = [h for netns, h in applier.calls if netns == str(n2)]
+    assert len(on_server) == 1 and on_server[0] != "", applier.calls   # the ADD's table, nothing after it
+    engine.sync_all()                                   # the pass the ADD queued: the server with its labels
+    assert [h for netns, h in applier.calls if netns == str(n2)] == on_server * 2

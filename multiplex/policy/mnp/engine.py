@@ -24,7 +24,8 @@ each pod's table in its netns current.
   (no daemon in its process) closes those interfaces until the controller takes over (hooks.py).
 
 Thread-safe: the controller's thread and the CNI server's workers (ADD, DEL) share one engine;
-a lock serializes passes.
+its lock is held per pod, so an ADD never waits for a whole pass (`sync_all` says how a pass and an
+ADD of the same pod are kept from undoing each other).
 """
 from __future__ import annotations
 
@@ -128,6 +129,8 @@ class Engine:
         self._lock = threading.RLock()
         self.last_pass: dict[str, Any] = {}
         self._last_local: Optional[list[LocalPod]] = None
+        self._generation = 0
+        self._touched: dict[str, int] = {}
 
     # --- what is here ----------------------------------------------------------------------------
     def local_pods(self) -> list[LocalPod]:
@@ -194,16 +197,25 @@ class Engine:
 
     def sync_all(self, verify: bool = False) -> dict[str, int]:
         """One pass over every local pod. Returns how many got a full replace, a set update,
-        nothing, a removal, or failed (an nft error: raised after the pass, so it is retried)."""
+        nothing, a removal, or failed (an nft error: raised after the pass, so it is retried).
+
+        The engine's lock is held while the view is read and then for each pod in turn, not for the
+        whole pass: an ADD waits for at most one pod's transaction, never for a pass over hundreds.
+        A pod that an ADD or DEL touched after this pass read its view is left to the pass that
+        the ADD or DEL queued (this one's view of it is older than what is in its netns)."""
         with self._lock:
             started = time.perf_counter()
             local = self.local_pods()
             self._last_local = local
             view = self.view(self.snapshot(), local)
             self._write_networks(view)
-            counts = {"full": 0, "sets": 0, "none": 0, "removed": 0, "failed": 0}
-            first: Optional[Exception] = None
-            for pod in local:
+            generation = self._generation
+        counts = {"full": 0, "sets": 0, "none": 0, "removed": 0, "failed": 0}
+        first: Optional[Exception] = None
+        for pod in local:
+            with self._lock:
+                if self._touched.get(pod.container_id, -1) > generation or pod.container_id in self._deleted:
+                    continue
                 if not os.path.exists(pod.netns):
                     continue   # the pod is gone; its DEL (or GC) cleans the cache
                 try:
@@ -212,10 +224,18 @@ class Engine:
                     counts["failed"] += 1
                     first = first or e
                     self.log.warning("policy: cannot apply a pod's rules", pod=pod.key, error=str(e))
-            self.last_pass = dict(counts, pods=len(local), seconds=round(time.perf_counter() - started, 4))
+        self.last_pass = dict(counts, pods=len(local), seconds=round(time.perf_counter() - started, 4))
         if first is not None:
             raise first
         return counts
+
+    def _touch(self, container_id: str) -> None:
+        """Under the lock: an ADD or DEL changed this pod after any pass under way read its view."""
+        self._generation += 1
+        self._touched[container_id] = self._generation
+        if len(self._touched) > 4096:   # old marks matter only to passes under way: keep the newest
+            for cid in sorted(self._touched, key=self._touched.get)[:2048]:
+                del self._touched[cid]
 
     def _sync(self, view: compiler.PolicyView, pod: LocalPod, verify: bool) -> str:
         rs = self.compile(view, pod)
@@ -242,6 +262,7 @@ class Engine:
         """ADD: the pod's rules in its netns now (before ADD returns). The pod stays registered
         until its cache record is complete; the other pods' sets follow in the next pass."""
         with self._lock:
+            self._touch(pod.container_id)
             self._deleted.discard(pod.container_id)
             self._pending[pod.container_id] = (pod, pod_object)
             if pod_object:
@@ -271,6 +292,7 @@ class Engine:
         later pass, under the engine's lock so that no pass puts the table back meanwhile; then a
         pass for the others' sets."""
         with self._lock:
+            self._touch(container_id)
             self._deleted.add(container_id)
             self._pending.pop(container_id, None)
             self._labels.pop(container_id, None)
