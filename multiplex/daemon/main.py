@@ -134,6 +134,9 @@ class Daemon:
         self.runner = Runner(self.context, ctrls)
         self.runner.start()
         warm_up(self.log)
+        from ..ipam.store import warm as warm_ipam
+
+        warm_ipam(self.state_dir, self.log)   # the node's lease database open and checked (never created)
         self.server = CNIServer(self.socket_path, services=self.services, workers=self.workers,
                                 queue_size=self.queue_size, metrics=self.metrics, log=self.log,
                                 state_dir=self.state_dir).start()
@@ -187,6 +190,9 @@ class Daemon:
                 self.log.warning("stopping the watches failed", error=repr(e))
         if self.endpoint is not None:
             self.endpoint.stop()
+        from ..ipam.sqlite.pool import POOL
+
+        POOL.close_all()   # the kept lease-database connections, closed cleanly once no call runs
 
 
 def warm_up(log: _log.Logger) -> None:
@@ -213,15 +219,11 @@ def warm_up(log: _log.Logger) -> None:
 
 
 def _warm_validators(log: _log.Logger) -> None:
-    """Compile the config schemas' validators now (jsonschema and its first-use imports), when
-    this version's schema module can (`schema.warm`)."""
+    """Compile the config schemas' validators now (jsonschema and its first-use imports)."""
     from ..util import schema
 
-    warm = getattr(schema, "warm", None)
-    if warm is None:
-        return
     try:
-        warm()
+        schema.warm()
     except Exception as e:
         log.warning("config validators failed to warm up", error=repr(e))
 
