@@ -288,7 +288,7 @@ def test_the_policy_matrix_is_what_the_policy_says(three_nodes):
             "-" if f"n{n}-pod{p}" == dst else ("allowed" if p == 2 else "denied")
             for n in (1, 2, 3) for p in (1, 2, 3) for dst in servers}
     assert got == want, out
-    assert "was enforced on every server" in out
+    assert "enforced on every server" in out and "POLICY" not in out
 
 
 @root
@@ -391,3 +391,43 @@ def test_a_network_spanning_nodes_gets_one_matrix_over_every_node(monkeypatch):
     row = next(l for l in wide_block.splitlines() if l.strip().startswith("n2-pod2"))
     assert row.split() == ["n2-pod2", "FAIL", "ok", "ok", "-"]
     assert ok is False
+
+
+def test_the_policy_matrix_marks_a_cell_the_policy_does_not_explain():
+    """The lab fails when a probe disagrees with the policy (no netns: results made up): a denied
+    client, an allowed other pod, and a cell whose families disagree are each marked `!`."""
+    from multiplex.cli.lab import policy, report
+    from multiplex.cli.lab.topology import Node
+
+    pods = Node(1).pods(3) + Node(2).pods(3)
+    for p in pods:
+        p.role = ("server", "client", "")[int(p.name[-1]) - 1]
+    servers = [p for p in pods if p.role == "server"]
+    got = {(s.netns, d.name): {4: policy.expected(s, d), 6: policy.expected(s, d)}
+           for s in pods for d in servers if s is not d}
+    lines, ok = report.policy_matrix(pods, servers, got, policy.expected)
+    assert ok and "!" not in "\n".join(lines)
+    got[(pods[1].netns, "n2-pod1")] = {4: False, 6: False}     # a client denied
+    got[(pods[2].netns, "n1-pod1")] = {4: True, 6: True}       # a pod without a role let in
+    got[(pods[4].netns, "n1-pod1")] = {4: True, 6: False}      # IPv6 dropped only
+    lines, ok = report.policy_matrix(pods, servers, got, policy.expected)
+    rows = {l.split()[0]: l.split()[2:] for l in lines[1:]}
+    assert not ok
+    assert rows["n1-pod2"] == ["allowed", "denied!"] and rows["n1-pod3"] == ["allowed!", "denied"]
+    assert rows["n2-pod2"] == ["yes/no!", "allowed"]
+
+
+def test_bgp_converged_needs_every_session_and_route():
+    from multiplex.cli.lab import bgp
+    from multiplex.cli.lab.topology import Node
+
+    nodes = [Node(1), Node(2), Node(3)]
+
+    def status(states=("Established", "Established"), routes=4):
+        return {"sessions": [{"peer": "x", "state": s} for s in states],
+                "routes": [{"dst": "d", "via": "v", "peer": "x"}] * routes}
+
+    assert bgp.converged(nodes, {n.name: status() for n in nodes})
+    assert not bgp.converged(nodes, {**{n.name: status() for n in nodes}, "n2": status(("Established", "Active"))})
+    assert not bgp.converged(nodes, {**{n.name: status() for n in nodes}, "n3": status(routes=3)})
+    assert bgp.converged(nodes[:1], {"n1": status((), 0)})

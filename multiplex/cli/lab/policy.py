@@ -4,8 +4,10 @@ The policy (cluster.policy_object: only `role=client` may reach `role=server` on
 overlay) is written once the ping matrices are done, so those show the overlay open, and the
 matrix shows the policy taking effect on a running lab: the daemons' policy controllers read it at
 their next poll of the objects directory (about a second) and put each server pod's rules in its
-netns. The lab probes until the matrix is what the policy says or POLICY_TIMEOUT passes, and prints
-how long that took; a cell that still differs is marked `!` and fails the lab.
+netns (table `inet multiplex_mnp`). The lab waits until every server pod has that table and the
+matrix is what the policy says (an allowed cell is allowed without the policy too, so the
+table is what shows the policy arrived), or POLICY_TIMEOUT passes, and prints how long that took;
+a cell that still differs is marked `!` and fails the lab.
 
 The TCP listeners are sockets of the lab's own process opened inside each server pod's netns
 (multiplex.policy.mnp.matrix.serve_tcp), not child processes: they close with the lab, so even a
@@ -19,7 +21,9 @@ from typing import Callable
 
 from .cluster import POLICY_NETWORK, POLICY_PORT
 from .report import _address
-from .topology import Pod
+from .topology import Pod, sh
+
+TABLE = ("inet", "multiplex_mnp")     # the policy engine's table in a pod's netns (docs/policy.md)
 
 POLICY_TIMEOUT = 20.0
 
@@ -66,15 +70,22 @@ def probe(sources: list[Pod], servers: list[Pod]) -> dict[tuple[str, str], dict[
     return out
 
 
+def has_table(pod: Pod) -> bool:
+    return sh("ip", "netns", "exec", pod.netns, "nft", "list", "table", *TABLE, check=False).returncode == 0
+
+
 def wait_for_policy(sources: list[Pod], servers: list[Pod], timeout: float = POLICY_TIMEOUT
-                    ) -> tuple[dict[tuple[str, str], dict[int, bool]], float]:
-    """Probe until every cell is what the policy says, or `timeout`; (last result, seconds)."""
+                    ) -> tuple[dict[tuple[str, str], dict[int, bool]], float, list[str]]:
+    """Probe until every server has its table and every cell is what the policy says, or
+    `timeout`; (last result, seconds, the servers without a table)."""
     started = time.monotonic()
     want = {(s.netns, d.name): expected(s, d) for s in sources for d in servers if s is not d}
     while True:
+        missing = [p.name for p in servers if not has_table(p)]
         got = probe(sources, servers)
-        if all(all(v == want[k] for v in fams.values()) for k, fams in got.items()) and len(got) == len(want):
-            return got, time.monotonic() - started
+        if not missing and all(all(v == want[k] for v in fams.values()) for k, fams in got.items()) \
+                and len(got) == len(want):
+            return got, time.monotonic() - started, missing
         if time.monotonic() - started > timeout:
-            return got, time.monotonic() - started
+            return got, time.monotonic() - started, missing
         time.sleep(0.2)
