@@ -219,6 +219,32 @@ def test_nodes_booting_at_once_claim_spread_blocks_without_listing_the_pool(clus
     assert starts[-1] - starts[0] > 2 ** 14            # spread over the pool, not packed at its start
 
 
+def test_with_the_nodes_watched_a_cluster_booting_at_once_loses_no_claim(cluster, nodes):  # noqa: F811
+    cluster.pool("snug", "198.18.73.0/24", blockSize=29)     # 32 blocks for 24 nodes
+    conf = ipam_conf("198.18.73.0/24", network="snug")
+    names = [f"b{i:02d}" for i in range(24)]
+    for n in names:
+        cluster.node(n)
+    fleet = [nodes(n, watch_nodes=True) for n in names]
+    for n in fleet:
+        assert n.informer("nodes").wait_synced(10)
+    stores = [n.store() for n in fleet]
+    for s in stores:
+        take(s, conf, owner(f"c-{s.node}", network="snug"))
+    by_rank = sum(s.stats["claims_lost"] for s in stores)
+    # the same claims by name hash alone (no nodes informer), on a fresh pool of the same shape
+    cluster.pool("snug2", "198.18.74.0/24", blockSize=29)
+    conf2 = ipam_conf("198.18.74.0/24", network="snug2")
+    hashed = [nodes(f"h{n}") for n in names]
+    stores2 = [n.store() for n in hashed]
+    for s in stores2:
+        take(s, conf2, owner(f"c-{s.node}", network="snug2"))
+    by_hash = sum(s.stats["claims_lost"] for s in stores2)
+    print(f"\n24 nodes, 32 blocks: lost claims {by_rank} starting by rank, {by_hash} by name hash")
+    assert by_rank == 0 and by_hash > 0
+    assert len({b.node for b in cluster.blocks().values()}) == 48
+
+
 def test_a_lost_probe_is_counted_and_the_next_block_is_tried(cluster, nodes):  # noqa: F811
     cluster.pool("blue", BLUE)
     conf = ipam_conf(BLUE)

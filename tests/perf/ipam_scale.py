@@ -214,6 +214,9 @@ class SimNode:
 
     planned: int = 0
     deferred: bool = False
+    #: off: 1000 nodes each listing 1000 Nodes costs the in-process server minutes on two cores,
+    #: so the simulated nodes start their claims from the hash (blocks.probe_blocks without rank)
+    watch_nodes: bool = False
 
     def __post_init__(self) -> None:
         if not self.deferred:
@@ -227,12 +230,16 @@ class SimNode:
     def begin_objects(self) -> None:
         self.client = CountingClient(self.kubeconfig, timeout=60, retries=5, backoff=0.1, max_backoff=2.0)
         self.objects = KubeObjects(self.client, self.name, backoff=0.2, max_backoff=2.0, watch_timeout=600)
+        if self.watch_nodes:
+            self.objects.informer("nodes")     # the daemon's node registry and IPAM GC watch them
         self.cache = IPAMCache(self.objects, self.name, self.client, sync_timeout=120)
 
     def start(self) -> None:
         self.client.op.name = "cache"
         if not self.cache.ready():
             raise AssertionError(f"node {self.name}: the IPAM informers did not sync")
+        if self.watch_nodes and not self.objects.informer("nodes").wait_synced(120):
+            raise AssertionError(f"node {self.name}: the nodes informer did not sync")
 
     def begin(self) -> None:
         """Join: make the client and watches, wait for their first lists."""

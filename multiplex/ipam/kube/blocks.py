@@ -70,14 +70,18 @@ def candidate_blocks(pool: Pool, space: Space, taken: Sequence[tuple[int, int]])
 PROBE_SPAN = 65536
 
 
-def probe_blocks(pool: Pool, space: Space, node: str) -> Iterator[IPNetwork]:
+def probe_blocks(pool: Pool, space: Space, node: str, rank: Optional[tuple[int, int]] = None) -> Iterator[IPNetwork]:
     """The blocks of `pool` a node claims in, in the order it tries them without knowing which
     exist (the daemon's claims, multiplex/ipam/kube/store.py): over the blocks spanning the
-    space's allocatable addresses, from a position set by a hash of the node name, stepping by a
-    stride of the node's own (coprime to their number, so the walk visits each block once).
-    Why: nodes that boot at once start far apart, and two that do collide part at the next step
-    (double hashing), so lost claims stay rare until the pool fills up. Unallocatable blocks are
-    yielded too; the caller skips them (free_in)."""
+    space's allocatable addresses, from a start position, stepping by a stride of the node's own
+    (from a hash of its name, coprime to the number of blocks, so the walk visits each block once).
+
+    The start: with `rank` (i, m), the node is the i-th of m cluster nodes by name (the daemon's
+    nodes informer), and starts at i/m of the way through the pool, so the nodes of a cluster that
+    boots at once start evenly apart and do not collide at all while their views agree; without
+    it, at a position from a hash of the pool and node names (random positions collide about
+    N²/2B times for N nodes among B blocks). Two that do collide part at the next step (their
+    strides differ). Unallocatable blocks are yielded too; the caller skips them (free_in)."""
     size = 2 ** (pool.cidr.max_prefixlen - pool.block_prefix)
     base, top = int(pool.cidr.network_address), int(pool.cidr.broadcast_address)
     spans = _spans(space, base, top)
@@ -87,7 +91,10 @@ def probe_blocks(pool: Pool, space: Space, node: str) -> Iterator[IPNetwork]:
     last = (max(b for _, b in spans) - base) // size
     n = last - first + 1
     digest = hashlib.sha256(f"{pool.name}/{node}".encode()).digest()
-    start = int.from_bytes(digest[:8], "big") % n
+    if rank is not None and rank[1] > 0 and 0 <= rank[0] < rank[1]:
+        start = rank[0] * n // rank[1]
+    else:
+        start = int.from_bytes(digest[:8], "big") % n
     stride = int.from_bytes(digest[8:16], "big") % n or 1
     while math.gcd(stride, n) != 1:
         stride += 1

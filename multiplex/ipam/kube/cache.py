@@ -237,6 +237,20 @@ class IPAMCache:
         with self._lock:
             self.stats.update(stats)
 
+    def rank(self) -> Optional[tuple[int, int]]:
+        """(i, m): this node is the i-th of the m Nodes by name, from the daemon's nodes informer
+        when it runs and is synced (the node registry and the IPAM GC watch nodes anyway; the cache
+        does not start it); None otherwise. It spreads claims (blocks.probe_blocks)."""
+        started = getattr(self.objects, "started", None)
+        inf = (started() if callable(started) else {}).get(NODES_KIND)
+        if inf is None or not inf.synced():
+            return None
+        names = sorted(_name(o) for o in inf.list())
+        try:
+            return names.index(self.node), len(names)
+        except ValueError:
+            return None
+
     def known_taken(self) -> set[str]:
         with self._lock:
             return set(self._taken)

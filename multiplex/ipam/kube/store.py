@@ -28,9 +28,9 @@ multiplex.ipam.gc; the cluster view is multiplex.ipam.show.
 from the daemon's watches: pools and N's blocks are never LISTed, so an allocation from N's own
 block is exactly one request, the PUT with the cached resourceVersion; a DEL likewise. A 409
 GETs the block (the cache was stale) and retries; a 404 hides it. A claim does not LIST the
-pool's blocks either: it **probes**, creating the block at a position of the pool spread by a hash
-of N's name (then N's own stride through the pool), so nodes that boot at once claim different
-blocks; an AlreadyExists is a lost probe (counted as `claims_lost`, the block remembered as
+pool's blocks either: it **probes**, creating the block at N's position in the pool (its rank
+among the cluster's Nodes by name when the daemon watches nodes, else a hash of its name; then N's
+own stride through the pool), so nodes that boot at once claim different blocks; an AlreadyExists is a lost probe (counted as `claims_lost`, the block remembered as
 taken). After `PROBES` lost probes (the pool is filling up) the claim falls back to the LIST of
 the pool's blocks, and so do takeovers and borrows. Probing is safe only when every block of the
 pool has the pool's blockSize (a probe cannot see an overlapping block of another size): one
@@ -415,11 +415,12 @@ class KubeStore(Store):
         LISTs the pool then (claim, take over, borrow as without a cache)."""
         cache = self.cache
         known = {b.name for b in mine} | cache.known_taken()
+        rank = cache.rank()
         lost = 0
         for pool in pools:
             if not cache.uniform(self.client, pool):
                 continue
-            for cidr in probe_blocks(pool, space, self.node):
+            for cidr in probe_blocks(pool, space, self.node, rank):
                 if lost >= PROBES:
                     cache.count(Counter(claim_lists=1))
                     return None
