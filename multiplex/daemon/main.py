@@ -190,6 +190,8 @@ class Daemon:
                 self.log.warning("stopping the watches failed", error=repr(e))
         if self.endpoint is not None:
             self.endpoint.stop()
+        if self.services is not None:
+            self.services.close()   # its warm API clients
         from ..ipam.sqlite.pool import POOL
 
         POOL.close_all()   # the kept lease-database connections, closed cleanly once no call runs

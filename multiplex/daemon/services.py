@@ -7,9 +7,8 @@
 - `ipam_cache(kubeconfig, node)`: the kubernetes IPAM store's reads (IPPools, this node's
   IPBlocks) from the daemon's watches, with a warm client for the call's kubeconfig
   (multiplex/ipam/kube/cache.py Lent), by the same rule, and only for this daemon's node; else
-  None (the store reads the API, as a one-shot call does). The services lend this to the stores
-  of this process (cache.lend) from their construction until close(): the IPAM plugin opens its
-  store from config and log alone, not from the call's context.
+  None (the store reads the API, as a one-shot call does). The IPAM plugin opens its store with
+  the call's context (req.ctx.services), so only calls this daemon serves see its cache.
 
 The rule for "the API the daemon watches": the call's config has a `kubeconfig`, and the API
 server URL in it (its current context's cluster `server`) equals the daemon's: the server of the
@@ -101,10 +100,6 @@ class DaemonServices:
         self._clients: dict[str, tuple[tuple[int, int], Any]] = {}
         self._ipam: Any = None
         self._incluster: Any = None
-        if objects is not None and getattr(objects, "client", None) is not None:
-            from ..ipam.kube import cache as ipam_cache
-
-            ipam_cache.lend(self.ipam_cache)
 
     # --- Services ---------------------------------------------------------------------------------
     def observe_plugin(self, type_name: str, command: str, seconds: float, code: int) -> None:
@@ -216,9 +211,6 @@ class DaemonServices:
             return client
 
     def close(self) -> None:
-        from ..ipam.kube import cache as ipam_cache
-
-        ipam_cache.withdraw(self.ipam_cache)
         with self._lock:
             clients, self._clients = self._clients, {}
             if self._incluster is not None:

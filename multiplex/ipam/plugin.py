@@ -159,7 +159,7 @@ def store_for(req: Request, where: "IPAMConfig | StoreLocation") -> Store:
     (multiplex.ipam.store.keep_open); a one-shot call opens and closes them as always."""
     if req.ctx.services is not None:
         keep_open()
-    return open_store(where, deadline_of(req), req.ctx.log)
+    return open_store(where, deadline_of(req), req.ctx.log, req.ctx.services)
 
 
 def deadline_of(req: Request) -> float:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from ..cni.types import IPAddress, IPNetwork
 from ..cni.valid import Keep, keep_of
@@ -145,12 +145,15 @@ def as_keep(keep: "Keep | Iterable[tuple[str, str]]") -> Keep:
 
 
 def open_store(where: IPAMConfig | StoreLocation, deadline: Optional[float] = None,
-               log: Optional[_log.Logger] = None) -> Store:
+               log: Optional[_log.Logger] = None, services: Any = None) -> Store:
     """The store a config names, opened (the SQLite store: at its dataDir or <where.state_dir>/ipam).
     `deadline`: the call's (Request.deadline, or now + the store's default when the call has none);
-    `log`: the call's logger (req.ctx.log)."""
+    `log`: the call's logger (req.ctx.log); `services`: the call's (req.ctx.services: the node
+    daemon's, which lends the kubernetes store its watch cache), None in a one-shot process."""
     module_name, _, cls_name = STORES[where.store].partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
+    if services is not None and where.store == "kubernetes":
+        return cls.open(where, deadline=deadline, log=log, services=services)
     return cls.open(where, deadline=deadline, log=log)
 
 

@@ -276,6 +276,8 @@ def test_a_pool_with_blocks_of_another_size_is_claimed_from_the_list(cluster, no
 # --- the daemon lends its cache ------------------------------------------------------------------
 
 def test_the_daemon_lends_its_cache_to_a_store_opened_for_its_node_and_api_only(cluster, tmp_path):  # noqa: F811
+    """The daemon's services (the call's req.ctx.services) lend the cache to a store of its node on
+    its API server only; a store opened without them (a one-shot call) reads the API."""
     cluster.pool("blue", BLUE)
     objects = KubeObjects(cluster.api.kubeconfig, "n1", backoff=0.05, max_backoff=0.3)
     services = DaemonServices(objects, cluster.api.kubeconfig, None)
@@ -283,13 +285,15 @@ def test_the_daemon_lends_its_cache_to_a_store_opened_for_its_node_and_api_only(
         ipam = {"type": "multiplex-ipam", "store": "kubernetes", "range": BLUE, "dataDir": str(tmp_path / "ipam")}
         mine = config.parse({"name": "blue", "ipam": dict(ipam, nodeName="n1")}, kubeconfig=cluster.api.kubeconfig)
         other = config.parse({"name": "blue", "ipam": dict(ipam, nodeName="n2")}, kubeconfig=cluster.api.kubeconfig)
-        with KubeStore.open(mine) as store:
+        with KubeStore.open(mine, services=services) as store:
             assert store.cache is services.ipam_cache(cluster.api.kubeconfig, "n1").cache
             take(store, mine, owner("c0"))
-        with KubeStore.open(other) as store:        # another node's call: not this daemon's cache
+        with KubeStore.open(other, services=services) as store:   # another node's call: not this daemon's cache
+            assert store.cache is None
+        with KubeStore.open(mine) as store:                       # no services: the one-shot path
             assert store.cache is None
         cluster.api.reset_counts()
-        with KubeStore.open(mine) as store:
+        with KubeStore.open(mine, services=services) as store:
             take(store, mine, owner("c1"))
         assert requests(cluster.api) == {"update": 1}
         cache = services.ipam_cache(cluster.api.kubeconfig, "n1").cache
@@ -298,8 +302,6 @@ def test_the_daemon_lends_its_cache_to_a_store_opened_for_its_node_and_api_only(
     finally:
         services.close()
         objects.stop()
-    with KubeStore.open(mine) as store:             # closed: nothing lent any more
-        assert store.cache is None
 
 
 def test_the_daemon_kinds_name_the_ipam_resources():

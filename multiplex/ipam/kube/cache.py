@@ -35,10 +35,9 @@ from __future__ import annotations
 import copy
 import threading
 import time
-import weakref
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from ...util import log as _log
 from .model import BLOCKS, GROUP, POOL_LABEL, SIZE_LABEL, VERSION, Block, Pool, label_value, user_label
@@ -313,40 +312,8 @@ class Lent:
     client: Any
 
 
-#: lender(kubeconfig, node) -> Lent | None; weak, so a dropped DaemonServices lends nothing
-_lenders: list = []
-_lenders_lock = threading.Lock()
-
-
-def lend(lender: Callable[[Optional[str], str], Optional[Lent]]) -> None:
-    """Offer `lender` (a bound method: DaemonServices.ipam_cache) to the stores opened in this
-    process. Why a process registry and not the call's context: a store is opened by the IPAM
-    plugin from its config and the call's log (multiplex/ipam/store.py open_store), which does not
-    hand the call's `services` down; KubeStore.open takes `services=` too, and that wins when given.
-    What is lent is the daemon's (process-wide) cache, never per-call state, and the lender
-    answers only for calls naming the API server and node it watches."""
-    with _lenders_lock:
-        _lenders[:] = [r for r in _lenders if r() is not None]
-        _lenders.append(weakref.WeakMethod(lender) if hasattr(lender, "__self__") else (lambda: lender))
-
-
-def withdraw(lender: Callable) -> None:
-    with _lenders_lock:
-        _lenders[:] = [r for r in _lenders if r() is not None and r() != lender]
-
-
 def lent(kubeconfig: Optional[str], node: str, services: Any = None) -> Optional[Lent]:
-    """The cache for a store of `node` on `kubeconfig`: from the call's `services` when given,
-    else from a lender of this process (the node daemon), else None (the one-shot path)."""
-    if services is not None:
-        ask = getattr(services, "ipam_cache", None)
-        return ask(kubeconfig, node) if callable(ask) else None
-    with _lenders_lock:
-        lenders = [r() for r in _lenders]
-    for lender in lenders:
-        if lender is None:
-            continue
-        got = lender(kubeconfig, node)
-        if got is not None:
-            return got
-    return None
+    """The cache for a store of `node` on `kubeconfig`: what the call's `services` (the node
+    daemon's, req.ctx.services) lend, else None (the one-shot path)."""
+    ask = getattr(services, "ipam_cache", None) if services is not None else None
+    return ask(kubeconfig, node) if callable(ask) else None
