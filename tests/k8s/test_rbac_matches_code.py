@@ -9,9 +9,13 @@ be used by some recorded request (nothing unused, no wildcard).
   daemon in the DaemonSet): plugin ADD/CHECK/DEL/GC with the pods and NADs from the API
   (network-status patched back) and a network on the kubernetes IPAM store, plus the store's rarer
   paths (a requested address, a lost claim, a takeover, a borrow, a pool with a nodeSelector,
-  release, CNI GC, the routed delegate's view); and a real `multiplex daemon` run as the DaemonSet
-  runs it (`--controllers=node-registry`): its informers' list + watch of this node's pods, the
-  NADs and the nodes, and the node registry's patch of its Node's annotation. That patch, captured
+  release, CNI GC, the routed delegate's view), and the `nad-namespaces` authorize hook (a NAD with
+  an allowed-namespace-selector: the pod's Namespace read); and a real `multiplex daemon` run as
+  the DaemonSet runs it (its `--controllers`: node-registry, vxlan-peers, bgp with a settings file
+  and BIRD, policy with the MultiNetworkPolicy CRD served), with a Namespace, a
+  MultiNetworkPolicy, an IPPool and an IPBlock in the API so every watch starts: the informers'
+  list + watch of pods (this node's and the cluster's), NADs, nodes, namespaces, policies, pools
+  and blocks, and the node registry's patch of its Node's annotation. That patch, captured
   before and after, is also run through manifests/50-admission-policy.yaml's `multiplex-node-facts`
   policy: allowed for its own node, denied when tampered with;
 - the IPAM collector's account (`kube-system/multiplex-ipam-gc`, `multiplex ipam gc`): marks,
@@ -32,7 +36,7 @@ import yaml
 
 from multiplex.cni.valid import Keep
 from multiplex.ipam import gc
-from multiplex.ipam.kube.model import API_VERSION, POOL_KIND, POOLS
+from multiplex.ipam.kube.model import API_VERSION, BLOCKS, POOL_KIND, POOLS, Block
 from tests.k8s.ipam_kube_support import node_routes, REPO, cluster, install_crds, ipam_conf, owner, take  # noqa: F401
 
 NODE_ACCOUNT = ("kube-system", "multiplex")
@@ -145,6 +149,9 @@ def node_api(node, tmp_path):
     (tmp_path / "api").mkdir()
     with running_apiserver(str(tmp_path / "api"), netns=f"/var/run/netns/{node}") as server:
         install_crds(server)
+        for doc in manifest_documents():   # the MultiNetworkPolicy CRD, as manifests/ installs it
+            if doc["kind"] == "CustomResourceDefinition" and doc["spec"]["names"]["kind"] == "MultiNetworkPolicy":
+                server.store.add(doc, "customresourcedefinitions")
         yield server
 
 
@@ -155,13 +162,17 @@ def node_lab(node, netns_factory, tmp_path, node_api):
     lab = Lab(node=node, root=str(tmp_path), netns_factory=netns_factory)
     lab.extra = {"kubeconfig": node_api.kubeconfig, "nadDir": None, "podDir": None}
 
-    def nad(name: str, conf: dict) -> None:
-        node_api.store.add_nad(name, "default", json.dumps(dict(conf, cniVersion="1.1.0", name=name)))
+    def nad(name: str, conf: dict, annotations: Optional[dict] = None) -> None:
+        node_api.store.add_nad(name, "default", json.dumps(dict(conf, cniVersion="1.1.0", name=name)),
+                               annotations=annotations)
 
     nad("podnet", bridge_conf("mpx-pod", "198.18.110.0/24", isGateway=True, isDefaultGateway=True))
     blue = bridge_conf("mpx-blue", "198.18.111.0/24")
     blue["ipam"]["store"] = "kubernetes"
-    nad("blue", blue)
+    # the NAD writer's authorize hook: only namespaces labelled team=blue (the pod's Namespace is read)
+    nad("blue", blue, annotations={"multiplex.dev/allowed-namespace-selector": "team=blue"})
+    node_api.store.add({"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": "default", "labels": {"team": "blue"}}}, "namespaces")
     node_api.store.add({"apiVersion": API_VERSION, "kind": POOL_KIND, "metadata": {"name": "blue"},
                         "spec": {"cidr": "198.18.111.0/24", "nodeSelector": {"kubernetes.io/os": "linux"}}}, POOLS)
     node_api.store.add_node("n1", labels={"kubernetes.io/os": "linux"})
@@ -214,15 +225,70 @@ def daemon_run(node, node_api, tmp_path):
     if before is None:   # node_lab adds it; alone, this fixture does
         node_api.store.add_node("n1", labels={"kubernetes.io/os": "linux"})
         before = _node(node_api, "n1")
+    add_watched_objects(node_api)
+    bgp_settings = tmp_path / "bgp.json"   # the DaemonSet's optional ConfigMap: here, BGP is asked for
+    bgp_settings.write_text(json.dumps({"asn": 64512}))
+    env = dict(os.environ, MULTIPLEX_BGP_CONFIG=str(bgp_settings))
     node_api.reset_counts()
-    with DaemonProcess(tmp_path / "dstate", tmp_path / "d.sock", netns=node, kubeconfig=node_api.kubeconfig,
-                       node_name="n1", extra_args=daemon_args() + ["--underlay-interface", link]) as d:
-        limit = time.monotonic() + 30
-        while ANNOTATION not in (_node(node_api, "n1")["metadata"].get("annotations") or {}):
-            assert time.monotonic() < limit, f"no {ANNOTATION} on n1 within 30 s:\n{d.stderr()}"
-            time.sleep(0.1)
-        seen = used(node_api)
+    try:
+        with DaemonProcess(tmp_path / "dstate", tmp_path / "d.sock", netns=node, kubeconfig=node_api.kubeconfig,
+                           node_name="n1", extra_args=daemon_args() + ["--underlay-interface", link], env=env) as d:
+            limit = time.monotonic() + 30
+            while (ANNOTATION not in (_node(node_api, "n1")["metadata"].get("annotations") or {})
+                   or not DAEMON_WATCHES <= used(node_api)):
+                assert time.monotonic() < limit, (
+                    f"within 30 s: {ANNOTATION} on n1? watches missing: {sorted(DAEMON_WATCHES - used(node_api))}"
+                    f"\n{d.stderr()}")
+                time.sleep(0.1)
+            seen = used(node_api)
+            # the bgp controller really ran (it leaves itself out without its settings file)
+            assert (tmp_path / "dstate" / "bgp" / "bird.conf").exists(), d.stderr()
+    finally:
+        stop_leftover_bird(tmp_path / "dstate" / "bgp" / "bird.pid")
     return seen, before, _node(node_api, "n1")
+
+
+#: what the DaemonSet's controllers watch: the pods (this node's; the cluster's for vxlan-peers and
+#: policy), NADs, nodes (registry, bgp), namespaces and MultiNetworkPolicies (policy), IPPools and
+#: IPBlocks (bgp, the IPAM cache)
+DAEMON_WATCHES = {(g, r, v) for g, r in (("", "pods"), ("", "nodes"), ("", "namespaces"),
+                                         ("k8s.cni.cncf.io", "network-attachment-definitions"),
+                                         ("k8s.cni.cncf.io", "multi-networkpolicies"),
+                                         ("ipam.multiplex.dev", "ippools"), ("ipam.multiplex.dev", "ipblocks"))
+                  for v in ("list", "watch")}
+
+
+def add_watched_objects(api) -> None:
+    """One object of each kind the daemon's controllers watch, so each informer lists something."""
+    api.store.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-red", "labels": {"team": "red"}}},
+                  "namespaces")
+    api.store.add({"apiVersion": "k8s.cni.cncf.io/v1beta1", "kind": "MultiNetworkPolicy",
+                   "metadata": {"name": "clients", "namespace": "team-red",
+                                "annotations": {"k8s.v1.cni.cncf.io/policy-for": "blue"}},
+                   "spec": {"podSelector": {}, "policyTypes": ["Ingress"],
+                            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "red"}}}]}]}},
+                  "multi-networkpolicies")
+    api.store.add({"apiVersion": API_VERSION, "kind": POOL_KIND, "metadata": {"name": "rbac-routed"},
+                   "spec": {"cidr": "198.18.122.0/24", "blockSize": 26}}, POOLS)
+    import ipaddress
+
+    block = Block(ipaddress.ip_network("198.18.122.0/26"), "rbac-routed", "198.18.122.0/24", "n1")
+    api.store.add(block.to_object(), BLOCKS)
+    api.store.add_pod("elsewhere", "team-red", labels={"team": "red"}, node_name="n2")   # another node's pod
+
+
+def stop_leftover_bird(pidfile) -> None:
+    """A BIRD the daemon did not stop (it crashed): stopped by its pid, if that pid is still BIRD."""
+    import signal
+
+    try:
+        pid = int(open(pidfile).read().split()[0])
+        with open(f"/proc/{pid}/comm") as f:
+            if f.read().strip() != "bird":
+                return
+    except (OSError, ValueError, IndexError):
+        return
+    os.kill(pid, signal.SIGTERM)
 
 
 def _node(api, name: str) -> Optional[dict]:
@@ -255,12 +321,11 @@ def test_the_node_account_is_granted_exactly_what_the_plugin_its_ipam_and_the_da
     assert daemon <= rules, f"used by the daemon but not granted to the node account: {sorted(daemon - rules)}"
     assert rules <= plugin | store | daemon, (
         f"granted to the node account but never used: {sorted(rules - plugin - store - daemon)}")
-    # the daemon watches what it caches and patches only nodes
-    assert {("", "pods", "list"), ("", "pods", "watch"), ("", "nodes", "list"), ("", "nodes", "watch"),
-            ("k8s.cni.cncf.io", "network-attachment-definitions", "list"),
-            ("k8s.cni.cncf.io", "network-attachment-definitions", "watch"), ("", "nodes", "patch")} <= daemon
-    # the plugin alone reads pods and NADs, writes network-status and the pod's events
-    assert {("", "pods", "get"), ("", "pods", "patch"), ("", "events", "create"),
+    # the daemon watches what its controllers cache and writes only its Node
+    assert daemon == DAEMON_WATCHES | {("", "nodes", "patch")}, sorted(daemon ^ (DAEMON_WATCHES | {("", "nodes", "patch")}))
+    # the plugin alone reads pods, NADs and (for the authorize hook) the pod's Namespace, writes
+    # network-status and the pod's events
+    assert {("", "pods", "get"), ("", "pods", "patch"), ("", "events", "create"), ("", "namespaces", "get"),
             ("k8s.cni.cncf.io", "network-attachment-definitions", "get")} <= plugin
 
 
@@ -284,15 +349,16 @@ def test_the_gc_account_is_granted_exactly_what_ipam_gc_uses(cluster):  # noqa: 
 
 def test_the_accounts_share_nothing_they_do_not_both_use():
     """The split: the node account deletes nothing (releasing blocks is the collector's); its lists
-    and watches are the daemon's informers (pods, nodes, NADs) and the IPAM's block and pool lists;
+    and watches are the daemon's informers (pods, nodes, NADs, namespaces, MultiNetworkPolicies,
+    IPPools, IPBlocks), which include the IPAM's block and pool lists;
     of Nodes it reads and patches (the annotation, narrowed by the admission policy). The collector
     cannot touch pods, NADs or create blocks."""
     node, collector = granted(NODE_ACCOUNT), granted(GC_ACCOUNT)
     assert not {r for r in node if r[2] in ("delete", "deletecollection", "*")}
-    # the daemon's informers list and watch; it writes only its Node (an annotation, by the policy)
-    assert {r for r in node if r[2] in ("list", "watch") and r[0] != "ipam.multiplex.dev"} == {
-        (g, r, v) for g, r in (("", "pods"), ("", "nodes"), ("k8s.cni.cncf.io", "network-attachment-definitions"))
-        for v in ("list", "watch")}
+    # the daemon's informers list and watch (the one-shot IPAM lists pools and blocks too); it writes
+    # only its Node (an annotation, by the policy)
+    assert {r for r in node if r[2] in ("list", "watch")} == DAEMON_WATCHES
+    assert {r for r in node if r[1] == "namespaces"} == {("", "namespaces", v) for v in ("get", "list", "watch")}
     assert {r for r in node if r[1] == "nodes"} == {("", "nodes", v) for v in ("get", "list", "watch", "patch")}
     assert not {r for r in collector if r[1] in ("pods", "nodes") and r[2] != "list"}
     assert not {r for r in collector if r[1] == "network-attachment-definitions" or r[2] in ("create", "patch")}

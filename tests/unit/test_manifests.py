@@ -180,11 +180,11 @@ def test_rbac_is_split_by_role_and_is_the_least_each_needs():
     g = "ipam.multiplex.dev"
     assert rules_of(role_named("multiplex")) == {
         ("", "pods", "get"), ("", "pods", "patch"), ("k8s.cni.cncf.io", "network-attachment-definitions", "get"),
-        ("", "events", "create")}
+        ("", "events", "create"), ("", "namespaces", "get")}
+    watched = [("", "pods"), ("", "namespaces"), ("", "nodes"), ("k8s.cni.cncf.io", "network-attachment-definitions"),
+               ("k8s.cni.cncf.io", "multi-networkpolicies"), (g, "ippools"), (g, "ipblocks")]
     assert rules_of(role_named("multiplex-daemon")) == {
-        ("", "pods", "list"), ("", "pods", "watch"), ("k8s.cni.cncf.io", "network-attachment-definitions", "list"),
-        ("k8s.cni.cncf.io", "network-attachment-definitions", "watch"), ("", "nodes", "list"), ("", "nodes", "watch"),
-        ("", "nodes", "patch")}
+        (grp, res, v) for grp, res in watched for v in ("list", "watch")} | {("", "nodes", "patch")}
     assert rules_of(role_named("multiplex-ipam")) == {
         (g, "ippools", "list"), (g, "ipblocks", "get"), (g, "ipblocks", "list"), (g, "ipblocks", "create"),
         (g, "ipblocks", "update"), ("", "nodes", "get")}
@@ -322,9 +322,14 @@ def test_the_daemon_container_serves_the_shim_with_the_hosts_state():
     assert node["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     args = flags(c)
     assert args["--state-dir"] == DEFAULT_ROOT   # the same state as a plain `multiplex` exec uses
-    assert args["--controllers"] == "node-registry"  # the IPAM GC runs in 42-ipam-gc.yaml
+    # the IPAM GC runs in 42-ipam-gc.yaml (its delete rights stay off the nodes)
+    assert args["--controllers"].split(",") == ["node-registry", "vxlan-peers", "bgp", "policy"]
+    from importlib.metadata import entry_points
+
+    known = {e.name for e in entry_points(group="multiplex.controllers")}
+    assert set(args["--controllers"].split(",")) <= known, known
     hostpaths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
-    mounts = {m["mountPath"]: (hostpaths[m["name"]], m) for m in c["volumeMounts"]}
+    mounts = {m["mountPath"]: (hostpaths[m["name"]], m) for m in c["volumeMounts"] if m["name"] in hostpaths}
 
     def from_host(path: str, writable: bool) -> None:
         """`path` is under a mount of the same host path (writable when asked)."""
@@ -338,6 +343,32 @@ def test_the_daemon_container_serves_the_shim_with_the_hosts_state():
     from_host(inst.DEFAULT_BIN_DIR, writable=False)
     from_host("/run/netns", writable=False)
     assert mounts["/run/netns"][1]["mountPropagation"] == "HostToContainer"
+
+
+def test_the_bgp_settings_are_an_optional_configmap_where_the_controller_looks():
+    """The bgp controller runs only where /etc/multiplex/bgp.json exists: the admin's ConfigMap,
+    optional (no ConfigMap: no file, no BGP, the pod still starts), read-only."""
+    from multiplex.bgp.settings import DEFAULT_PATH
+
+    c, pod = container("daemon"), pod_template()
+    [vol] = [v for v in pod["volumes"] if v["name"] == "bgp-config"]
+    assert vol["configMap"]["optional"] is True
+    [mount] = [m for m in c["volumeMounts"] if m["name"] == "bgp-config"]
+    assert mount["readOnly"] is True
+    [item] = vol["configMap"]["items"]
+    assert os.path.join(mount["mountPath"], item["path"]) == DEFAULT_PATH
+    assert "MULTIPLEX_BGP_CONFIG" not in {e["name"] for e in c.get("env", [])}
+
+
+def test_the_multinetworkpolicy_crd_is_what_the_policy_controller_reads():
+    from multiplex.controllers import policy
+
+    [crd] = [d for d in by_kind("CustomResourceDefinition")
+             if d["metadata"]["name"] == "multi-networkpolicies.k8s.cni.cncf.io"]
+    spec = crd["spec"]
+    assert (spec["group"], spec["names"]["plural"], spec["names"]["kind"], spec["scope"]) == (
+        policy.MNP_GROUP, policy.MNP_PLURAL, "MultiNetworkPolicy", "Namespaced")
+    assert [(v["name"], v["served"], v["storage"]) for v in spec["versions"]] == [(policy.MNP_VERSION, True, True)]
 
 
 def test_the_daemons_probes_reach_its_loopback_metrics_port():
@@ -378,7 +409,8 @@ def test_every_workload_runs_the_image_named_in_manifests_image():
 
 
 def test_nad_crd_is_the_network_plumbing_wg_one():
-    [crd] = [d for d in by_kind("CustomResourceDefinition") if d["spec"]["group"] == "k8s.cni.cncf.io"]
+    [crd] = [d for d in by_kind("CustomResourceDefinition")
+             if d["metadata"]["name"] == "network-attachment-definitions.k8s.cni.cncf.io"]
     assert crd["metadata"]["name"] == "network-attachment-definitions.k8s.cni.cncf.io"
     assert crd["spec"]["scope"] == "Namespaced"
     assert crd["spec"]["names"]["kind"] == "NetworkAttachmentDefinition"
