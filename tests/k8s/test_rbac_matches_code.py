@@ -399,6 +399,8 @@ def test_the_node_registrys_patch_is_allowed_only_on_its_own_node(node_api, daem
         "unschedulable": lambda n: n["spec"].update(unschedulable=True),
         "label": lambda n: n["metadata"]["labels"].update({"node-role.kubernetes.io/control-plane": ""}),
         "other annotation": lambda n: n["metadata"]["annotations"].update(other="x"),
+        # the per-node ASN is the admin's (docs/bgp-routed.md): a node cannot pick its own
+        "bgp-asn": lambda n: n["metadata"]["annotations"].update({"multiplex.dev/bgp-asn": "65001"}),
         "finalizer": lambda n: n["metadata"].update(finalizers=["example.com/hold"]),
     }
     for what, change in cases.items():
