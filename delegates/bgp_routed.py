@@ -124,6 +124,7 @@ class BgpRoutedPlugin(Plugin):
 
         ipam = ipam_add(req, undo)
         families = {ip.address.version for ip in ipam.ips}
+        refuse_addresses_reached_otherwise(node, conf, ipam.ips, host)
 
         # the node side first, so the pod's first packet finds its way back
         if 4 in families:
@@ -133,7 +134,10 @@ class BgpRoutedPlugin(Plugin):
             node.add_address(host, ipaddress.ip_interface(f"{GATEWAY_V6}/64"), exist_ok=True)
         rt.enable_forwarding(families)
         for ip in ipam.ips:
-            rt.host_route(node, ip.address.ip, host)
+            if not rt.host_route(node, ip.address.ip, host) and not rt.has_host_route(node, ip.address.ip, host):
+                raise invalid_config(f"network {conf.network}: IPAM gave {ip.address.ip}, but another route to "
+                                     "it appeared on this node meanwhile", "$.ipam",
+                                     "ranges no other network of the node hands out")
 
         result = Result(cni_version=req.cni_version)
         result.add_interface(Interface(name=host.name, mac=host.mac))
@@ -235,6 +239,21 @@ def pod_routes(families: set[int], ipam_routes: list[Route]) -> list[Route]:
         if r.dst.version in families and r.dst != DEFAULTS[r.dst.version]:
             out.append(Route(dst=r.dst, gw=GATEWAYS[r.dst.version], mtu=r.mtu, advmss=r.advmss))
     return out
+
+
+def refuse_addresses_reached_otherwise(node, conf: RoutedConfig, ips, host) -> None:
+    """Code 7 naming `ipam` when an address IPAM gave is one the node already reaches on a link
+    (its own, the underlay's subnet, another pod's host route): the pod's /32 (/128) host route
+    would take that traffic from its owner. A NAD's IPAM ranges are its namespace's to choose; the
+    node's neighbours and other namespaces' pods are not."""
+    from multiplex.netlink import routes as rt
+
+    for ip in ips:
+        why = rt.reached_otherwise(node, ip.address.ip, host)
+        if why is not None:
+            raise invalid_config(f"network {conf.network}: IPAM gave {ip.address.ip}, but {why}; a routed pod's "
+                                 "host route would take that traffic", "$.ipam",
+                                 "ranges the node does not already reach on a link (the cluster IPAM's IPPools)")
 
 
 def check_node(node, req: Request, prev: Result) -> list[Problem]:

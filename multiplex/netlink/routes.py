@@ -42,6 +42,23 @@ def host_route(h: Handle, address: IPAddress, link: Link) -> bool:
     return h.add_route(dst, link, scope=RT_SCOPE_LINK if address.version == 4 else None, exist_ok=True)
 
 
+def reached_otherwise(h: Handle, address: IPAddress, link: Link) -> Optional[str]:
+    """Why `address` may not become a routed pod's address on `link`, or None: it is an address of
+    this node, or the node already reaches it on a link of its own (a connected subnet such as the
+    underlay's, where the other nodes and the router are, or another pod's host route). A host
+    route to it would take that traffic from its owner. Routes via a gateway (BIRD's routes to
+    other nodes' blocks, the default route) and blackholes (this node's blocks) are no objection."""
+    for a in h.addresses(family=family_of(address)):
+        if a.interface.ip == address:
+            owner_link = h.link_at(a.index)
+            return f"{address} is an address of this node (on {owner_link.name if owner_link else a.index})"
+    for r in h.routes(family_of(address)):
+        if r.gw is None and r.oif and r.oif != link.index and r.dst.prefixlen and address in r.dst:
+            other = h.link_at(r.oif)
+            return f"this node already reaches {address} on {other.name if other else r.oif} (route {r.dst})"
+    return None
+
+
 def has_host_route(h: Handle, address: IPAddress, link: Link) -> bool:
     prefix = 32 if address.version == 4 else 128
     dst = ipaddress.ip_network(f"{address}/{prefix}")

@@ -140,3 +140,34 @@ def test_a_failed_ipam_undoes_the_veth(routed, netns_factory, tmp_path):
     # DEL releases the lease: the one address is handed out again
     assert cni(routed, "DEL", c, "cfirst", first).ok
     assert cni(routed, "ADD", c, "csecond", pod).ok
+
+
+@pytest.mark.parametrize("address, why", [
+    pytest.param("198.19.5.7", "ul0", id="a-neighbour-on-the-underlay"),
+    pytest.param("198.19.5.1", "address of this node", id="the-nodes-own-address"),
+    pytest.param("198.18.64.2", "mpr", id="another-pods-address"),
+])
+def test_an_address_the_node_reaches_on_a_link_is_refused_and_nothing_left(routed, netns_factory, tmp_path,
+                                                                           address, why):
+    """A NAD's IPAM is its namespace's to choose, but a routed pod's /32 host route would take the
+    traffic of an address the node already reaches on a link: the underlay's neighbours (other
+    nodes, the router), the node itself, another network's pod. Refused naming `ipam`; the lease
+    and the veth go; the owner's route stays."""
+    first = netns_factory("pod")
+    assert cni(routed, "ADD", conf(tmp_path, [[{"subnet": "198.18.64.0/24", "rangeStart": "198.18.64.2",
+                                                "rangeEnd": "198.18.64.2"}]]), "cowner", first).ok
+    before = ip_json(routed, "route", "show")
+    subnet = str(ipaddress.ip_network(f"{address}/24", strict=False))
+    rogue = dict(conf(tmp_path / "rogue" / "state", [[{"subnet": subnet, "rangeStart": address, "rangeEnd": address,
+                                                             "gateway": subnet.replace("0/24", "254")}]]),
+                 name="tenant.rogue")
+    pod = netns_factory("pod")
+    out = cni(routed, "ADD", rogue, "crogue", pod)
+    assert out.rc == 1 and out.code == 7, out
+    assert "field: $.ipam" in out.out["details"] and why in out.out["msg"], out
+    assert ip_json(routed, "route", "show") == before, "the rogue address was routed"
+    assert len(host_links(routed)) == 1 and links(pod) == {"lo"}
+    from tests.netns.test_bridge_lab import BridgeLab
+
+    lab = BridgeLab(node=routed, root=str(tmp_path / "rogue"), make_ns=None, ipam_type="multiplex-ipam")
+    assert lab.leases("tenant.rogue") == [], "the lease was kept"
