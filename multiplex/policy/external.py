@@ -40,6 +40,8 @@ CONFIG_FIELD = "authorizeHooks"
 DEFAULT_TIMEOUT = 5.0
 #: the most of a hook's stdout that is read as its answer; more is a refusal
 MAX_ANSWER = 64 * 1024
+#: the most of a hook's stderr that is kept (its end: the last line is quoted in a refusal)
+STDERR_KEEP = 8 * 1024
 #: the environment a hook gets: nothing of multiplex's own (no kubeconfig, no state dir)
 HOOK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 API_VERSION = "multiplex.dev/v1"
@@ -116,7 +118,7 @@ def run(hook: ExternalHook, ask: AttachmentAsk) -> None:
     except OSError as e:
         raise refuse(hook.name, ask, f"cannot run {hook.path}: {e.strerror or e}") from None
     try:
-        out, err = proc.communicate(data, timeout=bound)
+        out, err = _talk(proc, data, bound)
     except subprocess.TimeoutExpired:
         _kill(proc)
         if bound_by_deadline:
@@ -140,11 +142,11 @@ def run(hook: ExternalHook, ask: AttachmentAsk) -> None:
 def verdict(hook: ExternalHook, returncode: int, out: bytes, err: bytes) -> tuple[bool, str]:
     """(allowed, reason) from what the hook did: anything but exit 0 with a well-formed answer is
     a refusal whose reason says what went wrong."""
+    if len(out) > MAX_ANSWER:   # first: such a hook is killed as soon as it has said too much
+        return False, f"{hook.path} answered more than {MAX_ANSWER} bytes; an answer is at most {MAX_ANSWER}"
     if returncode != 0:
         how = (f"was killed by signal {-returncode}" if returncode < 0 else f"exited with code {returncode}")
         return False, f"{hook.path} {how}" + _stderr_tail(err)
-    if len(out) > MAX_ANSWER:
-        return False, f"{hook.path} answered {len(out)} bytes; an answer is at most {MAX_ANSWER}"
     try:
         answer = json.loads(out.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
@@ -159,19 +161,73 @@ def verdict(hook: ExternalHook, returncode: int, out: bytes, err: bytes) -> tupl
     return False, reason or "(the hook gave no reason)"
 
 
+def _talk(proc: subprocess.Popen, data: bytes, timeout: float) -> tuple[bytes, bytes]:
+    """`proc.communicate(data, timeout)` with bounded reads: stdout is kept up to MAX_ANSWER + 1
+    bytes and stderr's last STDERR_KEEP bytes, so a hook that floods its pipes costs no memory.
+    A hook whose answer is already too long is killed (its session) at once: the refusal does
+    not wait for its timeout. Raises subprocess.TimeoutExpired like communicate."""
+    import selectors
+    import time
+
+    deadline = time.monotonic() + timeout
+    out, err = bytearray(), bytearray()
+    view, sent = memoryview(data), 0
+    with selectors.DefaultSelector() as sel:
+        if data:
+            os.set_blocking(proc.stdin.fileno(), False)   # a hook that does not read never blocks us
+            sel.register(proc.stdin, selectors.EVENT_WRITE)
+        else:
+            proc.stdin.close()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        sel.register(proc.stderr, selectors.EVENT_READ)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(proc.args, timeout)
+            for key, _ev in sel.select(left):
+                f = key.fileobj
+                if f is proc.stdin:
+                    try:
+                        sent += os.write(f.fileno(), view[sent:sent + 65536])
+                    except BlockingIOError:
+                        continue
+                    except BrokenPipeError:   # the hook answers without reading all: its choice
+                        sent = len(data)
+                    if sent >= len(data):
+                        sel.unregister(f)
+                        f.close()
+                    continue
+                chunk = os.read(f.fileno(), 65536)
+                if not chunk:
+                    sel.unregister(f)
+                    f.close()
+                elif f is proc.stdout:
+                    out += chunk
+                    if len(out) > MAX_ANSWER:   # refused whatever follows: stop it now
+                        _kill(proc)
+                        return bytes(out[:MAX_ANSWER + 1]), bytes(err)
+                else:
+                    err = (err + chunk)[-STDERR_KEEP:]
+    try:
+        proc.wait(max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        raise subprocess.TimeoutExpired(proc.args, timeout) from None
+    return bytes(out), bytes(err)
+
+
 def _kill(proc: subprocess.Popen) -> None:
     """Kill the hook's whole session (its children hold its pipes too), then reap it."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+    for f in (proc.stdin, proc.stdout, proc.stderr):   # a grandchild that left the session may hold them
+        if f is not None:
+            f.close()
     try:
-        proc.communicate(timeout=2)
-    except subprocess.TimeoutExpired:   # a grandchild left the session and kept a pipe: let go
-        for f in (proc.stdin, proc.stdout, proc.stderr):
-            if f is not None:
-                f.close()
-        proc.wait(timeout=2)
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:   # stuck in the kernel: Popen reaps it later
+        pass
 
 
 def _stderr_tail(err: bytes) -> str:

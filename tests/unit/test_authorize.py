@@ -323,6 +323,72 @@ def test_a_hook_that_crashes_or_prints_garbage_denies_with_a_clear_reason(env, b
     refused(env, *env.add(**hooks({"name": "flaky", "path": path})), "flaky", reason)
 
 
+def _hook_ask(req_deadline: float = 30.0):
+    from multiplex.policy.hooks import AttachmentAsk
+
+    req = Request(command="ADD", container_id="c1", netns="/x", ifname="eth0",
+                  args={"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": "p"}, config={})
+    req.deadline = time.monotonic() + req_deadline
+    return AttachmentAsk(network="default/blue", nad_namespace="default", nad_name="blue", nad={},
+                         ifname="net1", selection=None, request=req, pod={"namespace": "default", "name": "p"})
+
+
+def test_a_hook_that_floods_stdout_is_killed_at_once_and_memory_stays_bounded(env, monkeypatch):
+    """An answer longer than MAX_ANSWER is a refusal: the hook (an endless writer) is killed as
+    soon as it passes the bound, not at its timeout, and no more than the bound is kept."""
+    from multiplex.policy import external
+
+    seen = []
+    real = external.verdict
+    monkeypatch.setattr(external, "verdict", lambda h, rc, out, err: seen.append(len(out)) or real(h, rc, out, err))
+    path = env.hook("chatty", "cat >/dev/null; exec yes allowed")
+    started = time.monotonic()
+    with pytest.raises(CNIError) as e:
+        external.run(external.ExternalHook("chatty", path, timeout=20), _hook_ask())
+    assert time.monotonic() - started < 10, "the flooding hook ran until its timeout"
+    assert e.value.code == 106 and f"more than {external.MAX_ANSWER} bytes" in e.value.msg
+    assert seen == [external.MAX_ANSWER + 1]
+
+
+def test_a_hook_that_floods_stderr_keeps_only_its_tail_and_its_answer_counts(env, monkeypatch):
+    from multiplex.policy import external
+
+    seen = []
+    real = external.verdict
+    monkeypatch.setattr(external, "verdict", lambda h, rc, out, err: seen.append(len(err)) or real(h, rc, out, err))
+    path = env.hook("noisy", "cat >/dev/null; head -c 4000000 /dev/zero | tr '\\0' x >&2; echo >&2; "
+                             "echo 'last words' >&2; echo '{\"allowed\": false, \"reason\": \"no\"}'")
+    with pytest.raises(CNIError) as e:
+        external.run(external.ExternalHook("noisy", path, timeout=20), _hook_ask())
+    assert "no" in e.value.msg and seen and seen[0] <= external.STDERR_KEEP
+
+
+def test_a_hook_that_never_reads_a_large_request_still_times_out(env):
+    """stdin is written without blocking: a hook that reads nothing cannot hold the call past its
+    timeout however large the request (more than a pipe holds)."""
+    from multiplex.policy import external
+
+    ask = _hook_ask()
+    ask.pod["annotations"] = {"big": "x" * 1_000_000}
+    path = env.hook("deaf", "exec sleep 60")
+    started = time.monotonic()
+    with pytest.raises(CNIError) as e:
+        external.run(external.ExternalHook("deaf", path, timeout=0.5), ask)
+    assert time.monotonic() - started < 5
+    assert "no answer within its timeout of 0.5s" in e.value.msg
+
+
+def test_a_hook_that_reads_a_large_request_gets_all_of_it(env):
+    from multiplex.policy import external
+
+    ask = _hook_ask()
+    ask.pod["annotations"] = {"big": "x" * 1_000_000}
+    seen = env.root / "seen.json"
+    path = env.hook("reader", f"cat > {seen}; echo '{{\"allowed\": true}}'")
+    external.run(external.ExternalHook("reader", path, timeout=20), ask)
+    assert json.loads(seen.read_text())["pod"]["annotations"]["big"] == "x" * 1_000_000
+
+
 def test_a_hook_that_cannot_be_run_denies(env):
     env.nad("blue")
     env.pod("p", "blue")
