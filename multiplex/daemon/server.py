@@ -135,6 +135,11 @@ class CNIServer:
         self._stopping.set()
         self._close_listener()
         limit = time.monotonic() + (self.budget + 5.0 if timeout is None else timeout)
+        # a connection accepted just before the close is admitted (or refused) by the accept
+        # thread: wait for it to end, so every admitted call is counted before the drain below
+        accept = self._threads[0] if self._threads else None
+        if accept is not None and accept is not threading.current_thread():
+            accept.join(max(0.0, limit - time.monotonic()))
         with self._idle:
             while self._admitted > 0 and time.monotonic() < limit:
                 self._idle.wait(max(0.0, min(0.5, limit - time.monotonic())))

@@ -286,3 +286,28 @@ def test_a_call_whose_caller_gave_up_while_it_waited_is_not_run(serve):
     first.close()
     wait_for(lambda: srv._admitted == 0)
     assert [c[0] for c in rec.calls] == ["a"]
+
+
+def test_a_call_accepted_as_stop_begins_is_answered_not_dropped(serve, monkeypatch):
+    """The accept thread may hold a connection it accepted but has not admitted yet when stop()
+    begins: stop must wait for it (the accept thread ends first), so that call is served like the
+    others admitted, never left behind the workers' stop markers and closed unanswered."""
+    rec = Recorder()
+    srv = serve(rec, workers=1, queue_size=2)
+    accepted = threading.Event()
+    admit = srv._admit
+
+    def slow_admit(conn):
+        accepted.set()
+        time.sleep(0.5)       # between accept() and the admission count
+        admit(conn)
+
+    monkeypatch.setattr(srv, "_admit", slow_admit)
+    conn = send(srv.socket_path, "late", "N=0")
+    assert accepted.wait(10)
+    assert srv.stop(10) is True
+    try:
+        assert shim.read_answer(conn)[0] == 0
+    finally:
+        conn.close()
+    assert [c[0] for c in rec.calls] == ["late"]
