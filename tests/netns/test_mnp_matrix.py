@@ -114,6 +114,14 @@ SCENARIOS = {
         lambda w: [server_ingress("ports", {"ports": [{"port": "web"}, {"protocol": "UDP", "port": 5353},
                                                       {"protocol": "TCP", "port": 9000, "endPort": 9100}]})],
         lambda s, d, k, f: d != "a" or k != "icmp"),
+    "ingress-endPort-range-only": (
+        lambda w: [server_ingress("range", {"ports": [{"protocol": "TCP", "port": 9000, "endPort": 9100}]})],
+        lambda s, d, k, f: d != "a" or k == "tcp9090"),
+    "egress-ipBlock-except": (
+        lambda w: [client_egress("block", {"to": [
+            {"ipBlock": {"cidr": "198.18.61.0/24", "except": [w.addrs["a"][4] + "/32"]}},
+            {"ipBlock": {"cidr": "fd00:61::/64", "except": [w.addrs["a"][6] + "/128"]}}]})],
+        lambda s, d, k, f: s != "b" or d != "a"),
     "egress-podSelector-tcp8080": (
         lambda w: [client_egress("to-server", {"to": [{"podSelector": {"matchLabels": {"role": "server"}}}],
                                                "ports": [{"port": 8080}]})],
