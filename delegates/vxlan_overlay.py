@@ -209,8 +209,16 @@ def find_underlay(node, conf: OverlayConfig) -> Underlay:
 
 def check_vni_free(node, conf: OverlayConfig) -> None:
     """Code 7 naming `vni` when another network's VXLAN device on this node holds the VNI (on the
-    same port), or when this network's device has another VNI, port or mode than the config."""
+    same port), or when this network's device has another VNI, port or mode than the config; and
+    when the VNI and port are the node's own (bgp-routed's CrossSubnet device), even before that
+    device exists."""
     from multiplex.netlink import vxlan
+
+    reserved = node_reserved_vni()
+    if reserved == (conf.vni, conf.port):
+        raise invalid_config(f"VNI {conf.vni} on UDP port {conf.port} is the node's own (bgp-routed's crossSubnet "
+                             "device, in the BGP settings): an overlay network on it would receive the cluster "
+                             "network's traffic between subnets", "$.vni", "another VNI")
 
     for dev in vxlan.vxlan_devices(node):
         mine = dev.link.name == conf.device
@@ -235,6 +243,20 @@ def check_vni_free(node, conf: OverlayConfig) -> None:
             raise invalid_config(f"VNI {conf.vni} is already used on this node by network {other} "
                                  f"(device {dev.link.name})", "$.vni",
                                  "a VNI no other network of this node uses: one VNI is one L2 domain")
+
+
+def node_reserved_vni() -> Optional[tuple[int, int]]:
+    """(VNI, port) of bgp-routed's CrossSubnet VXLAN device as the admin's BGP settings file sets
+    them (multiplex/bgp/settings.py), or None: no file, a bad one (the controller reports it), or
+    encapsulation off."""
+    from multiplex.bgp import settings
+
+    path = settings.settings_path()
+    try:
+        s = settings.load(path)
+    except (OSError, ValueError):
+        return None
+    return (s.vxlan_vni, s.vxlan_port) if s.cross_subnet == "vxlan" else None
 
 
 # ---- the plugin ----------------------------------------------------------------------------------

@@ -260,3 +260,32 @@ def test_check_passes_then_names_a_vxlan_device_that_is_down(underlay):
     finally:
         cni(n1, "DEL", conf, cid, ns)
         pool.close()
+
+
+def test_the_vni_of_the_nodes_crosssubnet_device_is_refused_before_that_device_exists(underlay, tmp_path):
+    """bgp-routed's CrossSubnet device (VNI and port from the admin's BGP settings) is made only once
+    a node on another subnet appears; a NAD that took its VNI first would receive the cluster
+    network's encapsulated traffic and keep the node's device from being made. Refused naming
+    `vni`, nothing left."""
+    import json
+    import os
+
+    from tests.cnitool import NetnsPool, run_plugin
+    from tests.netns.vxlan_underlay import PLUGIN
+
+    n1, n2 = underlay.nodes
+    settings = tmp_path / "bgp.json"
+    settings.write_text(json.dumps({"crossSubnet": {"encapsulation": "vxlan", "vni": 76, "port": 4789}}))
+    before = {"links": links(n1.netns), "fdb": {d: fdb(n1.netns, d) for d in vxlan_links(n1.netns)}}
+    pool = NetnsPool("mpx")
+    try:
+        ns = pool.make("vb")
+        out = run_plugin(PLUGIN, "ADD", conf_for(n1, "stbgp", 76, [n2.v4]), node=n1.netns,
+                         container_id=container_id(), netns=ns, ifname="net1",
+                         extra_env={"MULTIPLEX_STATE_DIR": n1.state_dir, "MULTIPLEX_BGP_CONFIG": str(settings),
+                                    "MULTIPLEX_LOG_FILE": os.path.join(n1.root, "multiplex.log")})
+        assert out.rc == 1 and out.code == 7, out
+        assert "field: $.vni" in out.out["details"] and "crossSubnet" in out.out["msg"], out
+        assert_nothing_left(n1, before, ns, "stbgp")
+    finally:
+        pool.close()
