@@ -203,9 +203,15 @@ def node_text(node: dict) -> str:
             parts.append(f"on bridge {node['bridge']}")
         if node.get("vlans"):
             parts.append("vlan " + ",".join(map(str, node["vlans"])))
+        for v in node.get("vteps") or []:
+            parts.append(f"vtep {v['name']} vni {v['vni']} local {v['local']} port {v['port']} mtu {v['mtu']}"
+                         f" peers {', '.join(v['peers']) or 'none'}")
+        if "routes" in node:
+            parts.append("node routes " + ("; ".join(r["dst"] + (f" via {r['gw']}" if r.get("gw") else "")
+                                                      for r in node["routes"]) or "none"))
     elif node.get("kind"):
         parts.append(node["kind"] + (f" on master {node['master']}" if node.get("master") else ""))
-    known = {"kind", "peer", "peerMac", "peerUp", "bridge", "vlans", "master", "hostAlias"}
+    known = {"kind", "peer", "peerMac", "peerUp", "bridge", "vlans", "master", "hostAlias", "vteps", "routes"}
     parts += [f"{k} {json.dumps(v) if not isinstance(v, str) else v}" for k, v in node.items() if k not in known]
     return "  ".join(parts)
 

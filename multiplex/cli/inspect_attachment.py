@@ -162,7 +162,7 @@ def describe_attachment(att: dict, entry: dict, kernel: Kernel, state_dir: Optio
     else:
         view["interface"] = None
 
-    node = node_side(kernel, pod_link, cached["host"], differs)
+    node = node_side(kernel, pod_link, cached["host"], differs, tuple(cached["addresses"]))
     plugin_view = delegate_view(view["delegate"], att, differs)
     if plugin_view:
         node.update(plugin_view)
@@ -233,8 +233,11 @@ def _route_present(want: dict, have: list[dict]) -> bool:
 
 
 # ---- the node side ------------------------------------------------------------------------------
-def node_side(kernel: Kernel, pod_link, host_ifaces: list[dict], differs: list[str]) -> dict:
-    """The node end of the pod interface: veth peer (its bridge and VLANs) or parent (master).
+def node_side(kernel: Kernel, pod_link, host_ifaces: list[dict], differs: list[str],
+              addresses: tuple[str, ...] = ()) -> dict:
+    """The node end of the pod interface: veth peer (its bridge and VLANs, the bridge's VXLAN
+    ports: VTEP, VNI, peers) or, for a veth on no bridge (a routed pod: bgp-routed, ptp), the
+    node's routes through it, each cached address's host route checked; or parent (master).
     Without the pod's interface, what the cache records of the node side is looked up by name."""
     node = kernel.node
     side: dict[str, Any] = {}
@@ -250,6 +253,10 @@ def node_side(kernel: Kernel, pod_link, host_ifaces: list[dict], differs: list[s
             else:
                 side.update(peer=parent.name, peerMac=parent.mac.lower(), peerUp=parent.up)
                 _bridge_of(node, parent, side)
+                if parent.master:
+                    _vteps_of(node, parent.master, side)
+                else:
+                    _host_routes_of(node, parent, addresses, side, differs)
         elif pod_link.kind in ("macvlan", "ipvlan", "macvtap", "vlan"):
             side.update(kind=pod_link.kind, master=parent.name if parent else None)
             if parent is None:
@@ -284,6 +291,43 @@ def _bridge_of(node, port, side: dict) -> None:
     if vlans:
         side["vlans"] = vlans
     side["hostAlias"] = port.alias or None
+
+
+def _vteps_of(node, bridge_index: int, side: dict) -> None:
+    """The VXLAN devices that are ports of the bridge (vxlan-overlay's VTEP): VNI, UDP port, local
+    address, learning/proxy, and the peers its all-zeros FDB entries flood to."""
+    from ..netlink import vxlan
+
+    try:
+        devices = [d for d in vxlan.vxlan_devices(node) if d.link.master == bridge_index]
+    except CNIError:
+        return
+    vteps = []
+    for d in devices:
+        try:
+            peers = sorted({r.dst for r in vxlan.remote_fdb(node, d.link) if r.mac == vxlan.ZERO_MAC})
+        except CNIError:
+            peers = []
+        vteps.append({"name": d.link.name, "vni": d.vni, "port": d.port,
+                      "local": str(d.local) if d.local is not None else None, "mtu": d.link.mtu,
+                      "up": d.link.up, "learning": d.learning, "proxy": d.proxy, "peers": peers})
+    if vteps:
+        side["vteps"] = vteps
+
+
+def _host_routes_of(node, peer, addresses: tuple[str, ...], side: dict, differs: list[str]) -> None:
+    """The node's routes out of a veth on no bridge (a routed pod: the host routes BGP exports),
+    and, for each cached address, whether the node has its host route through that veth."""
+    try:
+        routes = [r for r in node.routes() if r.oif == peer.index]
+    except CNIError:
+        return
+    side["routes"] = [{"dst": str(r.dst), "gw": str(r.gw) if r.gw else None} for r in routes
+                      if not (r.dst.version == 6 and r.dst.subnet_of(LINK_LOCAL_V6))]  # type: ignore[arg-type]
+    for a in addresses:
+        ip = ipaddress.ip_interface(a).ip
+        if not any(r.dst.prefixlen == r.dst.max_prefixlen and r.dst.network_address == ip for r in routes):
+            differs.append(f"the node has no host route to {ip} through {peer.name}")
 
 
 def delegate_view(type_name: str, att: dict, differs: list[str]) -> dict:
