@@ -278,8 +278,13 @@ class Request:
         return replace(self, **changes)
 
     def env(self, base: Optional[Mapping[str, str]] = None) -> dict[str, str]:
-        """The environment an exec'd plugin gets: `base` (default: ours) plus the CNI_* variables."""
-        env = {k: v for k, v in (base if base is not None else os.environ).items() if not k.startswith("CNI_")}
+        """The environment an exec'd plugin gets: `base` (default: ours) plus the CNI_* variables.
+        The call's state root and kubeconfig come from its context only, never from `base`: in the
+        node daemon, `base` is the daemon's own environment, not the calling runtime's."""
+        from .context import KUBECONFIG_ENV, STATE_DIR_ENV
+
+        env = {k: v for k, v in (base if base is not None else os.environ).items()
+               if not k.startswith("CNI_") and k not in (STATE_DIR_ENV, KUBECONFIG_ENV)}
         env["CNI_COMMAND"] = self.command
         if self.container_id:
             env["CNI_CONTAINERID"] = self.container_id
