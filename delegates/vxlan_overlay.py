@@ -259,6 +259,18 @@ def node_reserved_vni() -> Optional[tuple[int, int]]:
     return (s.vxlan_vni, s.vxlan_port) if s.cross_subnet == "vxlan" else None
 
 
+def check_port_is_not_the_nodes(port: Any, where: str = "$") -> None:
+    """The VXLAN device listens on its UDP port on every address of the node: a NAD may not take
+    WireGuard's, which encryption needs (privileged ports, the node's DNS, NTP, DHCP, IPsec, are
+    below the schema's minimum of 1024)."""
+    from multiplex.netlink.wireguard import LISTEN_PORT
+
+    if port == LISTEN_PORT:
+        raise invalid_config(f"UDP port {port} is the node's WireGuard port: the VXLAN device would listen on it "
+                             "on every node address", f"{where}.port",
+                             f"1024 to 65535 except {LISTEN_PORT}; 4789 (the default) or 8472")
+
+
 # ---- the plugin ----------------------------------------------------------------------------------
 class VxlanOverlayPlugin(Plugin):
     type_name = TYPE_NAME
@@ -269,6 +281,7 @@ class VxlanOverlayPlugin(Plugin):
         super().validate(conf, where)
         check_ipv6_mtu(conf, where)
         parse_peers(conf.get("peers"), where)
+        check_port_is_not_the_nodes(conf.get("port"), where)
         if conf.get("encrypt") and conf.get("peers"):
             raise invalid_config("encrypt needs the node daemon's peers (it publishes and learns their public keys); "
                                  "static peers cannot be encrypted", f"{where}.encrypt",
