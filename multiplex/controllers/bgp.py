@@ -106,10 +106,17 @@ class BgpController(Controller):
         return self.bird.alive() and self.bird.answers()
 
     def stop(self) -> None:
+        """Stop BIRD. With graceful restart on (the default), BIRD stops for a graceful restart, so
+        its peers keep this node's routes as stale until the next daemon's BIRD has converged (a
+        rolling update drops no route); a SIGTERM would send Cease and the peers would withdraw at
+        once. Without graceful restart, or when BIRD does not stop that way: SIGTERM."""
         pid = self.bird.pid
+        graceful = self.plan is not None and self.plan.settings.graceful_restart and self.bird.alive()
+        if graceful:
+            self.bird.graceful_restart()
         self.bird.stop()
         if pid:
-            self.daemon.log.info("BIRD stopped", pid=pid)
+            self.daemon.log.info("BIRD stopped", pid=pid, graceful=graceful)
 
     # --- the steps ---------------------------------------------------------------------------------
     def gather(self):

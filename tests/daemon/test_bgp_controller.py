@@ -257,6 +257,10 @@ def test_controller_starts_reconfigures_and_stops_bird(controller_in_netns):
     ctrl.daemon = ctx
     ctrl.stop()
     assert not birdmod._is_bird(pid)
+    # graceful restart is on by default: BIRD stopped for one (its peers keep our routes as stale
+    # until the next daemon's BIRD is back), not with a SIGTERM (Cease: the peers withdraw at once)
+    tail = ctrl.bird.log_tail(4000).lower()
+    assert "shutting down for graceful restart" in tail, tail
 
 
 @pytest.mark.root
