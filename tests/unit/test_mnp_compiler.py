@@ -202,3 +202,26 @@ def test_a_pass_leaves_alone_a_pod_that_an_add_touched_after_the_pass_read_its_v
     assert len(on_server) == 1 and on_server[0] != "", applier.calls   # the ADD's table, nothing after it
     engine.sync_all()                                   # the pass the ADD queued: the server with its labels
     assert [h for netns, h in applier.calls if netns == str(n2)] == on_server * 2
+
+
+def test_a_local_pod_whose_labels_are_unknown_is_closed_not_left_open(tmp_path):
+    """Neither watched nor readable: compiled without labels, a pod would escape every policy that
+    selects by label (fail open). It is closed on the networks its namespace's policies police,
+    until a pass knows its labels; a network no policy names stays open."""
+    spec = {"apiVersion": "k8s.cni.cncf.io/v1beta1", "kind": "MultiNetworkPolicy",
+            "metadata": {"name": "p", "namespace": "team", "annotations": {"k8s.v1.cni.cncf.io/policy-for": "blue"}},
+            "spec": CLIENTS_8080}
+    engine = Engine(lambda: Snapshot([spec], [], []), str(tmp_path), applier=_RecordingApplier())
+    pod = LocalPod("cid-s", str(tmp_path / "ns"), "team", "server", [("net1", NET, ["198.18.1.1"]),
+                                                                     ("eth0", "podnet", ["198.18.0.9"])])
+    unknown = engine.compile(engine.view(engine.snapshot(), [pod]), pod)
+    assert not unknown.empty
+    net1 = next(p for p in unknown.interfaces if p.ifname == "net1")
+    assert net1.errors and "labels" in str(net1.errors[0])
+    assert all(not p.errors for p in unknown.interfaces if p.ifname == "eth0")
+    # known labels: the server is selected and gets its real rules; a pod no policy selects, none
+    engine._labels["cid-s"] = {"metadata": {"name": "server", "namespace": "team", "labels": {"role": "server"}}}
+    known = engine.compile(engine.view(engine.snapshot(), [pod]), pod)
+    assert all(not p.errors for p in known.interfaces) and not known.empty
+    engine._labels["cid-s"] = {"metadata": {"name": "server", "namespace": "team", "labels": {"role": "other"}}}
+    assert engine.compile(engine.view(engine.snapshot(), [pod]), pod).empty

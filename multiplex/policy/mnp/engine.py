@@ -179,20 +179,39 @@ class Engine:
             pods[info.key] = info
         with self._lock:
             pending_objs = {cid: obj for cid, (_p, obj) in self._pending.items() if obj}
+        unknown: set[str] = set()
         for lp in local:
             info = pods.get(lp.key)
             if info is None:
                 obj = pending_objs.get(lp.container_id) or self._labels.get(lp.container_id)
                 info = pod_info(obj) if obj else PodInfo(lp.namespace, lp.name)
                 pods[lp.key] = info
+                if not obj:
+                    unknown.add(lp.key)
             for _ifname, network, ips in lp.interfaces:
                 if ips:
                     info.addresses[network] = list(ips)
-        return compiler.PolicyView(policies, broken, namespaces, list(pods.values()))
+        view = compiler.PolicyView(policies, broken, namespaces, list(pods.values()))
+        view.__dict__["_unknown"] = unknown
+        return view
 
     # --- passes ----------------------------------------------------------------------------------
     def compile(self, view: compiler.PolicyView, pod: LocalPod) -> compiler.Ruleset:
+        """The pod's ruleset. A local pod whose labels are unknown (neither watched nor readable
+        from the API yet) cannot be matched against its namespace's selectors: compiled without
+        labels it would be left open by every policy that selects by label. Fail closed instead,
+        as the one-shot ADD does: the networks its namespace's policies police are closed for it
+        until a pass knows its labels."""
         info = view.pod(pod.key) or PodInfo(pod.namespace, pod.name)
+        if pod.key in view.__dict__.get("_unknown", ()):
+            policed = {n for p in view.policies if p.namespace == pod.namespace for n in p.networks}
+            policed |= {n for ns, nets, _e in view.broken if ns == pod.namespace for n in (nets or ())}
+            closed = tuple(n for _i, n, _a in pod.interfaces if n in policed)
+            if closed:
+                waiting = PolicyError("(labels unknown)", "metadata.labels",
+                                      "the pod's labels are not known yet (not watched, not readable)")
+                view = compiler.PolicyView(view.policies, view.broken + [(pod.namespace, closed, waiting)],
+                                           view.namespaces, view.pods)
         return compiler.compile_pod(view, info, [(i, n) for i, n, _ in pod.interfaces], self.per_address_rules)
 
     def sync_all(self, verify: bool = False) -> dict[str, int]:
