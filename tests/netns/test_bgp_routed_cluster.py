@@ -315,6 +315,15 @@ def test_a_node_on_another_subnet_is_reached_through_vxlan(netns_factory, tmp_pa
     fdb = {(e["mac"], e.get("dst")) for e in json.loads(nsexec(nodes[0], "bridge", "-j", "fdb", "show", "dev",
                                                                  "mpxbgp0").stdout)}
     assert ("0e:6d:c6:13:01:0d", underlay_v4(3, 1)) in fdb and not [e for e in fdb if e[1] == underlay_v4(2)]
+    # the replies' way back: node 3 holds every block of nodes 1 and 2, both families, before any
+    # ping (waiting for node 1's IPv4 block alone made the first IPv6 ping race BIRD)
+    for i in (0, 1):
+        for a in addrs[i]:
+            fam, plen = ("-4", 26) if a.version == 4 else ("-6", 122)
+            blk = str(ipaddress.ip_network(f"{a}/{plen}", strict=False))
+            wait_for(f"node {i + 1}'s block {blk} on node 3", lambda fam=fam, blk=blk: bird_routes(nodes[2], fam).get(blk))
+    for fam, blk in (("-4", b3[0]), ("-6", b3[1])):
+        wait_for(f"node 3's block {blk} on node 2", lambda fam=fam, blk=blk: bird_routes(nodes[1], fam).get(blk))
     # the router between the segments knows no pod: only encapsulated traffic gets across
     assert not [x for x in ip_json(c["ul"], "route") if x["dst"].startswith("198.18.")]
     for a in addrs[2]:
