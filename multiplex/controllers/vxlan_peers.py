@@ -13,6 +13,13 @@ For each VXLAN device the vxlan-overlay delegate made on this node in programmed
   (its MAC -> its node's address) and a neighbour entry per address (IP -> MAC) on the device.
   With proxy mode on, the kernel answers ARP and neighbour solicitations for remote pods from
   those entries and drops what it cannot answer: ARP and ND never flood the mesh.
+- **trust**: a network-status is the pod's to edit (whoever may patch pods in its namespace can),
+  so a claim is programmed only when the pod's namespace may use the network (a NAD network
+  `ns/name` only from namespace `ns`; the daemon does not know the meta plugin's
+  `globalNamespaces`, so it is strict: no exception for them), the pod runs on a node publishing
+  this network's VTEP (its `spec.nodeName`), and no other such pod claims the same IP or MAC (a
+  disputed one is programmed for neither, logged and counted in
+  `multiplex_vxlan_refused_claims`). See `desired`.
 - everything else permanent on the device is removed: a node that left (its Node, or its facts,
   gone), a pod deleted or moved.
 
@@ -39,7 +46,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
 from ..daemon.controller import Controller, DaemonContext
@@ -74,6 +81,9 @@ class Desired:
     peers: set[str]                      # underlay addresses for the all-zeros entry
     fdb: dict[str, str]                  # pod MAC -> underlay address
     neighbours: dict[str, str]           # pod IP -> pod MAC
+    #: claims not programmed: (reason, pod `ns/name`, what) with reason "namespace" (the pod's
+    #: namespace may not use the network) or "conflict" (an IP or MAC another pod claims too)
+    refused: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def status_network(name: str) -> str:
@@ -82,19 +92,37 @@ def status_network(name: str) -> str:
     return f"{ns}.{nad}" if sep else name
 
 
-def pod_attachments(pod: dict, network: str) -> Iterable[tuple[str, list[str]]]:
-    """(MAC, addresses) of each interface of `pod` on `network`, from its network-status."""
+def may_claim(pod_namespace: str, status_name: str, global_namespaces: Iterable[str] = ()) -> bool:
+    """Whether a pod of `pod_namespace` may claim an address on the network network-status names
+    `status_name`: a NAD's network (`ns/name`) only from its own namespace, or any namespace when
+    `ns` is a global namespace; a network without a namespace (the cluster's, from the meta
+    plugin's config) from every pod."""
+    ns, sep, _ = status_name.partition("/")
+    return not sep or ns == pod_namespace or ns in set(global_namespaces)
+
+
+def pod_attachments(pod: dict, network: str, global_namespaces: Iterable[str] = (),
+                    refused: Optional[list] = None) -> Iterable[tuple[str, list[str]]]:
+    """(MAC, addresses) of each interface of `pod` on `network`, from its network-status. An entry
+    the pod's namespace may not claim (`may_claim`) is skipped, and noted in `refused`."""
     import json
 
-    text = ((pod.get("metadata") or {}).get("annotations") or {}).get(STATUS_ANNOTATION)
+    meta = pod.get("metadata") or {}
+    text = (meta.get("annotations") or {}).get(STATUS_ANNOTATION)
     if not text:
         return
     try:
         entries = json.loads(text)
     except ValueError:
         return
+    namespace = str(meta.get("namespace") or "")
     for e in entries if isinstance(entries, list) else []:
-        if not isinstance(e, dict) or status_network(str(e.get("name") or "")) != network:
+        name = str(e.get("name") or "") if isinstance(e, dict) else ""
+        if not name or status_network(name) != network:
+            continue
+        if not may_claim(namespace, name, global_namespaces):
+            if refused is not None:
+                refused.append(("namespace", pod_key(pod), name))
             continue
         mac = str(e.get("mac") or "").lower()
         if not _MAC.match(mac):
@@ -108,8 +136,22 @@ def pod_attachments(pod: dict, network: str) -> Iterable[tuple[str, list[str]]]:
         yield mac, ips
 
 
-def desired(device: Device, me: str, nodes: dict, pods: list[dict]) -> Desired:
-    """What `device` should hold, from every node's facts and every pod's network-status."""
+def pod_key(pod: dict) -> str:
+    meta = pod.get("metadata") or {}
+    return f"{meta.get('namespace') or ''}/{meta.get('name') or ''}"
+
+
+def desired(device: Device, me: str, nodes: dict, pods: list[dict],
+            global_namespaces: Iterable[str] = ()) -> Desired:
+    """What `device` should hold, from every node's facts and every pod's network-status.
+
+    A pod's network-status is the pod's to edit (anyone who may patch pods in its namespace can),
+    so a claim counts only when (1) the pod's namespace may use the network (`may_claim`), (2) the
+    pod runs on a node that publishes this network's VTEP with this VNI (its `spec.nodeName`, which
+    the scheduler sets and nobody can change), this node included, and (3) no other pod makes a
+    counted claim of the same IP or the same MAC: a disputed IP or MAC is programmed for neither
+    (noted in `refused` as "conflict"), never last-claim-wins. This node's own pods are counted
+    (a remote pod claiming a local pod's address is a conflict) but not programmed."""
     key = FACT_PREFIX + device.network
     where: dict[str, str] = {}
     for name, facts in nodes.items():
@@ -121,17 +163,36 @@ def desired(device: Device, me: str, nodes: dict, pods: list[dict]) -> Desired:
         addr = facts.address(device.family)
         if addr is not None:
             where[name] = str(addr)
-    fdb: dict[str, str] = {}
-    neighbours: dict[str, str] = {}
+    refused: list[tuple[str, str, str]] = []
+    claims: list[tuple[str, str, str, list[str]]] = []      # (pod, node, MAC, IPs)
     for pod in pods:
         node = (pod.get("spec") or {}).get("nodeName") or ""
-        if node not in where:
+        if node not in where and node != me:
             continue
-        for mac, ips in pod_attachments(pod, device.network):
+        for mac, ips in pod_attachments(pod, device.network, global_namespaces, refused):
+            claims.append((pod_key(pod), node, mac, ips))
+    mac_owners: dict[str, set[str]] = {}
+    ip_owners: dict[str, set[tuple[str, str]]] = {}
+    for who, _, mac, ips in claims:
+        mac_owners.setdefault(mac, set()).add(who)
+        for ip in ips:
+            ip_owners.setdefault(ip, set()).add((who, mac))
+    disputed_macs = {mac for mac, owners in mac_owners.items() if len(owners) > 1}
+    disputed_ips = {ip for ip, owners in ip_owners.items() if len(owners) > 1}
+    fdb: dict[str, str] = {}
+    neighbours: dict[str, str] = {}
+    for who, node, mac, ips in claims:
+        if mac in disputed_macs:
+            refused.append(("conflict", who, mac))
+            continue
+        if node != me:
             fdb[mac] = where[node]
-            for ip in ips:
+        for ip in ips:
+            if ip in disputed_ips:
+                refused.append(("conflict", who, ip))
+            elif node != me:
                 neighbours[ip] = mac
-    return Desired(peers=set(where.values()), fdb=fdb, neighbours=neighbours)
+    return Desired(peers=set(where.values()), fdb=fdb, neighbours=neighbours, refused=sorted(set(refused)))
 
 
 def local_devices(h) -> list[Device]:
@@ -186,6 +247,8 @@ class VxlanPeers(Controller):
         self.state_dir = state_dir
         self.registry: Any = None
         self._published: set[str] = set()
+        self._refused: dict[str, list] = {}
+        self._gauge: Any = None
 
     def setup(self, daemon: DaemonContext) -> None:
         super().setup(daemon)
@@ -216,11 +279,28 @@ class VxlanPeers(Controller):
             for dev in devices:
                 want = desired(dev, self.node_name, nodes, pods)
                 wanted.append((dev, want))
+                self.report_refused(dev.network, want.refused)
                 changed = program(h, dev, want)
                 if changed["added"] or changed["removed"]:
                     self.daemon.log.info("vxlan peers programmed", network=dev.network, device=dev.link.name,
                                          vni=dev.vni, **changed)
             self.encrypt(h, wanted, nodes)
+
+    def report_refused(self, network: str, refused: list) -> None:
+        """Claims not programmed: a warning when they change (not at every resync), and the gauge
+        `multiplex_vxlan_refused_claims{network, reason}`."""
+        if self._refused.get(network) != refused:
+            for reason, pod, what in refused:
+                if (reason, pod, what) not in self._refused.get(network, []):
+                    self.daemon.log.warning("vxlan claim not programmed", network=network, reason=reason,
+                                            pod=pod, claim=what)
+            self._refused[network] = refused
+        if self._gauge is None:
+            self._gauge = _refused_gauge(self.daemon.metrics)
+        if self._gauge is not None:
+            for reason in ("namespace", "conflict"):
+                self._gauge.labels(network=network, reason=reason).set(
+                    sum(1 for r in refused if r[0] == reason))
 
     def encrypt(self, h, wanted: list, nodes: dict) -> None:
         """The WireGuard side: this node's public key published (after a rotation: the new key on the
@@ -285,6 +365,21 @@ class VxlanPeers(Controller):
         for key in self._published - now - {"wireguard"}:
             self.registry.unregister(key)
         self._published = now | (self._published & {"wireguard"})
+
+
+def _refused_gauge(metrics: Any) -> Any:
+    """`multiplex_vxlan_refused_claims{network, reason}` on the daemon's registry (None without one)."""
+    registry = getattr(metrics, "registry", None)
+    if registry is None:
+        return None
+    from prometheus_client import Gauge
+
+    try:
+        return Gauge("multiplex_vxlan_refused_claims", "network-status claims of overlay addresses not programmed, "
+                     "by network and reason (namespace: the pod's namespace may not use the network; conflict: "
+                     "another pod claims the IP or MAC too)", ["network", "reason"], registry=registry)
+    except ValueError:   # registered already (a second controller on one registry)
+        return None
 
 
 def register_pods_kind(objects: Any) -> None:

@@ -14,16 +14,16 @@ import time
 import pytest
 
 from multiplex.controllers.node_registry import NodeFacts
-from multiplex.controllers.vxlan_peers import (PODS_KIND, STATUS_ANNOTATION, Device, controller, desired,
-                                               status_network)
+from multiplex.controllers.vxlan_peers import (PODS_KIND, STATUS_ANNOTATION, Device, VxlanPeers, controller,
+                                               desired, may_claim, status_network)
 from multiplex.daemon.controller import DaemonContext
 from multiplex.k8s.objects import KubeObjects, LocalObjects
 from multiplex.netlink.handle import Link
 from tests.k8s.conftest import apiserver  # noqa: F401
 
 
-def pod(name: str, node: str, *entries: dict) -> dict:
-    return {"metadata": {"name": name, "namespace": "default",
+def pod(name: str, node: str, *entries: dict, namespace: str = "default") -> dict:
+    return {"metadata": {"name": name, "namespace": namespace,
                          "annotations": {STATUS_ANNOTATION: json.dumps(list(entries))}},
             "spec": {"nodeName": node}}
 
@@ -75,6 +75,78 @@ def test_remote_pods_get_an_fdb_entry_and_a_neighbour_per_address_from_their_net
     assert want.neighbours == {"198.18.91.21": "02:aa:00:00:00:01", "fd00:91::21": "02:aa:00:00:00:01",
                                "198.18.91.23": "02:aa:00:00:00:05"}
     assert all(ipaddress.ip_address(ip) for ip in want.neighbours)
+
+
+# ---- trust: a network-status is the pod's to edit --------------------------------------------------
+TRUST_NODES = {"n1": facts("n1", "198.18.90.1", default_ov=100), "n2": facts("n2", "198.18.90.2", default_ov=100),
+               "n3": facts("n3", "198.18.90.3", default_ov=100), "n5": facts("n5", "198.18.90.5")}
+
+
+def test_only_the_networks_namespace_may_claim_addresses_on_a_nad_network():
+    pods = [pod("mine", "n2", entry("default/ov", "02:aa:00:00:00:01", "198.18.91.21")),
+            pod("tenant", "n3", entry("default/ov", "02:bb:00:00:00:01", "198.18.91.31"), namespace="tenant")]
+    want = desired(DEV4, "n1", TRUST_NODES, pods)
+    assert want.fdb == {"02:aa:00:00:00:01": "198.18.90.2"}
+    assert want.neighbours == {"198.18.91.21": "02:aa:00:00:00:01"}
+    assert want.refused == [("namespace", "tenant/tenant", "default/ov")]
+    # a NAD in a global namespace may be used, so claimed, from every namespace (when the daemon is
+    # told the global namespaces; it is not yet, so it is strict)
+    assert may_claim("tenant", "default/ov", ["default"]) and not may_claim("tenant", "default/ov", ["kube-system"])
+    assert desired(DEV4, "n1", TRUST_NODES, pods, ["default"]).neighbours == {
+        "198.18.91.21": "02:aa:00:00:00:01", "198.18.91.31": "02:bb:00:00:00:01"}
+    # the cluster's network (no namespace in its status name) is every pod's
+    assert may_claim("tenant", "podnet") and may_claim("default", "podnet")
+
+
+def test_a_claim_from_a_pod_on_a_node_without_the_networks_vtep_is_ignored():
+    pods = [pod("a", "n5", entry("default/ov", "02:aa:00:00:00:05", "198.18.91.51")),     # n5: no VTEP
+            pod("b", "", entry("default/ov", "02:aa:00:00:00:06", "198.18.91.61"))]       # not scheduled
+    want = desired(DEV4, "n1", TRUST_NODES, pods)
+    assert want.fdb == {} and want.neighbours == {}
+
+
+def test_an_ip_claimed_by_two_pods_is_programmed_for_neither():
+    pods = [pod("victim", "n2", entry("default/ov", "02:aa:00:00:00:01", "198.18.91.21", "fd00:91::21")),
+            pod("spoof", "n3", entry("default/ov", "02:bb:00:00:00:01", "198.18.91.21", "198.18.91.31"))]
+    for order in (pods, pods[::-1]):
+        want = desired(DEV4, "n1", TRUST_NODES, order)
+        assert want.neighbours == {"fd00:91::21": "02:aa:00:00:00:01", "198.18.91.31": "02:bb:00:00:00:01"}
+        assert want.fdb == {"02:aa:00:00:00:01": "198.18.90.2", "02:bb:00:00:00:01": "198.18.90.3"}
+        assert want.refused == [("conflict", "default/spoof", "198.18.91.21"),
+                                ("conflict", "default/victim", "198.18.91.21")]
+
+
+def test_a_remote_claim_of_a_local_pods_ip_or_a_mac_another_pod_has_is_dropped():
+    pods = [pod("local", "n1", entry("default/ov", "02:aa:00:00:00:11", "198.18.91.11")),
+            pod("spoof", "n3", entry("default/ov", "02:bb:00:00:00:01", "198.18.91.11")),
+            pod("victim", "n2", entry("default/ov", "02:aa:00:00:00:01", "198.18.91.21")),
+            pod("macspoof", "n3", entry("default/ov", "02:aa:00:00:00:01", "198.18.91.32"))]
+    want = desired(DEV4, "n1", TRUST_NODES, pods)
+    assert want.neighbours == {} and want.fdb == {"02:bb:00:00:00:01": "198.18.90.3"}
+    assert ("conflict", "default/macspoof", "02:aa:00:00:00:01") in want.refused
+    assert ("conflict", "default/spoof", "198.18.91.11") in want.refused
+
+
+def test_refused_claims_are_logged_when_they_change_and_counted():
+    from multiplex.daemon.metrics import Metrics
+
+    class Log:
+        def __init__(self):
+            self.lines = []
+
+        def warning(self, msg, **f):
+            self.lines.append((msg, f))
+
+    metrics, log = Metrics(), Log()
+    ctrl = VxlanPeers("n1")
+    ctrl.daemon = DaemonContext(node_name="n1", objects=object(), metrics=metrics, log=log)
+    refused = [("conflict", "default/a", "198.18.91.21"), ("conflict", "default/b", "198.18.91.21")]
+    ctrl.report_refused("default.ov", refused)
+    ctrl.report_refused("default.ov", refused)
+    assert len(log.lines) == 2 and log.lines[0][1]["reason"] == "conflict"
+    assert metrics.value("multiplex_vxlan_refused_claims", {"network": "default.ov", "reason": "conflict"}) == 2
+    ctrl.report_refused("default.ov", [])
+    assert metrics.value("multiplex_vxlan_refused_claims", {"network": "default.ov", "reason": "conflict"}) == 0
 
 
 def wait_for(fn, timeout: float = 15.0):
