@@ -113,15 +113,26 @@ class OverlayConfig:
         fam = {"ipv4": 4, "ipv6": 6}.get(str(conf.get("underlayFamily") or "").lower(), 0)
         return cls(network=name, vni=int(conf.get("vni") or 0), port=int(conf.get("port") or DEFAULT_PORT),
                    underlay_interface=str(conf.get("underlayInterface") or ""), underlay_family=fam,
-                   mtu=conf.get("mtu") or None, peers=parse_peers(conf.get("peers")),
+                   mtu=conf.get("mtu") or None, peers=lenient_peers(conf.get("peers")),
                    encrypt=conf.get("encrypt") == "wireguard",
                    mac=str(rc.get("mac") or "").lower().replace("-", ":"),
                    dns=dns if dns is not None and not dns.empty() else None)
 
 
+def lenient_peers(value: Any) -> list[Any]:
+    """The peers for `parse`: validate() refused a bad list already for ADD and CHECK; DEL, GC and
+    STATUS do not use the peers, and must not fail on a list a stricter release refuses."""
+    try:
+        return parse_peers(value)
+    except CNIError:
+        return []
+
+
 def parse_peers(value: Any, where: str = "$") -> list[Any]:
-    """The static peers as addresses; code 7 naming `peers[i]` for one that is not an address, and
-    for a list mixing IPv4 and IPv6 (one VXLAN device speaks one underlay family)."""
+    """The static peers as addresses; code 7 naming `peers[i]` for one that is not a unicast
+    address (not an address; unspecified, multicast, loopback, link-local, the limited broadcast
+    255.255.255.255, an IPv4-mapped IPv6 address), and for a list mixing IPv4 and IPv6 (one VXLAN
+    device speaks one underlay family). Their number is the schema's (maxItems 64)."""
     if not value:
         return []
     if not isinstance(value, list):
@@ -133,7 +144,10 @@ def parse_peers(value: Any, where: str = "$") -> list[Any]:
             ip = ipaddress.ip_address(str(text).strip()) if isinstance(text, str) else None
         except ValueError:
             ip = None
-        if ip is None or ip.is_unspecified or ip.is_multicast or ip.is_loopback:
+        if ip is not None and ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = None    # ::ffff:a.b.c.d: an IPv4 peer in IPv6 clothes (the device speaks one family)
+        if (ip is None or ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip.is_link_local
+                or ip == ipaddress.IPv4Address("255.255.255.255")):
             raise invalid_config(f"peer {text!r} is not a unicast IP address", f"{where}.peers[{i}]",
                                  "an underlay address of another node, like 198.19.0.12 or fd00:19::12")
         if out and ip.version != out[0].version:
