@@ -83,3 +83,15 @@ def _state_root_in_tmp(tmp_path_factory):
         os.environ.pop("MULTIPLEX_STATE_DIR", None)
     else:
         os.environ["MULTIPLEX_STATE_DIR"] = old
+
+
+@pytest.fixture(autouse=True)
+def _no_warm_ipam_pool_leaks_between_tests():
+    """A test that turns this process into a warm one (the SQLite pool on, as the node daemon does)
+    must not change how the next tests' one-shot calls behave: the pool goes back off after it."""
+    yield
+    from multiplex.ipam.sqlite import pool
+
+    if pool.POOL.enabled:
+        pool.POOL.close_all()
+        pool.POOL.enabled = False

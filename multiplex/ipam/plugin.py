@@ -22,8 +22,8 @@ The call's context (req.ctx) says where: its `state_dir` is the state root (the 
 names none, and its `log` carries the call's fields. Nothing is read from os.environ here: an
 exec'd IPAM got its context from its environment at its entry (CallContext.from_environ).
 
-A call served by the node daemon (req.ctx.services set) keeps the SQLite store's connection open
-for the next call (multiplex.ipam.sqlite.pool): the open's checks run once per connection.
+In the node daemon the SQLite store's connections stay open between calls (the daemon turns
+multiplex.ipam.sqlite.pool on at start-up): the open's checks run once per connection.
 
 One deadline per call: the store gets the Request's (or now + its default), and the undo of a
 failed ADD waits for the database only for what is left of it; a lease it cannot release stays
@@ -46,7 +46,7 @@ from ..cni.types import IPConfig, Result
 from ..cni.valid import parse_keep
 from . import config
 from .config import IPAMConfig, Requested, StoreLocation
-from .store import Lease, Owner, Store, keep_open, open_store
+from .store import Lease, Owner, Store, open_store
 
 #: the longest a call without a deadline of its own waits for the store (database lock, node lock)
 DEFAULT_WAIT = 60.0
@@ -154,11 +154,9 @@ class IPAMPlugin(Plugin):
 
 
 def store_for(req: Request, where: "IPAMConfig | StoreLocation") -> Store:
-    """The store `where` names, opened for this call. A call served by a warm process (its context
-    carries the daemon's services) keeps the store's connections open for the next calls
-    (multiplex.ipam.store.keep_open); a one-shot call opens and closes them as always."""
-    if req.ctx.services is not None:
-        keep_open()
+    """The store `where` names, opened for this call. In the node daemon (which turned the pool on
+    at start-up: multiplex.ipam.store.warm) the SQLite store borrows a kept connection; a one-shot
+    call opens and closes its own, as always."""
     return open_store(where, deadline_of(req), req.ctx.log, req.ctx.services)
 
 

@@ -79,7 +79,10 @@ def test_a_one_shot_process_keeps_nothing_open(tmp_path, monkeypatch):
     assert p.idle(os.path.join(d, FILENAME)) == 0 and p.stats["returned"] == 0
 
 
-def test_a_call_served_by_the_daemon_turns_keeping_on(tmp_path, monkeypatch):
+def test_keeping_is_the_daemon_s_start_up_choice_not_a_call_s(tmp_path, monkeypatch):
+    """A call carrying services does not turn the pool on (an in-process caller with services is
+    not necessarily a warm process); the daemon's start-up (ipam.store.warm) does, and then the
+    call's connection is kept."""
     p = pool.Pool()
     monkeypatch.setattr(pool, "POOL", p)
 
@@ -90,13 +93,19 @@ def test_a_call_served_by_the_daemon_turns_keeping_on(tmp_path, monkeypatch):
         def observe_plugin(self, *a):
             pass
 
-    conf = {"cniVersion": "1.1.0", "name": "blue", "type": "multiplex-bridge",
-            "ipam": {"type": "multiplex-ipam", "ranges": [[{"subnet": "198.18.91.0/24"}]]}}
-    req = Request(command="ADD", container_id="c1", netns="/var/run/netns/x", ifname="eth0",
-                  args={}, path=[], config=conf, ctx=CallContext(state_dir=str(tmp_path), services=Services()))
-    res = ipam_plugin.plugin.add(req)
-    assert str(res.ips[0].address) == "198.18.91.2/24"
+    def add(cid: str):
+        conf = {"cniVersion": "1.1.0", "name": "blue", "type": "multiplex-bridge",
+                "ipam": {"type": "multiplex-ipam", "ranges": [[{"subnet": "198.18.91.0/24"}]]}}
+        req = Request(command="ADD", container_id=cid, netns="/var/run/netns/x", ifname="eth0",
+                      args={}, path=[], config=conf, ctx=CallContext(state_dir=str(tmp_path), services=Services()))
+        return ipam_plugin.plugin.add(req)
+
+    assert str(add("c1").ips[0].address) == "198.18.91.2/24"
+    assert not p.enabled and p.idle(os.path.join(str(tmp_path), "ipam", FILENAME)) == 0
+    ipam_store.warm(str(tmp_path))
+    assert str(add("c2").ips[0].address) == "198.18.91.3/24"
     assert p.enabled and p.idle(os.path.join(str(tmp_path), "ipam", FILENAME)) == 1
+    p.close_all()
 
 
 def test_warm_opens_an_existing_database_and_never_creates_one(tmp_path, monkeypatch):
@@ -279,3 +288,25 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert out.returncode == -signal.SIGKILL, out.stderr
     with SQLiteStore(d) as s:
         assert sorted(x.owner.container_id for x in s.leases()) == [f"c{i}" for i in range(5)]
+
+
+def test_another_process_s_change_is_seen_through_a_kept_connection(tmp_path, warm):
+    """The per-call check reads the file's header without ever closing a descriptor of it: a
+    close would drop the POSIX locks of this process's open connections, and another process's
+    close would then checkpoint and delete the WAL under them (a stale snapshot here, commits lost)."""
+    import subprocess
+    import sys
+
+    d = str(tmp_path / "ipam")
+    with SQLiteStore(d) as s:
+        take(s, BLUE, Owner("c1", "eth0", "blue"))
+        take(s, BLUE, Owner("c2", "eth0", "blue"))
+    with SQLiteStore(d) as s:          # a kept connection, checked per call
+        assert len(s.leases()) == 2
+    script = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+              "c.execute(\"DELETE FROM leases WHERE container_id = 'c1'\"); c.close()")
+    subprocess.run([sys.executable, "-c", script, os.path.join(d, FILENAME)], check=True)
+    assert os.path.exists(os.path.join(d, FILENAME + "-wal"))   # our connection still holds it
+    with SQLiteStore(d) as s:
+        assert [lease.owner.container_id for lease in s.leases()] == ["c2"]
+    assert len(on_disk(d)) == 1

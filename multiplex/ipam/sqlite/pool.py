@@ -9,7 +9,8 @@ it back at `close()`. Nothing else changes: every change is still its own `BEGIN
 transaction committed with `synchronous = FULL`, so a lease is on disk before ADD goes on.
 
 The checks of an open are done once per connection. Per call, a borrowed connection is checked
-cheaply against the file behind the path (`identity`: one stat and the 16-byte header): a database
+cheaply against the file behind the path (`identity`: one stat and the 16-byte header, read
+through a descriptor that is never closed: `read_header` says why): a database
 removed, truncated, overwritten or replaced behind our back (another process's repair, an admin's
 restore) no longer matches the (st_dev, st_ino) the connection was opened on, so every idle
 connection to it is dropped and the store opens the path afresh, through the full checks, where
@@ -59,13 +60,39 @@ def identity(path: str) -> Optional[Identity]:
     """(st_dev, st_ino) of the database file when it exists, is not empty and starts as SQLite's
     files do; None otherwise (the full open then says what is wrong)."""
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if st.st_size == 0 or f.read(len(HEADER)) != HEADER:
-                return None
+        st = os.stat(path)
+        if st.st_size == 0 or read_header(path, st) != HEADER:
+            return None
     except OSError:
         return None
     return (st.st_dev, st.st_ino)
+
+
+#: one read-only descriptor per database file (by (st_dev, st_ino)), kept for the process's life
+_header_fds: dict[Identity, int] = {}
+_header_lock = threading.Lock()
+
+
+def read_header(path: str, st: os.stat_result) -> bytes:
+    """The first bytes of the database file `st` describes, read without ever closing a descriptor
+    of it. Closing any descriptor of a file drops every POSIX record lock this process holds on it
+    - the locks of all its open SQLite connections (sqlite.org/howtocorrupt.html, 2.2.1) - after
+    which another process's close may checkpoint and delete the WAL under them: a warm process
+    reading a stale snapshot, or losing commits. So the header is read through one descriptor per
+    file, opened once and never closed (a handful per process: one per database file seen)."""
+    key = (st.st_dev, st.st_ino)
+    with _header_lock:
+        fd = _header_fds.get(key)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            mine = os.fstat(fd)
+            if (mine.st_dev, mine.st_ino) != key:   # replaced between the stat and the open: not kept
+                try:
+                    return os.pread(fd, len(HEADER), 0)
+                finally:
+                    os.close(fd)   # a file of which this process holds no connection yet
+            _header_fds[key] = fd
+    return os.pread(fd, len(HEADER), 0)
 
 
 def name_identity(path: str) -> Optional[Identity]:

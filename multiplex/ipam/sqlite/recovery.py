@@ -53,9 +53,9 @@ def check_file(path: str, marked: bool) -> bool:
         if marked:
             raise Damaged("the database file is empty (0 bytes), but the store was initialised here")
         return True
-    with open(path, "rb") as f:
-        head = f.read(len(HEADER))
-    if head != HEADER:
+    from .pool import read_header
+
+    if read_header(path, st) != HEADER:   # never open+close: that would drop our connections' locks
         raise Damaged("the file is not a SQLite database")
     return True
 
