@@ -218,6 +218,7 @@ def test_stop_ends_an_open_watch_at_once(apiserver, objects):
 def test_a_watch_answered_410_over_http_relists_too(apiserver, objects):
     rec = Recorder()
     inf = pods_informer(objects, rec)
+    wait_for(lambda: inf.stats["watches"] == 1, what="the first watch open")   # else the 410 meets it
     apiserver.fail_next(1, 410, verbs="watch", resource="pods")   # the watch request itself: 410 Gone
     apiserver._httpd.cut_connections()
     apiserver.store.add_pod("after", node_name=NODE)
