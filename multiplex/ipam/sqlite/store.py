@@ -169,7 +169,7 @@ class SQLiteStore(Store):
         kept = _pool.POOL.take(self.path)
         if kept is not None:   # open and checked already, on the file that is at the path now
             self._wait = (time.monotonic(), self.time_left())
-            kept.conn.execute(f"PRAGMA busy_timeout = {int(self._wait[1] * 1000)}")
+            kept.conn.execute(f"PRAGMA busy_timeout = {int(self._wait[1] * 1000)}").fetchall()
             self._conn, self._kept = kept.conn, kept
             return self._conn
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
