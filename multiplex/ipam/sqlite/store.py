@@ -248,16 +248,39 @@ class SQLiteStore(Store):
         for the lock is what is left of the deadline (0 once it passed: try once, never wait)."""
         db = self._connect()
         budget = self.time_left()
-        db.execute(f"PRAGMA busy_timeout = {int(budget * 1000)}")
+        db.execute(f"PRAGMA busy_timeout = {int(budget * 1000)}").fetchall()
         self._wait = (time.monotonic(), budget)
         self.stats["txn"] += 1
-        db.execute("BEGIN IMMEDIATE")
+        self._begin_immediate(db)
         try:
             yield db
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    def _begin_immediate(self, db: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, waiting for the write lock (busy_timeout) within the deadline. SQLite
+        answers some conflicts at once, without its busy handler (a WAL snapshot another
+        connection moved past, SQLITE_BUSY_SNAPSHOT; a WAL being restarted): those are retried
+        here after a short pause, from a clean state, until the deadline; real contention was
+        already waited for by the busy handler."""
+        pause = 0.005
+        while True:
+            started = time.monotonic()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                # the busy handler waited (contention): give up; an answer at once: try again
+                if time.monotonic() - started > 0.05 or self.time_left() <= pause:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
 
     # --- the Store interface ---------------------------------------------------------------
 
