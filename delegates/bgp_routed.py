@@ -36,7 +36,7 @@ from multiplex.cni.plugin import Plugin
 from multiplex.cni.request import Request
 from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
 from multiplex.netlink import nft
-from delegates.steps import (Problem, Undo, add_pod_routes, address_pod_interface, check_failed, check_ipv6_mtu,
+from delegates.steps import (Problem, Undo, not_kept, add_pod_routes, address_pod_interface, check_failed, check_ipv6_mtu,
                              check_prologue, ipam_add, ipam_forward, ipam_type, missing_pod_interface,
                              open_pod_for_check, pod_interface_problems, undone_on_failure)
 
@@ -192,16 +192,7 @@ class BgpRoutedPlugin(Plugin):
         keep = parse_keep(req.config)
         conf = self.config(req)
         ipam_type(req)
-        kept = nft.container_marks(set(keep.containers) | {cid for cid, _ in keep.pairs})
-
-        def stale(alias: str) -> bool:
-            o = nft.parse_owner(alias)
-            if o is None or not o.of_network(conf.network):
-                return False
-            cid = kept.get(o.container)
-            return cid is None or not keep.keeps(cid, o.ifname)
-
-        removed = remove_host_veths(req, stale)
+        removed = remove_host_veths(req, not_kept(keep, conf.network))
         req.ctx.log.info("bgp-routed gc", network=conf.network, veths=removed)
         ipam_forward(req)
 

@@ -37,7 +37,7 @@ from multiplex.cni.errors import ADDRESS_UNAVAILABLE, CNIError, INVALID_CONFIG, 
 from multiplex.cni.plugin import Plugin
 from multiplex.cni.request import Request
 from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
-from delegates.steps import (Problem, Undo, add_pod_routes, address_pod_interface, check_failed, check_ipv6_mtu,
+from delegates.steps import (Problem, Undo, not_kept, add_pod_routes, address_pod_interface, check_failed, check_ipv6_mtu,
                              check_prologue, ipam_add, ipam_forward, ipam_type, missing_pod_interface,
                              open_pod_for_check, pod_interface_problems, undone_on_failure)
 
@@ -264,16 +264,7 @@ class BridgePlugin(Plugin):
         keep = parse_keep(req.config)
         conf = self.config(req)
         ipam_type(req)
-        kept = nft.container_marks(set(keep.containers) | {cid for cid, _ in keep.pairs})
-
-        def stale(comment: str) -> bool:
-            o = nft.parse_owner(comment)
-            if o is None or not o.of_network(conf.network):
-                return False
-            cid = kept.get(o.container)
-            return cid is None or not keep.keeps(cid, o.ifname)
-
-        removed, rules = remove_owned(req, stale, f"stale attachments of {conf.network}")
+        removed, rules = remove_owned(req, not_kept(keep, conf.network), f"stale attachments of {conf.network}")
         req.ctx.log.info("bridge gc", network=conf.network, veths=removed, masquerade_rules=rules)
         ipam_forward(req)
 

@@ -278,3 +278,23 @@ def ipam_forward(req: Request) -> None:
         if not ipam_speaks(req, "1.1.0"):
             return
     invoke_ipam(req)
+
+
+# ---- GC ------------------------------------------------------------------------------------------
+
+def not_kept(keep: Any, network: str) -> Callable[[str], bool]:
+    """GC's test for one owner mark (a host veth's alias, an nft comment): True when the mark is an
+    attachment of `network` that the keep-list (multiplex.cni.valid.Keep) does not keep. Marks name
+    containers by a short form (nft.container_marks maps it back to the kept IDs)."""
+    from multiplex.netlink import nft
+
+    kept = nft.container_marks(set(keep.containers) | {cid for cid, _ in keep.pairs})
+
+    def stale(mark: str) -> bool:
+        o = nft.parse_owner(mark)
+        if o is None or not o.of_network(network):
+            return False
+        cid = kept.get(o.container)
+        return cid is None or not keep.keeps(cid, o.ifname)
+
+    return stale

@@ -41,7 +41,7 @@ from multiplex.cni.plugin import Plugin
 from multiplex.cni.request import Request
 from multiplex.cni.types import DNS, Interface, IPConfig, Result
 from delegates.bridge import host_veth_name, owner, remove_owned
-from delegates.steps import (Problem, Undo, add_pod_routes, address_pod_interface, check_failed, check_ipv6_mtu,
+from delegates.steps import (Problem, Undo, not_kept, add_pod_routes, address_pod_interface, check_failed, check_ipv6_mtu,
                              check_prologue, ipam_add, ipam_forward, ipam_type, missing_pod_interface,
                              open_pod_for_check, pod_interface_problems, undone_on_failure)
 
@@ -394,21 +394,11 @@ class VxlanOverlayPlugin(Plugin):
         """This network's attachments the keep-list does not keep: their host veths (found by
         alias, as multiplex-bridge finds its own); then IPAM's GC."""
         from multiplex.cni.valid import parse_keep
-        from multiplex.netlink import nft
 
         keep = parse_keep(req.config)
         conf = self.config(req)
         ipam_type(req)
-        kept = nft.container_marks(set(keep.containers) | {cid for cid, _ in keep.pairs})
-
-        def stale(comment: str) -> bool:
-            o = nft.parse_owner(comment)
-            if o is None or not o.of_network(conf.network):
-                return False
-            cid = kept.get(o.container)
-            return cid is None or not keep.keeps(cid, o.ifname)
-
-        removed, _ = remove_owned(req, stale, f"stale attachments of {conf.network}")
+        removed, _ = remove_owned(req, not_kept(keep, conf.network), f"stale attachments of {conf.network}")
         req.ctx.log.info("vxlan-overlay gc", network=conf.network, veths=removed)
         ipam_forward(req)
 
