@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 CONF, SOCK, PIDFILE, LOG = "bird.conf", "bird.ctl", "bird.pid", "bird.log"
+#: written before `graceful restart`, removed once the next BIRD (started with -R) has converged
+GR_MARKER = "graceful-restart"
 _LINE = re.compile(r"^(\d{4})([ -])(.*)$")
 
 
@@ -188,6 +190,7 @@ class Bird:
         self.socket_path = os.path.join(directory, SOCK)
         self.pidfile = os.path.join(directory, PIDFILE)
         self.logfile = os.path.join(directory, LOG)
+        self.marker = os.path.join(directory, GR_MARKER)
         self.proc: Optional[subprocess.Popen] = None
         self.pid: Optional[int] = None
 
@@ -264,13 +267,41 @@ class Bird:
         reply = command(self.socket_path, f'configure "{self.conf}"', timeout=30.0)
         return reply.lines[-1][1] if reply.lines else ""
 
-    def graceful_restart(self, timeout: float = 10.0) -> None:
-        """Stop BIRD for a graceful restart: peers keep our routes as stale, the kernel keeps them."""
+    def graceful_restart(self, timeout: float = 10.0) -> bool:
+        """Stop BIRD for a graceful restart: peers keep our routes as stale, the kernel keeps them
+        (`persist`). The marker is written first (BIRD may be gone before it answers), holding the
+        time, so the next start recovers (-R); it is removed again when BIRD refuses the command.
+        True when BIRD is gone."""
+        with open(self.marker, "w") as f:
+            f.write(f"{time.time():.3f}\n")
         try:
             command(self.socket_path, "graceful restart")
         except BirdError:
+            if self.answers():        # refused and still running: no graceful restart happened
+                self.finish_recovery()
+        return self._wait_gone(timeout)
+
+    def restart_pending(self, within: float) -> bool:
+        """The previous BIRD stopped for a graceful restart less than `within` seconds ago (the
+        restart time: after it the peers have dropped our stale routes, and recovering would only
+        hold the kernel's routes back until every peer is up again, e.g. after a node reboot)."""
+        try:
+            with open(self.marker) as f:
+                stopped = float(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return False
+        return 0 <= time.time() - stopped <= within
+
+    def recovering(self) -> bool:
+        """BIRD is still in graceful restart recovery (`show status`): it waits for its peers'
+        End-of-RIB before it syncs the kernel and withdraws what was not re-learnt."""
+        return "recovery" in command(self.socket_path, "show status", timeout=2.0).text.lower()
+
+    def finish_recovery(self) -> None:
+        try:
+            os.unlink(self.marker)
+        except FileNotFoundError:
             pass
-        self._wait_gone(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM to our BIRD's pid, SIGKILL after `timeout`."""

@@ -15,6 +15,9 @@ Export: the node's affine blocks (aggregates, a blackhole in the node's own tabl
 traffic to an unused address of the block is dropped here, not sent back out), and the
 addresses it borrowed from other nodes' blocks as /32 (/128). Import: only prefixes inside the
 pools' CIDRs, so a peer can never inject a route elsewhere (the underlay, a default route).
+"The pools" are the routed ones: the IPPools the settings' `ipPools` names (default every IPPool).
+Export only what peers accept: a block or borrowed address outside them (an overlay network's pool)
+is not announced, since every peer's import filter, made from the same settings, would drop it.
 """
 from __future__ import annotations
 
@@ -151,11 +154,19 @@ def make_plan(me: NodeInfo, nodes: Iterable[NodeInfo], settings: Settings, block
     cross = [n for n in sorted(nodes, key=lambda n: n.name)
              if n.name != me.name and n.ipv4 and not on_segment(n.ipv4, subnets)] \
         if settings.cross_subnet == "vxlan" else []
+    pools = list(pools)
     host = [ipaddress.ip_network(f"{a}/{ipaddress.ip_address(a).max_prefixlen}") for a in borrowed]
+    blocks = [b for b in blocks if inside(b, pools)]
+    host = [h for h in host if inside(h, pools)]
     return Plan(node=me.name, router_id=me.ipv4, asn=node_asn(me, settings), ipv4=me.ipv4, ipv6=me.ipv6,
                 neighbors=nbrs, blocks=sorted(set(blocks), key=_key), borrowed=sorted(set(host), key=_key),
                 pools=sorted(set(pools), key=_key), settings=settings, reflector=reflector,
                 local_subnets=subnets, cross_nodes=cross, interface=interface)
+
+
+def inside(net: IPNetwork, pools: Iterable[IPNetwork]) -> bool:
+    """`net` lies inside one of the (routed) pools."""
+    return any(net.version == p.version and net.subnet_of(p) for p in pools)
 
 
 def _key(net: IPNetwork) -> tuple:
@@ -193,12 +204,22 @@ def blocks_from_ipblocks(objects: Iterable[dict], node: str) -> tuple[list[IPNet
     return blocks, borrowed, error
 
 
-def pools_from_ippools(objects: Iterable[dict]) -> list[IPNetwork]:
-    """The CIDRs of every IPPool (disabled ones too: their blocks may still hold pods)."""
+def pools_from_ippools(objects: Iterable[dict], names: Iterable[str] = ()) -> list[IPNetwork]:
+    """The CIDRs of the routed IPPools: those named in `names` (the settings' `ipPools`), or every
+    IPPool when it is empty; disabled ones too (their blocks may still hold pods)."""
+    names = set(names)
     out = []
     for obj in objects:
+        if names and (obj.get("metadata") or {}).get("name") not in names:
+            continue
         try:
             out.append(ipaddress.ip_network(str((obj.get("spec") or {}).get("cidr")), strict=True))
         except ValueError:
             continue
     return out
+
+
+def missing_pools(objects: Iterable[dict], names: Iterable[str]) -> list[str]:
+    """The names in the settings' `ipPools` that no IPPool has (a typo routes nothing of it)."""
+    have = {(o.get("metadata") or {}).get("name") for o in objects}
+    return [n for n in names if n not in have]

@@ -17,6 +17,8 @@ Choices, each for a reason found with BIRD 2.0.12:
   nothing: BIRD never learns the node's pod routes from the kernel. Routes land as `proto bird`.
 - BFD (when enabled) runs on every interface with the configured interval and multiplier: a dead
   node's routes are withdrawn after interval x multiplier, not after the 90 s hold time.
+- Hold time and keepalive (`timers`) are set on every session, BIRD's defaults (240 s / 80 s) unless
+  the admin lowers them: without BFD, a node that goes silent is withdrawn after the hold time.
 - Graceful restart (when enabled) is negotiated on every session and the kernel protocol keeps its
   routes through a restart (`graceful restart` + `persist`) until BIRD has converged again.
 """
@@ -105,7 +107,8 @@ def neighbor_lines(plan: Plan, n: Neighbor, fams: list[int]) -> list[str]:
              f"  neighbor {n.address} as {n.asn};",
              "  multihop;" if n.multihop else "  direct;",
              # fast first contact and retries: a node joining is meshed within seconds
-             "  connect delay time 1;", "  connect retry time 5;", "  error wait time 1, 30;"]
+             "  connect delay time 1;", "  connect retry time 5;", "  error wait time 1, 30;",
+             f"  hold time {s.hold_time};", f"  keepalive time {s.keepalive_time};"]
     if n.rr_client:
         lines.append("  rr client;")
         if s.route_reflector_cluster_id:

@@ -6,7 +6,17 @@ read by the BGP controller; every value checked here, a bad one a ValueError nam
      "gracefulRestart": {"enabled": true, "restartTime": 120},
      "peers": [{"name": "tor1", "address": "198.19.0.1", "asn": 65001, "bfd": false,
                 "nodeSelector": {"rack": "r1"}}],
-     "crossSubnet": {"encapsulation": "vxlan", "vni": 4097, "port": 4789}}
+     "crossSubnet": {"encapsulation": "vxlan", "vni": 4097, "port": 4789},
+     "timers": {"holdTime": 240, "keepaliveTime": 80},
+     "ipPools": ["routed-v4", "routed-v6"]}
+
+`timers`: the BGP hold time and keepalive of every session. Default BIRD's (hold 240 s, keepalive a
+third of it), which is also Calico's (its bird.cfg sets none). Without BFD the hold time is how long
+a dead node's routes stay (a node whose TCP connection closes is withdrawn at once; one that goes
+silent only after the hold time); lower it (e.g. 9 s / 3 s) or turn BFD on for faster failover.
+`ipPools`: the names of the IPPools whose blocks BGP carries (default: every IPPool). A node exports
+only its blocks (and borrowed addresses) inside them, and imports only prefixes inside them: the
+blocks of other pools (an overlay network's) are neither announced nor accepted.
 
 Why a file and not a custom resource: the settings are the admin's, cluster-wide and rarely
 changed; a ConfigMap mounted as a file needs no new CRD, no RBAC and no watch, and the controller
@@ -29,6 +39,8 @@ DEFAULT_ASN = 64512
 ASN_ANNOTATION = "multiplex.dev/bgp-asn"
 DEFAULT_RR_LABEL = "multiplex.dev/route-reflector"
 MAX_ASN = 4294967295
+#: BIRD's default hold time (s), and Calico's (it leaves BIRD's); keepalive defaults to a third of it
+DEFAULT_HOLD_TIME = 240
 
 
 class SettingsError(ValueError):
@@ -68,6 +80,10 @@ class Settings:
     cross_subnet: str = "vxlan"      # "vxlan": encapsulate to nodes on another subnet; "none": never
     vxlan_vni: int = 4097
     vxlan_port: int = 4789
+    hold_time: int = DEFAULT_HOLD_TIME
+    keepalive_time: int = DEFAULT_HOLD_TIME // 3
+    #: names of the IPPools BGP carries; empty: every IPPool
+    ip_pools: tuple[str, ...] = ()
 
 
 def parse_asn(value: Any, where: str) -> int:
@@ -98,7 +114,7 @@ def parse(body: Any, where: str = "$") -> Settings:
     if not isinstance(body, dict):
         raise SettingsError("the BGP settings must be a JSON object", where)
     known = {"asn", "nodeToNodeMesh", "routeReflectorLabel", "routeReflectorClusterId", "bfd", "gracefulRestart",
-             "peers", "crossSubnet"}
+             "peers", "crossSubnet", "timers", "ipPools"}
     unknown = sorted(set(body) - known)
     if unknown:
         raise SettingsError(f"unknown field {unknown[0]!r}; known: {', '.join(sorted(known))}", f"{where}.{unknown[0]}")
@@ -125,6 +141,8 @@ def parse(body: Any, where: str = "$") -> Settings:
     encap = cross.get("encapsulation", "vxlan")
     if encap not in ("vxlan", "none"):
         raise SettingsError(f"{encap!r} is not \"vxlan\" or \"none\"", f"{where}.crossSubnet.encapsulation")
+    hold, keepalive = parse_timers(body.get("timers", {}), f"{where}.timers")
+    pools = parse_pool_names(body.get("ipPools"), f"{where}.ipPools")
     peers = body.get("peers", [])
     if not isinstance(peers, list):
         raise SettingsError("peers must be a list of {name, address, asn}", f"{where}.peers")
@@ -137,7 +155,40 @@ def parse(body: Any, where: str = "$") -> Settings:
                     restart_time=_int(gr, "restartTime", 120, 1, 4095, f"{where}.gracefulRestart"),
                     peers=tuple(parse_peer(p, f"{where}.peers[{i}]") for i, p in enumerate(peers)),
                     cross_subnet=encap, vxlan_vni=_int(cross, "vni", 4097, 1, 16777215, f"{where}.crossSubnet"),
-                    vxlan_port=_int(cross, "port", 4789, 1, 65535, f"{where}.crossSubnet"))
+                    vxlan_port=_int(cross, "port", 4789, 1, 65535, f"{where}.crossSubnet"),
+                    hold_time=hold, keepalive_time=keepalive, ip_pools=pools)
+
+
+def parse_timers(body: Any, where: str) -> tuple[int, int]:
+    """(hold time, keepalive time) in seconds. A hold time of 0 (no keepalives, RFC 4271) is refused:
+    a dead peer would then never be noticed without BFD. The keepalive must be below the hold time
+    (else the session expires between two keepalives); it defaults to a third of it, as BIRD's."""
+    if not isinstance(body, dict):
+        raise SettingsError("timers must be an object {holdTime, keepaliveTime}", where)
+    unknown = sorted(set(body) - {"holdTime", "keepaliveTime"})
+    if unknown:
+        raise SettingsError(f"unknown field {unknown[0]!r}; known: holdTime, keepaliveTime", f"{where}.{unknown[0]}")
+    hold = _int(body, "holdTime", DEFAULT_HOLD_TIME, 3, 65535, where)
+    keepalive = _int(body, "keepaliveTime", max(1, hold // 3), 1, 65535, where)
+    if keepalive >= hold:
+        raise SettingsError(f"{keepalive} is not below holdTime {hold} (a third of it is usual)",
+                            f"{where}.keepaliveTime")
+    return hold, keepalive
+
+
+def parse_pool_names(value: Any, where: str) -> tuple[str, ...]:
+    """The routed IPPools' names: absent means every IPPool; a list names at least one, each once."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value:
+        raise SettingsError("ipPools must be a non-empty list of IPPool names (leave it out for every IPPool)",
+                            where)
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or not name.strip():
+            raise SettingsError(f"{name!r} is not an IPPool name", f"{where}[{i}]")
+        if name in value[:i]:
+            raise SettingsError(f"{name!r} is listed twice", f"{where}[{i}]")
+    return tuple(value)
 
 
 def parse_peer(body: Any, where: str) -> Peer:

@@ -18,7 +18,10 @@ BIRD's files are `<state>/bgp/` (bird.conf, bird.ctl - what `multiplex bgp statu
 bird.pid, bird.log). A BIRD that exits is started again at once (a thread waits on it). BIRD runs
 in a session of its own: a daemon that crashes leaves it running,
 and the next daemon adopts it (pid file + a socket that answers), so routes survive a daemon
-restart; a daemon that stops stops BIRD by its pid.
+restart. A daemon that stops (SIGTERM) stops BIRD for a graceful restart (when it is on) after
+writing a marker in `<state>/bgp/`; the next daemon then starts BIRD with `-R` (recovery: the
+kernel keeps the routes, `persist`, until the peers' End-of-RIB) and removes the marker once BIRD
+has left recovery. Without the marker (a crash, a first start) BIRD starts normally.
 
 The controller runs only where the admin asked for BGP: its factory returns None when the
 settings file ($MULTIPLEX_BGP_CONFIG, default /etc/multiplex/bgp.json) does not exist.
@@ -109,11 +112,14 @@ class BgpController(Controller):
         """Stop BIRD. With graceful restart on (the default), BIRD stops for a graceful restart, so
         its peers keep this node's routes as stale until the next daemon's BIRD has converged (a
         rolling update drops no route); a SIGTERM would send Cease and the peers would withdraw at
-        once. Without graceful restart, or when BIRD does not stop that way: SIGTERM."""
+        once. The marker BIRD's graceful_restart() writes tells the next daemon to start BIRD in
+        recovery (`bird -R`). Without graceful restart, or when BIRD does not stop that way: SIGTERM."""
         pid = self.bird.pid
         graceful = self.plan is not None and self.plan.settings.graceful_restart and self.bird.alive()
         if graceful:
-            self.bird.graceful_restart()
+            graceful = self.bird.graceful_restart()
+        if not graceful:
+            self.bird.finish_recovery()     # a plain stop: the next BIRD starts afresh
         self.bird.stop()
         if pid:
             self.daemon.log.info("BIRD stopped", pid=pid, graceful=graceful)
@@ -139,7 +145,11 @@ class BgpController(Controller):
         blocks, borrowed, error = bgp_plan.blocks_from_ipblocks(objects.informer(BLOCKS_KIND).list(), self.node_name)
         if error:
             self.daemon.log.warning("ignoring a malformed IPBlock", error=error)
-        pools = bgp_plan.pools_from_ippools(objects.informer(POOLS_KIND).list())
+        ippools = objects.informer(POOLS_KIND).list()
+        pools = bgp_plan.pools_from_ippools(ippools, conf.ip_pools)
+        missing = bgp_plan.missing_pools(ippools, conf.ip_pools)
+        if missing:
+            self.daemon.log.warning("the BGP settings' ipPools name IPPools that do not exist", missing=missing)
         mine = facts[self.node_name]
         self.underlay_mtu = mine.mtu
         subnets = local_subnets(mine.interface) if mine.interface else []
@@ -171,15 +181,46 @@ class BgpController(Controller):
             self.daemon.log.info("BIRD reconfigured", result=self.last_result, neighbors=len(plan.neighbors),
                                  blocks=[str(b) for b in plan.blocks], borrowed=[str(b) for b in plan.borrowed])
         else:
-            pid = self.bird.start()
+            recover = plan.settings.graceful_restart and self.bird.restart_pending(plan.settings.restart_time)
+            if not recover:
+                self.bird.finish_recovery()
+            pid = self.bird.start(recover=recover)
             self._watch_exit(self.bird.proc)
-            self.last_result = "started"
-            self.daemon.log.info("BIRD started", pid=pid, socket=self.bird.socket_path,
+            if recover:
+                self._watch_recovery(self.bird.proc)
+            self.last_result = "started in graceful restart recovery" if recover else "started"
+            self.daemon.log.info("BIRD started", pid=pid, socket=self.bird.socket_path, recover=recover,
                                  neighbors=len(plan.neighbors), blocks=[str(b) for b in plan.blocks])
         self.plan = plan
         self.applied += 1
         return True
 
+
+    def _watch_recovery(self, proc) -> None:
+        """Remove the graceful restart marker once BIRD (started with -R) has left recovery, i.e.
+        its peers sent End-of-RIB and the kernel is synced (BIRD ends it itself after `graceful
+        restart wait`, 240 s, if a peer never comes back). A BIRD that dies meanwhile keeps the
+        marker: the next one recovers too, the peers still hold our stale routes."""
+        import threading
+        import time
+
+        from ..bgp.bird import BirdError
+
+        def wait() -> None:
+            t0 = time.monotonic()
+            while proc.poll() is None and not self.daemon.stopping.is_set():
+                try:
+                    if not self.bird.recovering():
+                        self.bird.finish_recovery()
+                        self.daemon.log.info("BIRD's graceful restart recovery done",
+                                             seconds=round(time.monotonic() - t0, 2))
+                        return
+                except (BirdError, OSError):
+                    pass
+                time.sleep(0.2)
+
+        if proc is not None:
+            threading.Thread(target=wait, name=f"bird-recovery-{proc.pid}", daemon=True).start()
 
     def _watch_exit(self, proc) -> None:
         """A BIRD that exits (crash, kill) is started again at once, not at the next resync."""

@@ -39,6 +39,18 @@ BAD_SETTINGS = [
     pytest.param({"mesh": False}, "$.mesh", id="unknown-field"),
     pytest.param({"crossSubnet": {"encapsulation": "ipip"}}, "$.crossSubnet.encapsulation", id="encapsulation"),
     pytest.param({"crossSubnet": {"vni": 1 << 24}}, "$.crossSubnet.vni", id="vni-over-24-bits"),
+    pytest.param({"timers": {"holdTime": 2}}, "$.timers.holdTime", id="hold-time-below-3"),
+    pytest.param({"timers": {"holdTime": 0}}, "$.timers.holdTime", id="hold-time-zero"),
+    pytest.param({"timers": {"holdTime": 65536}}, "$.timers.holdTime", id="hold-time-over-16-bits"),
+    pytest.param({"timers": {"holdTime": 6, "keepaliveTime": 6}}, "$.timers.keepaliveTime",
+                 id="keepalive-not-below-hold"),
+    pytest.param({"timers": {"keepaliveTime": 0}}, "$.timers.keepaliveTime", id="keepalive-zero"),
+    pytest.param({"timers": {"hold": 9}}, "$.timers.hold", id="timers-unknown-field"),
+    pytest.param({"timers": 9}, "$.timers", id="timers-not-an-object"),
+    pytest.param({"ipPools": "routed"}, "$.ipPools", id="ip-pools-not-a-list"),
+    pytest.param({"ipPools": []}, "$.ipPools", id="ip-pools-empty"),
+    pytest.param({"ipPools": ["a", ""]}, "$.ipPools[1]", id="ip-pools-empty-name"),
+    pytest.param({"ipPools": ["a", "a"]}, "$.ipPools[1]", id="ip-pools-twice"),
 ]
 
 
@@ -52,6 +64,45 @@ def test_bad_settings_name_their_field(body, field):
 def test_settings_defaults():
     s = settings.parse({})
     assert (s.asn, s.node_to_node_mesh, s.bfd, s.graceful_restart) == (64512, True, False, True)
+    assert (s.hold_time, s.keepalive_time, s.ip_pools) == (240, 80, ())      # BIRD's (and Calico's) timers
+    t = settings.parse({"timers": {"holdTime": 9}, "ipPools": ["routed-v4"]})
+    assert (t.hold_time, t.keepalive_time, t.ip_pools) == (9, 3, ("routed-v4",))
+
+
+def test_the_timers_are_on_every_session():
+    nodes = infos(3)
+    conf = settings.parse({"timers": {"holdTime": 6, "keepaliveTime": 2},
+                           "peers": [{"name": "tor", "address": "198.19.0.254", "asn": 65001}]})
+    text = render.render(bgp_plan.make_plan(nodes[0], nodes, conf, [], [], POOLS))
+    assert text.count("hold time 6;") == text.count("keepalive time 2;") == text.count("protocol bgp ") == 3
+    default = render.render(bgp_plan.make_plan(nodes[0], nodes, settings.parse({}), [], [], POOLS))
+    assert default.count("hold time 240;") == default.count("keepalive time 80;") == 2
+
+
+def test_only_the_routed_pools_blocks_are_exported_and_imported():
+    """An overlay's pool beside the routed ones (as the lab has): with `ipPools` naming the routed
+    pools, the node's overlay block and an address it borrowed there are not announced, and the
+    import filter accepts only the routed pools; without `ipPools`, every pool is routed."""
+    ippools = [{"metadata": {"name": n}, "spec": {"cidr": c}} for n, c in
+               (("routed-v4", "198.18.64.0/20"), ("routed-v6", "fd00:64::/64"), ("overlay", "198.18.96.0/20"))]
+    ipblocks = [_block("198.18.64.0/26", "n1"), _block("fd00:64::/122", "n1"), _block("198.18.96.0/26", "n1"),
+                {"metadata": {"name": "o2"}, "spec": {"cidr": "198.18.96.64/26", "node": "n2",
+                                                      "allocations": {"198.18.96.70": {"node": "n1"}}}},
+                {"metadata": {"name": "r2"}, "spec": {"cidr": "198.18.64.64/26", "node": "n2",
+                                                      "allocations": {"198.18.64.70": {"node": "n1"}}}}]
+    me = bgp_plan.NodeInfo("n1", "198.19.0.11", "fd00:19::11")
+    blocks, borrowed, _ = bgp_plan.blocks_from_ipblocks(ipblocks, "n1")
+    conf = settings.parse({"ipPools": ["routed-v4", "routed-v6", "absent"]})
+    p = bgp_plan.make_plan(me, [me], conf, blocks, borrowed, bgp_plan.pools_from_ippools(ippools, conf.ip_pools))
+    assert [str(b) for b in p.blocks] == ["198.18.64.0/26", "fd00:64::/122"]
+    assert [str(b) for b in p.borrowed] == ["198.18.64.70/32"]
+    assert [str(b) for b in p.pools] == ["198.18.64.0/20", "fd00:64::/64"]
+    text = render.render(p)
+    assert "198.18.96." not in text, text
+    assert "if net ~ [ 198.18.64.0/20+ ] then {" in text and "if net ~ [ fd00:64::/64+ ] then {" in text
+    assert bgp_plan.missing_pools(ippools, conf.ip_pools) == ["absent"]
+    every = bgp_plan.make_plan(me, [me], settings.parse({}), blocks, borrowed, bgp_plan.pools_from_ippools(ippools))
+    assert "198.18.96.0/26" in [str(b) for b in every.blocks] and len(every.borrowed) == 2
 
 
 def test_a_bad_settings_file_names_the_file_and_field(tmp_path):
@@ -261,6 +312,36 @@ def test_controller_starts_reconfigures_and_stops_bird(controller_in_netns):
     # until the next daemon's BIRD is back), not with a SIGTERM (Cease: the peers withdraw at once)
     tail = ctrl.bird.log_tail(4000).lower()
     assert "shutting down for graceful restart" in tail, tail
+
+
+@pytest.mark.root
+def test_bird_starts_in_recovery_only_after_a_graceful_restart(controller_in_netns):
+    """A daemon stop writes the marker and stops BIRD for a graceful restart; the next start is
+    `bird -R` and the marker goes once BIRD has left recovery (no peer here: `graceful restart
+    wait` ends it, set short below by hand). A BIRD that dies (no marker) starts normally; a marker
+    older than the restart time is ignored (peers have dropped our routes by then)."""
+    ctrl, ctx, _, path = controller_in_netns
+    path.write_text(json.dumps({"gracefulRestart": {"restartTime": 30}}))
+    ctrl.setup(ctx)
+    ctrl.apply()
+    assert ctrl.last_result == "started" and not ctrl.bird.restart_pending(30)
+    ctx.stopping.set()                     # as the daemon does before it stops its controllers
+    ctrl.stop()
+    assert ctrl.bird.restart_pending(30) and "graceful restart" in ctrl.bird.log_tail(4000).lower()
+    ctx.stopping.clear()
+    ctrl.apply()
+    assert ctrl.last_result == "started in graceful restart recovery"
+    assert "-R" in open(f"/proc/{ctrl.bird.pid}/cmdline").read().split("\0")
+    assert ctrl.bird.recovering()
+    ctrl.bird.finish_recovery()
+    ctx.stopping.set()
+    ctrl.bird.stop()                       # a crash-like stop: no marker, the next start is normal
+    ctx.stopping.clear()
+    ctrl.apply()
+    assert ctrl.last_result == "started" and not ctrl.bird.recovering()
+    with open(ctrl.bird.marker, "w") as f:
+        f.write(f"{time.time() - 31}\n")
+    assert not ctrl.bird.restart_pending(30)
 
 
 @pytest.mark.root
