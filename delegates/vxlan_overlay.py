@@ -4,7 +4,9 @@ ADD, as its steps: validate the config; find the underlay (`underlayInterface`, 
 that routes to the first static peer, else the default route's, else the first up interface with
 a global address) and this node's address on it (`underlayFamily`, else the peers' family, else
 IPv4 when it has one); the MTU (underlay - 50 over IPv4, - 70 over IPv6; `mtu` may lower it,
-never raise it); refuse a VNI another network holds on this node; make the network's bridge and
+never raise it); refuse a VNI the admin's settings do not grant the network's namespace
+(delegates/vxlan_settings.py: /etc/multiplex/vxlan.json, no file = no restriction) and a VNI
+another network holds on this node; make the network's bridge and
 its VXLAN device (`local` = the underlay address) on it, or find them; a veth pair whose pod end is
 born in the pod netns, host end on the bridge; ask IPAM; address, bring up and route the pod end.
 A failure undoes what this call made (veth, lease, a bridge and VXLAN device it created).
@@ -41,6 +43,7 @@ from multiplex.cni.plugin import Plugin
 from multiplex.cni.request import Request
 from multiplex.cni.types import DNS, Interface, IPConfig, Result
 from delegates.bridge import host_veth_name, owner, remove_owned
+from delegates.vxlan_settings import check_vni_granted
 from delegates.steps import (Problem, Undo, not_kept, add_pod_routes, address_pod_interface, check_failed, check_ipv6_mtu,
                              check_prologue, ipam_add, ipam_forward, ipam_type, missing_pod_interface,
                              open_pod_for_check, pod_interface_problems, undone_on_failure)
@@ -296,6 +299,7 @@ class VxlanOverlayPlugin(Plugin):
         check_ipv6_mtu(conf, where)
         parse_peers(conf.get("peers"), where)
         check_port_is_not_the_nodes(conf.get("port"), where)
+        check_vni_granted(str(conf.get("name") or ""), conf.get("vni"), where)
         if conf.get("encrypt") and conf.get("peers"):
             raise invalid_config("encrypt needs the node daemon's peers (it publishes and learns their public keys); "
                                  "static peers cannot be encrypted", f"{where}.encrypt",

@@ -322,3 +322,40 @@ def test_the_vni_of_the_nodes_crosssubnet_device_is_refused_before_that_device_e
         assert_nothing_left(n1, before, ns, "stbgp")
     finally:
         pool.close()
+
+
+def test_a_vni_not_granted_to_the_networks_namespace_is_refused_and_leaves_nothing(underlay, pods, tmp_path):
+    """With the admin's VNI ranges (/etc/multiplex/vxlan.json, here $MULTIPLEX_VXLAN_CONFIG) a NAD
+    network (config name `<namespace>.<NAD>`) gets only its namespace's VNIs: tenant-b's NAD with
+    tenant-a's VNI is refused on a node where tenant-a has no pod yet (code 7, `$.vni`, tenant-b's
+    ranges), nothing left; tenant-a's own attaches."""
+    import json
+    import os
+
+    from tests.cnitool import NetnsPool, run_plugin
+    from tests.netns.vxlan_underlay import PLUGIN
+
+    n1, n2 = underlay.nodes
+    settings = tmp_path / "vxlan.json"
+    settings.write_text(json.dumps({"vniRanges": {"tenant-a": ["77"], "tenant-b": ["2000-2999"]}}))
+    env = {"MULTIPLEX_STATE_DIR": n1.state_dir, "MULTIPLEX_VXLAN_CONFIG": str(settings),
+           "MULTIPLEX_LOG_FILE": os.path.join(n1.root, "multiplex.log")}
+    before = {"links": links(n1.netns), "fdb": {d: fdb(n1.netns, d) for d in vxlan_links(n1.netns)}}
+    pool = NetnsPool("mpx")
+    cid, ns = container_id(), pool.make("vb")
+    ok_conf = conf_for(n1, "tenant-a.own", 77, [n2.v4])
+    try:
+        out = run_plugin(PLUGIN, "ADD", conf_for(n1, "tenant-b.steal", 77, [n2.v4]), node=n1.netns,
+                         container_id=container_id(), netns=ns, ifname="net1", extra_env=env)
+        assert out.rc == 1 and out.code == 7, out
+        assert "field: $.vni;" in out.out["details"] and "2000-2999" in out.out["details"], out
+        assert_nothing_left(n1, before, ns, "tenant-b.steal")
+        assert all(l["linkinfo"]["info_data"]["id"] != 77 for l in vxlan_links(n1.netns).values())
+
+        out = run_plugin(PLUGIN, "ADD", ok_conf, node=n1.netns, container_id=cid, netns=ns, ifname="net1",
+                         extra_env=env)
+        assert out.ok, out
+        assert link_mtu(ns, "net1") == 1350
+    finally:
+        run_plugin(PLUGIN, "DEL", ok_conf, node=n1.netns, container_id=cid, netns=ns, ifname="net1", extra_env=env)
+        pool.close()

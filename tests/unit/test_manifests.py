@@ -345,19 +345,43 @@ def test_the_daemon_container_serves_the_shim_with_the_hosts_state():
     assert mounts["/run/netns"][1]["mountPropagation"] == "HostToContainer"
 
 
+def settings_file(configmap: str, key: str) -> str:
+    """Where the daemon container sees `key` of the ConfigMap `configmap` (a projected source of
+    the volume mounted read-only), asserting the source is optional (no ConfigMap: no file, the
+    pod still starts)."""
+    c, pod = container("daemon"), pod_template()
+    for vol in pod["volumes"]:
+        for source in vol.get("projected", {}).get("sources", []):
+            cm = source.get("configMap") or {}
+            if cm.get("name") != configmap:
+                continue
+            assert cm["optional"] is True, f"ConfigMap {configmap} is not optional"
+            [item] = [i for i in cm["items"] if i["key"] == key]
+            [mount] = [m for m in c["volumeMounts"] if m["name"] == vol["name"]]
+            assert mount["readOnly"] is True
+            return os.path.join(mount["mountPath"], item["path"])
+    raise AssertionError(f"no projected ConfigMap {configmap} in the daemon's volumes")
+
+
 def test_the_bgp_settings_are_an_optional_configmap_where_the_controller_looks():
     """The bgp controller runs only where /etc/multiplex/bgp.json exists: the admin's ConfigMap,
     optional (no ConfigMap: no file, no BGP, the pod still starts), read-only."""
     from multiplex.bgp.settings import DEFAULT_PATH
 
-    c, pod = container("daemon"), pod_template()
-    [vol] = [v for v in pod["volumes"] if v["name"] == "bgp-config"]
-    assert vol["configMap"]["optional"] is True
-    [mount] = [m for m in c["volumeMounts"] if m["name"] == "bgp-config"]
-    assert mount["readOnly"] is True
-    [item] = vol["configMap"]["items"]
-    assert os.path.join(mount["mountPath"], item["path"]) == DEFAULT_PATH
-    assert "MULTIPLEX_BGP_CONFIG" not in {e["name"] for e in c.get("env", [])}
+    assert settings_file("multiplex-bgp", "bgp.json") == DEFAULT_PATH
+    assert "MULTIPLEX_BGP_CONFIG" not in {e["name"] for e in container("daemon").get("env", [])}
+
+
+def test_the_vni_ranges_are_an_optional_configmap_where_the_delegate_looks():
+    """The VNI ranges per namespace (delegates/vxlan_settings.py) are read from
+    /etc/multiplex/vxlan.json in the daemon, which serves every ADD (--fallback=fail): the admin's
+    ConfigMap, optional (no ConfigMap: no file, no restriction), read-only, beside bgp.json."""
+    from delegates.vxlan_settings import DEFAULT_PATH, PATH_ENV
+
+    assert settings_file("multiplex-vxlan", "vxlan.json") == DEFAULT_PATH
+    assert PATH_ENV not in {e["name"] for e in container("daemon").get("env", [])}
+    args = container("install")["command"]
+    assert "--fallback=fail" in args, "a one-shot call on the host would not see the container's file"
 
 
 def test_the_multinetworkpolicy_crd_is_what_the_policy_controller_reads():
