@@ -227,6 +227,10 @@ def uninstall(root, bin_dir, conf_dir, conf_name) -> None:
               help="comma-separated controllers to run (names from the multiplex.controllers entry points), or 'none'")
 @click.option("--log-file", default=None, help="JSON log lines to this file (default stderr)")
 @click.option("--log-level", default="info", show_default=True)
+@click.option("--cni-conf", default="/etc/cni/net.d/00-multiplex.conflist", show_default=True,
+              help="the installed multiplex config, read for namespaceIsolation/globalNamespaces")
+@click.option("--overlay-idle-grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="seconds an overlay network's bridge stays without a pod before its devices are removed")
 def daemon(**options) -> None:
     """The node daemon: serves CNI calls from the shim on a unix socket and runs the node's controllers."""
     from ..daemon.main import run

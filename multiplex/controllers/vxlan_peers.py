@@ -53,6 +53,8 @@ from ..daemon.controller import Controller, DaemonContext
 
 NAME = "vxlan-peers"
 PODS_KIND = "vxlan-pods"
+#: the cluster IPAM's IPBlocks, under the kind name the bgp controller registers them (register_kinds)
+from .bgp import BLOCKS_KIND  # noqa: E402
 FACT_PREFIX = "vxlan/"
 STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/network-status"
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -92,17 +94,58 @@ def status_network(name: str) -> str:
     return f"{ns}.{nad}" if sep else name
 
 
-def may_claim(pod_namespace: str, status_name: str, global_namespaces: Iterable[str] = ()) -> bool:
+def may_claim(pod_namespace: str, status_name: str, global_namespaces: Iterable[str] = (),
+              isolation: bool = True) -> bool:
     """Whether a pod of `pod_namespace` may claim an address on the network network-status names
     `status_name`: a NAD's network (`ns/name`) only from its own namespace, or any namespace when
-    `ns` is a global namespace; a network without a namespace (the cluster's, from the meta
-    plugin's config) from every pod."""
+    `ns` is a global namespace or namespace isolation is off (the admin's `namespaceIsolation` /
+    `globalNamespaces`, multiplex/controllers/cni_settings.py); a network without a namespace (the
+    cluster's, from the meta plugin's config) from every pod."""
     ns, sep, _ = status_name.partition("/")
-    return not sep or ns == pod_namespace or ns in set(global_namespaces)
+    return not sep or not isolation or ns == pod_namespace or ns in set(global_namespaces)
+
+
+@dataclass(frozen=True)
+class IpamBlock:
+    """What the vouching needs of one IPBlock (multiplex/ipam/kube/model.py): its CIDR, its affine
+    node, and who holds each allocated address (`podNamespace/podName`)."""
+    cidr: Any                               # ipaddress network
+    node: str
+    holders: dict = field(default_factory=dict)   # address -> "ns/name"
+
+
+def ipam_blocks(objects: Iterable[dict]) -> list[IpamBlock]:
+    """The IPBlocks of the cluster IPAM, most specific first; a malformed one is left out (it
+    vouches for nothing)."""
+    from ..ipam.kube.model import Block
+
+    out = []
+    for obj in objects:
+        try:
+            b = Block.from_object(obj)
+        except (ValueError, TypeError, AttributeError):
+            continue
+        out.append(IpamBlock(b.cidr, b.node, {a: f"{al.pod_namespace}/{al.pod_name}"
+                                              for a, al in b.allocations.items()}))
+    return sorted(out, key=lambda b: -b.cidr.prefixlen)
+
+
+def vouched(ip: str, pod: str, node: str, blocks: Iterable[IpamBlock]) -> bool:
+    """Whether the IPAM vouches for `pod` (ns/name) on `node` holding `ip`: the most specific
+    IPBlock containing it records the address as this pod's (borrowed addresses too), or, when the
+    block records no holder for it, the block is affine to the pod's node (a node's own block:
+    which of its addresses a pod of that node holds is the node's word, as its pods' are). An
+    address in no block, or recorded for another pod, is not vouched for."""
+    addr = ipaddress.ip_address(ip)
+    for b in blocks:
+        if b.cidr.version == addr.version and addr in b.cidr:
+            holder = b.holders.get(str(addr))
+            return holder == pod if holder is not None else b.node == node
+    return False
 
 
 def pod_attachments(pod: dict, network: str, global_namespaces: Iterable[str] = (),
-                    refused: Optional[list] = None) -> Iterable[tuple[str, list[str]]]:
+                    refused: Optional[list] = None, isolation: bool = True) -> Iterable[tuple[str, list[str]]]:
     """(MAC, addresses) of each interface of `pod` on `network`, from its network-status. An entry
     the pod's namespace may not claim (`may_claim`) is skipped, and noted in `refused`."""
     import json
@@ -120,7 +163,7 @@ def pod_attachments(pod: dict, network: str, global_namespaces: Iterable[str] = 
         name = str(e.get("name") or "") if isinstance(e, dict) else ""
         if not name or status_network(name) != network:
             continue
-        if not may_claim(namespace, name, global_namespaces):
+        if not may_claim(namespace, name, global_namespaces, isolation):
             if refused is not None:
                 refused.append(("namespace", pod_key(pod), name))
             continue
@@ -142,7 +185,8 @@ def pod_key(pod: dict) -> str:
 
 
 def desired(device: Device, me: str, nodes: dict, pods: list[dict],
-            global_namespaces: Iterable[str] = ()) -> Desired:
+            global_namespaces: Iterable[str] = (), blocks: Iterable[IpamBlock] = (),
+            isolation: bool = True) -> Desired:
     """What `device` should hold, from every node's facts and every pod's network-status.
 
     A pod's network-status is the pod's to edit (anyone who may patch pods in its namespace can),
@@ -153,6 +197,7 @@ def desired(device: Device, me: str, nodes: dict, pods: list[dict],
     (noted in `refused` as "conflict"), never last-claim-wins. This node's own pods are counted
     (a remote pod claiming a local pod's address is a conflict) but not programmed."""
     key = FACT_PREFIX + device.network
+    blocks = list(blocks)
     where: dict[str, str] = {}
     for name, facts in nodes.items():
         if name == me:
@@ -169,8 +214,11 @@ def desired(device: Device, me: str, nodes: dict, pods: list[dict],
         node = (pod.get("spec") or {}).get("nodeName") or ""
         if node not in where and node != me:
             continue
-        for mac, ips in pod_attachments(pod, device.network, global_namespaces, refused):
-            claims.append((pod_key(pod), node, mac, ips))
+        who = pod_key(pod)
+        for mac, ips in pod_attachments(pod, device.network, global_namespaces, refused, isolation):
+            good = [ip for ip in ips if vouched(ip, who, node, blocks)]
+            refused.extend(("ipam", who, ip) for ip in ips if ip not in good)
+            claims.append((who, node, mac, good))
     mac_owners: dict[str, set[str]] = {}
     ip_owners: dict[str, set[tuple[str, str]]] = {}
     for who, _, mac, ips in claims:
@@ -234,21 +282,33 @@ def program(h, dev: Device, want: Desired) -> dict[str, int]:
     return {"added": added, "removed": removed}
 
 
+#: seconds an overlay's bridge must be seen without a pod port before its devices are removed
+DEFAULT_IDLE_GRACE = 30.0
+#: seconds the collection waits for the GC lock (ADDs in flight hold it shared); it tries again later
+GC_LOCK_WAIT = 2.0
+
+
 class VxlanPeers(Controller):
     name = NAME
-    watches = (PODS_KIND,)
+    watches = (PODS_KIND, BLOCKS_KIND)
     resync = 5.0
 
-    def __init__(self, node_name: str, netns: Optional[str] = None, state_dir: Optional[str] = None):
+    def __init__(self, node_name: str, netns: Optional[str] = None, state_dir: Optional[str] = None,
+                 idle_grace: float = DEFAULT_IDLE_GRACE, settings: Any = None):
         """`netns`: where the overlay devices are (None: the daemon's own namespace); `state_dir`:
-        the node's state root, where the WireGuard key lives (None: the daemon's)."""
+        the node's state root, where the WireGuard key and the lock file live (None: the daemon's);
+        `idle_grace`: seconds a network's bridge stays without a pod port before its devices go;
+        `settings`: the installed config's settings (cni_settings.InstalledSettings; None: strict)."""
         self.node_name = node_name
         self.netns = netns
         self.state_dir = state_dir
+        self.idle_grace = idle_grace
+        self.settings = settings
         self.registry: Any = None
         self._published: set[str] = set()
         self._refused: dict[str, list] = {}
         self._gauge: Any = None
+        self._idle_since: dict[str, float] = {}
 
     def setup(self, daemon: DaemonContext) -> None:
         super().setup(daemon)
@@ -271,13 +331,18 @@ class VxlanPeers(Controller):
         from ..netlink.handle import Handle
 
         pods = self.daemon.objects.informer(PODS_KIND).list()
+        blocks = ipam_blocks(self.daemon.objects.informer(BLOCKS_KIND).list())
         nodes = self.registry.nodes()
+        conf = self.settings.get() if self.settings is not None else None
+        isolation = conf.namespace_isolation if conf is not None else True
+        global_ns = conf.global_namespaces if conf is not None else ()
         with Handle(self.netns) as h:
+            self.collect_unused(h)
             devices = local_devices(h)
             self.publish(devices)
             wanted = []
             for dev in devices:
-                want = desired(dev, self.node_name, nodes, pods)
+                want = desired(dev, self.node_name, nodes, pods, global_ns, blocks, isolation)
                 wanted.append((dev, want))
                 self.report_refused(dev.network, want.refused)
                 changed = program(h, dev, want)
@@ -285,6 +350,72 @@ class VxlanPeers(Controller):
                     self.daemon.log.info("vxlan peers programmed", network=dev.network, device=dev.link.name,
                                          vni=dev.vni, **changed)
             self.encrypt(h, wanted, nodes)
+
+    def collect_unused(self, h) -> list[str]:
+        """Remove the bridge and VXLAN device of every overlay network whose bridge has had no pod
+        port for `idle_grace` s (as this controller saw it: the clock starts at the first pass that
+        finds it idle, so a pod restart, DEL then ADD, never churns the devices), then WireGuard's
+        parts no encrypted network needs. The check is repeated under the GC lock held exclusive
+        (cni/lock.py: every ADD of the meta plugin holds it shared from before it reads its cache
+        until its result is cached, and the delegate's ADD runs inside that), so no ADD is between
+        finding the bridge and putting its veth on it. DEL does not take it and needs not: it only
+        removes ports. Busy lock: tried again at the next pass. The names removed."""
+        import time
+
+        from . import overlay_devices as od
+
+        now = time.monotonic()
+        idle = {ov.network for ov in od.overlays(h) if not ov.ports}
+        for network in list(self._idle_since):
+            if network not in idle:
+                del self._idle_since[network]
+        due = []
+        for network in sorted(idle):
+            since = self._idle_since.setdefault(network, now)
+            if now - since >= self.idle_grace:
+                due.append(network)
+            else:
+                self.enqueue_later(since + self.idle_grace - now)
+        if not due and not (od.orphan_bridges(h) or self._encryption_leftover(h)):
+            return []
+        from ..cni.errors import CNIError
+        from ..cni.lock import default_path, gc_lock
+
+        removed: list[str] = []
+        try:
+            with gc_lock(True, timeout=GC_LOCK_WAIT, path=default_path(self.state_dir or self.daemon.state_dir)):
+                for ov in od.overlays(h):
+                    if ov.network in due and not ov.ports:
+                        removed += od.remove_overlay(h, ov)
+                        self._idle_since.pop(ov.network, None)
+                for name in od.orphan_bridges(h):
+                    if h.delete_link(name):
+                        removed.append(name)
+                removed += od.remove_unused_encryption(h)
+        except CNIError as e:
+            self.daemon.log.info("overlay collection waits for the GC lock", error=e.msg)
+            self.enqueue_later(1.0)
+            return removed
+        if removed:
+            self.daemon.log.info("unused overlay devices removed", networks=due, removed=removed)
+        return removed
+
+    def _encryption_leftover(self, h) -> bool:
+        """WireGuard's rule of a port no overlay uses, or its device with no rule left."""
+        from . import overlay_devices as od
+        from ..netlink import wireguard
+
+        rules = wireguard.encrypted_ports(h)
+        in_use = {(o.family, o.port) for o in od.overlays(h)}
+        return bool(rules - in_use) or (not rules and h.link(wireguard.DEVICE) is not None)
+
+    def enqueue_later(self, seconds: float) -> None:
+        """A pass in `seconds` (not waiting for the resync), on a timer thread."""
+        import threading
+
+        t = threading.Timer(max(0.05, seconds) + 0.05, self.enqueue, ("all",))
+        t.daemon = True
+        t.start()
 
     def report_refused(self, network: str, refused: list) -> None:
         """Claims not programmed: a warning when they change (not at every resync), and the gauge
@@ -298,7 +429,7 @@ class VxlanPeers(Controller):
         if self._gauge is None:
             self._gauge = _refused_gauge(self.daemon.metrics)
         if self._gauge is not None:
-            for reason in ("namespace", "conflict"):
+            for reason in ("namespace", "ipam", "conflict"):
                 self._gauge.labels(network=network, reason=reason).set(
                     sum(1 for r in refused if r[0] == reason))
 
@@ -400,6 +531,14 @@ def register_pods_kind(objects: Any) -> None:
 
 
 def controller(daemon: DaemonContext) -> Optional[VxlanPeers]:
-    """The entry point: every daemon runs one (it does nothing until an overlay device exists)."""
+    """The entry point: every daemon runs one (it does nothing until an overlay device exists).
+    Options: `cni_conf` (the installed multiplex config, `--cni-conf`), `overlay_idle_grace`."""
+    from .bgp import register_kinds
+    from .cni_settings import InstalledSettings
+
     register_pods_kind(daemon.objects)
-    return VxlanPeers(daemon.node_name)
+    register_kinds(daemon.objects)
+    opts = daemon.options or {}
+    grace = opts.get("overlay_idle_grace")
+    return VxlanPeers(daemon.node_name, idle_grace=DEFAULT_IDLE_GRACE if grace is None else float(grace),
+                      settings=InstalledSettings(opts.get("cni_conf") or None, daemon.log))

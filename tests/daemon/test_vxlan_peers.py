@@ -14,8 +14,9 @@ import time
 import pytest
 
 from multiplex.controllers.node_registry import NodeFacts
-from multiplex.controllers.vxlan_peers import (PODS_KIND, STATUS_ANNOTATION, Device, VxlanPeers, controller,
-                                               desired, may_claim, status_network)
+from multiplex.controllers.vxlan_peers import (BLOCKS_KIND, PODS_KIND, STATUS_ANNOTATION, Device, VxlanPeers,
+                                               controller, ipam_blocks, may_claim, status_network)
+from multiplex.controllers import vxlan_peers
 from multiplex.daemon.controller import DaemonContext
 from multiplex.k8s.objects import KubeObjects, LocalObjects
 from multiplex.netlink.handle import Link
@@ -36,6 +37,41 @@ def facts(name: str, v4: str = "", v6: str = "", **overlays: int) -> NodeFacts:
     return NodeFacts(name, "ul0", 1400, v4, v6,
                      {f"vxlan/{net.replace('_', '.')}": {"vtepMAC": "02:00:00:00:00:99", "vni": vni, "port": 4789}
                       for net, vni in overlays.items()})
+
+
+def block(cidr: str, node: str, **holders: str) -> dict:
+    """An IPBlock object as the cluster IPAM writes it; `holders`: address (dots/colons as _) -> ns/name."""
+    allocs = {a.replace("_", ":" if a.count("_") > 3 else "."): {"podNamespace": who.split("/")[0],
+                                                                  "podName": who.split("/")[1], "node": node}
+              for a, who in holders.items()}
+    return {"apiVersion": "multiplex.dev/v1", "kind": "IPBlock", "metadata": {"name": cidr},
+            "spec": {"cidr": cidr, "node": node, "pool": "p", "allocations": allocs}}
+
+
+def vouching(pods: list[dict]) -> list:
+    """Blocks that vouch for every claim of `pods`: one single-address block per claimed IP, affine
+    to the claiming pod's node (what the tests written before the IPAM rule assume)."""
+    out = []
+    for p in pods:
+        text = (p.get("metadata") or {}).get("annotations", {}).get(STATUS_ANNOTATION, "[]")
+        try:
+            entries = json.loads(text)
+        except ValueError:
+            continue
+        for e in entries:
+            for ip in e.get("ips") or []:
+                try:
+                    a = ipaddress.ip_address(ip.split("/")[0])
+                except ValueError:
+                    continue
+                out.append(block(f"{a}/{a.max_prefixlen}", p["spec"]["nodeName"]))
+    return ipam_blocks(out)
+
+
+def desired(dev, me, nodes, pods, global_namespaces=(), blocks=None, isolation=True):
+    """The controller's `desired` with blocks vouching for every claim unless `blocks` is given."""
+    return vxlan_peers.desired(dev, me, nodes, pods, global_namespaces,
+                               vouching(pods) if blocks is None else ipam_blocks(blocks), isolation)
 
 
 DEV4 = Device(network="default.ov", link=Link(index=5, name="mpxvx-00000000"), vni=100, port=4789, family=4)
@@ -105,24 +141,60 @@ def test_a_claim_from_a_pod_on_a_node_without_the_networks_vtep_is_ignored():
     assert want.fdb == {} and want.neighbours == {}
 
 
-def test_an_ip_claimed_by_two_pods_is_programmed_for_neither():
+#: the IPAM's blocks: n1 198.18.91.0/28 (.0-.15), n2 .16/28 (.16-.31), n3 .32/28 (.32-.47), n2 fd00:91::/120;
+#: in n3's block .40 is recorded for default/borrower (a pod of n2 that borrowed it)
+BLOCKS = [block("198.18.91.0/28", "n1"), block("198.18.91.16/28", "n2"),
+          block("198.18.91.32/28", "n3", **{"198_18_91_40": "default/borrower"}), block("fd00:91::/120", "n2")]
+
+
+def test_an_ip_claimed_by_two_pods_the_ipam_vouches_for_is_programmed_for_neither():
+    # n2's block records no holder for .21: both pods of n2 are vouched for, so it is disputed
     pods = [pod("victim", "n2", entry("default/ov", "02:aa:00:00:00:01", "198.18.91.21", "fd00:91::21")),
-            pod("spoof", "n3", entry("default/ov", "02:bb:00:00:00:01", "198.18.91.21", "198.18.91.31"))]
+            pod("spoof", "n2", entry("default/ov", "02:bb:00:00:00:01", "198.18.91.21", "198.18.91.22"))]
     for order in (pods, pods[::-1]):
-        want = desired(DEV4, "n1", TRUST_NODES, order)
-        assert want.neighbours == {"fd00:91::21": "02:aa:00:00:00:01", "198.18.91.31": "02:bb:00:00:00:01"}
-        assert want.fdb == {"02:aa:00:00:00:01": "198.18.90.2", "02:bb:00:00:00:01": "198.18.90.3"}
+        want = desired(DEV4, "n1", TRUST_NODES, order, blocks=BLOCKS)
+        assert want.neighbours == {"fd00:91::21": "02:aa:00:00:00:01", "198.18.91.22": "02:bb:00:00:00:01"}
+        assert want.fdb == {"02:aa:00:00:00:01": "198.18.90.2", "02:bb:00:00:00:01": "198.18.90.2"}
         assert want.refused == [("conflict", "default/spoof", "198.18.91.21"),
                                 ("conflict", "default/victim", "198.18.91.21")]
 
 
+def test_a_claim_the_ipam_does_not_vouch_for_is_dropped_and_cannot_knock_off_the_holder():
+    pods = [pod("victim", "n2", entry("default/ov", "02:aa:00:00:00:01", "198.18.91.21")),
+            # n3 claims n2's address (a dispute), a free address of n2's block, one in no block at all
+            pod("spoof", "n3", entry("default/ov", "02:bb:00:00:00:01", "198.18.91.21", "198.18.91.30",
+                                     "198.18.99.1", "198.18.91.33")),
+            # borrowed: .40 of n3's block is recorded for this pod of n2; .41 is not
+            pod("borrower", "n2", entry("default/ov", "02:aa:00:00:00:02", "198.18.91.40", "198.18.91.41")),
+            # a pod of n3 (the block's node) claiming .40, which the block records for another pod
+            pod("squatter", "n3", entry("default/ov", "02:bb:00:00:00:02", "198.18.91.40"))]
+    want = desired(DEV4, "n1", TRUST_NODES, pods, blocks=BLOCKS)
+    assert want.neighbours == {"198.18.91.21": "02:aa:00:00:00:01", "198.18.91.33": "02:bb:00:00:00:01",
+                               "198.18.91.40": "02:aa:00:00:00:02"}
+    assert sorted(r for r in want.refused if r[0] == "ipam") == [
+        ("ipam", "default/borrower", "198.18.91.41"), ("ipam", "default/spoof", "198.18.91.21"),
+        ("ipam", "default/spoof", "198.18.91.30"), ("ipam", "default/spoof", "198.18.99.1"),
+        ("ipam", "default/squatter", "198.18.91.40")]
+    assert not [r for r in want.refused if r[0] == "conflict"]
+    # without any IPBlock nothing is programmed (the programmed mode needs the cluster IPAM's blocks)
+    bare = desired(DEV4, "n1", TRUST_NODES, pods, blocks=[])
+    assert bare.neighbours == {} and bare.peers == {"198.18.90.2", "198.18.90.3"}
+
+
+def test_a_malformed_ipblock_vouches_for_nothing():
+    bad = [{"kind": "IPBlock", "spec": {"cidr": "nope", "node": "n2"}},
+           {"kind": "IPBlock", "spec": {"cidr": "198.18.91.16/28", "node": "n2", "allocations": {"x": {}}}}]
+    pods = [pod("a", "n2", entry("default/ov", "02:aa:00:00:00:01", "198.18.91.21"))]
+    assert desired(DEV4, "n1", TRUST_NODES, pods, blocks=bad).neighbours == {}
+
+
 def test_a_remote_claim_of_a_local_pods_ip_or_a_mac_another_pod_has_is_dropped():
     pods = [pod("local", "n1", entry("default/ov", "02:aa:00:00:00:11", "198.18.91.11")),
-            pod("spoof", "n3", entry("default/ov", "02:bb:00:00:00:01", "198.18.91.11")),
+            pod("spoof", "n1", entry("default/ov", "02:bb:00:00:00:01", "198.18.91.11")),
             pod("victim", "n2", entry("default/ov", "02:aa:00:00:00:01", "198.18.91.21")),
-            pod("macspoof", "n3", entry("default/ov", "02:aa:00:00:00:01", "198.18.91.32"))]
-    want = desired(DEV4, "n1", TRUST_NODES, pods)
-    assert want.neighbours == {} and want.fdb == {"02:bb:00:00:00:01": "198.18.90.3"}
+            pod("macspoof", "n3", entry("default/ov", "02:aa:00:00:00:01", "198.18.91.34"))]
+    want = desired(DEV4, "n1", TRUST_NODES, pods, blocks=BLOCKS)
+    assert want.neighbours == {} and want.fdb == {}
     assert ("conflict", "default/macspoof", "02:aa:00:00:00:01") in want.refused
     assert ("conflict", "default/spoof", "198.18.91.11") in want.refused
 
@@ -167,7 +239,7 @@ def test_it_watches_every_pod_of_the_cluster_not_only_this_nodes(apiserver):  # 
     objects = KubeObjects(api.kubeconfig, "n1")
     try:
         ctrl = controller(DaemonContext(node_name="n1", objects=objects))
-        assert ctrl.watches == (PODS_KIND,)
+        assert ctrl.watches == (PODS_KIND, BLOCKS_KIND)
         names = wait_for(lambda: sorted(p["metadata"]["name"] for p in objects.informer(PODS_KIND).list()))
         assert names == ["here", "there"]
         assert objects.informer("pods").wait_synced(10)
@@ -243,3 +315,65 @@ def test_rotate_key_command_prints_the_new_public_key_or_says_there_is_none(tmp_
     printed = []
     assert rotate_key(root, output=printed.append) == 0
     assert wireguard.public_key(wireguard.read_key(root)) in printed[0] and wireguard.read_key(root) != old
+
+
+# ---- the admin's namespaceIsolation / globalNamespaces, from the installed config ----------------
+def conflist(**fields) -> str:
+    return json.dumps({"cniVersion": "1.1.0", "name": "multiplex",
+                       "plugins": [dict({"type": "multiplex", "clusterNetwork": "podnet"}, **fields)]})
+
+
+def test_the_daemon_reads_global_namespaces_from_the_installed_config_and_follows_its_changes(tmp_path):
+    import os
+
+    class Log:
+        def __init__(self):
+            self.lines = []
+
+        def info(self, msg, **f):
+            self.lines.append(("info", msg))
+
+        def warning(self, msg, **f):
+            self.lines.append(("warning", msg))
+
+    conf = tmp_path / "00-multiplex.conflist"
+    log = Log()
+    ctrl = controller(DaemonContext(node_name="n1", objects=object(), log=log, options={"cni_conf": str(conf)}))
+    assert ctrl.settings.get().global_namespaces == () and ctrl.settings.get().namespace_isolation
+    assert log.lines == [("warning", "multiplex config not usable: namespace isolation strict, no global namespaces")]
+    conf.write_text(conflist(globalNamespaces=["default"]))
+    pods = [pod("tenant", "n3", entry("default/ov", "02:bb:00:00:00:01", "198.18.91.31"), namespace="tenant")]
+    s = ctrl.settings.get()
+    assert s.global_namespaces == ("default",)
+    assert desired(DEV4, "n1", TRUST_NODES, pods, s.global_namespaces).neighbours == {
+        "198.18.91.31": "02:bb:00:00:00:01"}
+    conf.write_text(conflist(globalNamespaces=["other"], namespaceIsolation=True) + " ")
+    os.utime(conf, ns=(1, 1))
+    assert ctrl.settings.get().global_namespaces == ("other",)
+    conf.write_text(conflist(namespaceIsolation=False))
+    s = ctrl.settings.get()
+    assert not s.namespace_isolation
+    assert desired(DEV4, "n1", TRUST_NODES, pods, s.global_namespaces, isolation=s.namespace_isolation).neighbours
+    conf.write_text(conflist(globalNamespaces="default"))   # malformed: strict again, and said so
+    assert ctrl.settings.get().namespace_isolation and ctrl.settings.get().global_namespaces == ()
+    assert "globalNamespaces is not a list" in ctrl.settings.get().problem
+    conf.write_text(json.dumps({"cniVersion": "1.1.0", "name": "x", "plugins": [{"type": "bridge"}]}))
+    assert "not of type multiplex" in ctrl.settings.get().problem
+
+
+def test_multiplex_daemon_passes_the_cni_conf_and_the_idle_grace_to_the_controller(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    import multiplex.daemon.main as main
+    from multiplex.cli.commands import cli
+
+    seen = {}
+    monkeypatch.setattr(main, "run", lambda **options: seen.update(options) or 0)
+    r = CliRunner().invoke(cli, ["daemon", "--cni-conf", str(tmp_path / "x.conflist"), "--overlay-idle-grace", "2.5"])
+    assert r.exit_code == 0, r.output
+    assert seen["cni_conf"] == str(tmp_path / "x.conflist") and seen["overlay_idle_grace"] == 2.5
+    ctrl = controller(DaemonContext(node_name="n1", objects=object(),
+                                    options={"cni_conf": seen["cni_conf"], "overlay_idle_grace": 2.5}))
+    assert ctrl.idle_grace == 2.5 and ctrl.settings.path == str(tmp_path / "x.conflist")
+    r = CliRunner().invoke(cli, ["daemon"])
+    assert seen["cni_conf"] == "/etc/cni/net.d/00-multiplex.conflist" and seen["overlay_idle_grace"] == 30.0
