@@ -27,16 +27,18 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import socket
 from dataclasses import dataclass
 from typing import Optional
 
 from multiplex.cni import skel
-from multiplex.cni.errors import invalid_config
+from multiplex.cni.errors import NETLINK_FAILURE, CNIError, invalid_config
 from multiplex.cni.plugin import Plugin
 from multiplex.cni.request import Request
 from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
 from multiplex.netlink import nft
-from delegates.steps import (Problem, Undo, not_kept, add_pod_routes, address_pod_interface, check_failed, check_ipv6_mtu,
+from delegates import routed_pools
+from delegates.steps import (Problem, Undo, not_kept, address_pod_interface, check_failed, check_ipv6_mtu,
                              check_prologue, ipam_add, ipam_forward, ipam_type, missing_pod_interface,
                              open_pod_for_check, pod_interface_problems, undone_on_failure)
 
@@ -46,6 +48,7 @@ GATEWAY_V4 = ipaddress.ip_address("169.254.1.1")
 GATEWAY_V6 = ipaddress.ip_address("fe80::1")
 GATEWAYS = {4: GATEWAY_V4, 6: GATEWAY_V6}
 DEFAULTS = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
+AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 
 def host_veth_name(container_id: str, ifname: str) -> str:
@@ -114,6 +117,9 @@ class BgpRoutedPlugin(Plugin):
         from multiplex import netlink
         from multiplex.netlink import routes as rt
 
+        pools = routed_pools.admitted_pools(req, conf.network)     # before anything is made
+        if pools is not routed_pools.TRUSTED:
+            routed_pools.refuse_ranges_outside(pools, req.config.get("ipam") or {}, conf.network)
         host_name = host_veth_name(req.container_id, req.ifname)
         if node.delete_link(host_name):
             req.ctx.log.warning("replaced a stale host veth", link=host_name, container=req.container_id)
@@ -124,6 +130,8 @@ class BgpRoutedPlugin(Plugin):
 
         ipam = ipam_add(req, undo)
         families = {ip.address.version for ip in ipam.ips}
+        if pools is not routed_pools.TRUSTED:
+            routed_pools.refuse_addresses_outside(pools, ipam.ips, conf.network)
         refuse_addresses_reached_otherwise(node, conf, ipam.ips, host)
 
         # the node side first, so the pod's first packet finds its way back
@@ -144,13 +152,18 @@ class BgpRoutedPlugin(Plugin):
         pod_index = result.add_interface(Interface(name=req.ifname, mac=peer.mac, sandbox=req.netns,
                                                    mtu=peer.mtu or mtu))
         result.ips = [IPConfig(address=host_prefix(ip.address.ip), interface=pod_index) for ip in ipam.ips]
-        result.routes = pod_routes(families, ipam.routes)
+        secondary = {f for f in families if pod.default_route(AF[f]) is not None}
+        result.routes = pod_routes(families, ipam.routes, secondary, reached_networks(ipam.ips, pools))
         result.dns = conf.dns or ipam.dns
+        for r in ipam.routes:
+            if r.dst.prefixlen == 0 and r.dst.version in secondary:
+                req.ctx.log.warning("IPAM's default route not installed: the pod has one from its first network",
+                                    network=conf.network, route=str(r.dst))
 
         address_pod_interface(req, pod, peer, result.ips)
         for family in sorted(families):
             rt.permanent_neighbour(pod, GATEWAYS[family], peer, host.mac)
-        add_pod_routes(pod, peer, result.routes, result.ips)
+        result.routes = install_pod_routes(pod, peer, result.routes)
         return result
 
     # ---- DEL -------------------------------------------------------------------------------------
@@ -217,18 +230,73 @@ def host_prefix(address) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
     return ipaddress.ip_interface(f"{address}/{address.max_prefixlen}")
 
 
-def pod_routes(families: set[int], ipam_routes: list[Route]) -> list[Route]:
+def reached_networks(ips, pools) -> dict[int, list]:
+    """Per family, what a secondary attachment routes instead of a default: the IPPools holding
+    its addresses (the routed network across every node), else - the cluster IPAM, trusted without
+    a pool list - the networks IPAM gave the addresses in (its range's subnet: the pool's CIDR).
+    Only the pools of this attachment's own addresses: another pool may be another network's."""
+    out: dict[int, list] = {}
+    for ip in ips:
+        net = routed_pools.pool_of(pools, ip.address.ip) if pools else None
+        net = net or ip.address.network
+        if net not in out.setdefault(net.version, []):
+            out[net.version].append(net)
+    return out
+
+
+def pod_routes(families: set[int], ipam_routes: list[Route], secondary: set[int] = frozenset(),
+               reached: Optional[dict[int, list]] = None) -> list[Route]:
     """The pod's routes: per family, the on-link route to the gateway (IPv4: IPv6's gateway is
-    link-local and needs none), the default route via it, and IPAM's routes, every one via the
-    gateway (nothing is on-link for a routed pod)."""
+    link-local and needs none), the default route via it - or, for a family whose default route
+    the pod already has (`secondary`: bgp-routed is not its first network), routes to `reached`
+    via it -, and IPAM's routes, every one via the gateway (nothing is on-link for a routed pod).
+    IPAM's default route is the one default of a first network and cannot be installed on a
+    secondary one (the kernel keeps the first network's)."""
     out: list[Route] = []
     if 4 in families:
         out.append(Route(dst=ipaddress.ip_network(f"{GATEWAY_V4}/32"), scope=253))
     for family in sorted(families):
-        out.append(Route(dst=DEFAULTS[family], gw=GATEWAYS[family]))
+        if family in secondary:
+            out += [Route(dst=net, gw=GATEWAYS[family]) for net in (reached or {}).get(family, [])]
+        else:
+            out.append(Route(dst=DEFAULTS[family], gw=GATEWAYS[family]))
     for r in ipam_routes:
-        if r.dst.version in families and r.dst != DEFAULTS[r.dst.version]:
-            out.append(Route(dst=r.dst, gw=GATEWAYS[r.dst.version], mtu=r.mtu, advmss=r.advmss))
+        if r.dst.version not in families or r.dst == DEFAULTS[r.dst.version]:
+            continue
+        mine = Route(dst=r.dst, gw=GATEWAYS[r.dst.version], mtu=r.mtu, advmss=r.advmss)
+        same = [i for i, o in enumerate(out) if o.dst == r.dst]
+        if same:
+            out[same[0]] = mine      # IPAM's route to a network routed already: its mtu/advmss kept
+        else:
+            out.append(mine)
+    return out
+
+
+def install_pod_routes(pod, peer, routes: list[Route]) -> list[Route]:
+    """Install `routes` out of the pod interface and answer exactly what is installed. Only the
+    IPv4 gateway's on-link route may already exist - on another bgp-routed interface of the pod
+    (its first network): it is then added with a metric of the interface's index (unique in the
+    pod), so each interface reaches 169.254.1.1 through itself. Anything else that exists is an
+    error, never hidden: the result, the cache and network-status must not claim a route the
+    pod does not have."""
+    out: list[Route] = []
+    for r in routes:
+        if pod.add_route(r.dst, peer, r.gw, mtu=r.mtu, advmss=r.advmss, priority=r.priority, table=r.table,
+                         scope=r.scope, exist_ok=True):
+            out.append(r)
+            continue
+        if r.gw is None and r.dst.version == 4 and r.priority is None:
+            again = Route(dst=r.dst, gw=None, mtu=r.mtu, advmss=r.advmss, priority=peer.index, table=r.table,
+                          scope=r.scope)
+            if pod.add_route(again.dst, peer, None, priority=again.priority, table=again.table,
+                             scope=again.scope, exist_ok=True):
+                out.append(again)
+                continue
+        if not any(e.dst == r.dst and e.oif == peer.index and e.gw == r.gw for e in pod.routes(AF[r.dst.version])):
+            via = f" via {r.gw}" if r.gw is not None else ""
+            raise CNIError(NETLINK_FAILURE, f"route {r.dst}{via} cannot be added on {peer.name}: the pod has a "
+                           "route to it already", f"link: {peer.name}; route: {r.dst}{via}")
+        out.append(r)
     return out
 
 

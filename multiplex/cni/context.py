@@ -48,6 +48,10 @@ class Services(Protocol):
         node's IPBlocks, with a client for `kubeconfig` (multiplex.ipam.kube.cache.Lent), or None
         when the daemon does not watch that API server for `node` (the store reads the API)."""
 
+    def ip_pools(self) -> Optional[list]:
+        """Every IPPool's CIDR (ipaddress networks) from the daemon's watch, or None when it does
+        not watch IPPools (bgp-routed then finds them as a one-shot call does)."""
+
 
 @dataclass(frozen=True)
 class CallContext:

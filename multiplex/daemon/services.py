@@ -9,6 +9,12 @@
   (multiplex/ipam/kube/cache.py Lent), by the same rule, and only for this daemon's node; else
   None (the store reads the API, as a one-shot call does). The IPAM plugin opens its store with
   the call's context (req.ctx.services), so only calls this daemon serves see its cache.
+- `ip_pools()`: every IPPool's CIDR from the daemon's "ippools" informer (a known kind on the
+  Kubernetes API; on a local directory registered by the BGP controller), for bgp-routed's rule
+  that a routed pod's addresses lie in the admin's pools (delegates/routed_pools.py). Served for
+  every call whatever API its config names: these are the pools the node's BGP import filter uses,
+  the authority on what this node may route. None when the daemon has no such informer or it has
+  not read its first list within POOLS_SYNC_TIMEOUT (the call then finds pools as a one-shot does).
 
 The rule for "the API the daemon watches": the call's config has a `kubeconfig`, and the API
 server URL in it (its current context's cluster `server`) equals the daemon's: the server of the
@@ -34,6 +40,10 @@ from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from ..util import log as _log
+
+#: how long a call waits for the "ippools" informer's first list before finding pools elsewhere
+POOLS_SYNC_TIMEOUT = 5.0
+POOLS_KIND = "ippools"
 
 
 def normalise_server(url: str) -> str:
@@ -153,6 +163,21 @@ class DaemonServices:
                 self._ipam = IPAMCache(self.objects, node, log=self.log)
             cache = self._ipam
         return Lent(cache, self._client_for(kubeconfig) if kubeconfig else self._in_cluster_client())
+
+    def ip_pools(self, timeout: float = POOLS_SYNC_TIMEOUT) -> Optional[list]:
+        """Every IPPool's CIDR (disabled ones too, as the BGP import filter), or None (see above)."""
+        if self.objects is None:
+            return None
+        try:
+            informer = self.objects.informer(POOLS_KIND)
+        except (ValueError, KeyError):
+            return None          # a local directory without the BGP controller: no pools watched
+        if not informer.synced() and not informer.wait_synced(timeout):
+            self.log.info("IPPool informer not synced; the call finds pools itself")
+            return None
+        from ..bgp.plan import pools_from_ippools
+
+        return pools_from_ippools(informer.list())
 
     def _in_cluster_client(self) -> Any:
         from ..k8s.client import KubeClient

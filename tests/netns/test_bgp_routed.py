@@ -5,6 +5,7 @@ nothing left. The routes between nodes (BIRD) are tests/netns/test_bgp_routed_cl
 from __future__ import annotations
 
 import ipaddress
+import os
 
 import pytest
 
@@ -15,16 +16,43 @@ pytestmark = pytest.mark.root
 PLUGIN = "multiplex-bgp-routed"
 
 
+#: the admin's IPPools on the test API server: every range below lies in them
+POOLS = ("198.18.64.0/18", "fd00:64::/31")
+KUBECONFIG: dict[str, str] = {}
+APIS: dict[str, object] = {}
+
+
 @pytest.fixture
-def routed(node, tmp_path):
+def routed(node, tmp_path, request):
     """The node with an underlay-like interface (a veth to nowhere: this kernel has no dummy) and
-    addresses: the node's source for traffic to its pods."""
+    addresses: the node's source for traffic to its pods; a test API server on the node's loopback
+    holding the admin's IPPools, whose kubeconfig every call carries (MULTIPLEX_KUBECONFIG, as the
+    meta plugin passes its own): a one-shot call's source of pools."""
+    from tests.k8s.apiserver import ApiServer
+    from tests.k8s.ipam_kube_support import install_crds
+
     nsexec(node, "ip", "link", "add", "ul0", "type", "veth", "peer", "name", "ul0p")
     nsexec(node, "ip", "link", "set", "ul0p", "up")
     nsexec(node, "ip", "addr", "add", "198.19.5.1/24", "dev", "ul0")
     nsexec(node, "ip", "addr", "add", "fd00:19:5::1/64", "dev", "ul0", "nodad")
     nsexec(node, "ip", "link", "set", "ul0", "mtu", "1400", "up")
+    api = ApiServer(netns=f"/var/run/netns/{node}").start()
+    request.addfinalizer(api.stop)
+    install_crds(api)
+    for cidr in POOLS:
+        add_pool(api, cidr)
+    KUBECONFIG[node] = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
+    APIS[node] = api
+    request.addfinalizer(lambda: (KUBECONFIG.pop(node, None), APIS.pop(node, None)))
     return node
+
+
+def add_pool(api, cidr: str) -> None:
+    from multiplex.ipam.kube.model import API_VERSION, POOL_KIND, POOLS as PLURAL
+
+    name = "pool-" + cidr.replace(".", "-").replace(":", "-").replace("/", "-")
+    api.store.add({"apiVersion": API_VERSION, "kind": POOL_KIND, "metadata": {"name": name},
+                   "spec": {"cidr": cidr}}, PLURAL)
 
 
 def conf(tmp_path, ranges=None, **extra) -> dict:
@@ -33,8 +61,10 @@ def conf(tmp_path, ranges=None, **extra) -> dict:
             "ipam": {"type": "multiplex-ipam", "dataDir": str(tmp_path / "ipam"), "ranges": ranges}, **extra}
 
 
-def cni(node, command, config, cid, pod, **kw):
-    return run_plugin(PLUGIN, command, config, node=node, container_id=cid, netns=pod, **kw)
+def cni(node, command, config, cid, pod, ifname="eth0", kubeconfig=True, **kw):
+    env = {"MULTIPLEX_KUBECONFIG": KUBECONFIG[node]} if kubeconfig and node in KUBECONFIG else {}
+    return run_plugin(PLUGIN, command, config, node=node, container_id=cid, netns=pod, ifname=ifname,
+                      extra_env=env, **kw)
 
 
 def host_links(node) -> set[str]:
@@ -102,7 +132,7 @@ def test_gc_removes_what_the_keep_list_does_not_keep(routed, netns_factory, tmp_
     for cid, pod in pods.items():
         assert cni(routed, "ADD", c, cid, pod).ok
     gc = dict(c, **{"cni.dev/valid-attachments": [{"containerID": "ckeep", "ifname": "eth0"}]})
-    out = run_plugin(PLUGIN, "GC", gc, node=routed)
+    out = run_plugin(PLUGIN, "GC", gc, node=routed, extra_env={"MULTIPLEX_KUBECONFIG": KUBECONFIG[routed]})
     assert out.ok, out
     from delegates.bgp_routed import host_veth_name
     assert host_links(routed) == {host_veth_name("ckeep", "eth0")}
@@ -152,7 +182,10 @@ def test_an_address_the_node_reaches_on_a_link_is_refused_and_nothing_left(route
     """A NAD's IPAM is its namespace's to choose, but a routed pod's /32 host route would take the
     traffic of an address the node already reaches on a link: the underlay's neighbours (other
     nodes, the router), the node itself, another network's pod. Refused naming `ipam`; the lease
-    and the veth go; the owner's route stays."""
+    and the veth go; the owner's route stays. The underlay's addresses are in no IPPool, which
+    refuses them first (the test below): here the admin made a pool overlapping the underlay by
+    mistake, and the on-link check still stands."""
+    add_pool(APIS[routed], "198.19.5.0/24")
     first = netns_factory("pod")
     assert cni(routed, "ADD", conf(tmp_path, [[{"subnet": "198.18.64.0/24", "rangeStart": "198.18.64.2",
                                                 "rangeEnd": "198.18.64.2"}]]), "cowner", first).ok
@@ -171,3 +204,114 @@ def test_an_address_the_node_reaches_on_a_link_is_refused_and_nothing_left(route
 
     lab = BridgeLab(node=routed, root=str(tmp_path / "rogue"), make_ns=None, ipam_type="multiplex-ipam")
     assert lab.leases("tenant.rogue") == [], "the lease was kept"
+
+
+# ---- the addresses must lie in an IPPool ------------------------------------------------------------
+def test_a_range_outside_every_ippool_is_refused_before_ipam_and_the_nodes_route_stays(routed, netns_factory,
+                                                                                       tmp_path):
+    """A tenant's range holding an address the node reaches off-link (the API server behind a
+    gateway): its /32 would hijack the node's traffic. Refused naming the range, before IPAM is
+    asked (no lease store made), nothing on the node; the node's route is still how it goes."""
+    nsexec(routed, "ip", "route", "add", "198.19.7.0/24", "via", "198.19.5.254", "dev", "ul0")
+    before = ip_json(routed, "route", "show")
+    pod = netns_factory("pod")
+    rogue = conf(tmp_path, [[{"subnet": "198.18.64.0/24"}], [{"subnet": "198.19.7.0/24", "rangeStart": "198.19.7.10",
+                                                              "rangeEnd": "198.19.7.10"}]])
+    out = cni(routed, "ADD", rogue, "coff", pod)
+    assert out.rc == 1 and out.code == 7, out
+    assert "field: $.ipam.ranges[1][0]" in out.out["details"] and "198.18.64.0/18" in out.out["msg"], out
+    assert ip_json(routed, "route", "show") == before and host_links(routed) == set() and links(pod) == {"lo"}
+    assert not (tmp_path / "ipam").exists(), "IPAM was asked"
+    got = ip_json(routed, "route", "get", "198.19.7.10")[0]
+    assert got["dev"] == "ul0" and got.get("gateway") == "198.19.5.254"
+
+
+def test_an_address_an_exec_ipam_gives_outside_every_ippool_is_released(routed, netns_factory, tmp_path):
+    """host-local's legacy top-level `subnet` is not read ahead: the address it gives is checked
+    after it answered, refused naming the address, and its lease released; nothing left."""
+    pod = netns_factory("pod")
+    data = tmp_path / "hl"
+    c = {"cniVersion": "1.0.0", "name": "hl", "type": PLUGIN,
+         "ipam": {"type": "host-local", "subnet": "198.19.8.0/24", "dataDir": str(data)}}
+    before = ip_json(routed, "route", "show")
+    out = cni(routed, "ADD", c, "chl", pod)
+    assert out.rc == 1 and out.code == 7, out
+    assert "field: $.ipam (address 198.19.8." in out.out["details"] and "not inside an IPPool" in out.out["msg"], out
+    assert ip_json(routed, "route", "show") == before and host_links(routed) == set() and links(pod) == {"lo"}
+    leases = [f.name for f in (data / "hl").iterdir() if f.name[0].isdigit()] if (data / "hl").exists() else []
+    assert leases == [], "host-local's lease was kept"
+
+
+def test_without_a_source_of_ippools_a_local_ipam_is_refused(routed, netns_factory, tmp_path):
+    """A one-shot call with neither the daemon nor a kubeconfig cannot know what is safe to route:
+    code 7 naming $.ipam and how to fix it; nothing made, IPAM not asked."""
+    pod = netns_factory("pod")
+    out = cni(routed, "ADD", conf(tmp_path), "cnone", pod, kubeconfig=False)
+    assert out.rc == 1 and out.code == 7 and "IPPools" in out.out["msg"], out
+    assert "field: $.ipam;" in out.out["details"] and "store kubernetes" in out.out["details"], out
+    assert host_links(routed) == set() and links(pod) == {"lo"} and not (tmp_path / "ipam").exists()
+
+
+# ---- a secondary network --------------------------------------------------------------------------
+def pod_routes_of(ns: str, dev: str) -> set[tuple]:
+    """(dst, gateway, metric) of the pod's routes out of `dev`, both families (link-local ones aside)."""
+    out = set()
+    for fam in ("-4", "-6"):
+        for r in ip_json(ns, fam, "route", "show", "dev", dev):
+            if r.get("protocol") == "kernel" or r["dst"].startswith("fe80::"):
+                continue
+            out.add((("0.0.0.0/0" if fam == "-4" else "::/0") if r["dst"] == "default" else r["dst"]
+                     if "/" in r["dst"] else r["dst"] + ("/32" if fam == "-4" else "/128"), r.get("gateway"),
+                     r.get("metric") if fam == "-4" else None))
+    return out
+
+
+def result_routes(out) -> set[tuple]:
+    return {(r["dst"], r.get("gw"), r.get("priority") if ":" not in r["dst"] else None) for r in out.out["routes"]}
+
+
+def test_a_secondary_attachment_routes_the_pools_and_records_what_it_installed(routed, netns_factory, tmp_path):
+    """Pod A: a bridge on eth0 (its default routes) and bgp-routed as net1. Pod B: bgp-routed on
+    eth0 and again on net1 (the IPv4 gateway's on-link route exists on eth0 already). The secondary
+    attachments route the pools via the gateway instead of a default; the routes in the pods are
+    exactly those in the results; the first networks' defaults stay; pings cross."""
+    from tests.netns.mpxlab import bridge_conf
+
+    a, b = netns_factory("pod"), netns_factory("pod")
+    br = dict(bridge_conf(f"mpxb{os.getpid() % 100000}", "198.18.200.0/24", "fd00:200::/64", isGateway=True,
+                          isDefaultGateway=True), cniVersion="1.1.0", name="first")
+    br["ipam"]["dataDir"] = str(tmp_path / "bripam")
+    first = run_plugin("multiplex-bridge", "ADD", br, node=routed, container_id="ca", netns=a)
+    assert first.ok, first
+    defaults_a = {(r["dst"], r.get("gateway"), r.get("dev")) for f in ("-4", "-6") for r in ip_json(a, f, "route")
+                  if r["dst"] == "default"}
+    assert {d[2] for d in defaults_a} == {"eth0"} and len(defaults_a) == 2, defaults_a
+    c1 = conf(tmp_path / "n1", [[{"subnet": "198.18.64.0/24"}], [{"subnet": "fd00:64::/64"}]])
+    c2 = conf(tmp_path / "n2", [[{"subnet": "198.18.65.0/24"}], [{"subnet": "fd00:65::/64"}]], name="routed2")
+    sec_a = cni(routed, "ADD", c1, "ca", a, ifname="net1")
+    assert sec_a.ok, sec_a
+    prim_b = cni(routed, "ADD", c1, "cb", b)
+    assert prim_b.ok, prim_b
+    sec_b = cni(routed, "ADD", c2, "cb", b, ifname="net1")
+    assert sec_b.ok, sec_b
+
+    for ns, out in ((a, sec_a), (b, sec_b)):
+        assert pod_routes_of(ns, "net1") == result_routes(out), (out.out["routes"], ip_json(ns, "route"))
+        dsts = {r["dst"] for r in out.out["routes"]}
+        assert {"198.18.64.0/18", "fd00:64::/31"} <= dsts and not dsts & {"0.0.0.0/0", "::/0"}, dsts
+    # the first networks' defaults stay
+    assert {(r["dst"], r.get("gateway"), r.get("dev")) for f in ("-4", "-6") for r in ip_json(a, f, "route")
+            if r["dst"] == "default"} == defaults_a
+    assert {(r.get("gateway"), r.get("dev")) for f in ("-4", "-6") for r in ip_json(b, f, "route")
+            if r["dst"] == "default"} == {("169.254.1.1", "eth0"), ("fe80::1", "eth0")}
+    # pings cross: A's net1 to B's two attachments, both families
+    for out in (prim_b, sec_b):
+        for ip in out.out["ips"]:
+            assert ping(a, ip["address"].split("/")[0]), ip
+    # CHECK agrees with what ADD made; DEL leaves the first networks as they were
+    assert cni(routed, "CHECK", dict(c1, prevResult=sec_a.out), "ca", a, ifname="net1").ok
+    assert cni(routed, "CHECK", dict(c2, prevResult=sec_b.out), "cb", b, ifname="net1").ok
+    assert cni(routed, "DEL", c1, "ca", a, ifname="net1").ok
+    assert {(r["dst"], r.get("gateway"), r.get("dev")) for f in ("-4", "-6") for r in ip_json(a, f, "route")
+            if r["dst"] == "default"} == defaults_a
+    assert run_plugin("multiplex-bridge", "DEL", br, node=routed, container_id="ca", netns=a).ok
