@@ -241,7 +241,7 @@ def test_pods_on_every_node_with_addresses_and_mtus(three_nodes):
             net1 = ifs["net1"]
             assert (net1.network, net1.mtu) == ("default/overlay", "1350"), (pod, net1)
             o4, o6 = (ipaddress.ip_interface(a).ip for a in net1.addrs)
-            assert 10 * i <= int(str(o4).rsplit(".", 1)[1]) <= 10 * i + 9
+            assert 16 * i <= int(str(o4).rsplit(".", 1)[1]) <= 16 * i + 15   # node i: 198.18.40.16i/28
             assert ipaddress.ip_address(f"fd00:40::{i}00") <= o6 <= ipaddress.ip_address(f"fd00:40::{i}ff")
             assert len(ifs) >= 3, (pod, ifs)     # and at least one bridge network
         # the fixed address pod2 asked violet for

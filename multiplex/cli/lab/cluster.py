@@ -6,6 +6,8 @@
     nodes/                   Node objects, written by each node's registry (its underlay facts)
     ippools/routed.json      the routed network's IPPool (what BGP may import)
     ipblocks/n<i>.json       the routed network's IPBlocks, one per node (what node i announces)
+    ipblocks/overlay-n<i>.json  the overlay's IPBlocks of node i (what its pods' overlay claims must
+                             lie in: the vxlan-peers controller programs only addresses IPAM vouches for)
     multinetworkpolicies/    the lab's MultiNetworkPolicy (written once the ping matrices are done)
     namespaces/default.json  the pods' namespace, with its labels
 /run/mpxlab/bgp.json   the BGP settings every daemon reads ($MULTIPLEX_BGP_CONFIG)
@@ -20,8 +22,12 @@ The networks, and why each node has its own NAD directory:
   (fd00:64:0:i::/64); the IPBlock files say which node holds which block, so each node's BIRD
   announces its blocks to the others.
 - `default/overlay` (net1 on every pod): multiplex-vxlan-overlay, VNI 4242, one subnet shared by all
-  nodes (198.18.40.0/24, fd00:40::/64), each node leasing from its own part of it (node n:
-  .10n–.10n+9, fd00:40::n00–nff), so no two nodes lease one address.
+  nodes (198.18.40.0/24, fd00:40::/64), each node leasing from its own CIDR-aligned block of it
+  (node n: 198.18.40.16n/28, fd00:40::n00/120 with n in hex), so no two nodes lease one address;
+  the blocks are written as IPBlocks (`overlay_blocks`) because the vxlan-peers controller programs
+  a pod's overlay address only when an IPBlock of the pod's node holds it. They belong to no
+  IPPool file: the lab's IPPools are the routed network's, so BGP neither announces nor imports
+  the overlay's blocks (the bgp controller exports only blocks inside the routed pools).
 - `default/green`, `default/violet` (and `default/wire`, ipvlan, on a kernel that has it): bridges,
   node-local: each node has its own bridges and IPAM, so the same addresses appear on several nodes.
 
@@ -58,8 +64,8 @@ ROUTED_POOL_V4, ROUTED_POOL_V6 = "198.18.64.0/18", "fd00:64::/48"
 POLICY_NAME = "clients-to-servers"
 POLICY_NETWORK = f"default/{OVERLAY}"
 POLICY_PORT = 8080
-#: the most nodes the per-node ranges leave room for (overlay: .10n-.10n+9 of one /24)
-MAX_NODES = 24
+#: the most nodes the per-node ranges leave room for (overlay: the /28 blocks 1-15 of one /24)
+MAX_NODES = 15
 
 #: "node": pods reach each other only on their own node; "cluster": across nodes
 NETWORK_SCOPE: dict[str, str] = {ROUTED: "cluster", f"default/{ROUTED}": "cluster", POLICY_NETWORK: "cluster"}
@@ -113,12 +119,33 @@ def routed_ranges(node: Node) -> tuple[str, str]:
     return f"198.18.{63 + node.index}.0/24", f"fd00:64:0:{node.index:x}::/64"
 
 
+def overlay_ranges(node: Node) -> tuple[Any, Any]:
+    """The node's blocks of the overlay's subnets: 198.18.40.16n/28 and fd00:40::n00/120 (n in hex)."""
+    import ipaddress
+
+    n = node.index
+    return (ipaddress.ip_network(f"198.18.40.{16 * n}/28"), ipaddress.ip_network(f"fd00:40::{n:x}00/120"))
+
+
+def overlay_blocks(nodes: list[Node]) -> dict[str, Any]:
+    """The overlay's IPBlocks, one file per node (path under CLUSTER -> object): what the cluster
+    IPAM would hold, so the vxlan-peers controllers accept each node's pods' overlay addresses."""
+    api = "ipam.multiplex.dev/v1alpha1"
+    out: dict[str, Any] = {}
+    for node in nodes:
+        out[f"ipblocks/overlay-{node.name}.json"] = {"items": [
+            {"apiVersion": api, "kind": "IPBlock", "metadata": {"name": f"overlay-{node.name}-v{net.version}"},
+             "spec": {"cidr": str(net), "node": node.name, "pool": f"overlay-v{net.version}"}}
+            for net in overlay_ranges(node)]}
+    return out
+
+
 def node_networks(node: Node) -> list[dict]:
     """The node's own NADs: the overlay and the routed network with this node's ranges."""
-    n = node.index
+    v4_block, v6_block = overlay_ranges(node)
     overlay = {"type": "multiplex-vxlan-overlay", "vni": OVERLAY_VNI, "ipam": {"type": "multiplex-ipam", "ranges": [
-        [{"subnet": "198.18.40.0/24", "rangeStart": f"198.18.40.{10 * n}", "rangeEnd": f"198.18.40.{10 * n + 9}"}],
-        [{"subnet": "fd00:40::/64", "rangeStart": f"fd00:40::{n}00", "rangeEnd": f"fd00:40::{n}ff"}]]}}
+        [{"subnet": "198.18.40.0/24", "rangeStart": str(v4_block[0]), "rangeEnd": str(v4_block[-1])}],
+        [{"subnet": "fd00:40::/64", "rangeStart": str(v6_block[0]), "rangeEnd": str(v6_block[-1])}]]}}
     v4, v6 = routed_ranges(node)
     routed = {"type": "multiplex-bgp-routed",
               "ipam": {"type": "multiplex-ipam", "ranges": [[{"subnet": v4}], [{"subnet": v6}]]}}
@@ -199,7 +226,7 @@ def write_cluster(nodes: list[Node], pods: list[Pod], ipvlan: bool) -> None:
         os.makedirs(nad_dir(node), exist_ok=True)
         for nad in shared + node_networks(node):
             _write(f"{nad_dir(node)}/default-{nad['metadata']['name']}.json", nad)
-    for path, obj in bgp_objects(nodes).items():
+    for path, obj in {**bgp_objects(nodes), **overlay_blocks(nodes)}.items():
         _write(f"{CLUSTER}/{path}", obj)
     _write(f"{CLUSTER}/namespaces/default.json", {"apiVersion": "v1", "kind": "Namespace",
                                                   "metadata": {"name": "default", "labels": {"lab": "mpxlab"}}})
