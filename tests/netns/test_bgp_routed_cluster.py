@@ -63,20 +63,22 @@ def make_underlay(netns_factory, count: int, other_subnet: tuple = ()) -> tuple[
         nsexec(ul, "ip", "addr", "add", f"198.19.{seg}.254/24", "dev", f"br{seg}")
         nsexec(ul, "ip", "addr", "add", f"fd00:19:{seg}::fe/64", "dev", f"br{seg}", "nodad")
     nsexec(ul, "ip", "addr", "add", f"{ROGUE_ADDR}/24", "dev", "br0")
-    nodes = []
-    for i in range(1, count + 1):
-        seg = 1 if i in other_subnet else 0
-        n = netns_factory(f"n{i}")
-        subprocess.run(["ip", "-n", n, "link", "add", "ul0", "type", "veth", "peer", "name", f"to{i}", "netns", ul],
-                       check=True)
-        nsexec(ul, "ip", "link", "set", f"to{i}", "master", f"br{seg}", "up")
-        nsexec(n, "ip", "addr", "add", f"{underlay_v4(i, seg)}/24", "dev", "ul0")
-        nsexec(n, "ip", "addr", "add", f"{underlay_v6(i, seg)}/64", "dev", "ul0", "nodad")
-        nsexec(n, "ip", "link", "set", "ul0", "up")
-        nsexec(n, "ip", "route", "add", "default", "via", f"198.19.{seg}.254")
-        nsexec(n, "ip", "-6", "route", "add", "default", "via", f"fd00:19:{seg}::fe")
-        nodes.append(n)
+    nodes = [add_node(netns_factory, ul, i, 1 if i in other_subnet else 0) for i in range(1, count + 1)]
     return ul, nodes
+
+
+def add_node(netns_factory, ul: str, i: int, seg: int = 0) -> str:
+    """Node i's netns, its underlay veth `ul0` plugged into segment `seg`'s bridge as port `to<i>`."""
+    n = netns_factory(f"n{i}")
+    subprocess.run(["ip", "-n", n, "link", "add", "ul0", "type", "veth", "peer", "name", f"to{i}", "netns", ul],
+                   check=True)
+    nsexec(ul, "ip", "link", "set", f"to{i}", "master", f"br{seg}", "up")
+    nsexec(n, "ip", "addr", "add", f"{underlay_v4(i, seg)}/24", "dev", "ul0")
+    nsexec(n, "ip", "addr", "add", f"{underlay_v6(i, seg)}/64", "dev", "ul0", "nodad")
+    nsexec(n, "ip", "link", "set", "ul0", "up")
+    nsexec(n, "ip", "route", "add", "default", "via", f"198.19.{seg}.254")
+    nsexec(n, "ip", "-6", "route", "add", "default", "via", f"fd00:19:{seg}::fe")
+    return n
 
 
 def kill_bird_of(directory: str) -> None:
@@ -129,9 +131,12 @@ def cluster(netns_factory, tmp_path, request):
     return start_cluster(netns_factory, tmp_path, request)
 
 
-def start_cluster(netns_factory, tmp_path, request, other_subnet: tuple = (), rogue_peer: bool = True) -> dict:
-    """3 nodes, the API server, a daemon per node; finalizers stop everything by pid."""
-    ul, nodes = make_underlay(netns_factory, 3, other_subnet)
+def start_cluster(netns_factory, tmp_path, request, other_subnet: tuple = (), rogue_peer: bool = True,
+                  bgp: dict | None = None, count: int = 3) -> dict:
+    """`count` nodes, the API server, a daemon per node; finalizers stop everything by pid. `bgp`:
+    the settings file's body (default: BFD on, 100 ms x 3). The result's paths are under `tmp_path`
+    (two clusters in one test: give each a directory of its own)."""
+    ul, nodes = make_underlay(netns_factory, count, other_subnet)
     api = ApiServer(host=API_ADDR, netns=f"/var/run/netns/{ul}").start()
     request.addfinalizer(api.stop)
     kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
@@ -144,7 +149,8 @@ def start_cluster(netns_factory, tmp_path, request, other_subnet: tuple = (), ro
         api.store.add_node(n)
     conf_path = tmp_path / "bgp.json"
     peers = [{"name": "rogue", "address": ROGUE_ADDR, "asn": 65001}] if rogue_peer else []
-    conf_path.write_text(json.dumps({"bfd": {"enabled": True, "intervalMs": 100, "multiplier": 3}, "peers": peers}))
+    body = dict(bgp) if bgp is not None else {"bfd": {"enabled": True, "intervalMs": 100, "multiplier": 3}}
+    conf_path.write_text(json.dumps(dict(body, peers=peers)))
     if rogue_peer:
         rogue_dir = str(tmp_path / "rogue")
         os.makedirs(rogue_dir)
@@ -153,17 +159,26 @@ def start_cluster(netns_factory, tmp_path, request, other_subnet: tuple = (), ro
             f.write(rogue_config([underlay_v4(i) for i in range(1, 4)]))
         request.addfinalizer(lambda: kill_bird_of(rogue_dir))
         rogue.start()
-    daemons = []
-    for i, n in enumerate(nodes, 1):
-        d = tmp_path / f"n{i}"
+    c = {"nodes": nodes, "daemons": [], "kubeconfig": kubeconfig, "tmp": tmp_path, "ul": ul, "api": api,
+         "conf": str(conf_path), "request": request}
+    for i in range(1, count + 1):
+        c["daemons"].append(start_daemon(c, i))
+    return c
+
+
+def start_daemon(cluster: dict, i: int) -> DaemonProcess:
+    """Node i's daemon (node-registry + bgp), started and ready; stopped by pid at teardown, and its
+    BIRD too. Called again for the same node (a restart), it reuses the node's state directory."""
+    request, n = cluster["request"], cluster["nodes"][i - 1]
+    d = cluster["tmp"] / f"n{i}"
+    if not d.exists():
         d.mkdir()
-        request.addfinalizer(lambda d=d: kill_bird_of(str(d / "state" / "bgp")))
-        proc = DaemonProcess(str(d / "state"), str(d / "d.sock"), netns=n, kubeconfig=kubeconfig, node_name=n,
-                             controllers="node-registry,bgp", extra_args=["--underlay-interface", "ul0"],
-                             env=dict(os.environ, MULTIPLEX_BGP_CONFIG=str(conf_path)))
-        request.addfinalizer(proc.close)
-        daemons.append(proc.start())
-    return {"nodes": nodes, "daemons": daemons, "kubeconfig": kubeconfig, "tmp": tmp_path, "ul": ul}
+        request.addfinalizer(lambda: kill_bird_of(str(d / "state" / "bgp")))
+    proc = DaemonProcess(str(d / "state"), str(d / "d.sock"), netns=n, kubeconfig=cluster["kubeconfig"], node_name=n,
+                         controllers="node-registry,bgp", extra_args=["--underlay-interface", "ul0"],
+                         env=dict(os.environ, MULTIPLEX_BGP_CONFIG=cluster["conf"]))
+    request.addfinalizer(proc.close)
+    return proc.start()
 
 
 def attach(cluster, netns_factory, i: int, ips: tuple = (), cid: str = "") -> tuple[str, dict]:
