@@ -15,11 +15,14 @@ For each VXLAN device the vxlan-overlay delegate made on this node in programmed
   those entries and drops what it cannot answer: ARP and ND never flood the mesh.
 - **trust**: a network-status is the pod's to edit (whoever may patch pods in its namespace can),
   so a claim is programmed only when the pod's namespace may use the network (a NAD network
-  `ns/name` only from namespace `ns`; the daemon does not know the meta plugin's
-  `globalNamespaces`, so it is strict: no exception for them), the pod runs on a node publishing
-  this network's VTEP (its `spec.nodeName`), and no other such pod claims the same IP or MAC (a
-  disputed one is programmed for neither, logged and counted in
-  `multiplex_vxlan_refused_claims`). See `desired`.
+  `ns/name` only from namespace `ns`, or from any when `ns` is in the admin's `globalNamespaces` or
+  `namespaceIsolation` is off: read from the installed multiplex config, cni_settings.py), the pod
+  runs on a node publishing this network's VTEP (its `spec.nodeName`), the IPAM vouches for each
+  IP (its IPBlock records this pod, or is the pod's node's block: an IP in no IPBlock is never
+  programmed, so the programmed mode needs the cluster IPAM's blocks), and no other such pod
+  claims the same IP or MAC (a disputed one is programmed for neither). Claims not programmed are
+  logged and counted in `multiplex_vxlan_refused_claims{reason=namespace|ipam|conflict}`. See
+  `desired`.
 - everything else permanent on the device is removed: a node that left (its Node, or its facts,
   gone), a pod deleted or moved.
 
@@ -29,6 +32,12 @@ for every peer of an encrypted VXLAN port that publishes one, the device gets a 
 (its public key, endpoint and only allowed IP its underlay address) and table 47890 a route to
 that address through the device. A private key rotated in the state dir (`rotate_key`) is put on
 the device and published at the next pass; peers replace the old public key when they see it.
+
+- **collection**: a network whose bridge has had no pod port for `idle_grace` s (`--overlay-idle-grace`,
+  default 30: a pod restart never churns the devices) loses its bridge and VXLAN device under the
+  exclusive GC lock (`collect_unused`), its fact is withdrawn, and the other nodes drop their
+  entries for this node on it; WireGuard's rule, table and device go with the last encrypted
+  network. The next ADD makes everything again.
 
 One key, "all": a reconcile reads the devices, the registry's view and the pods, and makes the
 kernel's tables equal to that (adds, replaces, deletes; nothing when equal). It runs on pod events
