@@ -16,7 +16,7 @@ Choices, each for a reason found with BIRD 2.0.12:
 - The kernel protocols export only BGP-learned routes and the blocks' blackholes, and import
   nothing: BIRD never learns the node's pod routes from the kernel. Routes land as `proto bird`.
 - BFD (when enabled) runs on every interface with the configured interval and multiplier: a dead
-  node's routes are withdrawn after interval x multiplier, not after the 90 s hold time.
+  node's routes are withdrawn after interval x multiplier, not after the hold time (`timers`, BIRD's 240 s by default).
 - Hold time and keepalive (`timers`) are set on every session, BIRD's defaults (240 s / 80 s) unless
   the admin lowers them: without BFD, a node that goes silent is withdrawn after the hold time.
 - Graceful restart (when enabled) is negotiated on every session and the kernel protocol keeps its
