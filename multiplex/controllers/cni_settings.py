@@ -23,9 +23,12 @@ DEFAULT_PATH = "/etc/cni/net.d/00-multiplex.conflist"
 
 @dataclass(frozen=True)
 class CniSettings:
-    """`namespaceIsolation` and `globalNamespaces` of the installed multiplex config."""
+    """`namespaceIsolation`, `globalNamespaces` and `stateDir` of the installed multiplex config."""
     namespace_isolation: bool = True
     global_namespaces: tuple[str, ...] = ()
+    #: the config's `stateDir` ("" when it names none): where the meta plugin's calls keep their
+    #: locks, so the daemon's GC-lock holders lock that root too
+    state_dir: str = ""
     problem: str = ""          # why the strict default is used ("" when read from the file)
 
 
@@ -45,7 +48,10 @@ def parse(text: str) -> CniSettings:
         raise ValueError("namespaceIsolation is not true or false")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ValueError("globalNamespaces is not a list of strings")
-    return CniSettings(isolation, tuple(names))
+    state_dir = plugin.get("stateDir") or ""
+    if not isinstance(state_dir, str):
+        raise ValueError("stateDir is not a string")
+    return CniSettings(isolation, tuple(names), state_dir)
 
 
 class InstalledSettings:

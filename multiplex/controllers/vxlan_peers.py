@@ -388,11 +388,15 @@ class VxlanPeers(Controller):
         if not due and not (od.orphan_bridges(h) or self._encryption_leftover(h)):
             return []
         from ..cni.errors import CNIError
-        from ..cni.lock import default_path, gc_lock
+        from ..cni.lock import gc_lock
+
+        from contextlib import ExitStack
 
         removed: list[str] = []
         try:
-            with gc_lock(True, timeout=GC_LOCK_WAIT, path=default_path(self.state_dir or self.daemon.state_dir)):
+            with ExitStack() as held:
+                for path in self.lock_files():
+                    held.enter_context(gc_lock(True, timeout=GC_LOCK_WAIT, path=path))
                 for ov in od.overlays(h):
                     if ov.network in due and not ov.ports:
                         removed += od.remove_overlay(h, ov)
@@ -408,6 +412,18 @@ class VxlanPeers(Controller):
         if removed:
             self.daemon.log.info("unused overlay devices removed", networks=due, removed=removed)
         return removed
+
+    def lock_files(self) -> list[str]:
+        """The lock files ADDs on this node take the GC lock in: the daemon's state root's, and the
+        installed multiplex config's `stateDir`'s when it names another (the meta plugin's calls
+        use the config's)."""
+        from ..cni.lock import default_path
+
+        paths = [default_path(self.state_dir or self.daemon.state_dir)]
+        conf = self.settings.get() if self.settings is not None else None
+        if conf is not None and conf.state_dir and default_path(conf.state_dir) not in paths:
+            paths.append(default_path(conf.state_dir))
+        return sorted(paths)
 
     def _encryption_leftover(self, h) -> bool:
         """WireGuard's rule of a port no overlay uses, or its device with no rule left."""

@@ -337,3 +337,31 @@ def test_uninstall_removes_the_node_devices_multiplex_made_and_nothing_else(node
     again = uninstall(str(root), node_devices=True, netns=f"/run/netns/{ns}")
     assert not [c for c in again.changes if c.path.startswith("node: ")]
     assert subprocess.run(["ip", "-n", ns, "link", "show", "pod0"], capture_output=True).returncode == 0
+
+
+def test_collection_also_waits_for_an_add_locking_the_installed_configs_state_dir(node_ns, tmp_path):
+    from multiplex.controllers.cni_settings import InstalledSettings
+
+    ns, daemon_state, conf_state = node_ns, str(tmp_path / "daemon"), str(tmp_path / "conf")
+    conf = tmp_path / "00-multiplex.conflist"
+    conf.write_text(json.dumps({"cniVersion": "1.1.0", "name": "multiplex",
+                                "plugins": [{"type": "multiplex", "stateDir": conf_state}]}))
+    br, vx = make_overlay(ns, "dddd0001", 401, "default.idle")
+    ctrl = collector(ns, daemon_state, grace=0)
+    ctrl.settings = InstalledSettings(str(conf))
+    held, release = threading.Event(), threading.Event()
+
+    def add_in_flight():     # the meta plugin's ADD locks the config's stateDir, not the daemon's
+        with gc_lock(False, path=default_path(conf_state)):
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=add_in_flight)
+    t.start()
+    try:
+        assert held.wait(10)
+        assert collect(ctrl) == [] and {br, vx} <= links(ns)
+    finally:
+        release.set()
+        t.join()
+    assert sorted(collect(ctrl)) == sorted([vx, br])
