@@ -4,14 +4,18 @@ Three nodes (netns) on an underlay switch of MTU 1400, a real `multiplex daemon`
 `--local-dir` the shared object directory: pods, nodes), pods attached through each node's shim
 by the meta plugin (annotation `ov4@net1, ov6@net2`), which writes their network-status. `ov4`
 rides the IPv4 underlay with dual-stack pods, `ov6` the IPv6 underlay with IPv6 pods. Without a
-cluster, each node's NADs give it its own range of the network's subnets (per-node nadDir), so
-addresses never collide.
+cluster, each node's NADs give it its own CIDR-aligned block of the network's subnets (per-node
+nadDir), so addresses never collide, and the blocks are written as the cluster IPAM's IPBlocks
+(`ipblocks/n<i>.json`), since the controller programs only addresses the IPAM vouches for.
 
 What a user checks: the ping matrix across nodes on both networks; pod MTU 1350 / 1330; the FDB
 (all-zeros per peer, one entry per remote pod) and neighbour entries read back with `bridge` and
 `ip`; no ARP crosses the underlay to a third node (answered by the local device's proxy); an
 entry deleted by hand is restored by the resync; a node that leaves is removed from the others,
-and reachable again when it comes back (both timed, printed).
+and reachable again when it comes back (both timed, printed); a don't-fragment ping of exactly the
+pod MTU crosses nodes and one byte more fails with "message too long" (IPv4 and IPv6 pods on the
+IPv4 underlay, IPv6 pods on the IPv6 underlay); a node that never existed joins the running
+cluster and is reached from node 1 (timed, printed), then leaves again.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import pytest
 
 from tests.cnitool import CNI_PATH, NetnsPool, nsexec, ping, run_plugin
 from tests.daemonproc import DaemonProcess, shim_path
-from tests.netns.vxlan_underlay import Underlay, fdb, link_mtu, neighbours, vxlan_links
+from tests.netns.vxlan_underlay import Underlay, fdb, link_mtu, neighbours, ping_df, vxlan_links
 
 pytestmark = pytest.mark.root
 
@@ -33,17 +37,39 @@ STATUS = "k8s.v1.cni.cncf.io/network-status"
 WAIT = 20.0
 
 
+def blocks(i: int) -> dict[str, str]:
+    """Node i's CIDR-aligned blocks of the networks' subnets (what the cluster IPAM would give it):
+    network/family -> CIDR."""
+    return {"ov4-v4": f"198.18.80.{16 * i}/28", "ov4-v6": f"fd00:80::{i:x}00/120", "ov6-v6": f"fd00:86::{i:x}00/120"}
+
+
+def block_range(cidr: str) -> dict:
+    import ipaddress
+
+    net = ipaddress.ip_network(cidr)
+    return {"rangeStart": str(net[0]), "rangeEnd": str(net[-1])}
+
+
 def ov4_nad(i: int) -> dict:
+    b = blocks(i)
     return {"cniVersion": "1.1.0", "type": "multiplex-vxlan-overlay", "vni": 4100,
             "ipam": {"type": "multiplex-ipam", "ranges": [
-                [{"subnet": "198.18.80.0/24", "rangeStart": f"198.18.80.{i * 10}", "rangeEnd": f"198.18.80.{i * 10 + 9}"}],
-                [{"subnet": "fd00:80::/64", "rangeStart": f"fd00:80::{i}00", "rangeEnd": f"fd00:80::{i}ff"}]]}}
+                [{"subnet": "198.18.80.0/24", **block_range(b["ov4-v4"])}],
+                [{"subnet": "fd00:80::/64", **block_range(b["ov4-v6"])}]]}}
 
 
 def ov6_nad(i: int) -> dict:
     return {"cniVersion": "1.1.0", "type": "multiplex-vxlan-overlay", "vni": 4600, "underlayFamily": "ipv6",
             "ipam": {"type": "multiplex-ipam", "ranges": [
-                [{"subnet": "fd00:86::/64", "rangeStart": f"fd00:86::{i}00", "rangeEnd": f"fd00:86::{i}ff"}]]}}
+                [{"subnet": "fd00:86::/64", **block_range(blocks(i)["ov6-v6"])}]]}}
+
+
+def block_objects(node_name: str, i: int) -> dict:
+    """Node i's blocks as the cluster IPAM's IPBlocks: the vxlan-peers controller programs a pod's
+    address only when an IPBlock of the pod's node holds it (docs/controllers.md)."""
+    return {"items": [{"apiVersion": "ipam.multiplex.dev/v1alpha1", "kind": "IPBlock",
+                       "metadata": {"name": f"{node_name}-{key}"},
+                       "spec": {"cidr": cidr, "node": node_name, "pool": key}} for key, cidr in blocks(i).items()]}
 
 
 def nad(name: str, config: dict) -> dict:
@@ -71,8 +97,16 @@ class Cluster:
         self.daemons: dict[str, DaemonProcess] = {}
         self.pods: dict[str, dict] = {}          # node name -> {"netns", "cid", "name", "result"}
         for node in self.underlay.nodes:
-            write(os.path.join(node.root, "nads", "ov4.json"), nad("ov4", ov4_nad(node.index)))
-            write(os.path.join(node.root, "nads", "ov6.json"), nad("ov6", ov6_nad(node.index)))
+            self.write_node_files(node)
+
+    def write_node_files(self, node) -> None:
+        """The node's NADs (its own ranges: no cluster IPAM here) and its IPBlocks."""
+        write(os.path.join(node.root, "nads", "ov4.json"), nad("ov4", ov4_nad(node.index)))
+        write(os.path.join(node.root, "nads", "ov6.json"), nad("ov6", ov6_nad(node.index)))
+        write(self.block_file(node.name), block_objects(node.name, node.index))
+
+    def block_file(self, node_name: str) -> str:
+        return os.path.join(self.objects, "ipblocks", f"{node_name}.json")
 
     def node(self, name: str):
         return next(n for n in self.underlay.nodes if n.name == name)
@@ -279,3 +313,80 @@ def test_node_that_leaves_is_removed_and_comes_back(cluster):
     wait_for("node n3 back: reachable from n1 and n2", lambda: programmed(cluster))
     assert ping(cluster.pods["n1"]["netns"], cluster.address("n3", "default/ov4", 4), count=1, timeout=3)
     assert ping(cluster.pods["n2"]["netns"], cluster.address("n3", "default/ov6", 6), count=1, timeout=3)
+
+
+@pytest.mark.parametrize("network, family, mtu", [("default/ov4", 4, 1350), ("default/ov4", 6, 1350),
+                                                  ("default/ov6", 6, 1330)],
+                         ids=["ipv4-underlay-ipv4-pod", "ipv4-underlay-ipv6-pod", "ipv6-underlay-ipv6-pod"])
+def test_dont_fragment_ping_of_the_pod_mtu_crosses_nodes_one_byte_more_does_not(cluster, network, family, mtu):
+    """The pod MTU is the underlay's (1400) less VXLAN's 50 (IPv4) or 70 (IPv6): a packet of exactly
+    that size, encapsulated, fills the underlay and crosses; one byte more is refused in the pod."""
+    wait_for("peers programmed on every node", lambda: programmed(cluster))
+    ns = cluster.pods["n1"]["netns"]
+    for dst in ("n2", "n3"):
+        addr = cluster.address(dst, network, family)
+        fits = ping_df(ns, addr, mtu)
+        assert fits.returncode == 0, f"{mtu}-byte DF ping n1 -> {dst} {addr}: {fits.stdout}{fits.stderr}"
+        too_big = ping_df(ns, addr, mtu + 1)
+        out = (too_big.stdout + too_big.stderr).lower()
+        assert too_big.returncode != 0 and "message too long" in out, too_big
+
+
+def drop_node(c: Cluster, node) -> None:
+    """Remove a node the test added: its pod (DEL through its daemon), its daemon, its pod and Node
+    objects, its netns (and so its underlay port); then wait (bounded, not failing) until the other
+    nodes dropped its entries, so the tests after see the 3 nodes alone."""
+    pod = c.pods.pop(node.name, None)
+    d = c.daemons.pop(node.name, None)
+    try:
+        if pod is not None and d is not None and d.proc.poll() is None:
+            c.daemons[node.name] = d
+            try:
+                c.cni(node, "DEL", pod)
+            finally:
+                del c.daemons[node.name]
+    finally:
+        if d is not None:
+            d.close()
+        if pod is not None and os.path.exists(c.pod_file(pod["name"])):
+            os.unlink(c.pod_file(pod["name"]))
+        for path in (os.path.join(c.objects, "nodes", f"{node.name}.json"), c.block_file(node.name)):
+            if os.path.exists(path):
+                os.unlink(path)
+        if node in c.underlay.nodes:
+            c.underlay.nodes.remove(node)
+        c.pool.drop(node.netns)
+    limit = time.monotonic() + WAIT
+    while time.monotonic() < limit:
+        if all(not any(dst in (node.v4, node.v6) for _, dst in fdb(n.netns, c.device(n, vni)))
+               for n in c.underlay.nodes for vni in (4100, 4600)):
+            return
+        time.sleep(0.2)
+
+
+def test_a_node_that_never_existed_joins_the_running_cluster(cluster):
+    """Node added -> reachable: a fourth node (its netns on the underlay, its daemon, a pod) joins
+    without a restart of the others; timed from its daemon's start until node 1's pod pings its pod
+    (printed, never asserted), then removed again."""
+    wait_for("peers programmed on every node", lambda: programmed(cluster))
+    index = len(cluster.underlay.nodes) + 1
+    node = cluster.underlay.add_node(cluster.pool.make("vn"), os.path.join(cluster.root, f"n{index}"), index)
+    try:
+        assert not os.path.exists(os.path.join(cluster.objects, "nodes", f"{node.name}.json")), "not a new node"
+        cluster.write_node_files(node)
+        start = time.monotonic()
+        cluster.start_daemon(node)
+        ready = time.monotonic() - start
+        cluster.add_pod(node)
+        attached = time.monotonic() - start
+        n1_pod = cluster.pods["n1"]["netns"]
+        target = cluster.address(node.name, "default/ov4", 4)
+        wait_for(f"new node {node.name}: n1's pod pings its pod {target} (after the pod's ADD)",
+                 lambda: ping(n1_pod, target, count=1, timeout=1))
+        print(f"new node {node.name}: daemon ready {ready:.2f} s, pod attached {attached:.2f} s, "
+              f"reachable from n1 {time.monotonic() - start:.2f} s after its daemon started")
+        wait_for(f"new node {node.name}: programmed on every node", lambda: programmed(cluster))
+        assert ping(cluster.pods["n2"]["netns"], cluster.address(node.name, "default/ov6", 6), count=1, timeout=3)
+        assert ping(cluster.pods[node.name]["netns"], cluster.address("n3", "default/ov4", 6), count=1, timeout=3)
+    finally:
+        drop_node(cluster, node)
