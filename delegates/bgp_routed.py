@@ -316,8 +316,9 @@ def refuse_addresses_reached_otherwise(node, conf: RoutedConfig, ips, host) -> N
 
 
 def check_node(node, req: Request, prev: Result) -> list[Problem]:
-    """The node side as ADD made it: the host veth up, proxy ARP on (IPv4), a host route per address."""
-    from multiplex.netlink import routes as rt
+    """The node side as ADD made it: the host veth up, proxy ARP on (IPv4), the IPv6 gateway
+    fe80::1/64 on the host veth, forwarding on per family, a host route per address."""
+    from multiplex.netlink import routes as rt, sysctl
 
     name = host_veth_name(req.container_id, req.ifname)
     host = node.link(name)
@@ -326,8 +327,16 @@ def check_node(node, req: Request, prev: Result) -> list[Problem]:
     problems: list[Problem] = []
     if not host.up:
         problems.append(("host veth", f"host veth {name} is down"))
-    if any(ip.address.version == 4 for ip in prev.ips) and not rt.proxy_arp_enabled(name):
+    families = {ip.address.version for ip in prev.ips}
+    if 4 in families and not rt.proxy_arp_enabled(name):
         problems.append(("host veth", f"proxy_arp is off on {name}"))
+    gateway6 = ipaddress.ip_interface(f"{GATEWAY_V6}/64")
+    if 6 in families and not any(a.interface == gateway6 for a in node.addresses(host, AF[6])):
+        problems.append(("host veth", f"{gateway6}, the pod's IPv6 gateway, is missing on {name}"))
+    if 4 in families and sysctl.read("net/ipv4/ip_forward") != "1":
+        problems.append(("node", "IPv4 forwarding is off on the node"))
+    if 6 in families and sysctl.read("net/ipv6/conf/all/forwarding") not in (None, "1"):
+        problems.append(("node", "IPv6 forwarding is off on the node"))
     for ip in prev.ips:
         if not rt.has_host_route(node, ip.address.ip, host):
             problems.append(("routes", f"host route {ip.address.ip} dev {name} is missing on the node"))

@@ -315,3 +315,26 @@ def test_a_secondary_attachment_routes_the_pools_and_records_what_it_installed(r
     assert {(r["dst"], r.get("gateway"), r.get("dev")) for f in ("-4", "-6") for r in ip_json(a, f, "route")
             if r["dst"] == "default"} == defaults_a
     assert run_plugin("multiplex-bridge", "DEL", br, node=routed, container_id="ca", netns=a).ok
+
+
+def test_check_reports_the_node_side_an_ipv6_pod_and_forwarding_need(routed, netns_factory, tmp_path):
+    """CHECK verifies all ADD made on the node: the host veth's fe80::1/64 (the pod's IPv6
+    gateway: without it the node answers no NDP for it, so a pod whose neighbour entry is gone
+    loses IPv6) and forwarding per family (off: the pod reaches nothing past its node)."""
+    pod = netns_factory("pod")
+    c = conf(tmp_path)
+    out = cni(routed, "ADD", c, "cchk", pod)
+    assert out.ok, out
+    prev = dict(c, prevResult=out.out)
+    name = out.out["interfaces"][0]["name"]
+    nsexec(routed, "ip", "addr", "del", "fe80::1/64", "dev", name)
+    bad = cni(routed, "CHECK", prev, "cchk", pod)
+    assert bad.code == 104 and "fe80::1/64" in bad.out["msg"], bad
+    nsexec(routed, "ip", "addr", "add", "fe80::1/64", "dev", name, "nodad")
+    assert cni(routed, "CHECK", prev, "cchk", pod).ok
+    for key, family in (("net.ipv4.ip_forward", "IPv4"), ("net.ipv6.conf.all.forwarding", "IPv6")):
+        nsexec(routed, "sysctl", "-qw", f"{key}=0")
+        bad = cni(routed, "CHECK", prev, "cchk", pod)
+        assert bad.code == 104 and f"{family} forwarding is off" in bad.out["msg"], bad
+        nsexec(routed, "sysctl", "-qw", f"{key}=1")
+    assert cni(routed, "CHECK", prev, "cchk", pod).ok
