@@ -249,7 +249,8 @@ def pod_routes(families: set[int], ipam_routes: list[Route], secondary: set[int]
     """The pod's routes: per family, the on-link route to the gateway (IPv4: IPv6's gateway is
     link-local and needs none), the default route via it - or, for a family whose default route
     the pod already has (`secondary`: bgp-routed is not its first network), routes to `reached`
-    via it -, and IPAM's routes, every one via the gateway (nothing is on-link for a routed pod).
+    via it -, and IPAM's routes as given (metric, table, mtu, advmss), every one via the gateway
+    (nothing is on-link for a routed pod).
     IPAM's default route is the one default of a first network and cannot be installed on a
     secondary one (the kernel keeps the first network's)."""
     out: list[Route] = []
@@ -263,8 +264,9 @@ def pod_routes(families: set[int], ipam_routes: list[Route], secondary: set[int]
     for r in ipam_routes:
         if r.dst.version not in families or r.dst == DEFAULTS[r.dst.version]:
             continue
-        mine = Route(dst=r.dst, gw=GATEWAYS[r.dst.version], mtu=r.mtu, advmss=r.advmss)
-        same = [i for i, o in enumerate(out) if o.dst == r.dst]
+        mine = Route(dst=r.dst, gw=GATEWAYS[r.dst.version], mtu=r.mtu, advmss=r.advmss, priority=r.priority,
+                     table=r.table)
+        same = [i for i, o in enumerate(out) if o.dst == r.dst and (o.table or 254) == (r.table or 254)]
         if same:
             out[same[0]] = mine      # IPAM's route to a network routed already: its mtu/advmss kept
         else:

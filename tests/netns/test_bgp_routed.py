@@ -338,3 +338,21 @@ def test_check_reports_the_node_side_an_ipv6_pod_and_forwarding_need(routed, net
         assert bad.code == 104 and f"{family} forwarding is off" in bad.out["msg"], bad
         nsexec(routed, "sysctl", "-qw", f"{key}=1")
     assert cni(routed, "CHECK", prev, "cchk", pod).ok
+
+
+def test_ipam_routes_keep_their_metric_and_table(routed, netns_factory, tmp_path):
+    """IPAM's routes are honoured as given (metric, table), only their gateway is the node's (a
+    routed pod has nothing else on-link); the result records what the pod has."""
+    pod = netns_factory("pod")
+    c = conf(tmp_path)
+    c["ipam"]["routes"] = [{"dst": "198.18.128.0/24", "priority": 50, "table": 100},
+                           {"dst": "fd00:128::/64", "priority": 70}]
+    out = cni(routed, "ADD", c, "croutes", pod)
+    assert out.ok, out
+    t100 = {(r["dst"], r.get("gateway"), r.get("metric")) for r in ip_json(pod, "route", "show", "table", "100")}
+    assert t100 == {("198.18.128.0/24", "169.254.1.1", 50)}, t100
+    six = {(r["dst"], r.get("gateway"), r.get("metric")) for r in ip_json(pod, "-6", "route")}
+    assert ("fd00:128::/64", "fe80::1", 70) in six, six
+    recorded = {(r["dst"], r.get("priority"), r.get("table")) for r in out.out["routes"]}
+    assert {("198.18.128.0/24", 50, 100), ("fd00:128::/64", 70, None)} <= recorded, recorded
+    assert cni(routed, "CHECK", dict(c, prevResult=out.out), "croutes", pod).ok
