@@ -17,6 +17,18 @@ without a default route (the kernel proxies ARP only for what it can route). The
 node's blocks are announced by the BGP controller from the IPAM's IPBlocks; an address this node
 borrowed from another node's block is announced as a /32 (/128) the same way.
 
+Which addresses: every address of the attachment lies inside an IPPool's CIDR (the admin's pod
+address space, what the BGP import filter admits), else code 7 naming the IPAM field or the
+address, nothing left: delegates/routed_pools.py says where the pools come from and why.
+
+A secondary attachment (the pod already has a default route of the family, from its first
+network): the kernel would refuse a second default, so the pod routes the IPPools holding this
+attachment's addresses via the gateway instead (the cluster IPAM's subnets when it is trusted
+without a pool list). IPAM's routes are installed as given (metric, table), via the gateway. The
+result records exactly the routes the pod got: a route that exists already is an error (105),
+never hidden; only the IPv4 gateway's on-link route, present when the first network is bgp-routed
+too, is added again with a metric of the interface's index.
+
 The host end is named `mpr` + 12 hex of containerID/ifname and carries the alias
 `<containerID>/<ifname>/<network>` (nft.owner_comment), so DEL needs neither the pod netns nor
 the cache, and GC and the cache-less DEL (`sweep`) find attachments by alias. DEL removes the veth

@@ -356,3 +356,25 @@ def test_ipam_routes_keep_their_metric_and_table(routed, netns_factory, tmp_path
     recorded = {(r["dst"], r.get("priority"), r.get("table")) for r in out.out["routes"]}
     assert {("198.18.128.0/24", 50, 100), ("fd00:128::/64", 70, None)} <= recorded, recorded
     assert cni(routed, "CHECK", dict(c, prevResult=out.out), "croutes", pod).ok
+
+
+def test_a_secondary_attachment_whose_pool_the_pod_routes_already_fails_and_leaves_nothing(routed, netns_factory,
+                                                                                          tmp_path):
+    """The pod's first network routes the pool itself: the kernel refuses net1's route to it. That
+    was hidden (the result claimed a route the pod did not have); now the ADD fails naming the
+    route, and the veth and the lease go."""
+    pod = netns_factory("pod")
+    nsexec(pod, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+    nsexec(pod, "ip", "link", "set", "eth0", "up")
+    nsexec(pod, "ip", "addr", "add", "198.18.201.2/24", "dev", "eth0")
+    nsexec(pod, "ip", "route", "add", "default", "via", "198.18.201.1")
+    nsexec(pod, "ip", "route", "add", "198.18.64.0/18", "via", "198.18.201.1")
+    before = ip_json(pod, "route")
+    c = conf(tmp_path, [[{"subnet": "198.18.64.0/24", "rangeStart": "198.18.64.9", "rangeEnd": "198.18.64.9"}]])
+    out = cni(routed, "ADD", c, "cclash", pod, ifname="net1")
+    assert out.rc == 1 and out.code == 105 and "198.18.64.0/18" in out.out["msg"], out
+    assert ip_json(pod, "route") == before and "net1" not in links(pod) and host_links(routed) == set()
+    # the lease went with it: the same single address is handed out again once the clash is gone
+    nsexec(pod, "ip", "route", "del", "198.18.64.0/18")
+    again = cni(routed, "ADD", c, "cother", pod, ifname="net2")
+    assert again.ok and again.out["ips"][0]["address"] == "198.18.64.9/32", again
