@@ -318,6 +318,8 @@ class VxlanPeers(Controller):
         self._refused: dict[str, list] = {}
         self._gauge: Any = None
         self._idle_since: dict[str, float] = {}
+        self._timer: Any = None
+        self._timer_due = 0.0
 
     def setup(self, daemon: DaemonContext) -> None:
         super().setup(daemon)
@@ -329,6 +331,8 @@ class VxlanPeers(Controller):
 
     def stop(self) -> None:
         _live.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
 
     def keys_for(self, kind: str, event: str, obj: dict) -> Iterable[str]:
         return ("all",)
@@ -435,12 +439,20 @@ class VxlanPeers(Controller):
         return bool(rules - in_use) or (not rules and h.link(wireguard.DEVICE) is not None)
 
     def enqueue_later(self, seconds: float) -> None:
-        """A pass in `seconds` (not waiting for the resync), on a timer thread."""
+        """A pass in `seconds` (not waiting for the resync), on a timer thread: one at a time, an
+        earlier one replacing a later one."""
         import threading
+        import time
 
-        t = threading.Timer(max(0.05, seconds) + 0.05, self.enqueue, ("all",))
-        t.daemon = True
-        t.start()
+        due = time.monotonic() + max(0.05, seconds) + 0.05
+        if self._timer is not None and self._timer.is_alive() and self._timer_due <= due:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_due = due
+        self._timer = threading.Timer(due - time.monotonic(), self.enqueue, ("all",))
+        self._timer.daemon = True
+        self._timer.start()
 
     def report_refused(self, network: str, refused: list) -> None:
         """Claims not programmed: a warning when they change (not at every resync), and the gauge

@@ -250,6 +250,13 @@ def test_collection_waits_for_the_grace_keeps_pod_ports_and_never_runs_beside_an
     patient = collector(ns, state, grace=3600)
     assert collect(patient) == ["mpxvb-foreign"]            # an orphan goes at once; the idle network waits
     assert {idle_br, idle_vx, used_br, used_vx} <= links(ns)
+    # a pod restart (a port back on the bridge, then gone again) restarts the idle clock
+    patient._idle_since["default.idle"] -= 7200              # as if idle for two hours
+    sh("ip", "-n", ns, "link", "add", "pod1", "type", "veth", "peer", "name", "pod1p")
+    sh("ip", "-n", ns, "link", "set", "pod1", "master", idle_br, "up")
+    assert collect(patient) == []
+    sh("ip", "-n", ns, "link", "del", "pod1")
+    assert collect(patient) == [] and {idle_br, idle_vx} <= links(ns)
 
     # an ADD in flight holds the GC lock shared: nothing is removed, the next pass does it
     eager = collector(ns, state, grace=0)
