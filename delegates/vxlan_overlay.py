@@ -25,8 +25,10 @@ Names: the bridge `mpxvb-` + 8 hex and the VXLAN device `mpxvx-` + 8 hex of the 
 the device's alias is `vxlan-overlay/<network>` (how the controller maps it to its network, and
 how a hash collision between two networks is refused). Host veths are named and marked like
 multiplex-bridge's (delegates/bridge.py), so DEL, GC and the cache-less sweep find them the same
-way. DEL removes the veth and the lease; the bridge and the VXLAN device stay (as the bridge
-delegate's bridges do: removing them would race a concurrent ADD of the same network).
+way. DEL removes the veth and the lease; the bridge and the VXLAN device stay (removing them
+here would race a concurrent ADD of the same network): the node daemon's vxlan-peers controller
+removes them under the exclusive GC lock once no pod port was on the bridge for
+`--overlay-idle-grace` seconds (multiplex/controllers/overlay_devices.py, docs/controllers.md).
 Config fields: docs/vxlan-overlay.md, schemas/vxlan-overlay.json.
 """
 from __future__ import annotations
