@@ -101,6 +101,10 @@ class BgpController(Controller):
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         if self.bird.adopt():
             daemon.log.info("adopted a running BIRD", pid=self.bird.pid, socket=self.bird.socket_path)
+            if os.path.exists(self.bird.marker):
+                # the previous daemon started it with -R and died before its recovery ended: this
+                # daemon removes the marker when it does (else a later BIRD crash recovers again)
+                self._watch_recovery(None)
 
     def reconcile(self, key: str) -> None:
         self.apply()
@@ -200,15 +204,21 @@ class BgpController(Controller):
         """Remove the graceful restart marker once BIRD (started with -R) has left recovery, i.e.
         its peers sent End-of-RIB and the kernel is synced (BIRD ends it itself after `graceful
         restart wait`, 240 s, if a peer never comes back). A BIRD that dies meanwhile keeps the
-        marker: the next one recovers too, the peers still hold our stale routes."""
+        marker: the next one recovers too, the peers still hold our stale routes. `proc` None: the
+        adopted BIRD (its pid)."""
         import threading
         import time
 
         from ..bgp.bird import BirdError
 
+        pid = proc.pid if proc is not None else self.bird.pid
+
+        def running() -> bool:
+            return proc.poll() is None if proc is not None else self.bird.pid == pid and self.bird.alive()
+
         def wait() -> None:
             t0 = time.monotonic()
-            while proc.poll() is None and not self.daemon.stopping.is_set():
+            while running() and not self.daemon.stopping.is_set():
                 try:
                     if not self.bird.recovering():
                         self.bird.finish_recovery()
@@ -219,8 +229,8 @@ class BgpController(Controller):
                     pass
                 time.sleep(0.2)
 
-        if proc is not None:
-            threading.Thread(target=wait, name=f"bird-recovery-{proc.pid}", daemon=True).start()
+        if pid is not None:
+            threading.Thread(target=wait, name=f"bird-recovery-{pid}", daemon=True).start()
 
     def _watch_exit(self, proc) -> None:
         """A BIRD that exits (crash, kill) is started again at once, not at the next resync."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import time
 
 import pytest
@@ -342,6 +343,40 @@ def test_bird_starts_in_recovery_only_after_a_graceful_restart(controller_in_net
     with open(ctrl.bird.marker, "w") as f:
         f.write(f"{time.time() - 31}\n")
     assert not ctrl.bird.restart_pending(30)
+
+
+@pytest.mark.root
+def test_a_daemon_adopting_a_bird_in_recovery_removes_the_marker_when_recovery_ends(controller_in_netns,
+                                                                                   monkeypatch):
+    """The daemon that started BIRD with -R dies during recovery; the next daemon adopts that BIRD
+    and removes the marker once BIRD has left recovery (it was left behind: a later BIRD crash
+    within restartTime then started in recovery again, holding the kernel back for nothing)."""
+    ctrl, ctx, objects, path = controller_in_netns
+    path.write_text(json.dumps({"gracefulRestart": {"restartTime": 60}}))
+    ctrl.setup(ctx)
+    ctrl.apply()
+    ctx.stopping.set()
+    ctrl.stop()
+    ctx.stopping.clear()
+    ctrl.apply()
+    assert ctrl.last_result == "started in graceful restart recovery" and ctrl.bird.recovering()
+    ctx.stopping.set()                     # that daemon is gone: its threads end, BIRD runs on
+    time.sleep(0.5)
+    ctx2 = DaemonContext(node_name="n1", objects=objects, state_dir=ctx.state_dir, controllers=ctx.controllers)
+    ctrl2 = bgp_ctrl.BgpController("n1", ctrl.directory, str(path))
+    ctrl2.bird.netns = ctrl.bird.netns
+    try:
+        ctrl2.setup(ctx2)
+        assert ctrl2.bird.pid == ctrl.bird.pid and os.path.exists(ctrl2.bird.marker)
+        time.sleep(0.5)
+        assert os.path.exists(ctrl2.bird.marker), "removed while BIRD still recovers"
+        monkeypatch.setattr(ctrl2.bird, "recovering", lambda: False)   # no peer here: BIRD would wait 240 s
+        deadline = time.monotonic() + 5
+        while os.path.exists(ctrl2.bird.marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists(ctrl2.bird.marker), "the adopting daemon left the marker"
+    finally:
+        ctx2.stopping.set()
 
 
 @pytest.mark.root
