@@ -18,7 +18,7 @@ node's blocks are announced by the BGP controller from the IPAM's IPBlocks; an a
 borrowed from another node's block is announced as a /32 (/128) the same way.
 
 Which addresses: every address of the attachment lies inside an IPPool's CIDR (the admin's pod
-address space, what the BGP import filter admits), else code 7 naming the IPAM field or the
+address space), else code 7 naming the IPAM field or the
 address, nothing left: delegates/routed_pools.py says where the pools come from and why.
 
 A secondary attachment (the pod already has a default route of the family, from its first

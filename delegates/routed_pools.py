@@ -11,7 +11,9 @@ pod address space on this cluster, so they are the rule here too.
 Where the pools come from, first answer wins (`admitted_pools`):
 1. The node daemon serving the call: `services.ip_pools()`, its "ippools" informer (the BGP
    controller registers the kind on a local directory; on the Kubernetes API it is a known kind).
-   These are the pools the node's BGP import filter uses, whatever API the call's config names.
+   Every IPPool, whatever API the call's config names (the BGP import filter admits these, or the
+   subset the BGP settings' `ipPools` names: an address in another pool is safe for the node but
+   not announced, so reachable from its node only).
 2. The cluster IPAM (`multiplex-ipam` with `store: kubernetes`): it hands out IPPool addresses
    only and refuses ranges and requested addresses outside them (multiplex/ipam/kube/store.py
    `pool_for`), so nothing is read again: the answer is TRUSTED.
@@ -40,7 +42,7 @@ IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 #: the cluster IPAM vouches for its addresses: nothing to read or check
 TRUSTED = None
 
-ALLOWED = "addresses inside an IPPool's CIDR (the admin's pod address space; the BGP import filter's)"
+ALLOWED = "addresses inside an IPPool's CIDR (the admin's pod address space)"
 
 
 def is_cluster_ipam(ipam: dict) -> bool:

@@ -12,8 +12,9 @@
 - `ip_pools()`: every IPPool's CIDR from the daemon's "ippools" informer (a known kind on the
   Kubernetes API; on a local directory registered by the BGP controller), for bgp-routed's rule
   that a routed pod's addresses lie in the admin's pools (delegates/routed_pools.py). Served for
-  every call whatever API its config names: these are the pools the node's BGP import filter uses,
-  the authority on what this node may route. None when the daemon has no such informer or it has
+  every call whatever API its config names: the admin's pod address space (every IPPool, also
+  those the BGP settings' `ipPools` leaves out of the import filter), the authority on what this
+  node may route to a pod. None when the daemon has no such informer or it has
   not read its first list within POOLS_SYNC_TIMEOUT (the call then finds pools as a one-shot does).
 
 The rule for "the API the daemon watches": the call's config has a `kubeconfig`, and the API
