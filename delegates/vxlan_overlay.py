@@ -27,7 +27,8 @@ how a hash collision between two networks is refused). Host veths are named and 
 multiplex-bridge's (delegates/bridge.py), so DEL, GC and the cache-less sweep find them the same
 way. DEL removes the veth and the lease; the bridge and the VXLAN device stay (removing them
 here would race a concurrent ADD of the same network): the node daemon's vxlan-peers controller
-removes them under the exclusive GC lock once no pod port was on the bridge for
+removes them under the GC lock held exclusive (every ADD holds it shared, `add_lock`: also a
+direct call by a runtime or Multus) once no pod port was on the bridge for
 `--overlay-idle-grace` seconds (multiplex/controllers/overlay_devices.py, docs/controllers.md).
 Config fields: docs/vxlan-overlay.md, schemas/vxlan-overlay.json.
 """
@@ -317,7 +318,7 @@ class VxlanOverlayPlugin(Plugin):
         from multiplex import netlink
 
         conf = self.config(req)
-        with netlink.open_node(batch=req.ctx.batch) as node:
+        with add_lock(req), netlink.open_node(batch=req.ctx.batch) as node:
             underlay = find_underlay(node, conf)
             check_vni_free(node, conf)
             check_port_encryption(node, conf, underlay)
@@ -450,6 +451,17 @@ def ensure_overlay(req: Request, conf: OverlayConfig, underlay: Underlay, node, 
         for peer in conf.peers:
             vxlan.add_remote(node, vx, vxlan.ZERO_MAC, str(peer))
     return br, vx
+
+
+def add_lock(req: Request):
+    """The GC lock, shared, for the whole ADD (multiplex/cni/lock.py): the vxlan-peers controller
+    removes an idle network's bridge and VXLAN device only under it held exclusive, so it never
+    removes them between this ADD finding them and putting the pod's veth on the bridge. The meta
+    plugin's ADD holds it already (re-entrant: nothing more); a runtime or Multus calling this
+    delegate directly takes it here, in the same lock file (the call's state root)."""
+    from multiplex.cni.lock import DEFAULT_TIMEOUT, default_path, gc_lock
+
+    return gc_lock(False, timeout=req.time_left(DEFAULT_TIMEOUT), path=default_path(req.ctx.state_dir))
 
 
 def check_port_encryption(node, conf: OverlayConfig, underlay: Underlay) -> None:

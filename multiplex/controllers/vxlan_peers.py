@@ -370,7 +370,8 @@ class VxlanPeers(Controller):
         finds it idle, so a pod restart, DEL then ADD, never churns the devices), then WireGuard's
         parts no encrypted network needs. The check is repeated under the GC lock held exclusive
         (cni/lock.py: every ADD of the meta plugin holds it shared from before it reads its cache
-        until its result is cached, and the delegate's ADD runs inside that), so no ADD is between
+        until its result is cached, and the delegate's ADD holds it too, in its call's state root,
+        for a runtime or Multus calling it directly: delegates/vxlan_overlay.py add_lock), so no ADD is between
         finding the bridge and putting its veth on it. DEL does not take it and needs not: it only
         removes ports. Busy lock: tried again at the next pass. The names removed."""
         import time

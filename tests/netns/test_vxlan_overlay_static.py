@@ -359,3 +359,27 @@ def test_a_vni_not_granted_to_the_networks_namespace_is_refused_and_leaves_nothi
     finally:
         run_plugin(PLUGIN, "DEL", ok_conf, node=n1.netns, container_id=cid, netns=ns, ifname="net1", extra_env=env)
         pool.close()
+
+
+def test_a_direct_add_waits_while_the_overlay_collection_holds_the_gc_lock(underlay, pods):
+    """A runtime or Multus calling the delegate directly (no meta plugin around it) takes the GC lock
+    shared for its ADD, as the meta plugin does: the vxlan-peers controller removes an idle bridge
+    only under it held exclusive, so it can never remove the bridge between the ADD finding it and
+    putting the pod's veth on it (the pod would be left on no bridge)."""
+    import threading
+    import time
+
+    from delegates.vxlan_overlay import bridge_name
+    from multiplex.cni.lock import default_path, gc_lock
+
+    n1, n2 = underlay.nodes
+    conf = conf_for(n1, "stlock", 96, [n2.v4])
+    done: dict = {}
+    with gc_lock(True, timeout=10, path=default_path(n1.state_dir)):     # the collection, in progress
+        t = threading.Thread(target=lambda: done.update(ns=pods(n1, conf)))
+        t.start()
+        time.sleep(2.0)
+        assert t.is_alive() and bridge_name("stlock") not in links(n1.netns), \
+            "the ADD made the overlay while the collection held the GC lock"
+    t.join(60)
+    assert "ns" in done and bridge_name("stlock") in links(n1.netns)
