@@ -18,8 +18,10 @@ For each VXLAN device the vxlan-overlay delegate made on this node in programmed
   `ns/name` only from namespace `ns`, or from any when `ns` is in the admin's `globalNamespaces` or
   `namespaceIsolation` is off: read from the installed multiplex config, cni_settings.py), the pod
   runs on a node publishing this network's VTEP (its `spec.nodeName`), the IPAM vouches for each
-  IP (its IPBlock records this pod, or is the pod's node's block: an IP in no IPBlock is never
-  programmed, so the programmed mode needs the cluster IPAM's blocks), and no other such pod
+  IP (its IPBlock records this pod; or, for a block the cluster IPAM does not keep, one of no IPPool
+  recording nothing (static per-node ranges, the lab's), is the pod's node's block: an IP in no
+  IPBlock, or free in the cluster IPAM's, is never programmed, so the programmed mode needs the
+  cluster IPAM's blocks), and no other such pod
   claims the same IP or MAC (a disputed one is programmed for neither). Claims not programmed are
   logged and counted in `multiplex_vxlan_refused_claims{reason=namespace|ipam|conflict}`. See
   `desired`.
@@ -63,7 +65,7 @@ from ..daemon.controller import Controller, DaemonContext
 NAME = "vxlan-peers"
 PODS_KIND = "vxlan-pods"
 #: the cluster IPAM's IPBlocks, under the kind name the bgp controller registers them (register_kinds)
-from .bgp import BLOCKS_KIND  # noqa: E402
+from .bgp import BLOCKS_KIND, POOLS_KIND  # noqa: E402
 FACT_PREFIX = "vxlan/"
 STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/network-status"
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -117,17 +119,21 @@ def may_claim(pod_namespace: str, status_name: str, global_namespaces: Iterable[
 @dataclass(frozen=True)
 class IpamBlock:
     """What the vouching needs of one IPBlock (multiplex/ipam/kube/model.py): its CIDR, its affine
-    node, and who holds each allocated address (`podNamespace/podName`)."""
+    node, who holds each allocated address (`podNamespace/podName`), and whether the cluster IPAM
+    keeps it (`managed`: its pool is an IPPool, or it records an allocation), so that an address it
+    does not record is free."""
     cidr: Any                               # ipaddress network
     node: str
     holders: dict = field(default_factory=dict)   # address -> "ns/name"
+    managed: bool = True
 
 
-def ipam_blocks(objects: Iterable[dict]) -> list[IpamBlock]:
-    """The IPBlocks of the cluster IPAM, most specific first; a malformed one is left out (it
-    vouches for nothing)."""
+def ipam_blocks(objects: Iterable[dict], pools: Iterable[str] = ()) -> list[IpamBlock]:
+    """The IPBlocks, most specific first; a malformed one is left out (it vouches for nothing).
+    `pools`: the names of the cluster's IPPools (a block of one is the cluster IPAM's)."""
     from ..ipam.kube.model import Block
 
+    pools = set(pools)
     out = []
     for obj in objects:
         try:
@@ -135,21 +141,24 @@ def ipam_blocks(objects: Iterable[dict]) -> list[IpamBlock]:
         except (ValueError, TypeError, AttributeError):
             continue
         out.append(IpamBlock(b.cidr, b.node, {a: f"{al.pod_namespace}/{al.pod_name}"
-                                              for a, al in b.allocations.items()}))
+                                              for a, al in b.allocations.items()},
+                             managed=bool(b.allocations) or b.pool in pools))
     return sorted(out, key=lambda b: -b.cidr.prefixlen)
 
 
 def vouched(ip: str, pod: str, node: str, blocks: Iterable[IpamBlock]) -> bool:
     """Whether the IPAM vouches for `pod` (ns/name) on `node` holding `ip`: the most specific
-    IPBlock containing it records the address as this pod's (borrowed addresses too), or, when the
-    block records no holder for it, the block is affine to the pod's node (a node's own block:
-    which of its addresses a pod of that node holds is the node's word, as its pods' are). An
-    address in no block, or recorded for another pod, is not vouched for."""
+    IPBlock containing it records the address as this pod's (borrowed addresses too), or, for a
+    block the cluster IPAM does not keep (no IPPool's, no allocation recorded: static per-node
+    ranges written as blocks, the lab's), the block is affine to the pod's node (which of its
+    addresses a pod of that node holds is the node's word). An address in no block, recorded for
+    another pod, or free in a block the cluster IPAM keeps (a tenant's network-status claiming an
+    address its pod was never given, a released one say), is not vouched for."""
     addr = ipaddress.ip_address(ip)
     for b in blocks:
         if b.cidr.version == addr.version and addr in b.cidr:
             holder = b.holders.get(str(addr))
-            return holder == pod if holder is not None else b.node == node
+            return holder == pod if holder is not None else (not b.managed and b.node == node)
     return False
 
 
@@ -299,7 +308,7 @@ GC_LOCK_WAIT = 2.0
 
 class VxlanPeers(Controller):
     name = NAME
-    watches = (PODS_KIND, BLOCKS_KIND)
+    watches = (PODS_KIND, BLOCKS_KIND, POOLS_KIND)
     resync = 5.0
 
     def __init__(self, node_name: str, netns: Optional[str] = None, state_dir: Optional[str] = None,
@@ -344,7 +353,9 @@ class VxlanPeers(Controller):
         from ..netlink.handle import Handle
 
         pods = self.daemon.objects.informer(PODS_KIND).list()
-        blocks = ipam_blocks(self.daemon.objects.informer(BLOCKS_KIND).list())
+        pools = [str((p.get("metadata") or {}).get("name") or "")
+                 for p in self.daemon.objects.informer(POOLS_KIND).list()]
+        blocks = ipam_blocks(self.daemon.objects.informer(BLOCKS_KIND).list(), pools)
         nodes = self.registry.nodes()
         conf = self.settings.get() if self.settings is not None else None
         isolation = conf.namespace_isolation if conf is not None else True

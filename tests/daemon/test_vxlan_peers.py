@@ -169,16 +169,35 @@ def test_a_claim_the_ipam_does_not_vouch_for_is_dropped_and_cannot_knock_off_the
             # a pod of n3 (the block's node) claiming .40, which the block records for another pod
             pod("squatter", "n3", entry("default/ov", "02:bb:00:00:00:02", "198.18.91.40"))]
     want = desired(DEV4, "n1", TRUST_NODES, pods, blocks=BLOCKS)
-    assert want.neighbours == {"198.18.91.21": "02:aa:00:00:00:01", "198.18.91.33": "02:bb:00:00:00:01",
-                               "198.18.91.40": "02:aa:00:00:00:02"}
+    # .33 is free in n3's block, which the cluster IPAM keeps (it records .40): not spoof's either
+    assert want.neighbours == {"198.18.91.21": "02:aa:00:00:00:01", "198.18.91.40": "02:aa:00:00:00:02"}
     assert sorted(r for r in want.refused if r[0] == "ipam") == [
         ("ipam", "default/borrower", "198.18.91.41"), ("ipam", "default/spoof", "198.18.91.21"),
-        ("ipam", "default/spoof", "198.18.91.30"), ("ipam", "default/spoof", "198.18.99.1"),
-        ("ipam", "default/squatter", "198.18.91.40")]
+        ("ipam", "default/spoof", "198.18.91.30"), ("ipam", "default/spoof", "198.18.91.33"),
+        ("ipam", "default/spoof", "198.18.99.1"), ("ipam", "default/squatter", "198.18.91.40")]
     assert not [r for r in want.refused if r[0] == "conflict"]
     # without any IPBlock nothing is programmed (the programmed mode needs the cluster IPAM's blocks)
     bare = desired(DEV4, "n1", TRUST_NODES, pods, blocks=[])
     assert bare.neighbours == {} and bare.peers == {"198.18.90.2", "198.18.90.3"}
+
+
+def test_a_free_address_of_the_cluster_ipams_block_of_the_pods_own_node_is_not_vouched_for():
+    """A tenant's pod may not claim an address its pod was never given (a released one, whose old
+    holder's peers still send to it) just because it lies in its own node's block: a block of an
+    IPPool, or one recording any allocation, is the cluster IPAM's, which records every address it
+    hands out. A block of no IPPool recording nothing (static per-node ranges, the lab's) vouches
+    for its node's pods."""
+    pods = [pod("squatter", "n2", entry("default/ov", "02:bb:00:00:00:01", "198.18.91.21", "fd00:91::21"))]
+    for blocks, pools in (([block("198.18.91.16/28", "n2"), block("fd00:91::/120", "n2")], ["p"]),
+                          ([block("198.18.91.16/28", "n2", **{"198_18_91_17": "default/other"}),
+                            block("fd00:91::/120", "n2", **{"fd00_91_0_0_0_0_0_17": "default/other"})], [])):
+        want = vxlan_peers.desired(DEV4, "n1", TRUST_NODES, pods, (), ipam_blocks(blocks, pools))
+        assert want.neighbours == {} and want.fdb == {"02:bb:00:00:00:01": "198.18.90.2"}
+        assert sorted(r for r in want.refused if r[0] == "ipam") == [
+            ("ipam", "default/squatter", "198.18.91.21"), ("ipam", "default/squatter", "fd00:91::21")]
+    static = ipam_blocks([block("198.18.91.16/28", "n2"), block("fd00:91::/120", "n2")], ["another-pool"])
+    want = vxlan_peers.desired(DEV4, "n1", TRUST_NODES, pods, (), static)
+    assert want.neighbours == {"198.18.91.21": "02:bb:00:00:00:01", "fd00:91::21": "02:bb:00:00:00:01"}
 
 
 def test_a_malformed_ipblock_vouches_for_nothing():
@@ -239,7 +258,7 @@ def test_it_watches_every_pod_of_the_cluster_not_only_this_nodes(apiserver):  # 
     objects = KubeObjects(api.kubeconfig, "n1")
     try:
         ctrl = controller(DaemonContext(node_name="n1", objects=objects))
-        assert ctrl.watches == (PODS_KIND, BLOCKS_KIND)
+        assert ctrl.watches == (PODS_KIND, BLOCKS_KIND, "ippools")
         names = wait_for(lambda: sorted(p["metadata"]["name"] for p in objects.informer(PODS_KIND).list()))
         assert names == ["here", "there"]
         assert objects.informer("pods").wait_synced(10)
