@@ -165,7 +165,9 @@ class BgpRoutedPlugin(Plugin):
                                                    mtu=peer.mtu or mtu))
         result.ips = [IPConfig(address=host_prefix(ip.address.ip), interface=pod_index) for ip in ipam.ips]
         secondary = {f for f in families if pod.default_route(AF[f]) is not None}
-        result.routes = pod_routes(families, ipam.routes, secondary, reached_networks(ipam.ips, pools))
+        reached = reached_networks(ipam.ips, pools)
+        refuse_a_pool_the_pod_has_elsewhere(pod, peer, reached, secondary, conf.network)
+        result.routes = pod_routes(families, ipam.routes, secondary, reached)
         result.dns = conf.dns or ipam.dns
         for r in ipam.routes:
             if r.dst.prefixlen == 0 and r.dst.version in secondary:
@@ -254,6 +256,27 @@ def reached_networks(ips, pools) -> dict[int, list]:
         if net not in out.setdefault(net.version, []):
             out[net.version].append(net)
     return out
+
+
+def refuse_a_pool_the_pod_has_elsewhere(pod, peer, reached: dict[int, list], secondary: set[int],
+                                        network: str) -> None:
+    """Code 7 naming `$.ipam` when a secondary attachment's pool already holds an address of
+    another interface of the pod (e.g. its eth0 on the same routed network): net1's route to the
+    pool would take that interface's traffic to every other pod of the pool (and its replies, which
+    a node with strict reverse-path filtering drops, and net1's policies would apply to it). One
+    pool, one interface: a second attachment must come from another pool."""
+    for family in sorted(secondary):
+        for a in pod.addresses(family=AF[family]):
+            if a.index == peer.index or a.interface.ip.is_link_local:
+                continue
+            for net in reached.get(family, []):
+                if a.interface.ip in net:
+                    other = pod.link_at(a.index)
+                    raise invalid_config(
+                        f"network {network}: the pod's {other.name if other else 'other interface'} already has "
+                        f"{a.interface.ip} in {net}; a second bgp-routed attachment from the same pool would take "
+                        "that interface's traffic to the pool", "$.ipam",
+                        "ranges in an IPPool none of the pod's other interfaces has an address in")
 
 
 def pod_routes(families: set[int], ipam_routes: list[Route], secondary: set[int] = frozenset(),

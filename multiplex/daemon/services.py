@@ -14,8 +14,8 @@
   that a routed pod's addresses lie in the admin's pools (delegates/routed_pools.py). Served for
   every call whatever API its config names: the admin's pod address space (every IPPool, also
   those the BGP settings' `ipPools` leaves out of the import filter), the authority on what this
-  node may route to a pod. None when the daemon has no such informer or it has
-  not read its first list within POOLS_SYNC_TIMEOUT (the call then finds pools as a one-shot does).
+  node may route to a pod. None when no controller of the daemon runs that informer (it is
+  never started here, for one call) or it has not read its first list within POOLS_SYNC_TIMEOUT (the call then finds pools as a one-shot does).
 
 The rule for "the API the daemon watches": the call's config has a `kubeconfig`, and the API
 server URL in it (its current context's cluster `server`) equals the daemon's: the server of the
@@ -169,10 +169,12 @@ class DaemonServices:
         """Every IPPool's CIDR (disabled ones too, as the BGP import filter), or None (see above)."""
         if self.objects is None:
             return None
-        try:
-            informer = self.objects.informer(POOLS_KIND)
-        except (ValueError, KeyError):
-            return None          # a local directory without the BGP controller: no pools watched
+        # only a watch a controller (bgp, vxlan-peers) already runs: starting one here would make a
+        # daemon without them watch IPPools forever, and on a cluster without the IPPool CRD every
+        # bgp-routed ADD would wait the sync timeout before the one-shot path refuses it anyway
+        informer = self.objects.started().get(POOLS_KIND)
+        if informer is None:
+            return None
         if not informer.synced() and not informer.wait_synced(timeout):
             self.log.info("IPPool informer not synced; the call finds pools itself")
             return None

@@ -5,6 +5,7 @@ get, the error a user sees) is tests/netns/test_bgp_routed.py."""
 from __future__ import annotations
 
 import ipaddress
+import time
 import json
 from types import SimpleNamespace
 
@@ -46,6 +47,12 @@ def test_the_daemon_serves_the_pools_of_its_local_directory_once_the_bgp_kinds_a
     services = DaemonServices(local, None, None)
     assert services.ip_pools(timeout=0.1) is None         # no BGP controller: the kind is not watched
     register_kinds(local)
+    # registered but no controller watches it yet: a call never starts the watch itself (a daemon
+    # without bgp/vxlan-peers would watch IPPools forever, and wait for a CRD that may not exist)
+    t0 = time.monotonic()
+    assert services.ip_pools(timeout=5.0) is None and time.monotonic() - t0 < 1.0
+    assert "ippools" not in local.started()
+    local.informer("ippools")                               # the bgp controller's watch
     assert sorted(map(str, services.ip_pools())) == ["198.18.64.0/18", "fd00:64::/48"]
     # a call it serves takes them, even with a local IPAM and no kubeconfig
     assert routed_pools.admitted_pools(request(LOCAL_IPAM, services), "routed") == [
@@ -54,7 +61,7 @@ def test_the_daemon_serves_the_pools_of_its_local_directory_once_the_bgp_kinds_a
 
 def test_pools_not_synced_in_time_leave_the_call_to_find_them_itself():
     informer = SimpleNamespace(synced=lambda: False, wait_synced=lambda t: False, list=lambda: [])
-    services = DaemonServices(SimpleNamespace(informer=lambda kind: informer), None, None)
+    services = DaemonServices(SimpleNamespace(started=lambda: {"ippools": informer}), None, None)
     assert services.ip_pools(timeout=0.01) is None
     with pytest.raises(CNIError) as e:
         routed_pools.admitted_pools(request(LOCAL_IPAM, services), "routed")

@@ -17,7 +17,7 @@ PLUGIN = "multiplex-bgp-routed"
 
 
 #: the admin's IPPools on the test API server: every range below lies in them
-POOLS = ("198.18.64.0/18", "fd00:64::/31")
+POOLS = ("198.18.64.0/18", "fd00:64::/31", "198.18.160.0/20", "fd00:160::/48")
 KUBECONFIG: dict[str, str] = {}
 APIS: dict[str, object] = {}
 
@@ -287,7 +287,7 @@ def test_a_secondary_attachment_routes_the_pools_and_records_what_it_installed(r
                   if r["dst"] == "default"}
     assert {d[2] for d in defaults_a} == {"eth0"} and len(defaults_a) == 2, defaults_a
     c1 = conf(tmp_path / "n1", [[{"subnet": "198.18.64.0/24"}], [{"subnet": "fd00:64::/64"}]])
-    c2 = conf(tmp_path / "n2", [[{"subnet": "198.18.65.0/24"}], [{"subnet": "fd00:65::/64"}]], name="routed2")
+    c2 = conf(tmp_path / "n2", [[{"subnet": "198.18.160.0/24"}], [{"subnet": "fd00:160::/64"}]], name="routed2")
     sec_a = cni(routed, "ADD", c1, "ca", a, ifname="net1")
     assert sec_a.ok, sec_a
     prim_b = cni(routed, "ADD", c1, "cb", b)
@@ -295,10 +295,11 @@ def test_a_secondary_attachment_routes_the_pools_and_records_what_it_installed(r
     sec_b = cni(routed, "ADD", c2, "cb", b, ifname="net1")
     assert sec_b.ok, sec_b
 
-    for ns, out in ((a, sec_a), (b, sec_b)):
+    for ns, out, pools in ((a, sec_a, {"198.18.64.0/18", "fd00:64::/31"}),
+                           (b, sec_b, {"198.18.160.0/20", "fd00:160::/48"})):
         assert pod_routes_of(ns, "net1") == result_routes(out), (out.out["routes"], ip_json(ns, "route"))
         dsts = {r["dst"] for r in out.out["routes"]}
-        assert {"198.18.64.0/18", "fd00:64::/31"} <= dsts and not dsts & {"0.0.0.0/0", "::/0"}, dsts
+        assert pools <= dsts and not dsts & {"0.0.0.0/0", "::/0"}, dsts
     # the first networks' defaults stay
     assert {(r["dst"], r.get("gateway"), r.get("dev")) for f in ("-4", "-6") for r in ip_json(a, f, "route")
             if r["dst"] == "default"} == defaults_a
@@ -378,3 +379,23 @@ def test_a_secondary_attachment_whose_pool_the_pod_routes_already_fails_and_leav
     nsexec(pod, "ip", "route", "del", "198.18.64.0/18")
     again = cni(routed, "ADD", c, "cother", pod, ifname="net2")
     assert again.ok and again.out["ips"][0]["address"] == "198.18.64.9/32", again
+
+
+def test_a_secondary_attachment_from_the_pool_of_the_pods_eth0_is_refused_and_leaves_nothing(routed, netns_factory,
+                                                                                            tmp_path):
+    """bgp-routed on eth0, and net1 from the same pool: net1's route to the pool would take eth0's
+    traffic to every other pod of it (and its replies). Code 7 naming $.ipam, naming eth0's
+    address; no veth, no route, no lease left (the single address is handed out again)."""
+    pod = netns_factory("pod")
+    first = cni(routed, "ADD", conf(tmp_path / "n1"), "cpool", pod)
+    assert first.ok, first
+    before = ip_json(pod, "route"), host_links(routed)
+    c = conf(tmp_path / "n2", [[{"subnet": "198.18.65.0/24", "rangeStart": "198.18.65.7", "rangeEnd": "198.18.65.7"}]],
+             name="routed2")
+    out = cni(routed, "ADD", c, "cpool", pod, ifname="net1")
+    eth0_v4 = first.out["ips"][0]["address"].split("/")[0]
+    assert out.code == 7 and "$.ipam" in out.out["details"] and eth0_v4 in out.out["msg"], out
+    assert (ip_json(pod, "route"), host_links(routed)) == before and "net1" not in links(pod)
+    other = netns_factory("pod")
+    again = cni(routed, "ADD", c, "cother2", other)
+    assert again.ok and again.out["ips"][0]["address"] == "198.18.65.7/32", again

@@ -45,8 +45,19 @@ def conf(index: int) -> dict:
     return {"cniVersion": "1.1.0", "name": "default.sec", "type": "multiplex-vxlan-overlay", "vni": 7100,
             "encrypt": "wireguard",
             "ipam": {"type": "multiplex-ipam", "ranges": [[{"subnet": "198.18.84.0/24",
-                                                             "rangeStart": f"198.18.84.{index * 10}",
-                                                             "rangeEnd": f"198.18.84.{index * 10 + 9}"}]]}}
+                                                             "rangeStart": f"198.18.84.{index * 16 + 1}",
+                                                             "rangeEnd": f"198.18.84.{index * 16 + 14}"}]]}}
+
+
+def write_blocks(directory: str, node: str, index: int) -> None:
+    """Node `index`'s range as an IPBlock (198.18.84.16i/28): the vxlan-peers controller programs a
+    pod's address only when the IPAM vouches for it, here a block of the pod's node."""
+    path = os.path.join(directory, "ipblocks", f"{node}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"items": [{"apiVersion": "ipam.multiplex.dev/v1alpha1", "kind": "IPBlock",
+                              "metadata": {"name": f"{node}-sec"},
+                              "spec": {"cidr": f"198.18.84.{index * 16}/28", "node": node, "pool": "sec"}}]}, f)
 
 
 def write_pod(directory: str, name: str, node: str, result: dict) -> None:
@@ -67,6 +78,7 @@ def write_pod(directory: str, name: str, node: str, result: dict) -> None:
 def nodes(tmp_path):
     """Two nodes with their controllers running; yields (underlay, pods: node name -> (netns, result))."""
     from multiplex.controllers.node_registry import NodeRegistry
+    from multiplex.controllers.bgp import register_kinds
     from multiplex.controllers.vxlan_peers import VxlanPeers, register_pods_kind
     from multiplex.daemon.controller import DaemonContext, Runner
     from multiplex.k8s.objects import LocalObjects
@@ -87,9 +99,11 @@ def nodes(tmp_path):
             made.append((node, cid, ns))
             pods[node.name] = (ns, out.out)
             write_pod(objects_dir, f"{node.name}-pod", node.name, out.out)
+            write_blocks(objects_dir, node.name, node.index)
         for node in ul.nodes:
             objects = LocalObjects(objects_dir, interval=0.2)
             register_pods_kind(objects)
+            register_kinds(objects)
             path = f"/var/run/netns/{node.netns}"
             reg = NodeRegistry(node.name, netns=path)
             peers = VxlanPeers(node.name, netns=path, state_dir=node.state_dir)
