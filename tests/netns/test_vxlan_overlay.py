@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 
 import pytest
 
-from tests.cnitool import CNI_PATH, NetnsPool, nsexec, ping, run_plugin
-from tests.daemonproc import DaemonProcess, shim_path
-from tests.netns.vxlan_underlay import Underlay, fdb, link_mtu, neighbours, ping_df, vxlan_links
+from tests.cnitool import NetnsPool, nsexec, ping
+from tests.daemonproc import DaemonProcess
+from tests.netns import vxlan_underlay
+from tests.netns.vxlan_underlay import (Underlay, daemon_node_config, fdb, link_mtu, neighbours, ping_df, shim_cni,
+                                        vxlan_links)
 
 pytestmark = pytest.mark.root
 
@@ -119,18 +120,10 @@ class Cluster:
         return d
 
     def multiplex_config(self, node) -> dict:
-        return {"cniVersion": "1.1.0", "name": "multiplex", "type": "multiplex",
-                "clusterNetwork": {"cniVersion": "1.1.0", "name": "podnet", "type": "multiplex-bridge",
-                                   "bridge": "mpxt-pod",
-                                   "ipam": {"type": "multiplex-ipam", "ranges": [[{"subnet": "198.18.81.0/24"}]]}},
-                "nadDir": os.path.join(node.root, "nads"), "podDir": os.path.join(self.objects, "pods"),
-                "stateDir": node.state_dir, "logFile": os.path.join(node.root, "multiplex.log")}
+        return daemon_node_config(node, self.objects, "mpxt-pod", "198.18.81.0/24")
 
     def cni(self, node, command: str, pod: dict):
-        shim = shim_path(node.root, self.daemons[node.name].socket_path, fallback="fail")
-        args = f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod['name']};K8S_POD_UID=uid-{pod['name']}"
-        return run_plugin(shim, command, self.multiplex_config(node), node=node.netns, container_id=pod["cid"],
-                          netns=pod["netns"], ifname="eth0", args=args, path=CNI_PATH)
+        return shim_cni(node, self.daemons[node.name].socket_path, command, self.multiplex_config(node), pod)
 
     def add_pod(self, node) -> dict:
         name = f"{node.name}-pod-{os.getpid()}"
@@ -186,15 +179,7 @@ def cluster(tmp_path_factory):
 
 
 def wait_for(what: str, fn, timeout: float = WAIT) -> float:
-    """Poll `fn` until true; the seconds it took (printed). Fails with `what` after `timeout`."""
-    start = time.monotonic()
-    while not fn():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.1)
-    took = time.monotonic() - start
-    print(f"{what}: {took:.2f} s")
-    return took
+    return vxlan_underlay.wait_for(what, fn, timeout)
 
 
 def programmed(c: Cluster) -> bool:

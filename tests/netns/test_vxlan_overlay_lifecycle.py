@@ -13,11 +13,11 @@ uninstall` removing what multiplex made and nothing else.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import threading
-import time
 
 import pytest
 
@@ -25,9 +25,10 @@ from multiplex.cni.lock import default_path, gc_lock
 from multiplex.controllers.vxlan_peers import VxlanPeers
 from multiplex.daemon.controller import DaemonContext
 from multiplex.netlink.handle import Handle
-from tests.cnitool import CNI_PATH, NetnsPool, ip_json, links, ping, run_plugin
-from tests.daemonproc import DaemonProcess, shim_path
-from tests.netns.vxlan_underlay import Underlay, fdb, sh
+from tests.cnitool import NetnsPool, ip_json, links, ping
+from tests.daemonproc import DaemonProcess
+from tests.netns import vxlan_underlay
+from tests.netns.vxlan_underlay import Underlay, daemon_node_config, fdb, sh, shim_cni
 
 pytestmark = pytest.mark.root
 
@@ -38,14 +39,7 @@ WAIT = 20.0
 
 
 def wait_for(what: str, fn, timeout: float = WAIT) -> float:
-    start = time.monotonic()
-    while not fn():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.1)
-    took = time.monotonic() - start
-    print(f"{what}: {took:.2f} s")
-    return took
+    return vxlan_underlay.wait_for(what, fn, timeout)
 
 
 def write(path: str, obj: dict) -> None:
@@ -95,18 +89,10 @@ class Cluster:
         self.daemons[node.name] = d
 
     def config(self, node) -> dict:
-        return {"cniVersion": "1.1.0", "name": "multiplex", "type": "multiplex",
-                "clusterNetwork": {"cniVersion": "1.1.0", "name": "podnet", "type": "multiplex-bridge",
-                                   "bridge": "mpxt-lpod",
-                                   "ipam": {"type": "multiplex-ipam", "ranges": [[{"subnet": "198.18.83.0/24"}]]}},
-                "nadDir": os.path.join(node.root, "nads"), "podDir": os.path.join(self.objects, "pods"),
-                "stateDir": node.state_dir, "logFile": os.path.join(node.root, "multiplex.log")}
+        return daemon_node_config(node, self.objects, "mpxt-lpod", "198.18.83.0/24")
 
     def cni(self, node, command: str, pod: dict):
-        shim = shim_path(node.root, self.daemons[node.name].socket_path, fallback="fail")
-        args = f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod['name']};K8S_POD_UID=uid-{pod['name']}"
-        return run_plugin(shim, command, self.config(node), node=node.netns, container_id=pod["cid"],
-                          netns=pod["netns"], ifname="eth0", args=args, path=CNI_PATH)
+        return shim_cni(node, self.daemons[node.name].socket_path, command, self.config(node), pod)
 
     def add_pod(self, node) -> dict:
         name = f"{node.name}-l{os.getpid()}-{len(self.pods)}"
@@ -173,6 +159,27 @@ def cluster(tmp_path):
             c.close()
         pool.close()
 
+
+
+@contextlib.contextmanager
+def add_in_flight(state_dir: str):
+    """An ADD in flight, as far as GC is concerned: another thread holds the GC lock of `state_dir`
+    shared for the body."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with gc_lock(False, path=default_path(state_dir)):
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert held.wait(10)
+        yield
+    finally:
+        release.set()
+        t.join()
 
 def test_last_pod_leaves_devices_and_fact_go_everywhere_then_an_add_brings_them_back(cluster):
     n1, n2 = cluster.underlay.nodes
@@ -260,21 +267,8 @@ def test_collection_waits_for_the_grace_keeps_pod_ports_and_never_runs_beside_an
 
     # an ADD in flight holds the GC lock shared: nothing is removed, the next pass does it
     eager = collector(ns, state, grace=0)
-    held, release = threading.Event(), threading.Event()
-
-    def add_in_flight():
-        with gc_lock(False, path=default_path(state)):
-            held.set()
-            release.wait(30)
-
-    t = threading.Thread(target=add_in_flight)
-    t.start()
-    try:
-        assert held.wait(10)
+    with add_in_flight(state):
         assert collect(eager) == [] and {idle_br, idle_vx} <= links(ns)
-    finally:
-        release.set()
-        t.join()
     assert sorted(collect(eager)) == sorted([idle_vx, idle_br])
     left = links(ns)
     assert {used_br, used_vx, "pod0", "br-keep", "vx-keep"} <= left and not {idle_br, idle_vx} & left
@@ -356,19 +350,6 @@ def test_collection_also_waits_for_an_add_locking_the_installed_configs_state_di
     br, vx = make_overlay(ns, "dddd0001", 401, "default.idle")
     ctrl = collector(ns, daemon_state, grace=0)
     ctrl.settings = InstalledSettings(str(conf))
-    held, release = threading.Event(), threading.Event()
-
-    def add_in_flight():     # the meta plugin's ADD locks the config's stateDir, not the daemon's
-        with gc_lock(False, path=default_path(conf_state)):
-            held.set()
-            release.wait(30)
-
-    t = threading.Thread(target=add_in_flight)
-    t.start()
-    try:
-        assert held.wait(10)
+    with add_in_flight(conf_state):     # the meta plugin's ADD locks the config's stateDir, not the daemon's
         assert collect(ctrl) == [] and {br, vx} <= links(ns)
-    finally:
-        release.set()
-        t.join()
     assert sorted(collect(ctrl)) == sorted([vx, br])

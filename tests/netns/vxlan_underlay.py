@@ -165,3 +165,38 @@ def ping_df(ns: str, address: str, size: int) -> subprocess.CompletedProcess:
     flag = "-4" if ":" not in address else "-6"
     return subprocess.run(["ip", "netns", "exec", ns, "ping", flag, "-c", "1", "-W", "2", "-M", "do", "-s",
                            str(size - header), address], capture_output=True, text=True)
+
+
+def daemon_node_config(node: UnderlayNode, objects: str, bridge: str, subnet: str) -> dict:
+    """The node's multiplex config in a daemon cluster: a bridge cluster network (`bridge`,
+    `subnet`), the node's NADs under its root, the pods of the shared object directory."""
+    return {"cniVersion": "1.1.0", "name": "multiplex", "type": "multiplex",
+            "clusterNetwork": {"cniVersion": "1.1.0", "name": "podnet", "type": "multiplex-bridge", "bridge": bridge,
+                               "ipam": {"type": "multiplex-ipam", "ranges": [[{"subnet": subnet}]]}},
+            "nadDir": os.path.join(node.root, "nads"), "podDir": os.path.join(objects, "pods"),
+            "stateDir": node.state_dir, "logFile": os.path.join(node.root, "multiplex.log")}
+
+
+def shim_cni(node: UnderlayNode, socket_path: str, command: str, config: dict, pod: dict) -> CNIOutput:
+    """`command` for `pod` ({name, netns, cid}) through the node daemon's shim, as the runtime calls it."""
+    from tests.cnitool import CNI_PATH
+    from tests.daemonproc import shim_path
+
+    shim = shim_path(node.root, socket_path, fallback="fail")
+    args = f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod['name']};K8S_POD_UID=uid-{pod['name']}"
+    return run_plugin(shim, command, config, node=node.netns, container_id=pod["cid"], netns=pod["netns"],
+                      ifname="eth0", args=args, path=CNI_PATH)
+
+
+def wait_for(what: str, fn, timeout: float, every: float = 0.1) -> float:
+    """Poll `fn` until true; the seconds it took (printed). Fails with `what` after `timeout`."""
+    import time
+
+    start = time.monotonic()
+    while not fn():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(every)
+    took = time.monotonic() - start
+    print(f"{what}: {took:.2f} s")
+    return took

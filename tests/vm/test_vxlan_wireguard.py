@@ -22,6 +22,7 @@ import time
 import pytest
 
 from tests.cnitool import NetnsPool, ping
+from tests.netns import vxlan_underlay
 from tests.netns.vxlan_underlay import Underlay, fdb, link_mtu, vxlan_links
 from tests.vm.cnifork import run_cni
 
@@ -31,14 +32,7 @@ WAIT = 120.0     # under emulation
 
 
 def wait_for(what: str, fn, timeout: float = WAIT) -> float:
-    start = time.monotonic()
-    while not fn():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.2)
-    took = time.monotonic() - start
-    print(f"{what}: {took:.2f} s")
-    return took
+    return vxlan_underlay.wait_for(what, fn, timeout, every=0.2)
 
 
 def conf(index: int) -> dict:
