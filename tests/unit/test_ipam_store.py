@@ -5,6 +5,7 @@ import ipaddress
 import os
 import sqlite3
 import stat
+import time
 
 import pytest
 
@@ -416,3 +417,41 @@ def test_a_schema_1_database_with_an_address_leased_twice_keeps_working(tmp_path
         report = repair.check(s)
     assert report.problems == ["address 198.18.72.2 is leased 2 times (made before one address space): "
                                "DEL of all but one holder ends it"]
+
+
+# ---- BEGIN IMMEDIATE answered "locked" -----------------------------------------------------------
+class _LockedAtFirst:
+    """A connection whose BEGIN IMMEDIATE answers "database is locked" `times` times, each answer
+    `slow` seconds late (a loaded node: the process slept between the two answers), then works."""
+
+    def __init__(self, times: int, slow: float):
+        self.times, self.slow, self.begins, self.in_transaction = times, slow, 0, False
+
+    def execute(self, sql: str):
+        if sql == "BEGIN IMMEDIATE":
+            self.begins += 1
+            if self.begins <= self.times:
+                time.sleep(self.slow)
+                raise sqlite3.OperationalError("database is locked")
+        return self
+
+    def fetchall(self):
+        return []
+
+
+def test_a_slow_locked_answer_is_retried_within_the_deadline(tmp_path):
+    """A "locked" answer is retried until the deadline, however long the attempt took: the old
+    rule (an attempt over 50 ms meant the busy handler had waited) gave up after 0.1 s when 50
+    parallel ADDs loaded the node."""
+    store = SQLiteStore(str(tmp_path), deadline=time.monotonic() + 5.0)
+    db = _LockedAtFirst(times=3, slow=0.1)
+    store._begin_immediate(db)
+    assert db.begins == 4
+
+
+def test_locked_until_the_deadline_gives_up_at_the_deadline(tmp_path):
+    store = SQLiteStore(str(tmp_path), deadline=time.monotonic() + 0.5)
+    t0 = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError):
+        store._begin_immediate(_LockedAtFirst(times=10 ** 6, slow=0.0))
+    assert time.monotonic() - t0 >= 0.4

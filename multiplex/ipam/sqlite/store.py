@@ -264,10 +264,13 @@ class SQLiteStore(Store):
         answers some conflicts at once, without its busy handler (a WAL snapshot another
         connection moved past, SQLITE_BUSY_SNAPSHOT; a WAL being restarted): those are retried
         here after a short pause, from a clean state, until the deadline; real contention was
-        already waited for by the busy handler."""
+        already waited for by the busy handler.
+        Which of the two happened is not told by the time an attempt took (on a loaded node a
+        process may sleep far longer between the two answers than any fixed bound): the wait ends
+        only when the budget is spent, and each retry's busy handler waits at most what is left."""
         pause = 0.005
+        end = time.monotonic() + self.time_left()
         while True:
-            started = time.monotonic()
             try:
                 db.execute("BEGIN IMMEDIATE")
                 return
@@ -276,11 +279,11 @@ class SQLiteStore(Store):
                     raise
                 if db.in_transaction:
                     db.execute("ROLLBACK")
-                # the busy handler waited (contention): give up; an answer at once: try again
-                if time.monotonic() - started > 0.05 or self.time_left() <= pause:
+                if end - time.monotonic() <= pause:
                     raise
                 time.sleep(pause)
                 pause = min(pause * 2, 0.1)
+                db.execute(f"PRAGMA busy_timeout = {int(max(0.0, end - time.monotonic()) * 1000)}").fetchall()
 
     # --- the Store interface ---------------------------------------------------------------
 
