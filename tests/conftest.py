@@ -38,8 +38,9 @@ def _skip_vm_tests_without_the_kernel(items) -> None:
         return
     missing = kernel.missing_feature()
     if missing:
-        skip = pytest.mark.skip(reason=f"needs a kernel feature this machine lacks ({missing}); "
-                                       f"runs in the VM tier, which scripts/test.sh runs next: {kernel.RUN_COMMAND}")
+        skip = pytest.mark.skip(reason=f"a VM-tier test: this machine's kernel lacks what the tier's has (e.g. "
+                                       f"{missing}); runs in the VM tier, which scripts/test.sh runs next: "
+                                       f"{kernel.RUN_COMMAND}")
         for item in vm_items:
             item.add_marker(skip)
 
