@@ -114,7 +114,39 @@ def _kube_kinds() -> dict[str, KubeKind]:
 IPAM_GROUP, IPAM_VERSION = "ipam.multiplex.dev", "v1alpha1"
 
 
-class KubeObjects:
+class _StartedKinds:
+    """What both ObjectSources keep alike: the kinds they know (`kinds`, more with `register()`
+    before a kind's first use) and the informers started so far, read under one lock. Shared so
+    that "synced" and "lags" mean the same thing whether the objects come from a cluster or a
+    directory (the daemon's /readyz and metrics read them)."""
+
+    kinds: dict
+    _informers: dict
+    _lock: threading.Lock
+    #: how the error for a late register() says the kind is in use ("watched", "read")
+    _in_use = "watched"
+
+    def register(self, kind: str, spec) -> None:
+        """Know another kind (a custom resource) under the name `kind`."""
+        with self._lock:
+            if kind in self._informers:
+                raise ValueError(f"kind {kind!r} is already {self._in_use}; register it before its first use")
+            self.kinds[kind] = spec
+
+    def started(self) -> dict:
+        """kind -> its informer, for the informers started so far."""
+        with self._lock:
+            return dict(self._informers)
+
+    def synced(self) -> bool:
+        """Every started informer has read its first list."""
+        return all(i.synced() for i in self.started().values())
+
+    def lags(self) -> dict[str, float]:
+        return {k: i.lag() for k, i in self.started().items()}
+
+
+class KubeObjects(_StartedKinds):
     """The ObjectSource of a node in a cluster: one Informer per kind, started on first use.
     `client` is a KubeClient, or a kubeconfig path (None: in-cluster or the default kubeconfig).
     More kinds (IPPools, IPBlocks, policies) plug in with `register()` before their first use."""
@@ -130,13 +162,6 @@ class KubeObjects:
         self._options = {"watch_timeout": watch_timeout, "backoff": backoff, "max_backoff": max_backoff}
         self._informers: dict = {}
         self._lock = threading.Lock()
-
-    def register(self, kind: str, spec: KubeKind) -> None:
-        """Watch another kind (a custom resource) under the name `kind`."""
-        with self._lock:
-            if kind in self._informers:
-                raise ValueError(f"kind {kind!r} is already watched; register it before its first use")
-            self.kinds[kind] = spec
 
     def informer(self, kind: str):
         from .informer import Informer
@@ -159,18 +184,6 @@ class KubeObjects:
             self._informers[kind] = inf
             inf.start()     # under the lock: two first users never start two threads
         return inf
-
-    def started(self) -> dict:
-        """kind -> its informer, for the informers started so far."""
-        with self._lock:
-            return dict(self._informers)
-
-    def synced(self) -> bool:
-        """Every started informer has read its first list."""
-        return all(i.synced() for i in self.started().values())
-
-    def lags(self) -> dict[str, float]:
-        return {k: i.lag() for k, i in self.started().items()}
 
     def patch_node_annotations(self, node: str, annotations: dict[str, Optional[str]]) -> None:
         self.client.patch_node_annotations(node, annotations)
@@ -199,7 +212,7 @@ LOCAL_KINDS: dict[str, LocalKind] = {
 _NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
-class LocalObjects:
+class LocalObjects(_StartedKinds):
     """The ObjectSource without a cluster: objects from files under `directory`, read with the
     rules of multiplex.meta.sources (JSON or YAML; one object, a list or an `{"items": [...]}`;
     the `kind` field decides which informer an object belongs to, wherever the file is, though
@@ -207,6 +220,8 @@ class LocalObjects:
     seconds (path, inode, mtime and size of every file): on a change every started kind is read
     again and the differences become events. A file that cannot be parsed (half written) leaves
     the previous state in place and is read again at the next change."""
+
+    _in_use = "read"
 
     def __init__(self, directory: str, log: Optional[_log.Logger] = None, interval: float = 1.0):
         self.directory = directory
@@ -222,12 +237,6 @@ class LocalObjects:
         self._thread: Optional[threading.Thread] = None
         self._signature: Optional[tuple] = None
         self._last_error = ""
-
-    def register(self, kind: str, spec: LocalKind) -> None:
-        with self._lock:
-            if kind in self._informers:
-                raise ValueError(f"kind {kind!r} is already read; register it before its first use")
-            self.kinds[kind] = spec
 
     def informer(self, kind: str):
         from .informer import ObjectCache
@@ -245,16 +254,6 @@ class LocalObjects:
                 self._thread.start()
         self._wake.set()
         return inf
-
-    def started(self) -> dict:
-        with self._lock:
-            return dict(self._informers)
-
-    def synced(self) -> bool:
-        return all(i.synced() for i in self.started().values())
-
-    def lags(self) -> dict[str, float]:
-        return {k: i.lag() for k, i in self.started().items()}
 
     def stop(self) -> None:
         self._stop.set()
