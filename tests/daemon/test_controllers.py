@@ -15,16 +15,7 @@ from multiplex.daemon import controller as ctl
 from multiplex.daemon.controller import Controller, DaemonContext, Runner, backoff_delay, load_controllers
 from multiplex.daemon.metrics import Metrics
 from tests.daemon.fakeobjects import FakeObjects
-
-
-def wait_for(what, timeout: float = 10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = what()
-        if value:
-            return value
-        time.sleep(0.01)
-    return what()
+from tests.waiting import eventually
 
 
 class Recorder(Controller):
@@ -96,13 +87,13 @@ def run(daemon):
 def test_events_become_keys_and_setup_runs_before_the_first_reconcile(daemon, run):
     rec = Recorder()
     runner = run(rec)
-    assert wait_for(lambda: rec.count("all") == 1)
+    assert eventually(lambda: rec.count("all") == 1)
     assert rec.setup_calls == 1 and rec.seen[0][0] == "all"
-    assert wait_for(runner.ready)
+    assert eventually(runner.ready)
     daemon.objects.informer("pods").put(pod("web"))
     daemon.objects.informer("pods").put(pod("boom"))     # keys_for raises: logged, the loop lives on
     daemon.objects.informer("pods").put(pod("db"))
-    assert wait_for(lambda: rec.count("pods/web") == 1 and rec.count("pods/db") == 1)
+    assert eventually(lambda: rec.count("pods/web") == 1 and rec.count("pods/db") == 1)
     assert rec.count("pods/boom") == 0
     assert daemon.metrics.value("multiplex_controller_reconciles_total", {"controller": "rec", "result": "ok"}) >= 3
 
@@ -110,7 +101,7 @@ def test_events_become_keys_and_setup_runs_before_the_first_reconcile(daemon, ru
 def test_a_key_queued_many_times_while_waiting_is_reconciled_once(daemon, run):
     rec = Recorder()
     run(rec)
-    assert wait_for(lambda: rec.count("all") == 1)
+    assert eventually(lambda: rec.count("all") == 1)
     rec.gate.clear()                                     # the next reconcile blocks ...
     pods = daemon.objects.informer("pods")
     pods.put(pod("first"))
@@ -118,7 +109,7 @@ def test_a_key_queued_many_times_while_waiting_is_reconciled_once(daemon, run):
     for _ in range(20):
         pods.put(pod("web"))                             # queued while waiting: one entry
     rec.gate.set()
-    assert wait_for(lambda: rec.count("pods/web") >= 1)
+    assert eventually(lambda: rec.count("pods/web") >= 1)
     time.sleep(0.2)
     assert rec.count("pods/web") == 1
 
@@ -130,7 +121,7 @@ def test_a_failing_key_is_retried_with_growing_backoff_and_counted(daemon, run, 
     rec = Recorder()
     rec.fail["all"] = 3
     runner = run(rec)
-    assert wait_for(lambda: rec.count("all") == 4)
+    assert eventually(lambda: rec.count("all") == 4)
     times = [t for k, t in rec.seen if k == "all"]
     gaps = [b - a for a, b in zip(times, times[1:])]
     # waits of at least 0.025, 0.05, 0.1 s: each one doubles
@@ -154,7 +145,7 @@ def test_resync_queues_every_key_again(daemon, run):
     rec.resync = 0.05
     rec.keys = ("a", "b")
     run(rec)
-    assert wait_for(lambda: rec.count("a") >= 3 and rec.count("b") >= 3)
+    assert eventually(lambda: rec.count("a") >= 3 and rec.count("b") >= 3)
 
 
 def test_setup_failure_is_retried_and_readiness_waits_for_the_first_pass(daemon, run, monkeypatch):
@@ -173,11 +164,11 @@ def test_setup_failure_is_retried_and_readiness_waits_for_the_first_pass(daemon,
     rec = Flaky()
     rec.gate.clear()
     runner = run(rec)
-    assert wait_for(lambda: Flaky.tries == 3)
+    assert eventually(lambda: Flaky.tries == 3)
     assert not runner.ready()
     assert any("has not finished its first pass" in r for r in runner.not_ready())
     rec.gate.set()
-    assert wait_for(runner.ready)
+    assert eventually(runner.ready)
 
 
 def test_stop_wakes_idle_loops_joins_them_and_calls_stop(daemon):
@@ -186,7 +177,7 @@ def test_stop_wakes_idle_loops_joins_them_and_calls_stop(daemon):
     recs[0].resync = 3600
     runner = Runner(daemon, recs)
     runner.start()
-    assert wait_for(lambda: all(r.count("all") == 1 for r in recs))
+    assert eventually(lambda: all(r.count("all") == 1 for r in recs))
     assert runner.stop(5)
     assert all(r.stopped for r in recs)
     assert not any(loop.thread.is_alive() for loop in runner.loops)
@@ -196,9 +187,9 @@ def test_enqueue_from_another_thread_before_and_after_start(daemon, run):
     rec = Recorder()
     rec.enqueue("early")
     run(rec)
-    assert wait_for(lambda: rec.count("early") == 1)
+    assert eventually(lambda: rec.count("early") == 1)
     threading.Thread(target=rec.enqueue, args=("late",)).start()
-    assert wait_for(lambda: rec.count("late") == 1)
+    assert eventually(lambda: rec.count("late") == 1)
 
 
 def test_load_controllers_by_name(daemon, monkeypatch):
@@ -228,6 +219,6 @@ def test_a_resync_does_not_cut_a_failing_keys_backoff_short(daemon, run, monkeyp
     rec.resync = 0.02
     rec.fail["all"] = 1000
     run(rec)
-    assert wait_for(lambda: rec.count("all") >= 1)
+    assert eventually(lambda: rec.count("all") >= 1)
     time.sleep(0.6)
     assert rec.count("all") <= 3          # resyncs every 20 ms, but retries only every 0.5 s

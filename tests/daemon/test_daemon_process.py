@@ -9,7 +9,6 @@ import os
 import signal
 import stat
 import threading
-import time
 
 import pytest
 
@@ -17,6 +16,7 @@ from tests import fakeplugins
 from tests.cnitool import CNI_PATH, CNIOutput, addresses, run_plugin
 from tests.daemonproc import DaemonError, DaemonProcess, shim_path
 from tests.netns.mpxlab import Lab, bridge_conf
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -181,15 +181,6 @@ def lab_links(ns: str) -> set[str]:
     from tests.cnitool import links
 
     return links(ns)
-
-
-def wait_for(cond, timeout: float, what: str) -> None:
-    limit = time.monotonic() + timeout
-    while time.monotonic() < limit:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_second_daemon_on_a_served_socket_refuses_to_start(daemons, sock_dir, tmp_path):

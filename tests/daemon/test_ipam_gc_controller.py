@@ -5,7 +5,6 @@ one node collects at a time (a Lease), another takes over when the holder goes q
 The GC's clock is driven (`now=`), the passes run on the controller's own resync."""
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -16,19 +15,10 @@ from multiplex.daemon.metrics import Metrics
 from multiplex.k8s.objects import KubeObjects, LocalObjects
 from tests.k8s.conftest import apiserver  # noqa: F401
 from tests.k8s.ipam_kube_support import cluster, ipam_conf, owner, take  # noqa: F401
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.k8s
 GRACE = 300.0
-
-
-def wait_for(what, timeout: float = 15.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = what()
-        if value:
-            return value
-        time.sleep(0.02)
-    return what()
 
 
 @pytest.fixture
@@ -70,14 +60,14 @@ def test_an_orphaned_allocation_is_freed_after_the_grace_and_a_live_one_kept(clu
                 return a.missing_since
         return "freed"
 
-    assert wait_for(lambda: missing_since(gone.address) == clock[0])     # marked at the first pass
+    assert eventually(lambda: missing_since(gone.address) == clock[0])     # marked at the first pass
     assert missing_since(live.address) is None
     passes = gc.passes
-    assert wait_for(lambda: gc.passes >= passes + 2)
+    assert eventually(lambda: gc.passes >= passes + 2)
     assert missing_since(gone.address) == 1_800_000_000.0                # not freed before the grace
 
     clock[0] += GRACE
-    assert wait_for(lambda: missing_since(gone.address) == "freed")
+    assert eventually(lambda: missing_since(gone.address) == "freed")
     assert set(cluster.allocations().values()) == {"ctr-live"}
     assert metrics.value("multiplex_ipam_gc_actions_total", {"action": "freed"}) == 1
     assert metrics.value("multiplex_ipam_gc_actions_total", {"action": "marked"}) == 1
@@ -103,15 +93,15 @@ def test_a_deleted_node_queues_a_pass_at_once_its_block_released_its_borrowed_ad
     try:
         ctrl = IpamGC(cluster.client("n1"), "n1", every=3600, grace=0, namespace="kube-system", watch_nodes=True)
         runner = runners(ctrl, objects=objects)
-        assert wait_for(lambda: ctrl.passes >= 1)               # the first pass, then none for an hour
+        assert eventually(lambda: ctrl.passes >= 1)               # the first pass, then none for an hour
         cluster.api.store.delete_node("n2")                     # n2 never comes back
-        assert wait_for(lambda: ctrl.passes >= 2), "a deleted Node did not queue a pass"
+        assert eventually(lambda: ctrl.passes >= 2), "a deleted Node did not queue a pass"
         blocks = cluster.blocks().values()
         assert "n2" not in {b.node for b in blocks}             # released, or handed to n3 borrowing in it
         assert {a.container_id for b in blocks for a in b.allocations.values()} == {"n1-0"} | {
             f"n3-{i}" for i in range(6)}
         cluster.api.store.delete_node("n1")
-        assert wait_for(lambda: ctrl.passes >= 3)
+        assert eventually(lambda: ctrl.passes >= 3)
         blocks = cluster.blocks().values()
         assert {b.node for b in blocks} == {"n3"} and not any(b.borrowed() for b in blocks)
         assert sorted(a.container_id for b in blocks for a in b.allocations.values()) == [
@@ -127,14 +117,14 @@ def test_one_node_collects_and_another_takes_over_when_it_goes_quiet(cluster, ru
         cluster.node(n)
     first = IpamGC(cluster.client("n1"), "n1", every=0.1, grace=GRACE, namespace="kube-system", lease_duration=1)
     r1 = runners(first, "n1")
-    assert wait_for(lambda: first.passes >= 1)
+    assert eventually(lambda: first.passes >= 1)
     second = IpamGC(cluster.client("n2"), "n2", every=0.1, grace=GRACE, namespace="kube-system", lease_duration=1)
     r2 = runners(second, "n2")
-    assert wait_for(lambda: (r2.metrics.value("multiplex_ipam_gc_passes_total", {"result": "skipped"}) or 0) >= 3)
+    assert eventually(lambda: (r2.metrics.value("multiplex_ipam_gc_passes_total", {"result": "skipped"}) or 0) >= 3)
     assert second.passes == 0 and second.lease.holder == "n1"
 
     r1.stop(5)                                             # the holder's daemon stops renewing
-    assert wait_for(lambda: second.passes >= 1)
+    assert eventually(lambda: second.passes >= 1)
     lease = cluster.api.store.get_object("coordination.k8s.io", "v1", "leases", LEASE_NAME, "kube-system")
     assert lease["spec"]["holderIdentity"] == "n2" and lease["spec"]["leaseTransitions"] == 1
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pytest
 
@@ -15,16 +14,7 @@ from multiplex.controllers.node_registry import ANNOTATION, NodeFacts, NodeRegis
 from multiplex.daemon.controller import DaemonContext, Runner
 from multiplex.k8s.objects import KubeObjects, LocalObjects
 from tests.k8s.conftest import apiserver  # noqa: F401
-
-def wait_for(what, timeout: float = 15.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = what()
-        if value:
-            return value
-        time.sleep(0.02)
-    return what()
-
+from tests.waiting import eventually
 
 def ip(ns: str, *args: str) -> None:
     subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True)
@@ -86,38 +76,38 @@ def test_facts_round_trip_through_the_api_server(apiserver, underlay, running): 
     reg.add_listener(lambda name, old, new: seen.append((name, old, new)))
     runner = running(daemon, reg)
 
-    published = wait_for(lambda: facts_of(api.store.get_object("", "v1", "nodes", "n1")))
+    published = eventually(lambda: facts_of(api.store.get_object("", "v1", "nodes", "n1")))
     assert published == {"interface": "ul0", "mtu": 1400, "ipv4": "198.18.77.2", "ipv6": "fd00:77::2", "facts": {}}
-    assert wait_for(lambda: set(reg.nodes()) == {"n1", "n2"}), reg.nodes()
+    assert eventually(lambda: set(reg.nodes()) == {"n1", "n2"}), reg.nodes()
     assert reg.nodes()["n2"] == other_facts
     assert reg.facts("n1").address(4).exploded == "198.18.77.2"
-    assert wait_for(runner.ready)
+    assert eventually(runner.ready)
 
     # a resync with nothing changed patches nothing
     api.reset_counts()
     before = runner.status()["node-registry"]["reconciles"]
-    assert wait_for(lambda: runner.status()["node-registry"]["reconciles"] >= before + 6)   # 2+ resyncs
+    assert eventually(lambda: runner.status()["node-registry"]["reconciles"] >= before + 6)   # 2+ resyncs
     assert api.count("patch", "nodes") == 0
 
     # a delegate's fact is published, and the listener sees this node change
     reg.register("vxlan/blue", {"vtepMAC": "02:00:00:00:00:01"})
-    assert wait_for(lambda: facts_of(api.store.get_object("", "v1", "nodes", "n1"))["facts"]
+    assert eventually(lambda: facts_of(api.store.get_object("", "v1", "nodes", "n1"))["facts"]
                     == {"vxlan/blue": {"vtepMAC": "02:00:00:00:00:01"}})
-    assert wait_for(lambda: any(n == "n1" and new and new.facts for n, _, new in seen))
+    assert eventually(lambda: any(n == "n1" and new and new.facts for n, _, new in seen))
 
     # the underlay's address changes behind the daemon: republished at the next resync
     ip(underlay, "addr", "del", "198.18.77.2/24", "dev", "ul0")
     ip(underlay, "addr", "add", "198.18.77.9/24", "dev", "ul0")
     ip(underlay, "route", "replace", "default", "via", "198.18.77.1", "dev", "ul0")   # went with the address
-    assert wait_for(lambda: facts_of(api.store.get_object("", "v1", "nodes", "n1"))["ipv4"] == "198.18.77.9")
+    assert eventually(lambda: facts_of(api.store.get_object("", "v1", "nodes", "n1"))["ipv4"] == "198.18.77.9")
 
     # a node that leaves leaves the view, and the listener hears it
     api.store.delete_node("n2")
-    assert wait_for(lambda: "n2" not in reg.nodes())
+    assert eventually(lambda: "n2" not in reg.nodes())
     assert any(n == "n2" and old == other_facts and new is None for n, old, new in seen)
 
     reg.unregister("vxlan/blue")
-    assert wait_for(lambda: facts_of(api.store.get_object("", "v1", "nodes", "n1"))["facts"] == {})
+    assert eventually(lambda: facts_of(api.store.get_object("", "v1", "nodes", "n1"))["facts"] == {})
 
 
 def test_facts_round_trip_through_a_local_directory(tmp_path, running):
@@ -132,15 +122,15 @@ def test_facts_round_trip_through_a_local_directory(tmp_path, running):
     running(DaemonContext(node_name="n1", objects=objects), reg)
 
     path = tmp_path / "nodes" / "n1.json"
-    assert wait_for(path.exists)
+    assert eventually(path.exists)
     written = json.loads(path.read_text())
     assert written["kind"] == "Node" and written["metadata"]["name"] == "n1"
     assert facts_of(written) == {"interface": "eth9", "mtu": 1400, "ipv4": "198.18.80.2", "facts": {}}
-    assert wait_for(lambda: set(reg.nodes()) == {"n1", "n2"})     # n3's malformed facts are left out
+    assert eventually(lambda: set(reg.nodes()) == {"n1", "n2"})     # n3's malformed facts are left out
     assert reg.nodes()["n2"] == other
     reg.register("bgp/asn", 64512)
-    assert wait_for(lambda: facts_of(json.loads(path.read_text()))["facts"] == {"bgp/asn": 64512})
-    assert wait_for(lambda: reg.facts("n1") and reg.facts("n1").facts == {"bgp/asn": 64512})
+    assert eventually(lambda: facts_of(json.loads(path.read_text()))["facts"] == {"bgp/asn": 64512})
+    assert eventually(lambda: reg.facts("n1") and reg.facts("n1").facts == {"bgp/asn": 64512})
 
 
 @pytest.mark.root
@@ -186,7 +176,7 @@ def test_a_real_daemon_publishes_its_node_facts_and_reports_its_controllers(unde
     with DaemonProcess(tmp_path / "state", tmp_path / "d.sock", netns=underlay, local_dir=objects,
                        extra_args=["--underlay-interface", "ul0"]) as d:
         path = objects / "nodes" / f"{d.node_name}.json"
-        assert wait_for(lambda: path.exists() and facts_of(json.loads(path.read_text()))), d.stderr()
+        assert eventually(lambda: path.exists() and facts_of(json.loads(path.read_text()))), d.stderr()
         assert facts_of(json.loads(path.read_text())) == {
             "interface": "ul0", "mtu": 1400, "ipv4": "198.18.77.2", "ipv6": "fd00:77::2", "facts": {}}
         status, text = d.get("/metrics")

@@ -19,6 +19,7 @@ from multiplex.cni.request import STDIN_MAX
 from multiplex.daemon import shim
 from multiplex.daemon.server import CNIServer, ServerError, bind_socket
 from tests.daemonproc import BIN, shim_path
+from tests.waiting import wait_for
 
 
 def ok_json(environ) -> bytes:
@@ -261,15 +262,6 @@ def test_the_daemon_answers_as_the_in_process_path_does(serve, tmp_path):
         assert ours == theirs, (stdin[:40], env)
     rc, out = call(sh, stdin=big)
     assert out["code"] == 7 and f"{len(big)} bytes" in out["msg"]
-
-
-def wait_for(cond, timeout: float = 10.0) -> None:
-    limit = time.monotonic() + timeout
-    while time.monotonic() < limit:
-        if cond():
-            return
-        time.sleep(0.01)
-    raise AssertionError("timed out")
 
 
 def test_a_call_whose_caller_gave_up_while_it_waited_is_not_run(serve):

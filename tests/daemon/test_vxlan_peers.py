@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import time
 
 import pytest
 
@@ -21,6 +20,7 @@ from multiplex.daemon.controller import DaemonContext
 from multiplex.k8s.objects import KubeObjects, LocalObjects
 from multiplex.netlink.handle import Link
 from tests.k8s.conftest import apiserver  # noqa: F401
+from tests.waiting import eventually
 
 
 def pod(name: str, node: str, *entries: dict, namespace: str = "default") -> dict:
@@ -240,16 +240,6 @@ def test_refused_claims_are_logged_when_they_change_and_counted():
     assert metrics.value("multiplex_vxlan_refused_claims", {"network": "default.ov", "reason": "conflict"}) == 0
 
 
-def wait_for(fn, timeout: float = 15.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.05)
-    return fn()
-
-
 @pytest.mark.k8s
 def test_it_watches_every_pod_of_the_cluster_not_only_this_nodes(apiserver):  # noqa: F811
     api = apiserver
@@ -259,7 +249,7 @@ def test_it_watches_every_pod_of_the_cluster_not_only_this_nodes(apiserver):  # 
     try:
         ctrl = controller(DaemonContext(node_name="n1", objects=objects))
         assert ctrl.watches == (PODS_KIND, BLOCKS_KIND, "ippools")
-        names = wait_for(lambda: sorted(p["metadata"]["name"] for p in objects.informer(PODS_KIND).list()))
+        names = eventually(lambda: sorted(p["metadata"]["name"] for p in objects.informer(PODS_KIND).list()))
         assert names == ["here", "there"]
         assert objects.informer("pods").wait_synced(10)
         assert [p["metadata"]["name"] for p in objects.informer("pods").list()] == ["here"]
@@ -276,7 +266,7 @@ def test_it_reads_every_pod_of_a_local_directory(tmp_path):
     objects = LocalObjects(str(tmp_path), interval=0.1)
     try:
         controller(DaemonContext(node_name="n1", objects=objects))
-        names = wait_for(lambda: sorted(p["metadata"]["name"] for p in objects.informer(PODS_KIND).list()))
+        names = eventually(lambda: sorted(p["metadata"]["name"] for p in objects.informer(PODS_KIND).list()))
         assert names == ["here", "there"]
     finally:
         objects.stop()

@@ -3,43 +3,14 @@ from its resourceVersion (no relist), a 410 relists and reports what vanished me
 field selector keeps other nodes' pods out, the API down and back, and KubeObjects' kinds."""
 from __future__ import annotations
 
-import threading
-import time
-from typing import Callable
-
 import pytest
 
 from multiplex.k8s.client import KubeClient, custom
 from multiplex.k8s.objects import KubeKind, KubeObjects
+from tests.informer_events import Recorder
+from tests.waiting import wait_for
 
 NODE = "n1"
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    """Poll until `cond()` (a deadline for a hung informer, not a speed assertion)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Recorder:
-    """A handler that records (type, namespace/name) in delivery order."""
-
-    def __init__(self):
-        self.events: list[tuple[str, str]] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, etype: str, obj: dict) -> None:
-        meta = obj["metadata"]
-        with self.lock:
-            self.events.append((etype, f"{meta.get('namespace', '')}/{meta['name']}".lstrip("/")))
-
-    def of(self, name: str) -> list[str]:
-        with self.lock:
-            return [t for t, n in self.events if n.endswith("/" + name) or n == name]
 
 
 @pytest.fixture
@@ -58,7 +29,7 @@ def pods_informer(objects, recorder: Recorder):
     inf = objects.informer("pods")
     inf.add_handler(recorder)
     assert inf.wait_synced(10)
-    recorder.events.clear()
+    recorder.clear()
     return inf
 
 
@@ -108,7 +79,7 @@ def test_dropped_watch_resumes_from_its_resource_version_without_a_relist(apiser
     assert apiserver.count("list", "pods") == 1          # resumed, never relisted
     assert apiserver.count("watch", "pods") >= 2
     # every event once: the resumed watches replay nothing already seen
-    assert sorted(rec.events) == [("ADDED", f"default/after-cut-{n}") for n in range(3)]
+    assert sorted(rec.snapshot()) == [("ADDED", "default", f"after-cut-{n}") for n in range(3)]
 
 
 def test_api_down_then_back_the_informer_catches_up(apiserver, objects):
@@ -173,7 +144,7 @@ def test_a_failing_handler_does_not_stop_the_informer(apiserver, objects):
     assert inf.wait_synced(10)
     apiserver.store.add_nad("blue", "default", {"type": "multiplex-bridge"})
     apiserver.store.add_nad("green", "other", {"type": "multiplex-bridge"})
-    wait_for(lambda: len(rec.events) == 2, what="both NAD events")
+    wait_for(lambda: len(rec.snapshot()) == 2, what="both NAD events")
     assert inf.get("other", "green")["spec"]["config"]
     assert inf.running
 

@@ -10,7 +10,6 @@ GC after node churn leaving no address or block of a gone node behind.
 from __future__ import annotations
 
 import ipaddress
-import time
 
 import pytest
 
@@ -24,20 +23,11 @@ from multiplex.ipam.kube.store import KubeStore
 from multiplex.k8s.objects import KubeObjects
 from tests.k8s.ipam_kube_cache_support import cached_node, requests
 from tests.k8s.ipam_kube_support import cluster, ipam_conf, owner, take  # noqa: F401
+from tests.waiting import wait_for
 
 BLUE = "198.18.70.0/24"
 GRACE = 300.0
 T0 = 1_800_000_000.0
-
-
-def wait_for(cond, timeout: float = 15.0, what: str = "condition") -> None:
-    """Poll until `cond()` (a deadline for a hung watch, not a speed assertion)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from multiplex.cni.errors import CNIError
 from multiplex.ipam import gc
 from tests.cnitool import BIN, CNI_PATH, run_plugin
 from tests.k8s.ipam_kube_support import node_routes, cluster, ipam_conf, owner, take  # noqa: F401
+from tests.waiting import wait_for
 
 GRACE = 300.0
 T0 = 1_800_000_000.0
@@ -237,14 +238,6 @@ def start_add(conf: dict, container_id: str, pod_name: str, uid: str) -> subproc
     return proc
 
 
-def wait_for(cond, timeout: float = 60.0, what: str = "") -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
 @pytestmark_binary
 @pytest.mark.parametrize("kill_at", ["list", "create", "update"])
 def test_a_process_killed_mid_add_leaves_nothing_gc_cannot_recover(cluster, tmp_path, kill_at):  # noqa: F811
@@ -263,7 +256,7 @@ def test_a_process_killed_mid_add_leaves_nothing_gc_cannot_recover(cluster, tmp_
     cluster.api.latency = 0.3
     proc = start_add(conf, "ctr-victim", "victim", "uv")
     resource = "ippools" if kill_at == "list" else "ipblocks"
-    wait_for(lambda: cluster.api.count(kill_at, resource) >= 1 or proc.poll() is not None, what=kill_at)
+    wait_for(lambda: cluster.api.count(kill_at, resource) >= 1 or proc.poll() is not None, 60, what=kill_at)
     assert proc.poll() is None, proc.stderr.read().decode()
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -6,39 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
-from typing import Callable
 
 import pytest
 
 from multiplex.k8s.objects import LocalKind, LocalObjects
+from tests.informer_events import Recorder
+from tests.waiting import wait_for
 
 NODE_ANN = "multiplex.io/node-facts"
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Recorder:
-    def __init__(self):
-        self.events: list[tuple[str, str, str]] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, etype: str, obj: dict) -> None:
-        meta = obj["metadata"]
-        with self.lock:
-            self.events.append((etype, meta.get("namespace", ""), meta["name"]))
-
-    def snapshot(self) -> list[tuple[str, str, str]]:
-        with self.lock:
-            return list(self.events)
 
 
 def write(path, obj) -> None:
@@ -75,7 +51,7 @@ def test_files_become_events_on_the_informer_of_their_kind(local, tmp_path):
     pods.add_handler(rec)
     for inf in (pods, nads, nodes):
         assert inf.wait_synced(10)
-    rec.events.clear()      # from here on, only what the changes below make
+    rec.clear()      # from here on, only what the changes below make
     assert pods.get("apps", "web")["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] == "blue"
     assert nads.get("default", "blue") is not None       # no namespace in the file: "default"
     assert nodes.list() == [] and local.synced()
@@ -109,7 +85,7 @@ def test_a_broken_file_keeps_the_previous_state(local, tmp_path):
     rec = Recorder()
     pods.add_handler(rec)
     assert pods.wait_synced(10)
-    rec.events.clear()
+    rec.clear()
     (root / "pods" / "web.json").write_text('{"kind": "Pod", "metadata": ')   # half written
     (root / "pods" / "other.json").write_text(json.dumps(pod("other")))
     time.sleep(0.3)                                                            # several polls

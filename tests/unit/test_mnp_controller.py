@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 
@@ -15,6 +14,7 @@ from multiplex.daemon.controller import DaemonContext, Runner
 from multiplex.k8s.objects import KubeObjects
 from multiplex.util import log as _log
 from tests.k8s.apiserver import running_apiserver
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.k8s
 
@@ -32,13 +32,6 @@ def networks_file(state: str) -> dict:
             return json.load(f)
     except (OSError, ValueError):
         return {}
-
-
-def wait_for(check, timeout: float = 10.0) -> None:
-    limit = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < limit, f"not within {timeout} s"
-        time.sleep(0.05)
 
 
 def test_the_controller_watches_policies_namespaces_and_every_pod(tmp_path):
