@@ -13,9 +13,7 @@ delegate ran and no cache entry was written on a refusal, and what a hook was gi
 """
 from __future__ import annotations
 
-import io
 import json
-import os
 import stat
 import time
 
@@ -23,82 +21,42 @@ import pytest
 
 from multiplex.cni.errors import CNIError
 from multiplex.cni.request import Request
-from multiplex.cni.skel import run
 from multiplex.meta.config import MultiplexConfig
-from multiplex.meta.orchestrator import plugin
 from multiplex.meta.selection import select
 from multiplex.policy import authorize
 from multiplex.policy.selector import SelectorError, parse as parse_selector
-from tests.fakeplugins import install, records
+from tests.unit.metaenv import ANN, MetaEnv
 
-ANN = "k8s.v1.cni.cncf.io/networks"
 LIST = "multiplex.dev/allowed-namespaces"
 SELECTOR = "multiplex.dev/allowed-namespace-selector"
 
 
+class Env(MetaEnv):
+    """MetaEnv with hooks/ for executables, and NADs of the fake delegate whose annotations say
+    which namespaces may use them."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        (root / "hooks").mkdir()
+
+    def nad(self, name: str, namespace: str = "default", annotations: dict | None = None) -> None:
+        self.write_nad(name, json.dumps(dict({"cniVersion": "1.1.0"}, **self.fake())), namespace, annotations)
+
+    def namespace(self, name: str, **labels: str) -> None:
+        doc = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+        (self.root / "nads" / f"ns-{name}.json").write_text(json.dumps(doc))
+
+    def hook(self, name: str, body: str) -> str:
+        """An executable shell script `name` in hooks/; its path."""
+        path = self.root / "hooks" / name
+        path.write_text("#!/bin/sh\n" + body + "\n")
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+        return str(path)
+
+
 @pytest.fixture
 def env(tmp_path):
-    bin_dir = install(tmp_path / "bin", "fake-a")
-    rec = str(tmp_path / "calls.jsonl")
-    for d in ("net.d", "nads", "pods", "hooks"):
-        (tmp_path / d).mkdir()
-
-    class Env:
-        root = tmp_path
-
-        def fake(self) -> dict:
-            return {"type": "fake-a", "fake": {"record": rec}}
-
-        def nad(self, name: str, namespace: str = "default", annotations: dict | None = None) -> None:
-            meta = {"name": name, "namespace": namespace}
-            if annotations is not None:
-                meta["annotations"] = annotations
-            doc = {"kind": "NetworkAttachmentDefinition", "metadata": meta,
-                   "spec": {"config": json.dumps(dict({"cniVersion": "1.1.0"}, **self.fake()))}}
-            (tmp_path / "nads" / f"{namespace}-{name}.json").write_text(json.dumps(doc))
-
-        def namespace(self, name: str, **labels: str) -> None:
-            doc = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
-            (tmp_path / "nads" / f"ns-{name}.json").write_text(json.dumps(doc))
-
-        def pod(self, name: str, networks, namespace: str = "default", labels: dict | None = None) -> None:
-            value = networks if isinstance(networks, str) else json.dumps(networks)
-            meta = {"name": name, "namespace": namespace, "uid": f"uid-{name}", "annotations": {ANN: value}}
-            if labels:
-                meta["labels"] = labels
-            (tmp_path / "pods" / f"{namespace}-{name}.json").write_text(json.dumps({"kind": "Pod", "metadata": meta}))
-
-        def hook(self, name: str, body: str) -> str:
-            """An executable shell script `name` in hooks/; its path."""
-            path = tmp_path / "hooks" / name
-            path.write_text("#!/bin/sh\n" + body + "\n")
-            path.chmod(path.stat().st_mode | stat.S_IXUSR)
-            return str(path)
-
-        def config(self, **extra) -> dict:
-            conf = {"cniVersion": "1.1.0", "name": "multiplex", "type": "multiplex",
-                    "clusterNetwork": "podnet", "confDir": str(tmp_path / "net.d"),
-                    "nadDir": str(tmp_path / "nads"), "podDir": str(tmp_path / "pods"),
-                    "stateDir": str(tmp_path / "state")}
-            conf.update(extra)
-            return conf
-
-        def add(self, pod: str = "p", namespace: str = "default", **extra):
-            e = {"CNI_COMMAND": "ADD", "CNI_PATH": bin_dir, "CNI_CONTAINERID": f"c-{namespace}-{pod}",
-                 "CNI_NETNS": "/var/run/netns/fake", "CNI_IFNAME": "eth0",
-                 "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod}"}
-            out = io.StringIO()
-            rc = run(plugin, e, json.dumps(self.config(**extra)).encode(), out)
-            return rc, (json.loads(out.getvalue()) if out.getvalue() else None)
-
-        def calls(self) -> list[dict]:
-            return records(rec)
-
-        def cache_files(self) -> list[str]:
-            d = tmp_path / "state" / "cache"
-            return [f for f in os.listdir(d) if not f.startswith(".")] if d.is_dir() else []
-
-    e = Env()
+    e = Env(tmp_path)
     e.nad("podnet")
     return e
 

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 
@@ -18,75 +17,36 @@ import pytest
 
 from multiplex.cni.errors import CNIError
 from multiplex.cni.request import Request
-from multiplex.cni.skel import run
 from multiplex.meta.config import MultiplexConfig
-from multiplex.meta.orchestrator import plugin
 from multiplex.policy import authorize
 from multiplex.meta.selection import identity_name, select
-from tests.fakeplugins import install, records
+from tests.unit.metaenv import ANN, MetaEnv
 
-ANN = "k8s.v1.cni.cncf.io/networks"
+
+
+class Env(MetaEnv):
+    """MetaEnv whose every ADD is container c1, NADs of any config, and a would-be shell: an
+    executable `evil` in a directory of its own (`evil_dir`) that touches `marker` when run."""
+
+    def __init__(self, root):
+        super().__init__(root, container_id=lambda pod, namespace: "c1")
+        evil_dir = root / "evil-bin"
+        evil_dir.mkdir()
+        self.evil_dir, self.marker = str(evil_dir), root / "pwned"
+        evil = evil_dir / "evil"
+        evil.write_text(f"#!/bin/sh\ntouch {self.marker}\necho '{{}}'\n")
+        evil.chmod(0o755)
+
+    def nad(self, name: str, config, namespace: str = "default") -> None:
+        if isinstance(config, dict):
+            config = json.dumps(dict({"cniVersion": "1.1.0"}, **config))
+        self.write_nad(name, config or "", namespace)
 
 
 @pytest.fixture
 def env(tmp_path):
-    """NAD and pod files, a confDir, fake delegates on a private CNI_PATH, and a marker path that a
-    would-be shell writes (an executable `evil` in a directory of its own)."""
-    bin_dir = install(tmp_path / "bin", "fake-a")
-    evil_dir = tmp_path / "evil-bin"
-    evil_dir.mkdir()
-    marker = tmp_path / "pwned"
-    evil = evil_dir / "evil"
-    evil.write_text(f"#!/bin/sh\ntouch {marker}\necho '{{}}'\n")
-    evil.chmod(0o755)
-    rec = str(tmp_path / "calls.jsonl")
-    for d in ("net.d", "nads", "pods"):
-        (tmp_path / d).mkdir()
-
-    class Env:
-        root = tmp_path
-
-        def fake(self, **extra) -> dict:
-            return {"type": "fake-a", "fake": {"record": rec}, **extra}
-
-        def nad(self, name: str, config, namespace: str = "default") -> None:
-            if isinstance(config, dict):
-                config = json.dumps(dict({"cniVersion": "1.1.0"}, **config))
-            doc = {"kind": "NetworkAttachmentDefinition", "metadata": {"name": name, "namespace": namespace},
-                   "spec": {"config": config or ""}}
-            (tmp_path / "nads" / f"{namespace}-{name}.json").write_text(json.dumps(doc))
-
-        def pod(self, name: str, networks, namespace: str = "default") -> None:
-            value = networks if isinstance(networks, str) else json.dumps(networks)
-            doc = {"kind": "Pod", "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}",
-                                               "annotations": {ANN: value}}}
-            (tmp_path / "pods" / f"{namespace}-{name}.json").write_text(json.dumps(doc))
-
-        def config(self, **extra) -> dict:
-            conf = {"cniVersion": "1.1.0", "name": "multiplex", "type": "multiplex",
-                    "clusterNetwork": "podnet", "confDir": str(tmp_path / "net.d"),
-                    "nadDir": str(tmp_path / "nads"), "podDir": str(tmp_path / "pods"),
-                    "stateDir": str(tmp_path / "state")}
-            conf.update(extra)
-            return conf
-
-        def add(self, pod: str = "p", namespace: str = "default", **extra):
-            e = {"CNI_COMMAND": "ADD", "CNI_PATH": bin_dir, "CNI_CONTAINERID": "c1",
-                 "CNI_NETNS": "/var/run/netns/fake-c1", "CNI_IFNAME": "eth0",
-                 "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod}"}
-            out = io.StringIO()
-            rc = run(plugin, e, json.dumps(self.config(**extra)).encode(), out)
-            return rc, (json.loads(out.getvalue()) if out.getvalue() else None)
-
-        def calls(self) -> list[dict]:
-            return records(rec)
-
-        def cache_files(self) -> list[str]:
-            d = tmp_path / "state" / "cache"
-            return [f for f in os.listdir(d) if not f.startswith(".")] if d.is_dir() else []
-
-    e = Env()
-    e.evil_dir, e.marker = str(evil_dir), marker
+    """NAD and pod files, a confDir, fake delegates on a private CNI_PATH, and the would-be shell."""
+    e = Env(tmp_path)
     e.nad("podnet", e.fake())
     return e
 
