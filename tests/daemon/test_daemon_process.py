@@ -9,6 +9,9 @@ import os
 import signal
 import stat
 import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import pytest
 
@@ -43,6 +46,43 @@ def set_slow(lab: Lab, hang: float, record: str) -> None:
     lab.add_nad("slow", {"cniVersion": "1.1.0", "name": "slow", "plugins": [
         bridge_conf(f"mpxd-s{os.getpid() % 10000}", SLOW_NET),
         {"type": "fake-slow", "fake": {"hang": {"ADD": hang}, "record": record}}]})
+
+
+@dataclass
+class InFlight:
+    """An ADD through a daemon's shim, running in a thread while the test acts on the daemon."""
+    daemon: DaemonProcess
+    sock: str
+    shim: str
+    path: str             # CNI_PATH with the fake plugins
+    pod_ns: str
+    record: str           # what the fake plugin recorded
+    out: Optional[CNIOutput] = None   # the ADD's answer, once the `with` block is left
+
+
+@contextmanager
+def slow_add_in_flight(lab: Lab, netns_factory, daemons, sock_dir: str, tmp_path, pod: str,
+                       hang: float) -> Iterator[InFlight]:
+    """Start a daemon, and an ADD of `pod` on the `slow` network (its fake plugin hangs `hang` s)
+    in a thread; enter once the ADD's two veths exist (the call is in the daemon's hands). On
+    leaving, the thread is joined (also when the block failed) and its answer set in `out`."""
+    record = str(tmp_path / "calls.jsonl")
+    set_slow(lab, hang, record)
+    lab.add_pod(pod, "slow")
+    sock = os.path.join(sock_dir, "mpx.sock")
+    flight = InFlight(daemon=daemons(lab.state_dir, sock, netns=lab.node, local_dir=lab.root, controllers="none"),
+                      sock=sock, shim=shim_path(tmp_path / "bin", sock, fallback="fail"),
+                      path=os.pathsep.join([CNI_PATH, lab.fake_bin]), pod_ns=netns_factory("dpod"), record=record)
+    answer: dict = {}
+    t = threading.Thread(target=lambda: answer.update(
+        out=cni(lab, flight.shim, "ADD", pod, flight.pod_ns, path=flight.path)))
+    t.start()
+    try:
+        wait_for(lambda: len(lab.node_links("veth")) >= 2, 30, "the ADD's two veths (eth0, net1)")
+        yield flight
+    finally:
+        t.join(60)
+    flight.out = answer["out"]
 
 
 def cni(lab: Lab, plugin: str, command: str, pod: str, netns: str = "", *, path: str = CNI_PATH) -> CNIOutput:
@@ -102,24 +142,9 @@ def test_add_check_del_through_the_shim_match_the_one_shot_path(lab, netns_facto
 
 
 def test_daemon_killed_mid_add_gives_an_error_and_del_cleans(lab, netns_factory, daemons, sock_dir, tmp_path):
-    record = str(tmp_path / "calls.jsonl")
-    set_slow(lab, 4, record)
-    lab.add_pod("victim", "slow")
-    pod_ns = netns_factory("dpod")
-    sock = os.path.join(sock_dir, "mpx.sock")
-    d = daemons(lab.state_dir, sock, netns=lab.node, local_dir=lab.root, controllers="none")
-    shim = shim_path(tmp_path / "bin", sock, fallback="fail")
-    path = os.pathsep.join([CNI_PATH, lab.fake_bin])
-
-    answer: dict = {}
-    t = threading.Thread(target=lambda: answer.update(out=cni(lab, shim, "ADD", "victim", pod_ns, path=path)))
-    t.start()
-    try:
-        wait_for(lambda: len(lab.node_links("veth")) >= 2, 30, "the ADD's two veths (eth0, net1)")
-        d.kill()
-    finally:
-        t.join(60)
-    out = answer["out"]
+    with slow_add_in_flight(lab, netns_factory, daemons, sock_dir, tmp_path, "victim", 4) as flight:
+        flight.daemon.kill()
+    out, sock, shim, path, pod_ns = flight.out, flight.sock, flight.shim, flight.path, flight.pod_ns
     assert out.rc == 1 and out.code == 11, out
     assert "closed the connection before answering ADD" in out.out["msg"], out
     assert sock in out.out["msg"]
@@ -151,29 +176,14 @@ def _running_from(directory: str) -> list[int]:
 
 def test_sigterm_lets_the_call_in_flight_finish_and_refuses_new_ones(lab, netns_factory, daemons, sock_dir,
                                                                       tmp_path):
-    record = str(tmp_path / "calls.jsonl")
-    set_slow(lab, 3, record)
-    lab.add_pod("drain", "slow")
-    pod_ns = netns_factory("dpod")
-    sock = os.path.join(sock_dir, "mpx.sock")
-    d = daemons(lab.state_dir, sock, netns=lab.node, local_dir=lab.root, controllers="none")
-    shim = shim_path(tmp_path / "bin", sock, fallback="fail")
-    path = os.pathsep.join([CNI_PATH, lab.fake_bin])
-
-    answer: dict = {}
-    t = threading.Thread(target=lambda: answer.update(out=cni(lab, shim, "ADD", "drain", pod_ns, path=path)))
-    t.start()
-    try:
-        wait_for(lambda: len(lab.node_links("veth")) >= 2, 30, "the ADD's two veths (eth0, net1)")
-        d.signal(signal.SIGTERM)
-        wait_for(lambda: not os.path.exists(sock), 10, "the socket to go")
-        refused = cni(lab, shim, "STATUS", "other")
-        assert refused.code == 11 and f"not answering at {sock}" in refused.out["msg"], refused
-    finally:
-        t.join(60)
-    out = answer["out"]
+    with slow_add_in_flight(lab, netns_factory, daemons, sock_dir, tmp_path, "drain", 3) as flight:
+        flight.daemon.signal(signal.SIGTERM)
+        wait_for(lambda: not os.path.exists(flight.sock), 10, "the socket to go")
+        refused = cni(lab, flight.shim, "STATUS", "other")
+        assert refused.code == 11 and f"not answering at {flight.sock}" in refused.out["msg"], refused
+    out, d = flight.out, flight.daemon
     assert out.ok, (out, d.stderr())
-    assert addresses(pod_ns, "net1") and fakeplugins.records(record)[-1]["command"] == "ADD"
+    assert addresses(flight.pod_ns, "net1") and fakeplugins.records(flight.record)[-1]["command"] == "ADD"
     assert d.wait(30) == 0, d.stderr()
 
 
