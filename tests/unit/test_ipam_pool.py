@@ -22,7 +22,7 @@ from multiplex.ipam import store as ipam_store
 from multiplex.ipam.sqlite import pool
 from multiplex.ipam.sqlite.store import FILENAME, SQLiteStore
 from multiplex.ipam.store import Owner
-from tests.unit.test_ipam_repair import cache_pod, call, damaged_files, leases, netconf
+from tests.unit.test_ipam_repair import DAMAGES, add_after_damage, damage_database, live_pod
 from tests.unit.test_ipam_store import conf_of, take
 
 BLUE = conf_of("blue", [[{"subnet": "198.18.90.0/24"}]])
@@ -121,28 +121,13 @@ def test_warm_opens_an_existing_database_and_never_creates_one(tmp_path, monkeyp
     p.close_all()
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "delete"])
+@pytest.mark.parametrize("damage", DAMAGES)
 def test_damage_behind_a_kept_connection_is_rebuilt_from_the_cache(state, warm, damage):
     """As tests/unit/test_ipam_repair.py's one-shot case, with the daemon's connection kept."""
-    conf = netconf()
-    rc, res = call("ADD", conf, "live", pod="live")
-    assert rc == 0, res
-    cache_pod(state, "live", res, dict(conf, name="blue"))
-    held = res["ips"][0]["address"].split("/")[0]
-    db = state / "ipam" / FILENAME
-    assert warm.idle(str(db)) == 1
-    if damage == "truncate":
-        os.truncate(db, 0)
-    elif damage == "garbage":
-        db.write_bytes(b"this is not a database" * 10)
-    else:
-        db.unlink()
-    rc, res = call("ADD", netconf(), "next", pod="next")
-    assert rc == 0, res
-    new = res["ips"][0]["address"].split("/")[0]
-    assert new != held
-    assert sorted(a for a, *_ in leases(state)) == sorted([held, new])
-    assert len(damaged_files(state)) == (0 if damage == "delete" else 1)
+    held = live_pod(state)
+    assert warm.idle(str(state / "ipam" / FILENAME)) == 1
+    damage_database(state, damage)
+    add_after_damage(state, held, damage)
     assert warm.stats["stale"] == 1
     # damage in place: the old connection is parked, never closed into the damaged file
     assert warm.stats["parked"] == (0 if damage == "delete" else 1)

@@ -77,23 +77,39 @@ def damaged_files(root) -> list[str]:
             if not p.endswith(("-wal", "-shm"))]
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "delete"])
-def test_a_damaged_database_under_a_live_pod_is_rebuilt_from_the_cache(state, damage):
-    held = live_pod(state)
-    db = state / "ipam" / FILENAME
-    if damage == "truncate":
+DAMAGES = ["truncate", "garbage", "delete"]
+
+
+def damage_database(root, how: str) -> None:
+    """Damage the leases database under `root` as a crash or a full disk might (one of DAMAGES)."""
+    db = root / "ipam" / FILENAME
+    if how == "truncate":
         os.truncate(db, 0)
-    elif damage == "garbage":
+    elif how == "garbage":
         db.write_bytes(b"this is not a database" * 10)
     else:
         db.unlink()
+
+
+def add_after_damage(root, held: str, how: str) -> str:
+    """The next pod's ADD after `damage_database(root, how)` under the live pod holding `held`:
+    it succeeds with another address, both pods' leases are in the rebuilt database, and a
+    damaged file (not a deleted one) is moved aside. Returns the new address."""
     rc, res = call("ADD", netconf(), "next", pod="next")
     assert rc == 0, res
-    assert res["ips"][0]["address"].split("/")[0] != held       # never the live pod's address
-    assert sorted(leases(state)) == sorted([(held, "tenant-a.blue", "live", "net1"),
-                                            (res["ips"][0]["address"].split("/")[0], "tenant-a.blue", "next",
-                                             "net1")])
-    assert len(damaged_files(state)) == (0 if damage == "delete" else 1)
+    new = res["ips"][0]["address"].split("/")[0]
+    assert new != held       # never the live pod's address
+    assert sorted(leases(root)) == sorted([(held, "tenant-a.blue", "live", "net1"),
+                                           (new, "tenant-a.blue", "next", "net1")])
+    assert len(damaged_files(root)) == (0 if how == "delete" else 1)
+    return new
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_database_under_a_live_pod_is_rebuilt_from_the_cache(state, damage):
+    held = live_pod(state)
+    damage_database(state, damage)
+    add_after_damage(state, held, damage)
 
 
 def test_a_legacy_record_keys_the_lease_by_the_netconf_name(state):
