@@ -28,6 +28,17 @@ def assert_nothing_left(lab: Lab, ns: str) -> None:
     assert lab.cache_entries() == []
 
 
+def refused_add(lab: Lab, networks: str, code: int):
+    """ADD of pod `bad` whose annotation is `networks`: refused with `code`, nothing left behind.
+    Returns the error (msg, details) for the test's own checks of what it names."""
+    lab.add_pod("bad", networks)
+    ns = lab.netns_factory("pod")
+    out = lab.cni("ADD", "bad", ns, container_id="cid-bad")
+    assert out.rc == 1 and out.code == code, out
+    assert_nothing_left(lab, ns)
+    return out.out
+
+
 def add_raw(lab: Lab, ns: str, stdin: bytes | dict, **env) -> "object":
     """ADD with a raw stdin and/or environment overrides."""
     base = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "cid-bad", "CNI_NETNS": f"/var/run/netns/{ns}",
@@ -46,6 +57,13 @@ def add_raw(lab: Lab, ns: str, stdin: bytes | dict, **env) -> "object":
                           capture_output=True)
     out = json.loads(proc.stdout) if proc.stdout.strip() else None
     return proc.returncode, out
+
+
+def plugin_conf(lab: Lab, plugin: str, name: str) -> dict:
+    """The config a test sends `plugin`: the lab's multiplex config, or a standalone bridge `mpx-<name>`."""
+    if plugin == "multiplex":
+        return lab.config()
+    return dict(bridge_conf(f"mpx-{name}", "198.18.3.0/24"), cniVersion="1.1.0", name=name)
 
 
 def err(out) -> tuple[int, str, str]:
@@ -79,32 +97,19 @@ def test_bad_json_is_code_6(lab):
 
 def test_bad_cidr_in_third_network_is_code_7_naming_the_field_before_anything_is_made(lab):
     lab.add_nad("broken", bridge_conf("mpx-broken", "198.18.300.0/24"))
-    lab.add_pod("bad", "blue, broken")
-    ns = lab.netns_factory("pod")
-    out = lab.cni("ADD", "bad", ns, container_id="cid-bad")
-    assert out.rc == 1 and out.code == 7, out
-    assert "default/broken" in out.out["details"] and "subnet" in out.out["details"]
-    assert_nothing_left(lab, ns)
+    error = refused_add(lab, "blue, broken", 7)
+    assert "default/broken" in error["details"] and "subnet" in error["details"]
 
 
 def test_type_with_a_path_is_refused(lab):
     lab.add_nad("evil", {"type": "../../bin/sh"})
-    lab.add_pod("bad", "evil")
-    ns = lab.netns_factory("pod")
-    out = lab.cni("ADD", "bad", ns, container_id="cid-bad")
-    assert out.rc == 1 and out.code == 7, out
-    assert "type" in out.out["details"]
-    assert_nothing_left(lab, ns)
+    assert "type" in refused_add(lab, "evil", 7)["details"]
 
 
 def test_unknown_delegate_is_not_found_naming_cni_path(lab):
     lab.add_nad("nosuch", {"type": "no-such-plugin"})
-    lab.add_pod("bad", "blue, nosuch")
-    ns = lab.netns_factory("pod")
-    out = lab.cni("ADD", "bad", ns, container_id="cid-bad")
-    assert out.rc == 1 and out.code == 107, out
-    assert "no-such-plugin" in out.out["msg"] and "CNI_PATH" in out.out["details"]
-    assert_nothing_left(lab, ns)
+    error = refused_add(lab, "blue, nosuch", 107)
+    assert "no-such-plugin" in error["msg"] and "CNI_PATH" in error["details"]
 
 
 def test_interface_name_over_15_characters(lab):
@@ -118,32 +123,20 @@ def test_interface_name_over_15_characters(lab):
 
 
 def test_duplicate_interface_names_are_refused(lab):
-    lab.add_pod("bad", "blue@x0, green@x0")
-    ns = lab.netns_factory("pod")
-    out = lab.cni("ADD", "bad", ns, container_id="cid-bad")
-    assert out.rc == 1 and out.code == 7, out
-    assert "x0" in out.out["msg"] + out.out["details"]
-    assert_nothing_left(lab, ns)
+    error = refused_add(lab, "blue@x0, green@x0", 7)
+    assert "x0" in error["msg"] + error["details"]
 
 
 def test_unknown_nad_names_namespace_and_name(lab):
-    lab.add_pod("bad", "blue, default/missing")  # the pod's own namespace: isolation allows it
-    ns = lab.netns_factory("pod")
-    out = lab.cni("ADD", "bad", ns, container_id="cid-bad")
-    assert out.rc == 1 and out.code == 107, out
-    assert "default/missing" in out.out["msg"]
-    assert_nothing_left(lab, ns)
+    # the pod's own namespace: isolation allows it
+    assert "default/missing" in refused_add(lab, "blue, default/missing", 107)["msg"]
 
 
 def test_unsupported_capability_is_refused(lab):
     lab.add_nad("plain", {"type": "bridge", "bridge": "mpx-plain",
                           "ipam": {"type": "host-local", "subnet": "198.18.7.0/24"}})
-    lab.add_pod("bad", json.dumps([{"name": "plain", "mac": "02:00:00:00:00:01"}]))
-    ns = lab.netns_factory("pod")
-    out = lab.cni("ADD", "bad", ns, container_id="cid-bad")
-    assert out.rc == 1 and out.code == 2, out
-    assert "mac" in out.out["details"].split(";")[0]  # the field: the annotation's or runtimeConfig's mac
-    assert_nothing_left(lab, ns)
+    error = refused_add(lab, json.dumps([{"name": "plain", "mac": "02:00:00:00:00:01"}]), 2)
+    assert "mac" in error["details"].split(";")[0]  # the field: the annotation's or runtimeConfig's mac
 
 
 def test_version_command_needs_nothing(lab):
@@ -181,8 +174,7 @@ def test_bridge_standalone_refuses_its_own_netns(lab):
 @pytest.mark.parametrize("plugin", ["multiplex", "multiplex-bridge"])
 def test_ifname_of_nine_e_acute_is_18_bytes_and_code_4(lab, plugin):
     ns = lab.netns_factory("pod")
-    conf = lab.config() if plugin == "multiplex" else dict(bridge_conf("mpx-ifb", "198.18.3.0/24"),
-                                                          cniVersion="1.1.0", name="ifb")
+    conf = plugin_conf(lab, plugin, "ifb")
     out = run_plugin(plugin, "ADD", conf, node=lab.node, container_id="cid-bad", netns=ns, ifname="é" * 9,
                      args="K8S_POD_NAMESPACE=default;K8S_POD_NAME=bad",
                      extra_env={"MULTIPLEX_STATE_DIR": lab.state_dir})
@@ -212,8 +204,7 @@ def test_container_id_with_a_trailing_newline_is_code_4(lab):
 @pytest.mark.parametrize("plugin", ["multiplex", "multiplex-bridge"])
 def test_config_over_1_mib_is_refused_before_parsing(lab, plugin):
     ns = lab.netns_factory("pod")
-    conf = lab.config() if plugin == "multiplex" else dict(bridge_conf("mpx-big", "198.18.3.0/24"),
-                                                          cniVersion="1.1.0", name="big")
+    conf = plugin_conf(lab, plugin, "big")
     conf["padding"] = "x" * (10 * 1024 * 1024)
     out = run_plugin(plugin, "ADD", conf, node=lab.node, container_id="cid-bad", netns=ns,
                      args="K8S_POD_NAMESPACE=default;K8S_POD_NAME=bad",
@@ -227,8 +218,7 @@ def test_config_over_1_mib_is_refused_before_parsing(lab, plugin):
 @pytest.mark.parametrize("command", ["ADD", "DEL"])
 def test_deeply_nested_config_is_code_7_not_a_recursion_traceback(lab, plugin, command):
     ns = lab.netns_factory("pod")
-    head = json.dumps(lab.config() if plugin == "multiplex" else
-                      dict(bridge_conf("mpx-deep", "198.18.3.0/24"), cniVersion="1.1.0", name="deep"))[:-1]
+    head = json.dumps(plugin_conf(lab, plugin, "deep"))[:-1]
     data = (head + ', "deep": ' + "[" * 200000 + "]" * 200000 + "}").encode()
     rc, out = add_raw(lab, ns, data, CNI_COMMAND=command) if plugin == "multiplex" else _raw(lab, plugin, ns, data,
                                                                                                command)
