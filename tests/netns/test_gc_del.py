@@ -31,6 +31,18 @@ def lab(node, netns_factory, tmp_path):
     return lab
 
 
+def damage_cache_entry(lab: Lab, pod: str, damage: str, garbage: bytes) -> str:
+    """Make `pod`'s cache entry unusable: "missing" removes it, "corrupt" writes `garbage` over it.
+    Returns its path."""
+    path = cache_file(lab, cid_of(pod))
+    if damage == "missing":
+        os.unlink(path)
+    else:
+        with open(path, "wb") as f:
+            f.write(garbage)
+    return path
+
+
 def add_pod(lab: Lab, name: str, networks="blue", namespace: str = "default") -> str:
     lab.add_pod(name, networks, namespace=namespace)
     ns = lab.netns_factory("pod")
@@ -78,12 +90,7 @@ def test_gc_with_a_malformed_list_is_code_7_and_removes_nothing(lab, valid):
 def test_a_listed_pod_whose_cache_entry_is_missing_or_corrupt_keeps_eth0_and_net1(lab, damage):
     keep = add_pod(lab, "keep")
     stale = add_pod(lab, "stale")
-    path = cache_file(lab, cid_of("keep"))
-    if damage == "missing":
-        os.unlink(path)
-    else:
-        with open(path, "w") as f:
-            f.write('{"kind": "multiplex-cache/v1", "rec')
+    damage_cache_entry(lab, "keep", damage, b'{"kind": "multiplex-cache/v1", "rec')
     out = gc(lab, cid_of("keep"))
     assert out.ok, out
     assert pod_intact(keep)
@@ -131,16 +138,11 @@ def test_gc_while_adds_run_in_other_processes_all_listed_touches_nothing(lab):
     assert sorted(lab.cache_entries()) == sorted(f"{c}:eth0.json" for c in cids)
 
 
-@pytest.mark.parametrize("damage", ["deleted", "corrupt"])
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
 def test_del_without_a_usable_cache_entry_leaves_nothing_and_succeeds_twice(lab, damage):
     other = add_pod(lab, "other")
     ns = add_pod(lab, "d")
-    path = cache_file(lab, cid_of("d"))
-    if damage == "deleted":
-        os.unlink(path)
-    else:
-        with open(path, "wb") as f:
-            f.write(b"\x00\x01 not json")
+    path = damage_cache_entry(lab, "d", damage, b"\x00\x01 not json")
     for _ in range(2):
         out = lab.cni("DEL", "d", ns, container_id=cid_of("d"))
         assert out.ok, out
