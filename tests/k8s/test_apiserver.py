@@ -13,6 +13,7 @@ import pytest
 kubernetes = pytest.importorskip("kubernetes")
 from kubernetes import client as k8s, config as k8s_config, watch as k8s_watch  # noqa: E402
 
+from tests.concurrently import run_in_threads  # noqa: E402
 from tests.k8s import fakestore  # noqa: E402
 from tests.k8s.apiserver import ApiServer  # noqa: E402
 
@@ -239,7 +240,7 @@ def test_concurrent_read_modify_write_loses_nothing(apiserver):
     apiserver.store.add(counter, plural="ipamblocks")
     successes, conflicts = [], []
 
-    def worker():
+    def worker(_: int) -> None:
         with api_client(apiserver) as c:
             api = k8s.CustomObjectsApi(c)
             for _ in range(15):
@@ -254,11 +255,7 @@ def test_concurrent_read_modify_write_loses_nothing(apiserver):
                         assert e.status == 409
                         conflicts.append(1)
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    assert run_in_threads(worker, 4) == []     # a status other than 409 fails the test
     final = apiserver.store.get_object(GROUP, VERSION, "ipamblocks", "counter", "default")
     assert final["spec"]["n"] == len(successes) == 60
     assert apiserver.count("update", "ipamblocks", 409) == len(conflicts)

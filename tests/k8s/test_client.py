@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 
 import pytest
 
@@ -17,6 +16,7 @@ from multiplex.k8s import client as kclient  # noqa: E402
 from multiplex.k8s.client import KubeClient  # noqa: E402
 from multiplex.k8s.errors import (AlreadyExists, Conflict, Forbidden, NoCredentials,  # noqa: E402
                                   NotFound, Unavailable)
+from tests.concurrently import run_in_threads  # noqa: E402
 
 GROUP, VERSION = "ipam.multiplex.dev", "v1alpha1"
 
@@ -29,11 +29,25 @@ class Sleeps(list):
 
 
 @pytest.fixture
-def kube(apiserver):
-    c = KubeClient(apiserver.kubeconfig, timeout=2, retries=3)
-    c.sleep = Sleeps()
-    yield c
-    c.close()
+def clients(apiserver):
+    """`clients(**options)`: a KubeClient of the test API server whose backoff sleeps are recorded
+    (`.sleep`, a Sleeps), closed at teardown."""
+    made: list[KubeClient] = []
+
+    def make(**options) -> KubeClient:
+        c = KubeClient(apiserver.kubeconfig, **options)
+        c.sleep = Sleeps()
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+@pytest.fixture
+def kube(clients):
+    return clients(timeout=2, retries=3)
 
 
 # --- pods, NADs, nodes ------------------------------------------------------------------------
@@ -216,11 +230,8 @@ def test_timeout_is_retried_and_counted(apiserver, apiserver_latency_client):
 
 
 @pytest.fixture
-def apiserver_latency_client(apiserver):
-    c = KubeClient(apiserver.kubeconfig, timeout=0.3, retries=1)
-    c.sleep = Sleeps()
-    yield c
-    c.close()
+def apiserver_latency_client(clients):
+    return clients(timeout=0.3, retries=1)
 
 
 def test_forbidden_names_verb_and_resource(apiserver, kube):
@@ -293,20 +304,12 @@ def test_in_cluster_without_token_file_is_code_7(tmp_path, monkeypatch):
 def test_one_client_shared_by_threads(apiserver, kube):
     for i in range(8):
         apiserver.store.add_pod(f"p{i}")
-    errors: list = []
 
     def work(i: int) -> None:
-        try:
-            for _ in range(10):
-                assert kube.get_pod("default", f"p{i}")["metadata"]["name"] == f"p{i}"
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+        for _ in range(10):
+            assert kube.get_pod("default", f"p{i}")["metadata"]["name"] == f"p{i}"
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_in_threads(work, 8)
     assert errors == [] and kube.stats["requests"] == 80
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 
 import pytest
 
@@ -19,6 +18,7 @@ from multiplex.ipam.kube.store import resolve_kubeconfig
 from multiplex.ipam.plugin import plugin
 from multiplex.ipam.sqlite.store import FILENAME, SQLiteStore
 from multiplex.util import log
+from tests.concurrently import run_in_threads
 
 
 def request(command: str, ctx: CallContext, cid: str = "c1", name: str = "blue", **ipam_extra) -> Request:
@@ -60,20 +60,12 @@ def test_sweep_finds_the_node_store_under_the_call_state_dir(tmp_path, monkeypat
 def test_two_calls_with_different_state_dirs_at_once_see_only_their_own(tmp_path, monkeypatch):
     monkeypatch.delenv(STATE_DIR_ENV, raising=False)
     roots = [str(tmp_path / f"root{n}") for n in range(2)]
-    errors: list[BaseException] = []
 
     def calls(n: int) -> None:
-        try:
-            for i in range(5):
-                plugin.add(request("ADD", CallContext(state_dir=roots[n]), cid=f"r{n}c{i}"))
-        except BaseException as e:   # pragma: no cover - reported below
-            errors.append(e)
+        for i in range(5):
+            plugin.add(request("ADD", CallContext(state_dir=roots[n]), cid=f"r{n}c{i}"))
 
-    threads = [threading.Thread(target=calls, args=(n,)) for n in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_in_threads(calls, 2)
     assert not errors
     for n, root in enumerate(roots):
         assert sorted(leased(root)) == sorted(f"r{n}c{i}:198.18.40.{i + 2}" for i in range(5))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import sqlite3
-import threading
 
 import pytest
 
@@ -22,6 +21,7 @@ from multiplex.ipam import store as ipam_store
 from multiplex.ipam.sqlite import pool
 from multiplex.ipam.sqlite.store import FILENAME, SQLiteStore
 from multiplex.ipam.store import Owner
+from tests.concurrently import run_in_threads
 from tests.unit.test_ipam_repair import DAMAGES, add_after_damage, damage_database, live_pod
 from tests.unit.test_ipam_store import conf_of, take
 
@@ -207,21 +207,13 @@ def test_an_error_on_a_connection_is_never_kept(tmp_path, warm):
 def test_threads_sharing_kept_connections_never_lease_an_address_twice(tmp_path, warm):
     d = str(tmp_path / "ipam")
     got: list[str] = []
-    errors: list[BaseException] = []
 
     def worker(n: int) -> None:
-        try:
-            for i in range(10):
-                with SQLiteStore(d) as s:
-                    got.append(str(take(s, BLUE, Owner(f"t{n}-{i}", "eth0", "blue")).address))
-        except BaseException as e:   # noqa: BLE001 - reported below
-            errors.append(e)
+        for i in range(10):
+            with SQLiteStore(d) as s:
+                got.append(str(take(s, BLUE, Owner(f"t{n}-{i}", "eth0", "blue")).address))
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_in_threads(worker, 8)
     assert not errors
     assert len(got) == 80 and len(set(got)) == 80
     assert sorted(got, key=ipaddress.ip_address) == sorted(on_disk(d), key=ipaddress.ip_address)
