@@ -10,6 +10,8 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import pytest
 
@@ -154,32 +156,46 @@ def _stale_socket(path: str) -> None:
     s.close()
 
 
-@pytest.mark.parametrize("cut", ["before-answer", "mid-answer"])
-def test_a_daemon_that_closes_mid_call_is_an_error_never_a_success(sock_dir, cut):
-    sock = os.path.join(sock_dir, "d.sock")
+@contextmanager
+def fake_daemon(sock: str, serve: Callable[..., None]) -> Iterator[None]:
+    """A daemon that takes one call at `sock` in a thread: `serve(conn, env_len, stdin_len, size)`
+    once the request header is read, then the connection is closed. On leaving, the thread is
+    joined and the socket closed (also when the block failed)."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(sock)
     listener.listen(1)
+
+    def take_one() -> None:
+        conn, _ = listener.accept()
+        try:
+            serve(conn, *shim.decode_request_header(shim.recv_exact(conn, shim.REQUEST_HEADER)))
+        finally:
+            conn.close()
+
+    t = threading.Thread(target=take_one)
+    t.start()
+    try:
+        yield
+    finally:
+        t.join(10)
+        listener.close()
+
+
+@pytest.mark.parametrize("cut", ["before-answer", "mid-answer"])
+def test_a_daemon_that_closes_mid_call_is_an_error_never_a_success(sock_dir, cut):
+    sock = os.path.join(sock_dir, "d.sock")
     got: dict = {}
 
-    def daemon_that_dies():
-        conn, _ = listener.accept()
-        env_len, stdin_len, size = shim.decode_request_header(shim.recv_exact(conn, shim.REQUEST_HEADER))
+    def dies(conn, env_len, stdin_len, size):
         got["env"] = shim.decode_env(shim.recv_exact(conn, env_len))
         got["stdin"] = shim.recv_exact(conn, stdin_len)
         if cut == "mid-answer":
             conn.sendall(shim.encode_answer(0, b'{"cniVersion": "1.0.0", "ips": []}')[:14])
-        conn.close()
 
-    t = threading.Thread(target=daemon_that_dies)
-    t.start()
-    try:
+    with fake_daemon(sock, dies):
         sh = shim_path(sock_dir, sock, fallback="exec")  # a connected call never falls back
         config = b'{"cniVersion": "1.0.0", "name": "n", "type": "multiplex"}'
         rc, out = run(sh, dict(ADD_ENV, MULTIPLEX_STATE_DIR="/var/lib/x", HOME="/root"), config)
-    finally:
-        t.join(10)
-        listener.close()
     err = json.loads(out)
     assert rc == 1 and err["code"] == 11 and err["cniVersion"] == "1.0.0"
     assert err["msg"] == (f"the multiplex daemon at {sock} closed the connection before answering ADD; "
@@ -190,26 +206,15 @@ def test_a_daemon_that_closes_mid_call_is_an_error_never_a_success(sock_dir, cut
 
 def test_an_oversized_stdin_is_sent_cut_with_its_real_size(sock_dir):
     sock = os.path.join(sock_dir, "d.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(sock)
-    listener.listen(1)
     got: dict = {}
 
-    def daemon():
-        conn, _ = listener.accept()
-        env_len, stdin_len, size = shim.decode_request_header(shim.recv_exact(conn, shim.REQUEST_HEADER))
+    def refuses(conn, env_len, stdin_len, size):
         got.update(stdin_len=stdin_len, size=size)
         shim.recv_exact(conn, env_len + stdin_len)
         conn.sendall(shim.encode_answer(1, b'{"code": 7}'))
-        conn.close()
 
-    t = threading.Thread(target=daemon)
-    t.start()
-    try:
+    with fake_daemon(sock, refuses):
         rc, out = run(shim_path(sock_dir, sock, fallback="fail"), ADD_ENV, b"x" * (3 * shim.STDIN_MAX))
-    finally:
-        t.join(10)
-        listener.close()
     assert (rc, out) == (1, '{"code": 7}')
     assert got == {"stdin_len": shim.STDIN_MAX + 1, "size": 3 * shim.STDIN_MAX}
 
