@@ -66,6 +66,24 @@ def gc_until(lab: Lab, done: threading.Event, pods: list[str], at_least: int = 3
     return outs
 
 
+def during_gcs(lab: Lab, command: str, pods: dict[str, str], listed: list[str]) -> tuple[list[str], list]:
+    """`command` for every pod (name -> netns) at once, each its own multiplex process, while GCs
+    listing `listed` run over and over (gc_until). Returns the failed calls and GCs, as problems,
+    and every GC's output. The GC loop is told to end also when a call raised."""
+    done = threading.Event()
+    with ThreadPoolExecutor(max_workers=len(pods) + 1) as pool:
+        gcs = pool.submit(gc_until, lab, done, listed)
+        try:
+            calls = {pod: pool.submit(lab.cni, command, pod, ns) for pod, ns in pods.items()}
+            results = {pod: f.result() for pod, f in calls.items()}
+        finally:
+            done.set()
+        gc_outs = gcs.result()
+    problems = [f"{command} {pod}: {out.out}" for pod, out in results.items() if not out.ok]
+    problems += [f"GC: {out.out}" for out in gc_outs if not out.ok]
+    return problems, gc_outs
+
+
 def leases_wrong(lab: Lab, pods: dict[str, str]) -> list[str]:
     """Every address a pod holds has a lease row of that pod and interface; no address twice."""
     rows = lease_rows(lab)
@@ -97,15 +115,7 @@ def test_gc_during_concurrent_adds_listing_every_pod_keeps_every_attachment(lab)
         out = lab.cni("ADD", pod, ns)
         assert out.ok, out
     everyone = sorted({**earlier, **fresh})
-    done = threading.Event()
-    with ThreadPoolExecutor(max_workers=len(fresh) + 1) as pool:
-        gcs = pool.submit(gc_until, lab, done, everyone)
-        adds = {pod: pool.submit(lab.cni, "ADD", pod, ns) for pod, ns in fresh.items()}
-        results = {pod: f.result() for pod, f in adds.items()}
-        done.set()
-        gc_outs = gcs.result()
-    problems = [f"ADD {pod}: {out.out}" for pod, out in results.items() if not out.ok]
-    problems += [f"GC: {out.out}" for out in gc_outs if not out.ok]
+    problems, gc_outs = during_gcs(lab, "ADD", fresh, everyone)
     pods = {**earlier, **fresh}
     for pod, ns in pods.items():
         problems += [f"{pod}: {w}" for w in attached_wrong(ns)]
@@ -129,15 +139,7 @@ def test_gc_during_dels_of_unlisted_pods_removes_them_and_leaves_listed_ones(lab
         outs = dict(zip(pods, pool.map(lambda p: lab.cni("ADD", p, pods[p]), pods)))
     assert all(o.ok for o in outs.values()), {p: o.out for p, o in outs.items() if not o.ok}
     before = {pod: snapshot(ns) for pod, ns in listed.items()}
-    done = threading.Event()
-    with ThreadPoolExecutor(max_workers=len(unlisted) + 1) as pool:
-        gcs = pool.submit(gc_until, lab, done, sorted(listed))
-        dels = {pod: pool.submit(lab.cni, "DEL", pod, ns) for pod, ns in unlisted.items()}
-        results = {pod: f.result() for pod, f in dels.items()}
-        done.set()
-        gc_outs = gcs.result()
-    problems = [f"DEL {pod}: {out.out}" for pod, out in results.items() if not out.ok]
-    problems += [f"GC: {out.out}" for out in gc_outs if not out.ok]
+    problems, gc_outs = during_gcs(lab, "DEL", unlisted, sorted(listed))
     for pod, ns in unlisted.items():
         if links(ns) != {"lo"}:
             problems.append(f"unlisted {pod} still has {sorted(links(ns))}")
