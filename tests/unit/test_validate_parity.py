@@ -219,32 +219,24 @@ def test_a_nad(tmp_path, monkeypatch, case):
     assert_same(add, problems, case.id)
 
 
-def test_the_issue_example_is_refused_by_validate_as_by_add(tmp_path, monkeypatch):
-    """A delegate with `vlan: 5000` and subnet 198.18.0.0/33: `ok` before, code 7 from ADD."""
+@pytest.mark.parametrize("config, field", [
+    # the issue's example: a delegate with `vlan: 5000` and subnet 198.18.0.0/33, `ok` before, code 7 from ADD
+    ({"delegates": [dict(bridge_conf("mpxc-v", "198.18.0.0/33", vlan=5000), cniVersion="1.1.0", name="vlan5000")]},
+     "field: vlan5000:$.vlan"),
+    # a refusal is known by its hook's name, so ADD refuses a config naming one twice: so does validate
+    ({"authorizeHooks": [{"name": "corp", "path": "/bin/true"}, {"name": "corp", "path": "/bin/false"}]},
+     "authorizeHooks[1].name"),
+], ids=["issue-example-vlan-5000", "two-authorize-hooks-of-one-name"])
+def test_a_config_add_refuses_is_refused_by_validate_with_the_same_words(tmp_path, monkeypatch, config, field):
     lab = Lab(str(tmp_path), monkeypatch)
-    delegate = dict(bridge_conf("mpxc-v", "198.18.0.0/33", vlan=5000), cniVersion="1.1.0", name="vlan5000")
-    mpx = lab.ctx.config(delegates=[delegate])
+    mpx = lab.ctx.config(**config)
     path = tmp_path / "multiplex.conf"
     path.write_text(json.dumps(mpx))
     lines = validate.validate_file(str(path))
     add = lab.add(json.dumps(mpx).encode())
     assert add is not None and add["code"] == 7
     assert lines == [f"code 7: {add['msg']} [{add['details']}]"]
-    assert "field: vlan5000:$.vlan" in lines[0]
-
-
-def test_two_authorize_hooks_of_one_name_are_refused_by_validate_as_by_add(tmp_path, monkeypatch):
-    """A refusal is known by its hook's name, so ADD refuses a config naming one twice: so does validate."""
-    lab = Lab(str(tmp_path), monkeypatch)
-    hooks = [{"name": "corp", "path": "/bin/true"}, {"name": "corp", "path": "/bin/false"}]
-    mpx = lab.ctx.config(authorizeHooks=hooks)
-    path = tmp_path / "multiplex.conf"
-    path.write_text(json.dumps(mpx))
-    lines = validate.validate_file(str(path))
-    add = lab.add(json.dumps(mpx).encode())
-    assert add is not None and add["code"] == 7
-    assert lines == [f"code 7: {add['msg']} [{add['details']}]"]
-    assert "authorizeHooks[1].name" in lines[0]
+    assert field in lines[0]
 
 
 def test_the_corpus_and_the_unit_lists_are_all_here():
