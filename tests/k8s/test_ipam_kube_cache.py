@@ -49,6 +49,17 @@ def server_block(cluster, name: str) -> Block:  # noqa: F811
     return cluster.block(name)
 
 
+def borrow_next(cluster, name: str, last) -> str:  # noqa: F811
+    """Node n2 takes the address after `last` in block `name`, written straight into the API
+    server's store (behind any cache's back, as a write no watch delivered yet). Returns it."""
+    b = server_block(cluster, name)
+    nxt = str(last + 1)
+    b.allocations[nxt] = model.Allocation("other", "eth0", "blue", "n2", created=T0)
+    cluster.api.store.replace(cluster.api.store.rt(model.GROUP, model.VERSION, model.BLOCKS, False), None, name,
+                              b.to_object())
+    return nxt
+
+
 # --- the cache-served path -------------------------------------------------------------------
 
 def test_each_add_and_del_from_the_cache_is_one_write_and_no_read(cluster, nodes):  # noqa: F811
@@ -119,11 +130,7 @@ def test_a_stale_cache_costs_one_409_and_one_get_then_succeeds(cluster, nodes): 
 
     n1.informer("ipblocks").stop()        # the watch is stuck: the cache will not see the next change
     # another node borrows the next address of n1's block behind the cache's back
-    b = server_block(cluster, name)
-    nxt = str(mine[-1].address + 1)
-    b.allocations[nxt] = model.Allocation("other", "eth0", "blue", "n2", created=T0)
-    cluster.api.store.replace(cluster.api.store.rt(model.GROUP, model.VERSION, model.BLOCKS, False), None, name,
-                              b.to_object())
+    nxt = borrow_next(cluster, name, mine[-1].address)
 
     cluster.api.reset_counts()
     store = n1.store()
@@ -169,11 +176,7 @@ def test_a_watch_cut_and_resumed_delivers_what_changed_meanwhile(cluster, nodes)
     lists, watches = inf.stats["lists"], inf.stats["watches"]
 
     cluster.api.stop()                     # connections cut; the API is down
-    b = server_block(cluster, name)        # meanwhile another node borrows the next address
-    nxt = str(mine[-1].address + 1)
-    b.allocations[nxt] = model.Allocation("other", "eth0", "blue", "n2", created=T0)
-    cluster.api.store.replace(cluster.api.store.rt(model.GROUP, model.VERSION, model.BLOCKS, False), None, name,
-                              b.to_object())
+    nxt = borrow_next(cluster, name, mine[-1].address)    # meanwhile another node borrows the next address
     assert inf.lag() >= 0
     cluster.api.start()
     wait_for(lambda: nxt in (n1.cache.block(name).allocations if n1.cache.block(name) else {}),
