@@ -45,14 +45,12 @@ from typing import Optional
 
 from multiplex.cni import skel
 from multiplex.cni.errors import NETLINK_FAILURE, CNIError, invalid_config
-from multiplex.cni.plugin import Plugin
 from multiplex.cni.request import Request
 from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
 from multiplex.netlink import nft
 from delegates import routed_pools
-from delegates.steps import (Problem, Undo, not_kept, address_pod_interface, check_failed, check_ipv6_mtu,
-                             check_prologue, ipam_add, ipam_forward, ipam_type, missing_pod_interface,
-                             open_pod_for_check, pod_interface_problems, undone_on_failure)
+from delegates.skeleton import VethDelegate, of_container, remove_host_veths
+from delegates.steps import Problem, Undo, not_kept, address_pod_interface, ipam_add
 
 TYPE_NAME = "multiplex-bgp-routed"
 HOST_PREFIX = "mpr"
@@ -99,33 +97,16 @@ def default_mtu() -> Optional[int]:
         return None
 
 
-class BgpRoutedPlugin(Plugin):
+class BgpRoutedPlugin(VethDelegate):
     type_name = TYPE_NAME
+    label = "bgp-routed"
     capabilities = frozenset({"ips"})
     schema = "bgp-routed"
-
-    def validate(self, conf: dict, where: str = "$") -> None:
-        super().validate(conf, where)
-        check_ipv6_mtu(conf, where)
-
-    def config(self, req: Request) -> RoutedConfig:
-        if req.command in ("ADD", "CHECK"):
-            self.validate(req.config)
-        return RoutedConfig.parse(req.config)
+    config_class = RoutedConfig
+    host_veth_name = staticmethod(host_veth_name)
 
     # ---- ADD -------------------------------------------------------------------------------------
-    def add(self, req: Request) -> Result:
-        from multiplex import netlink
-
-        conf = self.config(req)
-        with netlink.open_node(batch=req.ctx.batch) as node, undone_on_failure(req) as undo, \
-                netlink.open_netns(req.netns) as pod:
-            result = self._add(req, conf, node, pod, undo)
-        req.ctx.log.info("bgp-routed add", network=conf.network, container=req.container_id, ifname=req.ifname,
-                         addresses=[str(ip.address) for ip in result.ips])
-        return result
-
-    def _add(self, req: Request, conf: RoutedConfig, node, pod, undo: Undo) -> Result:
+    def attach(self, req: Request, conf: RoutedConfig, node, pod, undo: Undo, ready: None) -> Result:
         from multiplex import netlink
         from multiplex.netlink import routes as rt
 
@@ -180,62 +161,18 @@ class BgpRoutedPlugin(Plugin):
         result.routes = install_pod_routes(pod, peer, result.routes)
         return result
 
-    # ---- DEL -------------------------------------------------------------------------------------
-    def delete(self, req: Request) -> None:
-        from multiplex import netlink
-        from multiplex.cni.invoke import invoke_ipam
-
-        conf = self.config(req)
-        name = host_veth_name(req.container_id, req.ifname)
-        with netlink.open_node(batch=req.ctx.batch) as node:
-            gone = node.delete_link(name)   # the pod end and the host routes go with it
-        invoke_ipam(req)
-        req.ctx.log.info("bgp-routed del", network=conf.network, container=req.container_id, ifname=req.ifname,
-                         veth_deleted=gone)
-
     # ---- CHECK -----------------------------------------------------------------------------------
-    def check(self, req: Request) -> None:
-        from multiplex import netlink
+    def node_problems(self, req: Request, conf: RoutedConfig, node, prev: Result) -> list[Problem]:
+        return check_node(node, req, prev)
 
-        conf = self.config(req)
-        prev = check_prologue(req)
-        pod = open_pod_for_check(req, conf.network)
-        with netlink.open_node(batch=req.ctx.batch) as node, pod:
-            problems = check_node(node, req, prev)
-            iface = pod.link(req.ifname)
-            problems += missing_pod_interface(req) if iface is None else pod_interface_problems(pod, iface, prev)
-        if problems:
-            raise check_failed(req, conf.network, problems)
+    # ---- GC, sweep -------------------------------------------------------------------------------
+    def collect(self, req: Request, conf: RoutedConfig, keep) -> dict[str, list[str]]:
+        """This network's host veths that the keep-list does not keep, found by alias."""
+        return {"veths": remove_host_veths(req, HOST_PREFIX, not_kept(keep, conf.network))}
 
-    # ---- STATUS, GC ------------------------------------------------------------------------------
-    def status(self, req: Request) -> None:
-        self.config(req)
-        ipam_forward(req)
-
-    def gc(self, req: Request) -> None:
-        """This network's host veths that the keep-list does not keep, found by alias; then IPAM's GC."""
-        from multiplex.cni.valid import parse_keep
-
-        keep = parse_keep(req.config)
-        conf = self.config(req)
-        ipam_type(req)
-        removed = remove_host_veths(req, not_kept(keep, conf.network))
-        req.ctx.log.info("bgp-routed gc", network=conf.network, veths=removed)
-        ipam_forward(req)
-
-    def sweep(self, req: Request) -> None:
-        """A DEL without a cache entry: every host veth of `req.container_id` this plugin made."""
-        cid = req.container_id
-        if not cid:
-            return
-
-        def mine(alias: str) -> bool:
-            o = nft.parse_owner(alias)
-            return o is not None and o.of_container(cid)
-
-        removed = remove_host_veths(req, mine)
-        if removed:
-            req.ctx.log.info("bgp-routed sweep", container=cid, veths=removed)
+    def sweep_container(self, req: Request, cid: str) -> dict[str, list[str]]:
+        """Every host veth of `cid` this plugin made."""
+        return {"veths": remove_host_veths(req, HOST_PREFIX, of_container(cid))}
 
 
 # ---- steps ---------------------------------------------------------------------------------------
@@ -378,19 +315,6 @@ def check_node(node, req: Request, prev: Result) -> list[Problem]:
         if not rt.has_host_route(node, ip.address.ip, host):
             problems.append(("routes", f"host route {ip.address.ip} dev {name} is missing on the node"))
     return problems
-
-
-def remove_host_veths(req: Request, match) -> list[str]:
-    """Delete this plugin's host veths whose alias `match` accepts; their names."""
-    from multiplex import netlink
-
-    removed = []
-    with netlink.open_node(batch=req.ctx.batch) as node:
-        for link in node.links():
-            if link.kind == "veth" and link.name.startswith(HOST_PREFIX) and link.alias and match(link.alias):
-                if node.delete_link(link.name):
-                    removed.append(link.name)
-    return removed
 
 
 plugin = BgpRoutedPlugin()

@@ -34,12 +34,10 @@ from typing import Any, Optional
 from multiplex.netlink import nft
 from multiplex.cni import skel
 from multiplex.cni.errors import ADDRESS_UNAVAILABLE, CNIError, INVALID_CONFIG, NETLINK_FAILURE, invalid_config
-from multiplex.cni.plugin import Plugin
 from multiplex.cni.request import Request
 from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
-from delegates.steps import (Problem, Undo, not_kept, add_pod_routes, address_pod_interface, check_failed, check_ipv6_mtu,
-                             check_prologue, ipam_add, ipam_forward, ipam_type, missing_pod_interface,
-                             open_pod_for_check, pod_interface_problems, undone_on_failure)
+from delegates.skeleton import VethDelegate, of_container, remove_host_veths
+from delegates.steps import Problem, Undo, not_kept, add_pod_routes, address_pod_interface, ipam_add
 
 TYPE_NAME = "multiplex-bridge"
 HOST_PREFIX = "mpx"
@@ -123,36 +121,22 @@ class BridgeConfig:
 
 
 # ---- the plugin ----------------------------------------------------------------------------------
-class BridgePlugin(Plugin):
+class BridgePlugin(VethDelegate):
     type_name = TYPE_NAME
+    label = "bridge"
     capabilities = frozenset({"ips", "mac"})
     schema = "bridge"
+    config_class = BridgeConfig
+    host_veth_name = staticmethod(host_veth_name)
 
-    def validate(self, conf: dict, where: str = "$") -> None:
-        super().validate(conf, where)
-        check_ipv6_mtu(conf, where)
+    def validate_fields(self, conf: dict, where: str) -> None:
         check_bridge_name(conf, where)
 
-    def config(self, req: Request) -> BridgeConfig:
-        # The JSON Schema (and its jsonschema import) guards what ADD and CHECK act on; teardown
-        # (DEL, GC) and STATUS parse leniently so they work with whatever config the runtime has.
-        if req.command in ("ADD", "CHECK"):
-            self.validate(req.config)
-        return BridgeConfig.parse(req.config)
-
     # ---- ADD -------------------------------------------------------------------------------------
-    def add(self, req: Request) -> Result:
-        from multiplex import netlink
+    def conf_fields(self, conf: BridgeConfig) -> dict[str, Any]:
+        return {"bridge": conf.bridge}
 
-        conf = self.config(req)
-        with netlink.open_node(batch=req.ctx.batch) as node, undone_on_failure(req) as undo, \
-                netlink.open_netns(req.netns) as pod:
-            result = self._add(req, conf, node, pod, undo)
-        req.ctx.log.info("bridge add", network=conf.network, bridge=conf.bridge, container=req.container_id,
-                       ifname=req.ifname, addresses=[str(ip.address) for ip in result.ips])
-        return result
-
-    def _add(self, req: Request, conf: BridgeConfig, node, pod, undo: Undo) -> Result:
+    def attach(self, req: Request, conf: BridgeConfig, node, pod, undo: Undo, ready: None) -> Result:
         from multiplex import netlink
 
         br, created = node.ensure_bridge(conf.bridge, mtu=conf.mtu, vlan_filtering=conf.vlan > 0)
@@ -221,68 +205,26 @@ class BridgePlugin(Plugin):
         return result
 
     # ---- DEL -------------------------------------------------------------------------------------
-    def delete(self, req: Request) -> None:
-        from multiplex import netlink
-        from multiplex.cni.invoke import invoke_ipam
-
-        conf = self.config(req)
-        name = host_veth_name(req.container_id, req.ifname)
-        with netlink.open_node(batch=req.ctx.batch) as node:
-            # the host end has a fixed name: no need for the pod netns, which may be gone
-            gone = node.delete_link(name)
+    def removed(self, req: Request, conf: BridgeConfig) -> None:
         if conf.ip_masq:
             nft.delete_masquerade(owner(req.container_id, req.ifname, conf.network))
-        invoke_ipam(req)
-        req.ctx.log.info("bridge del", network=conf.network, container=req.container_id, ifname=req.ifname,
-                       veth_deleted=gone)
 
     # ---- CHECK -----------------------------------------------------------------------------------
-    def check(self, req: Request) -> None:
-        from multiplex import netlink
+    def node_problems(self, req: Request, conf: BridgeConfig, node, prev: Result) -> list[Problem]:
+        return check_node(node, conf, req, prev)
 
-        conf = self.config(req)
-        prev = check_prologue(req)
-        pod = open_pod_for_check(req, conf.network)
-        with netlink.open_node(batch=req.ctx.batch) as node, pod:
-            problems = check_node(node, conf, req, prev)
-            iface = pod.link(req.ifname)
-            problems += missing_pod_interface(req) if iface is None else pod_interface_problems(pod, iface, prev)
-        if problems:
-            raise check_failed(req, conf.network, problems)
-
-    # ---- STATUS, GC ------------------------------------------------------------------------------
-    def status(self, req: Request) -> None:
-        self.config(req)
-        ipam_forward(req)
-
-    def gc(self, req: Request) -> None:
-        """Remove this network's attachments that the keep-list does not keep: their host veths (the
-        pod ends go with them) and masquerade rules, found by alias and comment; then IPAM's GC.
-        A malformed keep-list is code 7 before anything is touched."""
-        from multiplex.cni.valid import parse_keep
-
-        keep = parse_keep(req.config)
-        conf = self.config(req)
-        ipam_type(req)
+    # ---- GC, sweep -------------------------------------------------------------------------------
+    def collect(self, req: Request, conf: BridgeConfig, keep) -> dict[str, Any]:
+        """This network's attachments that the keep-list does not keep: their host veths (the pod
+        ends go with them) and masquerade rules, found by alias and comment."""
         removed, rules = remove_owned(req, not_kept(keep, conf.network), f"stale attachments of {conf.network}")
-        req.ctx.log.info("bridge gc", network=conf.network, veths=removed, masquerade_rules=rules)
-        ipam_forward(req)
+        return {"veths": removed, "masquerade_rules": rules}
 
-    def sweep(self, req: Request) -> None:
-        """A DEL without a cache entry: every host veth and masquerade rule this plugin made for
-        `req.container_id`, whatever its network or interface, found by alias and comment. The
-        config is not read (it may be another plugin's); leases are the IPAM's own sweep."""
-        cid = req.container_id
-        if not cid:
-            return
-
-        def mine(comment: str) -> bool:
-            o = nft.parse_owner(comment)
-            return o is not None and o.of_container(cid)
-
-        removed, rules = remove_owned(req, mine, f"attachments of container {cid}")
-        if removed or rules:
-            req.ctx.log.info("bridge sweep", container=cid, veths=removed, masquerade_rules=rules)
+    def sweep_container(self, req: Request, cid: str) -> dict[str, Any]:
+        """Every host veth and masquerade rule this plugin made for `cid`, whatever its network or
+        interface, found by alias and comment."""
+        removed, rules = remove_owned(req, of_container(cid), f"attachments of container {cid}")
+        return {"veths": removed, "masquerade_rules": rules}
 
 
 def remove_owned(req: Request, match, what: str) -> tuple[list[str], int]:
@@ -290,14 +232,7 @@ def remove_owned(req: Request, match, what: str) -> tuple[list[str], int]:
     Returns (veths deleted, rules deleted). Rules are looked for only where nft is installed."""
     import shutil
 
-    from multiplex import netlink
-
-    removed = []
-    with netlink.open_node(batch=req.ctx.batch) as node:
-        for link in node.links():
-            if link.kind == "veth" and link.name.startswith(HOST_PREFIX) and link.alias and match(link.alias):
-                if node.delete_link(link.name):
-                    removed.append(link.name)
+    removed = remove_host_veths(req, HOST_PREFIX, match)
     rules = 0
     if shutil.which(nft.NFT):
         rules = nft.delete_rules(lambda r: bool(r.comment) and match(r.comment), what)

@@ -45,9 +45,9 @@ from multiplex.cni.request import Request
 from multiplex.cni.types import DNS, Interface, IPConfig, Result, Route
 from multiplex.cni.valid import Keep
 from multiplex.util.log import Logger
-from delegates.steps import (Problem, Undo, add_pod_routes, address_pod_interface, check_failed, check_ipv6_mtu,
-                             check_prologue, ipam_add, ipam_forward, ipam_type, missing_pod_interface,
-                             open_pod_for_check, pod_interface_problems, undone_on_failure)
+from delegates.skeleton import Delegate
+from delegates.steps import (Problem, Undo, add_pod_routes, address_pod_interface, check_ipv6_mtu, ipam_add,
+                             missing_pod_interface, pod_interface_problems)
 
 TYPE_NAME = "multiplex-ipvlan"
 MODES = {"l2": 0, "l3": 1, "l3s": 2}
@@ -236,13 +236,15 @@ class ModeRecords:
 
 
 # ---- the plugin ----------------------------------------------------------------------------------
-class IpvlanPlugin(Plugin):
+class IpvlanPlugin(Delegate):
     type_name = TYPE_NAME
+    label = "ipvlan"
     capabilities = frozenset({"ips"})
     schema = "ipvlan"
 
     def validate(self, conf: dict, where: str = "$") -> None:
-        super().validate(conf, where)
+        """The schema, then a MAC request (code 2) before the IPv6 `mtu` check: its own order."""
+        Plugin.validate(self, conf, where)
         refuse_mac(conf, {}, where)
         check_ipv6_mtu(conf, where)
 
@@ -252,18 +254,10 @@ class IpvlanPlugin(Plugin):
         return IpvlanConfig.parse(req.config)
 
     # ---- ADD -------------------------------------------------------------------------------------
-    def add(self, req: Request) -> Result:
-        from multiplex import netlink
+    def conf_fields(self, conf: IpvlanConfig) -> dict[str, Any]:
+        return {"mode": conf.mode}
 
-        conf = self.config(req)
-        with netlink.open_netns(req.netns) as pod, netlink.open_node(batch=req.ctx.batch) as node, \
-                undone_on_failure(req) as undo:
-            result = self._add(req, conf, node, pod, undo)
-        req.ctx.log.info("ipvlan add", network=conf.network, mode=conf.mode, container=req.container_id,
-                       ifname=req.ifname, addresses=[str(ip.address) for ip in result.ips])
-        return result
-
-    def _add(self, req: Request, conf: IpvlanConfig, node, pod, undo: Undo) -> Result:
+    def attach(self, req: Request, conf: IpvlanConfig, node, pod, undo: Undo, ready: None) -> Result:
         home = pod if conf.link_in_container else node  # where the master lives
         master = find_master(home, conf)
         mtu = pick_mtu(conf, master)
@@ -315,49 +309,29 @@ class IpvlanPlugin(Plugin):
                        removed=removed)
 
     # ---- CHECK -----------------------------------------------------------------------------------
-    def check(self, req: Request) -> None:
+    def problems(self, req: Request, conf: IpvlanConfig, node, pod, prev: Result) -> list[Problem]:
+        return check_pod(pod, node, conf, req, prev)
+
+    # ---- STATUS, GC, sweep -----------------------------------------------------------------------
+    def ready(self, req: Request, conf: IpvlanConfig) -> None:
+        """Code 50 when the master is gone or down."""
         from multiplex import netlink
 
-        conf = self.config(req)
-        prev = check_prologue(req)
-        pod = open_pod_for_check(req, conf.network)
-        with pod, netlink.open_node(batch=req.ctx.batch) as node:
-            problems = check_pod(pod, node, conf, req, prev)
-        if problems:
-            raise check_failed(req, conf.network, problems)
-
-    # ---- STATUS, GC ------------------------------------------------------------------------------
-    def status(self, req: Request) -> None:
-        from multiplex import netlink
-
-        conf = self.config(req)
         if not conf.link_in_container:  # otherwise the master lives in pods, which STATUS has none of
             with netlink.open_node(batch=req.ctx.batch) as node:
                 try:
                     find_master(node, conf)
                 except CNIError as e:
                     raise CNIError(PLUGIN_NOT_AVAILABLE, f"{TYPE_NAME} cannot attach pods: {e.msg}", e.details) from None
-        ipam_forward(req)
 
-    def gc(self, req: Request) -> None:
-        from multiplex.cni.valid import parse_keep
+    def collect(self, req: Request, conf: IpvlanConfig, keep: Keep) -> dict[str, int]:
+        """Forget this network's mode records that the keep-list does not keep."""
+        return {"records_forgotten": ModeRecords.of(req).release_stale(conf.network, keep)}
 
-        keep = parse_keep(req.config)  # code 7 before anything is touched
-        conf = self.config(req)
-        ipam_type(req)
-        forgotten = ModeRecords.of(req).release_stale(conf.network, keep)
-        req.ctx.log.info("ipvlan gc", network=conf.network, records_forgotten=forgotten)
-        ipam_forward(req)
-
-    def sweep(self, req: Request) -> None:
-        """A DEL without a cache entry: forget the container's mode records (any network, master or
-        interface). Its sub-interfaces are in the pod netns and go with it; leases are the IPAM's
-        own sweep. The config is not read (it may be another plugin's)."""
-        if not req.container_id:
-            return
-        forgotten = ModeRecords.of(req).release_container(req.container_id)
-        if forgotten:
-            req.ctx.log.info("ipvlan sweep", container=req.container_id, records_forgotten=forgotten)
+    def sweep_container(self, req: Request, cid: str) -> dict[str, int]:
+        """Forget the container's mode records (any network, master or interface). Its
+        sub-interfaces are in the pod netns and go with it."""
+        return {"records_forgotten": ModeRecords.of(req).release_container(cid)}
 
 
 # ---- steps ---------------------------------------------------------------------------------------

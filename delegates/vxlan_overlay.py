@@ -42,14 +42,12 @@ from typing import Any, Optional
 
 from multiplex.cni import skel
 from multiplex.cni.errors import CNIError, NETLINK_FAILURE, invalid_config
-from multiplex.cni.plugin import Plugin
 from multiplex.cni.request import Request
 from multiplex.cni.types import DNS, Interface, IPConfig, Result
 from delegates.bridge import host_veth_name, owner, remove_owned
+from delegates.skeleton import VethDelegate, of_container
 from delegates.vxlan_settings import check_vni_granted
-from delegates.steps import (Problem, Undo, not_kept, add_pod_routes, address_pod_interface, check_failed, check_ipv6_mtu,
-                             check_prologue, ipam_add, ipam_forward, ipam_type, missing_pod_interface,
-                             open_pod_for_check, pod_interface_problems, undone_on_failure)
+from delegates.steps import Problem, Undo, not_kept, add_pod_routes, address_pod_interface, ipam_add
 
 TYPE_NAME = "multiplex-vxlan-overlay"
 BRIDGE_PREFIX = "mpxvb-"
@@ -292,14 +290,15 @@ def check_port_is_not_the_nodes(port: Any, where: str = "$") -> None:
 
 
 # ---- the plugin ----------------------------------------------------------------------------------
-class VxlanOverlayPlugin(Plugin):
+class VxlanOverlayPlugin(VethDelegate):
     type_name = TYPE_NAME
+    label = "vxlan-overlay"
     capabilities = frozenset({"ips", "mac"})
     schema = "vxlan-overlay"
+    config_class = OverlayConfig
+    host_veth_name = staticmethod(host_veth_name)
 
-    def validate(self, conf: dict, where: str = "$") -> None:
-        super().validate(conf, where)
-        check_ipv6_mtu(conf, where)
+    def validate_fields(self, conf: dict, where: str) -> None:
         parse_peers(conf.get("peers"), where)
         check_port_is_not_the_nodes(conf.get("port"), where)
         check_vni_granted(str(conf.get("name") or ""), conf.get("vni"), where)
@@ -308,29 +307,28 @@ class VxlanOverlayPlugin(Plugin):
                                  "static peers cannot be encrypted", f"{where}.encrypt",
                                  "leave peers out (the vxlan-peers controller finds the peers), or leave encrypt out")
 
-    def config(self, req: Request) -> OverlayConfig:
-        if req.command in ("ADD", "CHECK"):
-            self.validate(req.config)
-        return OverlayConfig.parse(req.config)
-
     # ---- ADD -------------------------------------------------------------------------------------
-    def add(self, req: Request) -> Result:
-        from multiplex import netlink
+    def add_lock(self, req: Request):
+        return add_lock(req)
 
-        conf = self.config(req)
-        with add_lock(req), netlink.open_node(batch=req.ctx.batch) as node:
-            underlay = find_underlay(node, conf)
-            check_vni_free(node, conf)
-            check_port_encryption(node, conf, underlay)
-            with undone_on_failure(req) as undo, netlink.open_netns(req.netns) as pod:
-                result = self._add(req, conf, underlay, node, pod, undo)
+    def prepare(self, req: Request, conf: OverlayConfig, node) -> Underlay:
+        """The underlay, and refusals before anything is made: a VNI another network uses, a port
+        whose encryption differs."""
+        underlay = find_underlay(node, conf)
+        check_vni_free(node, conf)
+        check_port_encryption(node, conf, underlay)
+        return underlay
+
+    def added(self, req: Request, conf: OverlayConfig) -> None:
         tell_controller(conf.network)
-        req.ctx.log.info("vxlan-overlay add", network=conf.network, vni=conf.vni, device=conf.device,
-                         container=req.container_id, ifname=req.ifname, mtu=underlay.mtu,
-                         addresses=[str(ip.address) for ip in result.ips])
-        return result
 
-    def _add(self, req: Request, conf: OverlayConfig, underlay: Underlay, node, pod, undo: Undo) -> Result:
+    def conf_fields(self, conf: OverlayConfig) -> dict[str, Any]:
+        return {"vni": conf.vni, "device": conf.device}
+
+    def add_fields(self, req: Request, conf: OverlayConfig, ready: Underlay) -> dict[str, Any]:
+        return {**super().add_fields(req, conf, ready), "mtu": ready.mtu}
+
+    def attach(self, req: Request, conf: OverlayConfig, node, pod, undo: Undo, underlay: Underlay) -> Result:
         from multiplex import netlink
 
         br, vx = ensure_overlay(req, conf, underlay, node, undo)
@@ -355,39 +353,16 @@ class VxlanOverlayPlugin(Plugin):
         add_pod_routes(pod, peer, result.routes, result.ips)
         return result
 
-    # ---- DEL -------------------------------------------------------------------------------------
-    def delete(self, req: Request) -> None:
-        from multiplex import netlink
-        from multiplex.cni.invoke import invoke_ipam
-
-        conf = self.config(req)
-        name = host_veth_name(req.container_id, req.ifname)
-        with netlink.open_node(batch=req.ctx.batch) as node:
-            gone = node.delete_link(name)
-        invoke_ipam(req)
-        req.ctx.log.info("vxlan-overlay del", network=conf.network, container=req.container_id,
-                         ifname=req.ifname, veth_deleted=gone)
-
     # ---- CHECK -----------------------------------------------------------------------------------
-    def check(self, req: Request) -> None:
-        from multiplex import netlink
-
-        conf = self.config(req)
-        prev = check_prologue(req)
-        pod = open_pod_for_check(req, conf.network)
-        with netlink.open_node(batch=req.ctx.batch) as node, pod:
-            problems = check_node(node, conf, req)
-            iface = pod.link(req.ifname)
-            problems += missing_pod_interface(req) if iface is None else pod_interface_problems(pod, iface, prev)
-        if problems:
-            raise check_failed(req, conf.network, problems)
+    def node_problems(self, req: Request, conf: OverlayConfig, node, prev: Result) -> list[Problem]:
+        return check_node(node, conf, req)
 
     # ---- STATUS, GC ------------------------------------------------------------------------------
-    def status(self, req: Request) -> None:
+    def ready(self, req: Request, conf: OverlayConfig) -> None:
+        """Code 50 when the network's underlay cannot be found (a config with a VNI only)."""
         from multiplex import netlink
         from multiplex.cni.errors import PLUGIN_NOT_AVAILABLE
 
-        conf = self.config(req)
         if req.config.get("vni"):
             with netlink.open_node() as node:
                 try:
@@ -395,35 +370,17 @@ class VxlanOverlayPlugin(Plugin):
                 except CNIError as e:
                     raise CNIError(PLUGIN_NOT_AVAILABLE, f"network {conf.network} cannot attach pods: {e.msg}",
                                    e.details) from None
-        ipam_forward(req)
 
-    def gc(self, req: Request) -> None:
+    def collect(self, req: Request, conf: OverlayConfig, keep) -> dict[str, list[str]]:
         """This network's attachments the keep-list does not keep: their host veths (found by
-        alias, as multiplex-bridge finds its own); then IPAM's GC."""
-        from multiplex.cni.valid import parse_keep
-
-        keep = parse_keep(req.config)
-        conf = self.config(req)
-        ipam_type(req)
+        alias, as multiplex-bridge finds its own)."""
         removed, _ = remove_owned(req, not_kept(keep, conf.network), f"stale attachments of {conf.network}")
-        req.ctx.log.info("vxlan-overlay gc", network=conf.network, veths=removed)
-        ipam_forward(req)
+        return {"veths": removed}
 
-    def sweep(self, req: Request) -> None:
-        """A DEL without a cache entry: every host veth of `req.container_id` (by alias)."""
-        from multiplex.netlink import nft
-
-        cid = req.container_id
-        if not cid:
-            return
-
-        def mine(comment: str) -> bool:
-            o = nft.parse_owner(comment)
-            return o is not None and o.of_container(cid)
-
-        removed, _ = remove_owned(req, mine, f"attachments of container {cid}")
-        if removed:
-            req.ctx.log.info("vxlan-overlay sweep", container=cid, veths=removed)
+    def sweep_container(self, req: Request, cid: str) -> dict[str, list[str]]:
+        """Every host veth of `cid` (by alias)."""
+        removed, _ = remove_owned(req, of_container(cid), f"attachments of container {cid}")
+        return {"veths": removed}
 
 
 # ---- steps ---------------------------------------------------------------------------------------
