@@ -33,9 +33,12 @@ parser below re-checks types itself, so DEL/STATUS/GC can skip the (costly) json
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
-from dataclasses import dataclass, field
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from ..cni.errors import CNIError, INVALID_CONFIG, invalid_config
@@ -187,6 +190,60 @@ def validate_schema(netconf: dict, where: str = "$") -> None:
     schema.validate("ipam", ipam_block(netconf, where), prefix=f"{where}.ipam")
 
 
+# --- remembered parses ------------------------------------------------------------------------
+# A warm process (the node daemon) sees the same few NAD configs on every call, and one ADD used to
+# parse each attachment's block twice (the meta plugin's validation, then the IPAM's ADD): 8 parses
+# per ADD of 4 attachments, each a few hundred microseconds of ipaddress work. parse() is a pure
+# function of the ipam block, the network name, `where`, `check_schema` and the call's state root
+# and kubeconfig (nothing on disk is read), so its result is remembered under exactly those, the
+# block by its canonical JSON. Only successes are remembered (an error is raised afresh each time,
+# naming its field), at most PARSED_MAX configs (least recently used go first), and every caller
+# gets a copy of the mutable parts (lists, routes, dns), never the remembered object itself.
+PARSED_MAX = 256
+_parsed: "OrderedDict[tuple, IPAMConfig]" = OrderedDict()
+#: (block, name) of every config that parsed with its schema check, under any path, state root or
+#: kubeconfig (those only name where errors point and where the store lies): validate()
+_valid: "OrderedDict[tuple, None]" = OrderedDict()
+_parsed_lock = threading.Lock()
+
+
+def _memo_key(netconf: dict, check_schema: bool, state_dir: Optional[str],
+              kubeconfig: Optional[str]) -> Optional[tuple]:
+    """What a parse depends on besides `where`, or None when it cannot be keyed (not JSON data:
+    such a config is parsed, and refused, every time)."""
+    ipam, name = netconf.get("ipam"), netconf.get("name")
+    if not isinstance(ipam, dict) or not isinstance(name, str):
+        return None
+    try:
+        blob = json.dumps(ipam, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    return (blob, name, check_schema, state_dir, kubeconfig)
+
+
+def _remember(table: "OrderedDict[tuple, Any]", key: tuple, value: Any) -> None:
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > PARSED_MAX:
+        table.popitem(last=False)
+
+
+def _copy(conf: IPAMConfig) -> IPAMConfig:
+    """A copy a caller may change without changing the remembered config (ranges are frozen)."""
+    dns = conf.dns
+    return replace(conf, range_sets=list(conf.range_sets), exclude=list(conf.exclude),
+                   routes=[replace(r) for r in conf.routes],
+                   dns=DNS(nameservers=list(dns.nameservers), domain=dns.domain, search=list(dns.search),
+                           options=list(dns.options)))
+
+
+def forget_parsed() -> None:
+    """Drop every remembered parse (tests)."""
+    with _parsed_lock:
+        _parsed.clear()
+        _valid.clear()
+
+
 def parse(netconf: dict, *, check_schema: bool = True, where: str = "$", state_dir: Optional[str] = None,
           kubeconfig: Optional[str] = None) -> IPAMConfig:
     """The IPAM config of a network config (the object with `name` and `ipam`).
@@ -194,7 +251,41 @@ def parse(netconf: dict, *, check_schema: bool = True, where: str = "$", state_d
     `where` is the JSON path of the network config in what the user wrote (the meta plugin passes
     e.g. "blue:$.plugins[0]"); errors name fields below it ("<where>.ipam.ranges[0][0].subnet").
     `state_dir` and `kubeconfig` are the call's (CallContext): see store_location().
+    A config parsed before under the same arguments is not parsed again (see above).
     """
+    key = _memo_key(netconf, check_schema, state_dir, kubeconfig)
+    if key is not None:
+        with _parsed_lock:
+            hit = _parsed.get(key + (where,))
+            if hit is not None:
+                _parsed.move_to_end(key + (where,))
+        if hit is not None:
+            return _copy(hit)
+    conf = parse_uncached(netconf, check_schema=check_schema, where=where, state_dir=state_dir,
+                          kubeconfig=kubeconfig)
+    if key is not None:
+        with _parsed_lock:
+            _remember(_parsed, key + (where,), _copy(conf))
+            if check_schema:
+                _remember(_valid, key[:2], None)
+    return conf
+
+
+def validate(netconf: dict, where: str = "$") -> None:
+    """Raise what parse() (with the schema check) would raise for `netconf`, errors under `where`;
+    nothing to do for a config that parsed before under any path."""
+    key = _memo_key(netconf, True, None, None)
+    if key is not None:
+        with _parsed_lock:
+            if key[:2] in _valid:
+                _valid.move_to_end(key[:2])
+                return
+    parse(netconf, where=where)
+
+
+def parse_uncached(netconf: dict, *, check_schema: bool = True, where: str = "$", state_dir: Optional[str] = None,
+                   kubeconfig: Optional[str] = None) -> IPAMConfig:
+    """parse() itself, every time."""
     ipam = ipam_block(netconf, where)
     p = f"{where}.ipam"
     _refuse_unknown(ipam, p)  # before the schema: this error names the field itself

@@ -59,7 +59,7 @@ class IPAMPlugin(Plugin):
 
     def validate(self, conf: dict, where: str = "$") -> None:
         """Check the `ipam` block of network config `conf` (schema and semantics), errors under `where`."""
-        config.parse(conf, where=where)
+        config.validate(conf, where=where)
 
     def add(self, req: Request) -> Result:
         conf = parse(req)
