@@ -102,24 +102,13 @@ def normalized(result: dict) -> dict:
     return out
 
 
-def residue(lab: Lab) -> list[str]:
-    left = []
-    if lab.node_links("veth"):
-        left.append(f"veths in the node: {sorted(lab.node_links('veth'))}")
-    if lab.leases():
-        left.append(f"lease rows: {lab.leases()}")
-    if lab.cache_entries():
-        left.append(f"cache entries: {lab.cache_entries()}")
-    return left
-
-
 def test_add_check_del_through_the_shim_match_the_one_shot_path(lab, netns_factory, daemons, sock_dir, tmp_path):
     lab.add_pod("two", "blue")
     pod_ns = netns_factory("dpod")
     one_shot = cni(lab, "multiplex", "ADD", "two", pod_ns)
     assert one_shot.ok, one_shot
     assert cni(lab, "multiplex", "DEL", "two", pod_ns).ok
-    assert residue(lab) == []
+    assert lab.residue() == []
 
     d = daemons(lab.state_dir, os.path.join(sock_dir, "mpx.sock"), netns=lab.node, local_dir=lab.root,
                 controllers="none")
@@ -137,7 +126,7 @@ def test_add_check_del_through_the_shim_match_the_one_shot_path(lab, netns_facto
     checked = cni(lab, shim, "CHECK", "two", pod_ns)
     assert checked.ok and checked.out is None, checked
     assert cni(lab, shim, "DEL", "two", pod_ns).ok
-    assert residue(lab) == []
+    assert lab.residue() == []
     assert d.stop() == 0
 
 
@@ -152,8 +141,8 @@ def test_daemon_killed_mid_add_gives_an_error_and_del_cleans(lab, netns_factory,
     d2 = daemons(lab.state_dir, sock, netns=lab.node, local_dir=lab.root, controllers="none")
     deleted = cni(lab, shim, "DEL", "victim", pod_ns, path=path)
     assert deleted.ok, (deleted, d2.stderr())
-    wait_for(lambda: not residue(lab), 10, "DEL's cleanup")
-    assert residue(lab) == []
+    wait_for(lambda: not lab.residue(), 10, "DEL's cleanup")
+    assert lab.residue() == []
     assert lab_links(pod_ns) == {"lo"}
     # the killed daemon's exec'd plugin (a session of its own), if it had started, outlives it
     # until its hang ends: wait for it so the test leaves no process behind

@@ -72,9 +72,8 @@ def status_of(lab: Lab, pod: str, namespace: str = "default") -> list[dict]:
 
 
 def assert_nothing_left(lab: Lab, ns: str) -> None:
-    assert links(ns) == {"lo"}
-    assert lab.node_links("veth") == set()
-    assert lab.leases() == [] and lab.cache_entries() == []
+    """No link in the pod nor veth on the node, no lease, no cache entry."""
+    assert lab.residue(ns) == []
 
 
 def test_list_form_gives_named_interfaces_and_status(k8s):

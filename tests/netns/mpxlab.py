@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from tests.cnitool import CNIOutput, ip_json, run_plugin
+from tests.cnitool import CNIOutput, ip_json, links, run_plugin
 
 
 def nad(name: str, config: dict, namespace: str = "default") -> dict:
@@ -154,6 +154,22 @@ class Lab(LabFiles):
     def node_links(self, kind: str = "veth") -> set[str]:
         return {l["ifname"] for l in ip_json(self.node, "-d", "link", "show")
                 if l.get("linkinfo", {}).get("info_kind") == kind}
+
+    def residue(self, pod_ns: str = "", kinds: tuple[str, ...] = ("veth",)) -> list[str]:
+        """What a refused or undone call must not leave, as a user would look for it (empty when
+        nothing): interfaces in the pod netns `pod_ns` (when given), node links of `kinds`, lease
+        rows, cache entries. One description of "nothing left" for the tests of every path."""
+        left = []
+        if pod_ns and links(pod_ns) != {"lo"}:
+            left.append(f"pod links: {sorted(links(pod_ns))}")
+        for kind in kinds:
+            if self.node_links(kind):
+                left.append(f"{kind}s on the node: {sorted(self.node_links(kind))}")
+        if self.leases():
+            left.append(f"lease rows: {self.leases()}")
+        if self.cache_entries():
+            left.append(f"cache entries: {self.cache_entries()}")
+        return left
 
     def node_nft(self) -> str:
         from tests.cnitool import nsexec

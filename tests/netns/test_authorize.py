@@ -55,20 +55,6 @@ def lab(netns_factory, tmp_path):
     return lab
 
 
-def residue(lab: Lab, pod_ns: str) -> list[str]:
-    left = []
-    if links(pod_ns) != {"lo"}:
-        left.append(f"pod links: {sorted(links(pod_ns))}")
-    for kind in ("veth", "bridge"):
-        if lab.node_links(kind):
-            left.append(f"{kind}s on the node: {sorted(lab.node_links(kind))}")
-    if lab.leases():
-        left.append(f"lease rows: {lab.leases()}")
-    if lab.cache_entries():
-        left.append(f"cache entries: {lab.cache_entries()}")
-    return left
-
-
 def refuse_red(lab: Lab, how: str) -> dict:
     """Make `red` refused by `how` (the NAD's own annotation, or the admin's hook); the config."""
     if how == "nad-namespaces":
@@ -100,7 +86,7 @@ def test_a_refusal_at_attachment_3_of_3_leaves_nothing_of_1_and_2(lab, how, reas
     assert out.rc == 1 and out.code == 106, out
     assert f"hook: {how}" in out.out["details"] and reason in out.out["msg"], out
     assert "default/red" in out.out["msg"], out
-    assert residue(lab, pod_ns) == []
+    assert lab.residue(pod_ns, kinds=("veth", "bridge")) == []
 
     # the refusal lifted, the same pod gets all three networks: the set-up could have attached them
     allow_red(lab, how)

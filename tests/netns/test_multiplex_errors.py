@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.cnitool import links, run_plugin
+from tests.cnitool import run_plugin
 from tests.netns.mpxlab import Lab, bridge_conf
 
 pytestmark = pytest.mark.root
@@ -22,10 +22,8 @@ def lab(node, netns_factory, tmp_path):
 
 
 def assert_nothing_left(lab: Lab, ns: str) -> None:
-    assert links(ns) == {"lo"}
-    assert lab.node_links("veth") == set()
-    assert lab.leases() == []
-    assert lab.cache_entries() == []
+    """No link in the pod nor veth on the node, no lease, no cache entry."""
+    assert lab.residue(ns) == []
 
 
 def refused_add(lab: Lab, networks: str, code: int):
