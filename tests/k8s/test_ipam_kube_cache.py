@@ -49,6 +49,18 @@ def server_block(cluster, name: str) -> Block:  # noqa: F811
     return cluster.block(name)
 
 
+def node_with_leases(cluster, nodes, count: int):  # noqa: F811
+    """Pool `blue`, node n1 holding `count` leases of one block, its watch caught up with its own
+    writes. Returns (n1, the IPAM conf, the leases, the block's name)."""
+    cluster.pool("blue", BLUE)
+    conf = ipam_conf(BLUE)
+    n1 = nodes("n1")
+    mine = [take(n1.store(), conf, owner(f"c{i}")) for i in range(count)]
+    name = block_name(ipaddress.ip_network(f"{mine[0].address}/26", strict=False))
+    wait_for(lambda: n1.cache.overlay_size() == 0, what="the watch to catch up with our writes")
+    return n1, conf, mine, name
+
+
 def borrow_next(cluster, name: str, last) -> str:  # noqa: F811
     """Node n2 takes the address after `last` in block `name`, written straight into the API
     server's store (behind any cache's back, as a write no watch delivered yet). Returns it."""
@@ -121,12 +133,7 @@ def test_a_store_without_a_synced_cache_reads_the_api_as_the_one_shot_path(clust
 # --- a stale cache: 409, refresh, success ------------------------------------------------------
 
 def test_a_stale_cache_costs_one_409_and_one_get_then_succeeds(cluster, nodes):  # noqa: F811
-    cluster.pool("blue", BLUE)
-    conf = ipam_conf(BLUE)
-    n1 = nodes("n1")
-    mine = [take(n1.store(), conf, owner(f"c{i}")) for i in range(3)]
-    name = block_name(ipaddress.ip_network(f"{mine[0].address}/26", strict=False))
-    wait_for(lambda: n1.cache.overlay_size() == 0, what="the watch to catch up with our writes")
+    n1, conf, mine, name = node_with_leases(cluster, nodes, 3)
 
     n1.informer("ipblocks").stop()        # the watch is stuck: the cache will not see the next change
     # another node borrows the next address of n1's block behind the cache's back
@@ -166,13 +173,8 @@ def test_a_block_deleted_behind_the_cache_is_claimed_again(cluster, nodes):  # n
 # --- the watch drops and resumes ---------------------------------------------------------------
 
 def test_a_watch_cut_and_resumed_delivers_what_changed_meanwhile(cluster, nodes):  # noqa: F811
-    cluster.pool("blue", BLUE)
-    conf = ipam_conf(BLUE)
-    n1 = nodes("n1")
-    mine = [take(n1.store(), conf, owner(f"c{i}")) for i in range(2)]
-    name = block_name(ipaddress.ip_network(f"{mine[0].address}/26", strict=False))
+    n1, conf, mine, name = node_with_leases(cluster, nodes, 2)
     inf = n1.informer("ipblocks")
-    wait_for(lambda: n1.cache.overlay_size() == 0, what="the watch to catch up")
     lists, watches = inf.stats["lists"], inf.stats["watches"]
 
     cluster.api.stop()                     # connections cut; the API is down
