@@ -117,6 +117,15 @@ class Lab(LabFiles):
                           netns=netns or "", ifname=ifname if command not in ("GC", "STATUS") else "",
                           args=args, extra_env=env)
 
+    def attach(self, pod: str, networks: Any, namespace: str = "default", container_id: str = "") -> str:
+        """Pod `pod` with `networks` as its annotation, in a netns of its own, ADDed (the ADD must
+        succeed). Returns its netns."""
+        self.add_pod(pod, networks, namespace=namespace)
+        ns = self.netns_factory("pod")
+        out = self.cni("ADD", pod, ns, container_id=container_id, namespace=namespace)
+        assert out.ok, out
+        return ns
+
     def gc_config(self, *container_ids: str, **overrides: Any) -> dict:
         """The multiplex config of a GC whose runtime lists `container_ids` (each as its eth0)."""
         return dict(self.config(**overrides),

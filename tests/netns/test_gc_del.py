@@ -44,10 +44,7 @@ def damage_cache_entry(lab: Lab, pod: str, damage: str, garbage: bytes) -> str:
 
 
 def add_pod(lab: Lab, name: str, networks="blue", namespace: str = "default") -> str:
-    lab.add_pod(name, networks, namespace=namespace)
-    ns = lab.netns_factory("pod")
-    out = lab.cni("ADD", name, ns, container_id=cid_of(name, namespace), namespace=namespace)
-    assert out.ok, out
+    ns = lab.attach(name, networks, namespace, container_id=cid_of(name, namespace))
     assert links(ns) == {"lo", "eth0", "net1"}
     return ns
 

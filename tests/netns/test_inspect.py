@@ -45,11 +45,7 @@ def lab(node, netns_factory, tmp_path):
 
 
 def add_pod(lab: Lab, name: str) -> str:
-    lab.add_pod(name, "dual,ref")
-    ns = lab.netns_factory("pod")
-    out = lab.cni("ADD", name, ns)
-    assert out.ok, out
-    return ns
+    return lab.attach(name, "dual,ref")
 
 
 def inspect(lab: Lab, target: str, *args: str) -> subprocess.CompletedProcess:

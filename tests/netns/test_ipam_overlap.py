@@ -34,11 +34,7 @@ def v4(ns: str, dev: str) -> list[str]:
 
 
 def add_pod(lab: Lab, name: str) -> str:
-    lab.add_pod(name, "half")
-    ns = lab.netns_factory("pod")
-    out = lab.cni("ADD", name, ns)
-    assert out.ok, out
-    return ns
+    return lab.attach(name, "half")
 
 
 def test_eth0_on_a_24_and_net1_on_a_25_of_it_never_share_an_address(lab):

@@ -75,9 +75,7 @@ def test_add_three_bridge_attachments_gives_interfaces_addresses_routes_and_ping
 
 
 def test_check_passes_then_fails_after_address_removed_by_hand(lab):
-    lab.add_pod("c", "blue, green")
-    ns = lab.netns_factory("pod")
-    assert lab.cni("ADD", "c", ns).ok
+    ns = lab.attach("c", "blue, green")
     assert lab.cni("CHECK", "c", ns).ok
     addr = sorted(addresses(ns, "net2"))[0]
     nsexec(ns, "ip", "addr", "del", addr, "dev", "net2")
@@ -88,9 +86,7 @@ def test_check_passes_then_fails_after_address_removed_by_hand(lab):
 
 def test_del_twice_leaves_no_link_lease_cache_or_rule(lab):
     lab.add_nad("masq", bridge_conf("mpx-masq", "198.18.4.0/24", isGateway=True, ipMasq=True))
-    lab.add_pod("d", "blue, masq")
-    ns = lab.netns_factory("pod")
-    assert lab.cni("ADD", "d", ns).ok
+    ns = lab.attach("d", "blue, masq")
     assert lab.node_links("veth"), "ADD made no veth in the node"
     assert lab.leases() and lab.cache_entries()
     assert "198.18.4." in lab.node_nft()
@@ -105,9 +101,7 @@ def test_del_twice_leaves_no_link_lease_cache_or_rule(lab):
 
 
 def test_del_after_netns_is_gone_frees_everything(lab):
-    lab.add_pod("e", "blue")
-    ns = lab.netns_factory("pod")
-    assert lab.cni("ADD", "e", ns).ok
+    ns = lab.attach("e", "blue")
     subprocess.run(["ip", "netns", "del", ns], check=True)
     out = lab.cni("DEL", "e", ns)
     assert out.ok, out
