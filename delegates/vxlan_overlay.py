@@ -36,12 +36,14 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import sys
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from multiplex.cni import skel
-from multiplex.cni.errors import CNIError, NETLINK_FAILURE, invalid_config
+from multiplex.cni.errors import CNIError, NETLINK_FAILURE, TRY_AGAIN_LATER, invalid_config
 from multiplex.cni.request import Request
 from multiplex.cni.types import DNS, Interface, IPConfig, Result
 from delegates.bridge import host_veth_name, owner, remove_owned
@@ -331,13 +333,14 @@ class VxlanOverlayPlugin(VethDelegate):
     def attach(self, req: Request, conf: OverlayConfig, node, pod, undo: Undo, underlay: Underlay) -> Result:
         from multiplex import netlink
 
-        br, vx = ensure_overlay(req, conf, underlay, node, undo)
-        host_name = host_veth_name(req.container_id, req.ifname)
-        if node.delete_link(host_name):  # a stale pair of this very attachment (a crashed ADD)
-            req.ctx.log.warning("replaced a stale host veth", link=host_name, container=req.container_id)
-        host, peer = netlink.make_veth_pair(node, pod, host_name, req.ifname, mtu=underlay.mtu, mac=conf.mac,
-                                            alias=owner(req.container_id, req.ifname, conf.network), master=br)
-        undo.push(f"delete veth {host_name}", lambda: node.delete_link(host_name))
+        with network_lock(req, conf.network):  # until the veth is a port: see network_lock
+            br, vx = ensure_overlay(req, conf, underlay, node, undo)
+            host_name = host_veth_name(req.container_id, req.ifname)
+            if node.delete_link(host_name):  # a stale pair of this very attachment (a crashed ADD)
+                req.ctx.log.warning("replaced a stale host veth", link=host_name, container=req.container_id)
+            host, peer = netlink.make_veth_pair(node, pod, host_name, req.ifname, mtu=underlay.mtu, mac=conf.mac,
+                                                alias=owner(req.container_id, req.ifname, conf.network), master=br)
+            undo.push(f"delete veth {host_name}", lambda: node.delete_link(host_name))
 
         ipam = ipam_add(req, undo)
 
@@ -395,12 +398,12 @@ def ensure_overlay(req: Request, conf: OverlayConfig, underlay: Underlay, node, 
     br, created = node.ensure_bridge(conf.bridge, mtu=underlay.mtu)
     if created:
         netlink.sysctl.write(f"net/ipv6/conf/{br.name}/accept_ra", "0", missing_ok=True)
-        undo.push(f"remove bridge {br.name}", lambda: remove_overlay_if_unused(node, conf))
+        undo.push(f"remove bridge {br.name}", lambda: remove_overlay_if_unused(req, node, conf))
     made = vxlan.add_vxlan(node, conf.device, vni=conf.vni, port=conf.port, local=underlay.local,
                            underlay=underlay.link, learning=conf.static, proxy=not conf.static, mtu=underlay.mtu,
                            alias=device_alias(conf.network))
     if made:
-        undo.push(f"remove VXLAN device {conf.device}", lambda: remove_overlay_if_unused(node, conf))
+        undo.push(f"remove VXLAN device {conf.device}", lambda: remove_overlay_if_unused(req, node, conf))
     vx = node.require_link(conf.device)
     if vx.master != br.index or not vx.up:
         node.set_link(vx, f"attach {vx.name} to {br.name}", master=br.index, state="up")
@@ -455,14 +458,52 @@ def ensure_encryption(req: Request, conf: OverlayConfig, underlay: Underlay, nod
                   lambda: wireguard.delete_port_rule(node, underlay.family, conf.port))
 
 
-def remove_overlay_if_unused(node, conf: OverlayConfig) -> None:
-    """Undo of a failed first ADD: the bridge and VXLAN device go when no pod port is on the bridge."""
-    br = node.link(conf.bridge)
-    if br is not None and any(l.master == br.index and l.name != conf.device for l in node.links()):
-        return
-    node.delete_link(conf.device)
-    if br is not None:
-        node.delete_link(conf.bridge)
+#: the networks' locks, one byte per network (as multiplex/cni/lock.py locks containers)
+NETWORK_LOCKS = "vxlan-networks.lock"
+
+
+def network_lock_path(state_dir: Optional[str] = None) -> str:
+    from multiplex.util import state
+
+    return os.path.join(state.root(state_dir), "locks", NETWORK_LOCKS)
+
+
+@contextmanager
+def network_lock(req: Request, network: str) -> Iterator[None]:
+    """The network's own lock, across processes and threads: an ADD holds it from finding (or
+    making) the network's bridge and VXLAN device until its veth is a port of the bridge, and the
+    undo of a failed first ADD holds it to see that no pod port is on the bridge and remove both.
+    Without it, such an undo could remove the bridge while a concurrent ADD of the same network
+    is between the two (both hold the GC lock shared, which orders them against GC, not against
+    each other). Chosen over leaving unused devices to the daemon's idle collection: that runs only
+    where the daemon does, and a runtime may call this plugin without one. The lock is one byte of
+    `<state root>/locks/vxlan-networks.lock` per network (re-entrant in a thread; order: the GC
+    lock, then this). Code 11 naming the network when it is not free within the call's deadline."""
+    from multiplex.cni.lock import DEFAULT_TIMEOUT, container_lock
+
+    with ExitStack() as held:
+        try:
+            held.enter_context(container_lock(network, timeout=req.time_left(DEFAULT_TIMEOUT),
+                                              path=network_lock_path(req.ctx.state_dir)))
+        except CNIError as e:
+            if e.code != TRY_AGAIN_LATER:
+                raise
+            raise CNIError(TRY_AGAIN_LATER, f"another CNI call still holds the lock of network {network} "
+                           "(making its bridge and VXLAN device, or removing them)", e.details) from None
+        yield
+
+
+def remove_overlay_if_unused(req: Request, node, conf: OverlayConfig) -> None:
+    """Undo of a failed first ADD: the bridge and VXLAN device go when no pod port is on the bridge,
+    seen and removed under the network's lock (network_lock). When the lock stays busy past the
+    call's deadline the devices stay (the Undo logs it); the daemon's idle collection takes them."""
+    with network_lock(req, conf.network):
+        br = node.link(conf.bridge)
+        if br is not None and any(l.master == br.index and l.name != conf.device for l in node.links()):
+            return
+        node.delete_link(conf.device)
+        if br is not None:
+            node.delete_link(conf.bridge)
 
 
 def check_node(node, conf: OverlayConfig, req: Request) -> list[Problem]:
