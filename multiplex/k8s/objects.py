@@ -74,6 +74,18 @@ class ObjectSource(Protocol):
         """Stop every watch/poll thread."""
 
 
+def merge_annotations(current: Optional[dict], patch: dict[str, Optional[str]]) -> dict:
+    """`current` annotations with `patch` merged in as a JSON merge patch does it on the API
+    server (None removes a key): what patch_node_annotations makes of a Node, for every source."""
+    merged = dict(current or {})
+    for k, v in patch.items():
+        if v is None:
+            merged.pop(k, None)
+        else:
+            merged[k] = v
+    return merged
+
+
 # --- the Kubernetes API ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -349,13 +361,7 @@ class LocalObjects(_StartedKinds):
             else:
                 obj = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}
             meta = obj.setdefault("metadata", {})
-            current = dict(meta.get("annotations") or {})
-            for k, v in annotations.items():
-                if v is None:
-                    current.pop(k, None)
-                else:
-                    current[k] = v
-            meta["annotations"] = current
+            meta["annotations"] = merge_annotations(meta.get("annotations"), annotations)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             atomic_write(path, json.dumps(obj, indent=2) + "\n", mode=0o644)
         self._wake.set()

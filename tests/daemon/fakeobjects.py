@@ -6,6 +6,8 @@ import threading
 import time
 from typing import Optional
 
+from multiplex.k8s.objects import merge_annotations
+
 
 class FakeInformer:
     def __init__(self, kind: str):
@@ -64,13 +66,7 @@ class FakeObjects:
         inf = self.informer("nodes")
         obj = inf.get(None, node) or {"metadata": {"name": node}}
         meta = dict(obj["metadata"])
-        ann = dict(meta.get("annotations") or {})
-        for k, v in annotations.items():
-            if v is None:
-                ann.pop(k, None)
-            else:
-                ann[k] = v
-        meta["annotations"] = ann
+        meta["annotations"] = merge_annotations(meta.get("annotations"), annotations)
         inf.put(dict(obj, metadata=meta))
 
     def stop(self) -> None:
