@@ -107,7 +107,9 @@ def run(plugin: Plugin, environ: Mapping[str, str], stdin: bytes, stdout: TextIO
     else, a bug, as 100. `stdin_size`: stdin's real size when the reader stopped early.
     A warm process (the node daemon) passes its `services` (cni/context.py Services) for the
     call's context, and the `deadline` (time.monotonic()) it started when it accepted the call;
-    a one-shot call passes neither and starts its deadline here."""
+    a one-shot call passes neither and starts its deadline here. The call's work runs in a slot
+    of pod-netns handles (multiplex/netlink/scope.py): each pod namespace is opened once per call,
+    whatever number of delegates work in it, and closed when the call ends."""
     version = cniversion.CURRENT
     req: Optional[Request] = None
     try:
@@ -121,7 +123,10 @@ def run(plugin: Plugin, environ: Mapping[str, str], stdin: bytes, stdout: TextIO
         req.start_deadline()
         if req.cni_version in cniversion.SUPPORTED:
             version = req.cni_version
-        result = dispatch(plugin, req)
+        from ..netlink import scope
+
+        with scope.call():          # the call's pod-netns handles: opened once, closed at its end
+            result = dispatch(plugin, req)
         if result is not None:
             stdout.write(json.dumps(result.to_dict(req.cni_version)))
         return 0

@@ -16,6 +16,8 @@
 - `sysctl.read/write(key, value, netns=path)`: sysctls in any namespace.
 - `uplink_mtu()`: the MTU of the node's default-route interface, for MTU defaults.
 - `netns.entered(path)`: run a few lines with this thread inside a namespace.
+- `scope.call()`: a CNI call's slot of pod-netns handles (cni/skel.run opens it): inside it,
+  `open_netns(path)` is opened once per call and path (netlink/scope.py says why and how).
 - `nft` (imported as `from multiplex.netlink import nft`, not from here): masquerade rules in
   nftables through the `nft` binary.
 
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from . import netns, sysctl
+from . import netns, scope, sysctl
 from .batch import DeleteBatch
 from .handle import AF_INET, AF_INET6, Address, FdbEntry, Handle, Link, RouteEntry, family_of, kernel_error
 from .netns import NetnsGone
@@ -45,7 +47,12 @@ def open_node(batch: Optional[DeleteBatch] = None) -> Handle:
 
 
 def open_netns(path: str, field: str = "CNI_NETNS") -> Handle:
-    """A handle on the namespace at `path`. Raises NetnsGone (CNIError 3) when it does not exist."""
+    """A handle on the namespace at `path`. Raises NetnsGone (CNIError 3) when it does not exist.
+    Inside a CNI call (netlink/scope.py) the call's handle on `path` is lent, opened once per call;
+    closing it gives it back. Outside one, a handle of its own."""
+    slot = scope.current()
+    if slot is not None and path:
+        return slot.borrow(path, field)
     return Handle(path, field)
 
 

@@ -163,7 +163,9 @@ class Handle:
     def __init__(self, netns: Optional[str] = None, field: str = "CNI_NETNS",
                  batch: Optional["DeleteBatch"] = None):
         self.netns = netns or ""
+        self.field = field
         self.batch = batch
+        self._lent_by: Optional[tuple[Any, "Handle"]] = None   # (the call's NetnsHandles, the kept handle)
         self._kept_as: Optional[int] = None   # the netns inode when the socket is a kept one
         self._thread = threading.get_ident()
         if not netns and _keeping:
@@ -175,11 +177,24 @@ class Handle:
         self._ipr, self._rt = _open_sockets(netns, field)
 
     # ---- lifetime -------------------------------------------------------------------------------
+    def lent(self, slot: Any) -> "Handle":
+        """A Handle of its own on this one's sockets, for a borrower from the call's slot of pod
+        handles (netlink/scope.py): closing it gives the sockets back to `slot`."""
+        other = object.__new__(Handle)
+        other.__dict__.update(self.__dict__)
+        other._lent_by = (slot, self)
+        return other
+
     def close(self, reusable: bool = True) -> None:
         """Close the socket, or give a kept one back to its thread (when `reusable`: it saw only
-        whole requests)."""
+        whole requests), or a lent one back to the call's slot (netlink/scope.py)."""
         ipr, self._ipr = getattr(self, "_ipr", None), None
         if ipr is None:
+            return
+        lent_by = getattr(self, "_lent_by", None)
+        if lent_by is not None:
+            slot, kept = lent_by
+            slot.give_back(kept, reusable)
             return
         key = self._kept_as
         if (reusable and key is not None and _keeping and self._thread == threading.get_ident()
