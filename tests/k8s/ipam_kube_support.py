@@ -18,6 +18,7 @@ from multiplex.ipam.kube.model import API_VERSION, BLOCKS, GROUP, POOL_KIND, POO
 from multiplex.ipam.kube.store import KubeStore
 from multiplex.ipam.store import Owner
 from multiplex.k8s.client import KubeClient
+from tests.ipam_contract import take  # noqa: F401 - the tests import it from here
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CRD_FILE = os.path.join(REPO, "manifests", "40-crd-ipam.yaml")
@@ -98,12 +99,6 @@ def ipam_conf(ranges, network: str = "blue", exclude=(), **extra) -> config.IPAM
 def owner(cid: str, ifname: str = "eth0", network: str = "blue", pod: str = "", namespace: str = "default",
           uid: str = "") -> Owner:
     return Owner(cid, ifname, network, namespace if pod else "", pod, uid)
-
-
-def take(store: KubeStore, conf: config.IPAMConfig, who: Owner, requested: Optional[str] = None, n: int = 0):
-    rs = conf.range_sets[n]
-    return store.allocate(rs, conf.exclude, who, ipaddress.ip_address(requested) if requested else None,
-                          "$.runtimeConfig.ips[0]" if requested else "")
 
 
 class NodeRoutes(NamedTuple):

@@ -16,6 +16,7 @@ import pytest
 from multiplex.cni import errors
 from multiplex.cni.errors import CNIError
 from multiplex.ipam.kube.model import (NODE_LABEL, POOL_LABEL, Block, block_name, label_value, user_label)
+from tests.ipam_contract import check_gc_keeps_whole_containers_of_its_network_only
 from tests.k8s.ipam_kube_support import node_routes, cluster, crd_documents, ipam_conf, owner, take  # noqa: F401
 
 BLUE = "198.18.64.0/24"
@@ -505,17 +506,9 @@ def test_a_claim_whose_answer_was_lost_is_recognised_as_ours(cluster):  # noqa: 
 
 
 def test_gc_keeps_whole_containers_and_only_its_namespaced_network(cluster):  # noqa: F811
-    from multiplex.cni.valid import keep_of
-
     cluster.pool("blue", BLUE)
-    a, b = ipam_conf(BLUE, network="tenant-a.blue"), ipam_conf(BLUE, network="tenant-b.blue")
-    s = cluster.store("n1")
-    take(s, a, owner("pod-a", "net1", "tenant-a.blue"))
-    take(s, a, owner("stale", "net1", "tenant-a.blue"))
-    take(s, b, owner("pod-b", "net1", "tenant-b.blue"))
-    gone = s.gc("tenant-a.blue", keep_of(containers=["pod-a"]))
-    assert [lease.owner.container_id for lease in gone] == ["stale"]
-    assert {lease.owner.container_id for lease in s.leases()} == {"pod-a", "pod-b"}
+    check_gc_keeps_whole_containers_of_its_network_only(
+        cluster.store("n1"), ipam_conf(BLUE, network="tenant-a.blue"), ipam_conf(BLUE, network="tenant-b.blue"))
 
 
 def test_release_container_frees_this_nodes_leases_of_every_network(cluster):  # noqa: F811

@@ -1,7 +1,6 @@
 """The SQLite lease store: one file per node, shared by every network, atomic per call."""
 from __future__ import annotations
 
-import ipaddress
 import os
 import sqlite3
 import stat
@@ -13,6 +12,7 @@ from multiplex.cni.errors import ADDRESS_UNAVAILABLE, IPAM_EXHAUSTED, TRY_AGAIN_
 from multiplex.ipam import config
 from multiplex.ipam.sqlite.store import FILENAME, SQLiteStore
 from multiplex.ipam.store import Owner, open_store
+from tests.ipam_contract import check_gc_keeps_whole_containers_of_its_network_only, take
 
 
 def conf_of(network: str, ranges: list, exclude=(), data_dir: str = "") -> config.IPAMConfig:
@@ -31,12 +31,6 @@ def store(tmp_path):
 
 def owner(cid: str, ifname: str = "eth0", network: str = "blue", **pod) -> Owner:
     return Owner(cid, ifname, network, **pod)
-
-
-def take(store, conf, who, requested=None, n=0):
-    rs = conf.range_sets[n]
-    return store.allocate(rs, conf.exclude, who, ipaddress.ip_address(requested) if requested else None,
-                          "$.runtimeConfig.ips[0]" if requested else "")
 
 
 BLUE = conf_of("blue", [[{"subnet": "198.18.5.0/29"}]])
@@ -377,16 +371,9 @@ def test_release_container_frees_every_network_and_interface(store):
 
 
 def test_gc_keeps_whole_containers_and_matches_the_network_exactly(store):
-    from multiplex.cni.valid import keep_of
-
-    a = conf_of("tenant-a.blue", [[{"subnet": "198.18.5.0/29"}]])
-    b = conf_of("tenant-b.blue", [[{"subnet": "198.18.6.0/29"}]])
-    take(store, a, owner("pod-a", "net1", "tenant-a.blue"))
-    take(store, a, owner("pod-x", "net1", "tenant-a.blue"))
-    take(store, b, owner("pod-b", "net1", "tenant-b.blue"))
-    gone = store.gc("tenant-a.blue", keep_of(containers=["pod-a"]))
-    assert [lease.owner.container_id for lease in gone] == ["pod-x"]
-    assert {lease.owner.container_id for lease in store.leases()} == {"pod-a", "pod-b"}
+    check_gc_keeps_whole_containers_of_its_network_only(
+        store, conf_of("tenant-a.blue", [[{"subnet": "198.18.5.0/29"}]]),
+        conf_of("tenant-b.blue", [[{"subnet": "198.18.6.0/29"}]]))
 
 
 def test_a_schema_1_database_with_an_address_leased_twice_keeps_working(tmp_path):
