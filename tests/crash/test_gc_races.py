@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.cnitool import addresses, links
-from tests.netns.mpxlab import Lab, bridge_conf
+from tests.netns.mpxlab import Lab, bridge_lab
 
 pytestmark = pytest.mark.root
 
@@ -27,11 +27,8 @@ SUBNETS = {"eth0": "198.18.50.0/24", "net1": "198.18.51.0/24", "net2": "fd00:52:
 
 @pytest.fixture
 def lab(node, netns_factory, tmp_path):
-    lab = Lab(node=node, root=str(tmp_path), netns_factory=netns_factory)
-    lab.add_nad("podnet", bridge_conf("mpxr-pod", SUBNETS["eth0"], isGateway=True, isDefaultGateway=True))
-    lab.add_nad("blue", bridge_conf("mpxr-blue", SUBNETS["net1"]))
-    lab.add_nad("violet", bridge_conf("mpxr-violet", SUBNETS["net2"]))
-    return lab
+    return bridge_lab(node, str(tmp_path), netns_factory, ("mpxr-pod", SUBNETS["eth0"]),
+                      blue=("mpxr-blue", SUBNETS["net1"]), violet=("mpxr-violet", SUBNETS["net2"]))
 
 
 def lease_rows(lab: Lab) -> list[tuple[str, str, str]]:

@@ -84,6 +84,17 @@ sys.exit(main())
 """
 
 
+def bridge_lab(node: str, root: str, netns_factory: Any, podnet: tuple, **networks: Any) -> "Lab":
+    """A Lab whose cluster network `podnet` = (bridge, *subnets) is a bridge the pods use as
+    their gateway and default route, and where each other network name=(bridge, *subnets) is a
+    plain bridge network with the shared IPAM (name=dict: that CNI config, as is)."""
+    lab = Lab(node=node, root=root, netns_factory=netns_factory)
+    lab.add_nad("podnet", bridge_conf(*podnet, isGateway=True, isDefaultGateway=True))
+    for name, spec in networks.items():
+        lab.add_nad(name, spec if isinstance(spec, dict) else bridge_conf(*spec))
+    return lab
+
+
 def old_multiplex(directory: str) -> str:
     """Writes OLD_MULTIPLEX as an executable into `directory`; its path (for run_plugin)."""
     path = os.path.join(directory, "old-multiplex")

@@ -23,7 +23,7 @@ import sys
 import pytest
 
 from tests.cnitool import cni_env, links
-from tests.netns.mpxlab import Lab, bridge_conf
+from tests.netns.mpxlab import Lab, bridge_lab
 
 pytestmark = pytest.mark.root
 
@@ -62,11 +62,8 @@ print(json.dumps(answers))
 
 @pytest.fixture
 def lab(node, netns_factory, tmp_path):
-    lab = Lab(node=node, root=str(tmp_path), netns_factory=netns_factory)
-    lab.add_nad("podnet", bridge_conf("mpc-pod", "198.18.40.0/24", isGateway=True, isDefaultGateway=True))
-    for n, name in enumerate(ATTACHMENTS):
-        lab.add_nad(name, bridge_conf(f"mpc-{name}", f"198.18.{41 + n}.0/24"))
-    return lab
+    return bridge_lab(node, str(tmp_path), netns_factory, ("mpc-pod", "198.18.40.0/24"),
+                      **{name: (f"mpc-{name}", f"198.18.{41 + n}.0/24") for n, name in enumerate(ATTACHMENTS)})
 
 
 def serve(lab: Lab, calls: list[tuple[str, str, str]]) -> list[dict]:

@@ -18,17 +18,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.cnitool import addresses, links, run_plugin
-from tests.netns.mpxlab import VALID_ATTACHMENTS as VALID, Lab, bridge_conf, old_multiplex
+from tests.netns.mpxlab import VALID_ATTACHMENTS as VALID, Lab, bridge_lab, old_multiplex
 
 pytestmark = pytest.mark.root
 
 @pytest.fixture
 def lab(node, netns_factory, tmp_path):
     """The cluster network and `blue`, both bridges with the shared IPAM."""
-    lab = Lab(node=node, root=str(tmp_path), netns_factory=netns_factory)
-    lab.add_nad("podnet", bridge_conf("mpx-pod", "198.18.30.0/24", isGateway=True, isDefaultGateway=True))
-    lab.add_nad("blue", bridge_conf("mpx-blue", "198.18.31.0/24"))
-    return lab
+    return bridge_lab(node, str(tmp_path), netns_factory, ("mpx-pod", "198.18.30.0/24"),
+                      blue=("mpx-blue", "198.18.31.0/24"))
 
 
 def damage_cache_entry(lab: Lab, pod: str, damage: str, garbage: bytes) -> str:

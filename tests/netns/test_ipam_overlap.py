@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from tests.cnitool import addresses
-from tests.netns.mpxlab import Lab, bridge_conf
+from tests.netns.mpxlab import Lab, bridge_lab
 
 pytestmark = pytest.mark.root
 
@@ -23,10 +23,8 @@ pytestmark = pytest.mark.root
 @pytest.fixture
 def lab(node, netns_factory, tmp_path):
     """The cluster network on 198.18.72.0/24 (eth0) and a NAD `half` on 198.18.72.0/25 (net1)."""
-    lab = Lab(node=node, root=str(tmp_path), netns_factory=netns_factory)
-    lab.add_nad("podnet", bridge_conf("mpx-wide", "198.18.72.0/24", isGateway=True, isDefaultGateway=True))
-    lab.add_nad("half", bridge_conf("mpx-half", "198.18.72.0/25"))
-    return lab
+    return bridge_lab(node, str(tmp_path), netns_factory, ("mpx-wide", "198.18.72.0/24"),
+                      half=("mpx-half", "198.18.72.0/25"))
 
 
 def v4(ns: str, dev: str) -> list[str]:

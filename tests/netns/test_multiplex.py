@@ -6,7 +6,6 @@ network-status written back, CHECK, DEL leaving nothing (no link, lease, cache e
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.cnitool import addresses, ip_json, links, nsexec, ping
-from tests.netns.mpxlab import Lab, bridge_conf
+from tests.netns.mpxlab import bridge_conf, bridge_lab
 
 pytestmark = pytest.mark.root
 
@@ -22,12 +21,9 @@ pytestmark = pytest.mark.root
 @pytest.fixture
 def lab(node, netns_factory, tmp_path):
     """Cluster network (v4, default gateway) + blue (v4) + violet (v6) + green (dual stack)."""
-    lab = Lab(node=node, root=str(tmp_path), netns_factory=netns_factory)
-    lab.add_nad("podnet", bridge_conf("mpx-pod", "198.18.0.0/24", isGateway=True, isDefaultGateway=True))
-    lab.add_nad("blue", bridge_conf("mpx-blue", "198.18.1.0/24"))
-    lab.add_nad("violet", bridge_conf("mpx-violet", "fd00:3::/64"))
-    lab.add_nad("green", bridge_conf("mpx-green", "198.18.2.0/24", "fd00:2::/64"))
-    return lab
+    return bridge_lab(node, str(tmp_path), netns_factory, ("mpx-pod", "198.18.0.0/24"),
+                      blue=("mpx-blue", "198.18.1.0/24"), violet=("mpx-violet", "fd00:3::/64"),
+                      green=("mpx-green", "198.18.2.0/24", "fd00:2::/64"))
 
 
 def pod_addrs(ns: str) -> dict[str, set[str]]:

@@ -7,18 +7,15 @@ import json
 import pytest
 
 from tests.cnitool import run_plugin
-from tests.netns.mpxlab import Lab, bridge_conf
+from tests.netns.mpxlab import Lab, bridge_conf, bridge_lab
 
 pytestmark = pytest.mark.root
 
 
 @pytest.fixture
 def lab(node, netns_factory, tmp_path):
-    lab = Lab(node=node, root=str(tmp_path), netns_factory=netns_factory)
-    lab.add_nad("podnet", bridge_conf("mpx-pod", "198.18.0.0/24", isGateway=True, isDefaultGateway=True))
-    lab.add_nad("blue", bridge_conf("mpx-blue", "198.18.1.0/24"))
-    lab.add_nad("green", bridge_conf("mpx-green", "198.18.2.0/24"))
-    return lab
+    return bridge_lab(node, str(tmp_path), netns_factory, ("mpx-pod", "198.18.0.0/24"),
+                      blue=("mpx-blue", "198.18.1.0/24"), green=("mpx-green", "198.18.2.0/24"))
 
 
 def assert_nothing_left(lab: Lab, ns: str) -> None:
