@@ -1,12 +1,13 @@
 """The rtnetlink requests every ADD makes several times, with the stdlib only: RTM_GETLINK of one
-link, RTM_SETLINK (up, bridge, alias, MTU, MAC, name, group), RTM_DELLINK by name, RTM_NEWADDR.
+link, RTM_SETLINK (up, bridge, alias, MTU, MAC, name, group), RTM_DELLINK by name, RTM_NEWADDR,
+and RTM_NEWLINK of a veth pair (its peer made in the pod's namespace).
 
 pyroute2 decodes every attribute of a link's answer into Python objects (stats, af_spec, the
 kind's data...) and builds each request through its filter chain and an asyncio loop: 0.2-0.4 ms a
 request, most of it Python. A `Link` needs nine fields, so this module sends the look-up itself
 (asking the kernel to leave the statistics out) and reads only those attributes out of the answer
 with `struct`; the other requests are a header and a few attributes. A few tens of microseconds
-each. Everything else (veth and bridge creation, routes, FDB, dumps) stays with pyroute2.
+each. Everything else (bridge creation, routes, FDB, dumps) stays with pyroute2.
 
 It works on a socket of its own (`Handle` opens one beside pyroute2's, in the same namespace), so
 it never reads an answer meant for pyroute2, nor pyroute2 one of its own. One thread uses a
@@ -23,13 +24,16 @@ from typing import Optional
 
 NLMSG_ERROR = 2
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWADDR = 16, 17, 18, 19, 20
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_ECHO, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x8, 0x200, 0x400
 IFF_UP = 0x1
 IFLA_GROUP = 27
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_EXT_MASK = 16, 18, 20, 29
-IFLA_INFO_KIND = 1
+IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_NET_NS_FD = 28
+VETH_INFO_PEER = 1
+NLA_F_NESTED = 1 << 15
 RTEXT_FILTER_SKIP_STATS = 1 << 3
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 #: IF_OPER_* as pyroute2 names them (so a Link reads the same whichever way it was looked up)
@@ -138,6 +142,53 @@ class Rtnl:
         if group is not None:
             body += _attr(IFLA_GROUP, struct.pack("=I", group))
         self._answer(self._send(RTM_SETLINK, NLM_F_ACK, body))
+
+    def create_veth(self, name: str, peer: str, *, peer_netns_fd: Optional[int] = None, mtu: Optional[int] = None,
+                    peer_mac: str = "") -> Optional[dict]:
+        """RTM_NEWLINK (create, exclusive) of veth `name` whose peer `peer` is made in the namespace
+        of `peer_netns_fd` (None: this one), both with `mtu` when given, the peer with `peer_mac`.
+        Asks for an echo (NLM_F_ECHO, honoured by Linux 6.3+): returns the new link as get() does,
+        or None when the kernel only acknowledged (then look it up). Refusals raise Refused."""
+        peer_body = _IFI.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, peer.encode() + b"\0")
+        host_attrs = _attr(IFLA_IFNAME, name.encode() + b"\0")
+        if mtu:
+            peer_body += _attr(IFLA_MTU, struct.pack("=I", mtu))
+            host_attrs += _attr(IFLA_MTU, struct.pack("=I", mtu))
+        if peer_mac:
+            peer_body += _attr(IFLA_ADDRESS, bytes.fromhex(peer_mac.replace(":", "")))
+        if peer_netns_fd is not None:
+            peer_body += _attr(IFLA_NET_NS_FD, struct.pack("=I", peer_netns_fd))
+        info = _attr(IFLA_INFO_KIND, b"veth\0") + _attr(IFLA_INFO_DATA | NLA_F_NESTED,
+                                                        _attr(VETH_INFO_PEER | NLA_F_NESTED, peer_body))
+        body = _IFI.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + host_attrs + _attr(IFLA_LINKINFO | NLA_F_NESTED, info)
+        echoed = None
+        for kind, data, start, end in self._answers(
+                self._send(RTM_NEWLINK, NLM_F_ACK | NLM_F_ECHO | NLM_F_CREATE | NLM_F_EXCL, body)):
+            if kind == RTM_NEWLINK:
+                link = self._decode(data, start, end)
+                if link["name"] == name:
+                    echoed = link
+        return echoed
+
+    def _answers(self, seq: int) -> list[tuple[int, bytes, int, int]]:
+        """Every message answering request `seq` before its ACK (an echo comes before it), read
+        whole datagram by datagram; a refusal raises Refused."""
+        out = []
+        while True:
+            data = self._recv()
+            at = 0
+            while at + _HDR.size <= len(data):
+                size, kind, _flags, got, _pid = _HDR.unpack_from(data, at)
+                if size < _HDR.size:
+                    break
+                if got == seq:
+                    if kind == NLMSG_ERROR:
+                        code = -struct.unpack_from("=i", data, at + _HDR.size)[0]
+                        if code:
+                            raise Refused(code)
+                        return out
+                    out.append((kind, data, at + _HDR.size, at + size))
+                at += (size + 3) & ~3
 
     def delete_link(self, name: str) -> None:
         """RTM_DELLINK of the link called `name`."""

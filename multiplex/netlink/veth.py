@@ -33,17 +33,10 @@ def make_veth_pair(node: Handle, pod: Handle, host_name: str, pod_name: str, *, 
     down (the caller addresses it, then brings it up). On any failure nothing is left behind.
     """
     tmp = temporary_name()
-    peer: dict[str, Any] = {"ifname": tmp}
-    host_attrs: dict[str, Any] = {}
-    if mtu:
-        peer["mtu"] = host_attrs["mtu"] = mtu
-    if mac:
-        peer["address"] = mac
     fd = open_fd(pod.netns)
     try:
-        peer["net_ns_fd"] = fd
         what = f"create veth pair {host_name} <-> {pod_name}" + (f" with MAC {mac}" if mac else "")
-        host = node.create_link(host_name, "veth", what, peer=peer, **host_attrs)
+        host = node.create_veth(host_name, tmp, what, peer_netns_fd=fd, mtu=mtu or None, peer_mac=mac)
     finally:
         os.close(fd)
     try:
