@@ -507,21 +507,18 @@ class Handle:
         never moves to another port by learning. Static, not permanent: a permanent entry would make
         the bridge take the MAC for its own. False when the bridge already holds `mac` (on any port,
         this one included) and not `replace`; `replace` moves an existing entry here."""
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        kw: dict[str, Any] = {"ifindex": port.index, "lladdr": mac, "state": NUD_NOARP}
-        if vlan:
-            kw["vlan"] = vlan
         what = f"add a static FDB entry for {mac} on {port.name}" + (f" (VLAN {vlan})" if vlan else "")
-        # a kernel without sticky FDB entries (before 5.0) refuses NTF_STICKY with EINVAL
+        # a kernel without sticky FDB entries (before 5.0) refuses NTF_STICKY with EINVAL.
+        # Sent by rtlink (one request, as pyroute2's fdb() sent it, without its request building).
         for flags in (NTF_MASTER | NTF_STICKY, NTF_MASTER):
             try:
-                self._ipr.fdb("replace" if replace else "add", **kw, flags=flags)
+                self._rt.add_fdb(port.index, mac, NUD_NOARP, flags, vlan, replace)
                 return True
-            except NetlinkError as e:
-                if e.code == errno.EEXIST and not replace:
+            except OSError as e:
+                code = getattr(e, "code", 0) or e.errno
+                if code == errno.EEXIST and not replace:
                     return False
-                if e.code != errno.EINVAL or flags == NTF_MASTER:
+                if code != errno.EINVAL or flags == NTF_MASTER:
                     raise kernel_error(e, what, f"link: {port.name}; mac: {mac}") from None
         raise AssertionError("unreachable")
 

@@ -1,13 +1,13 @@
 """The rtnetlink requests every ADD makes several times, with the stdlib only: RTM_GETLINK of one
 link, RTM_SETLINK (up, bridge, alias, MTU, MAC, name, group), RTM_DELLINK by name, RTM_NEWADDR,
-and RTM_NEWLINK of a veth pair (its peer made in the pod's namespace).
+RTM_NEWLINK of a veth pair (its peer made in the pod's namespace), RTM_NEWNEIGH of a bridge FDB entry.
 
 pyroute2 decodes every attribute of a link's answer into Python objects (stats, af_spec, the
 kind's data...) and builds each request through its filter chain and an asyncio loop: 0.2-0.4 ms a
 request, most of it Python. A `Link` needs nine fields, so this module sends the look-up itself
 (asking the kernel to leave the statistics out) and reads only those attributes out of the answer
 with `struct`; the other requests are a header and a few attributes. A few tens of microseconds
-each. Everything else (bridge creation, routes, FDB, dumps) stays with pyroute2.
+each. Everything else (bridge creation, routes, FDB dumps and deletes, dumps) stays with pyroute2.
 
 It works on a socket of its own (`Handle` opens one beside pyroute2's, in the same namespace), so
 it never reads an answer meant for pyroute2, nor pyroute2 one of its own. One thread uses a
@@ -24,7 +24,10 @@ from typing import Optional
 
 NLMSG_ERROR = 2
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWADDR = 16, 17, 18, 19, 20
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_ECHO, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x8, 0x200, 0x400
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_ECHO, NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x8, 0x100, 0x200, 0x400
+RTM_NEWNEIGH = 28
+AF_BRIDGE = 7
+NDA_LLADDR, NDA_VLAN = 2, 5
 IFF_UP = 0x1
 IFLA_GROUP = 27
 IFA_ADDRESS, IFA_LOCAL = 1, 2
@@ -44,6 +47,7 @@ _HDR = struct.Struct("=IHHII")      # nlmsghdr: len, type, flags, seq, pid
 _IFI = struct.Struct("=BxHiII")     # ifinfomsg: family, type, index, flags, change
 _RTA = struct.Struct("=HH")         # rtattr: len, type
 _IFA = struct.Struct("=BBBBI")      # ifaddrmsg: family, prefixlen, flags, scope, index
+_NDM = struct.Struct("=BxxxiHBB")   # ndmsg: family, ifindex, state, flags, type
 
 
 class Refused(OSError):
@@ -169,6 +173,16 @@ class Rtnl:
                 if link["name"] == name:
                     echoed = link
         return echoed
+
+    def add_fdb(self, port: int, mac: str, state: int, flags: int, vlan: int = 0, replace: bool = False) -> None:
+        """RTM_NEWNEIGH in the bridge family (`bridge fdb add|replace MAC dev PORT`): an FDB entry
+        for `mac` on link `port` with NUD `state` and NTF `flags`, in `vlan` (0: none). Add is
+        exclusive (EEXIST when the bridge holds the MAC); `replace` creates or moves it."""
+        body = _NDM.pack(AF_BRIDGE, port, state, flags, 0) + _attr(NDA_LLADDR, bytes.fromhex(mac.replace(":", "")))
+        if vlan:
+            body += _attr(NDA_VLAN, struct.pack("=H", vlan))
+        mode = NLM_F_REPLACE | NLM_F_CREATE if replace else NLM_F_CREATE | NLM_F_EXCL
+        self._answer(self._send(RTM_NEWNEIGH, NLM_F_ACK | mode, body))
 
     def _answers(self, seq: int) -> list[tuple[int, bytes, int, int]]:
         """Every message answering request `seq` before its ACK (an echo comes before it), read
