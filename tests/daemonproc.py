@@ -13,6 +13,7 @@ not used: the test must know the port to probe /readyz).
 """
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -132,21 +133,23 @@ class DaemonProcess:
         nothing answers. In a netns the request is made from inside it (curl-free: a Python child)."""
         url = self.metrics_url + path
         if self.netns:
-            code = ("import sys, urllib.request, urllib.error\n"
+            code = ("import sys, http.client, urllib.request, urllib.error\n"
+                    "def body(r):\n try:\n  return r.read().decode()\n"
+                    " except (http.client.HTTPException, OSError) as e:\n  return f'(body cut: {e!r})'\n"
                     "try:\n r = urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])); "
-                    "print(r.status); sys.stdout.write(r.read().decode())\n"
-                    "except urllib.error.HTTPError as e:\n print(e.code); sys.stdout.write(e.read().decode())\n"
-                    "except OSError as e:\n print(0); sys.stdout.write(str(e))\n")
+                    "print(r.status); sys.stdout.write(body(r))\n"
+                    "except urllib.error.HTTPError as e:\n print(e.code); sys.stdout.write(body(e))\n"
+                    "except (http.client.HTTPException, OSError) as e:\n print(0); sys.stdout.write(str(e))\n")
             r = subprocess.run(["ip", "netns", "exec", self.netns, sys.executable, "-I", "-c", code, url,
                                 str(timeout)], capture_output=True, text=True, timeout=timeout + 10)
             first, _, rest = r.stdout.partition("\n")
             return (int(first) if first.strip().isdigit() else 0), rest
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp:
-                return resp.status, resp.read().decode()
+                return resp.status, _body(resp)
         except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError as e:
+            return e.code, _body(e)      # a daemon exiting may cut the body of its 503
+        except (http.client.HTTPException, OSError) as e:
             return 0, str(e)
 
     def stderr(self) -> str:
@@ -223,3 +226,11 @@ def real_python() -> str:
     """The interpreter the shim runs with: the base interpreter behind the venv (the shim needs no
     venv), as install would choose `sys.executable`'s real file."""
     return os.path.realpath(sys.executable)
+
+
+def _body(resp) -> str:
+    """The response's body, or what cut it (a daemon that exits mid-answer)."""
+    try:
+        return resp.read().decode()
+    except (http.client.HTTPException, OSError) as e:
+        return f"(body cut: {e!r})"
