@@ -573,26 +573,15 @@ class Handle:
     def add_route(self, dst: IPNetwork, link: Link, gw: Optional[IPAddress] = None, *, mtu: Optional[int] = None,
                   advmss: Optional[int] = None, priority: Optional[int] = None, table: Optional[int] = None,
                   scope: Optional[int] = None, exist_ok: bool = False) -> bool:
-        """Add a route to `dst` out of `link` (via `gw` when given). False when it exists and `exist_ok`."""
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        kw: dict[str, Any] = {"dst": str(dst), "oif": link.index, "family": family_of(dst)}
-        if gw is not None:
-            kw["gateway"] = str(gw)
-        if priority is not None:
-            kw["priority"] = priority
-        if table is not None:
-            kw["table"] = table
-        if scope is not None:
-            kw["scope"] = scope
-        metrics = {k: v for k, v in (("mtu", mtu), ("advmss", advmss)) if v}
-        if metrics:
-            kw["metrics"] = metrics
+        """Add a route to `dst` out of `link` (via `gw` when given). False when it exists and `exist_ok`.
+        Sent by rtlink (one request; pyroute2's building of it was ~0.7 ms)."""
         try:
-            self._ipr.route("add", **kw)
+            self._rt.add_route(family_of(dst), dst.network_address.packed, dst.prefixlen, link.index,
+                               gw.packed if gw is not None else b"", priority=priority, table=table, scope=scope,
+                               mtu=mtu, advmss=advmss)
             return True
-        except NetlinkError as e:
-            if e.code == errno.EEXIST and exist_ok:
+        except OSError as e:
+            if (getattr(e, "code", 0) or e.errno) == errno.EEXIST and exist_ok:
                 return False
             via = f" via {gw}" if gw is not None else ""
             raise kernel_error(e, f"add route {dst}{via} dev {link.name}",

@@ -1,13 +1,15 @@
 """The rtnetlink requests every ADD makes several times, with the stdlib only: RTM_GETLINK of one
 link, RTM_SETLINK (up, bridge, alias, MTU, MAC, name, group), RTM_DELLINK by name, RTM_NEWADDR,
-RTM_NEWLINK of a veth pair (its peer made in the pod's namespace), RTM_NEWNEIGH of a bridge FDB entry.
+RTM_NEWLINK of a veth pair (its peer made in the pod's namespace), RTM_NEWNEIGH of a bridge FDB entry,
+RTM_NEWROUTE of a unicast route.
 
 pyroute2 decodes every attribute of a link's answer into Python objects (stats, af_spec, the
 kind's data...) and builds each request through its filter chain and an asyncio loop: 0.2-0.4 ms a
 request, most of it Python. A `Link` needs nine fields, so this module sends the look-up itself
 (asking the kernel to leave the statistics out) and reads only those attributes out of the answer
 with `struct`; the other requests are a header and a few attributes. A few tens of microseconds
-each. Everything else (bridge creation, routes, FDB dumps and deletes, dumps) stays with pyroute2.
+each. Everything else (bridge creation, route and FDB dumps and deletes, other dumps) stays with
+pyroute2.
 
 It works on a socket of its own (`Handle` opens one beside pyroute2's, in the same namespace), so
 it never reads an answer meant for pyroute2, nor pyroute2 one of its own. One thread uses a
@@ -26,6 +28,10 @@ NLMSG_ERROR = 2
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWADDR = 16, 17, 18, 19, 20
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_ECHO, NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x8, 0x100, 0x200, 0x400
 RTM_NEWNEIGH = 28
+RTM_NEWROUTE = 24
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_METRICS, RTA_TABLE = 1, 4, 5, 6, 8, 15
+RTAX_MTU, RTAX_ADVMSS = 2, 8
+RTPROT_STATIC, RTN_UNICAST = 4, 1
 AF_BRIDGE = 7
 NDA_LLADDR, NDA_VLAN = 2, 5
 IFF_UP = 0x1
@@ -48,6 +54,7 @@ _IFI = struct.Struct("=BxHiII")     # ifinfomsg: family, type, index, flags, cha
 _RTA = struct.Struct("=HH")         # rtattr: len, type
 _IFA = struct.Struct("=BBBBI")      # ifaddrmsg: family, prefixlen, flags, scope, index
 _NDM = struct.Struct("=BxxxiHBB")   # ndmsg: family, ifindex, state, flags, type
+_RTM = struct.Struct("=BBBBBBBBI")  # rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
 
 
 class Refused(OSError):
@@ -183,6 +190,33 @@ class Rtnl:
             body += _attr(NDA_VLAN, struct.pack("=H", vlan))
         mode = NLM_F_REPLACE | NLM_F_CREATE if replace else NLM_F_CREATE | NLM_F_EXCL
         self._answer(self._send(RTM_NEWNEIGH, NLM_F_ACK | mode, body))
+
+    def add_route(self, family: int, dst: bytes, dst_len: int, oif: int, gateway: bytes = b"", *,
+                  priority: Optional[int] = None, table: Optional[int] = None, scope: Optional[int] = None,
+                  mtu: Optional[int] = None, advmss: Optional[int] = None) -> None:
+        """RTM_NEWROUTE (create, exclusive) of a unicast route to `dst` (packed) / `dst_len` out of
+        link `oif`, via `gateway` (packed) when given; the route the kernel makes is the one pyroute2's
+        route("add") made (tests/netns/test_route_add.py compares them): protocol static, scope
+        universe unless given, the main table unless given, metrics nested."""
+        tbl = 254 if table is None else table
+        body = _RTM.pack(family, dst_len, 0, 0, tbl if tbl < 256 else 252, RTPROT_STATIC,
+                         0 if scope is None else scope, RTN_UNICAST, 0)
+        if dst_len or any(dst):
+            body += _attr(RTA_DST, dst)
+        body += _attr(RTA_OIF, struct.pack("=I", oif))
+        if gateway:
+            body += _attr(RTA_GATEWAY, gateway)
+        if priority is not None:
+            body += _attr(RTA_PRIORITY, struct.pack("=I", priority))
+        body += _attr(RTA_TABLE, struct.pack("=I", tbl))
+        metrics = b""
+        if mtu:
+            metrics += _attr(RTAX_MTU, struct.pack("=I", mtu))
+        if advmss:
+            metrics += _attr(RTAX_ADVMSS, struct.pack("=I", advmss))
+        if metrics:
+            body += _attr(RTA_METRICS | NLA_F_NESTED, metrics)
+        self._answer(self._send(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body))
 
     def _answers(self, seq: int) -> list[tuple[int, bytes, int, int]]:
         """Every message answering request `seq` before its ACK (an echo comes before it), read
