@@ -42,8 +42,9 @@ from delegates.steps import (Problem, Undo, check_failed, check_ipv6_mtu, check_
 
 
 class Delegate(Plugin):
-    """The CNI commands of a delegate as template methods; a subclass gives `label`, `config`,
-    `attach`, `node_problems` (or `problems`), `collect`, `sweep_container` and `delete`."""
+    """The CNI commands of a delegate as template methods; a subclass gives `label`,
+    `config_class` (or its own `config`), `attach`, `node_problems` (or `problems`), `collect`,
+    `sweep_container`, and `delete` (VethDelegate has one)."""
 
     #: the first word of the delegate's log lines: "<label> add", "<label> gc", ...
     label: str = ""

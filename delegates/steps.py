@@ -9,7 +9,8 @@ reads as its own steps only:
   one error that lists what differs (`check_failed`);
 - config: an `mtu` against the IPAM's IPv6 ranges, the IPAM type;
 - STATUS/GC forwarded to the IPAM when it can take them (`ipam_forward`).
-Every step logs through the call's logger (`req.ctx.log`)."""
+Every step logs through the call's logger (`req.ctx.log`). The commands built of these steps, the
+same in every delegate, are delegates/skeleton.py's template methods."""
 from __future__ import annotations
 
 import ipaddress

@@ -9,7 +9,9 @@ never raise it); refuse a VNI the admin's settings do not grant the network's na
 another network holds on this node; make the network's bridge and
 its VXLAN device (`local` = the underlay address) on it, or find them; a veth pair whose pod end is
 born in the pod netns, host end on the bridge; ask IPAM; address, bring up and route the pod end.
-A failure undoes what this call made (veth, lease, a bridge and VXLAN device it created).
+A failure undoes what this call made (veth, lease, a bridge and VXLAN device it created). The
+network's own lock (`network_lock`) is held from finding the bridge to the veth being its port, and
+by that undo: it never removes a bridge a concurrent ADD of the network is putting its veth on.
 
 Two ways to find the peers (a choice per network, made by the config):
 - **programmed** (no `peers`): learning off, proxy on. The node daemon's `vxlan-peers` controller
