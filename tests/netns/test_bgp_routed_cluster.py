@@ -38,7 +38,10 @@ MULTIPLEX = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "mult
 API_ADDR = "198.19.0.254"
 ROGUE_ADDR = "198.19.0.250"
 POOL4, POOL6 = "198.18.64.0/20", "fd00:64::/64"
-INSIDE, OUTSIDE = "198.18.79.192/26", "198.18.200.0/24"   # what the rogue peer offers
+#: what the rogue peer offers: a prefix inside an IPPool no node takes blocks from (inside POOL4, a
+#: node may claim that very block and announce it too: ~5% of runs), and one outside every pool
+PEER_POOL4 = "198.18.96.0/24"
+INSIDE, OUTSIDE = "198.18.96.192/26", "198.18.200.0/24"
 
 
 def underlay_v4(i: int, seg: int = 0) -> str:
@@ -142,7 +145,7 @@ def start_cluster(netns_factory, tmp_path, request, other_subnet: tuple = (), ro
     kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
     install_crds(api)
     from multiplex.ipam.kube.model import API_VERSION, POOL_KIND, POOLS
-    for name, cidr, size in (("routed4", POOL4, 26), ("routed6", POOL6, 122)):
+    for name, cidr, size in (("routed4", POOL4, 26), ("routed6", POOL6, 122), ("peer4", PEER_POOL4, 26)):
         api.store.add({"apiVersion": API_VERSION, "kind": POOL_KIND, "metadata": {"name": name},
                        "spec": {"cidr": cidr, "blockSize": size}}, POOLS)
     for n in nodes:
