@@ -141,17 +141,35 @@ def _this_netns() -> int:
     return os.stat("/proc/thread-self/ns/net").st_ino
 
 
-def _open_sockets(netns: Optional[str], field: str) -> tuple[Any, Rtnl]:
-    """pyroute2's IPRoute and our own look-up socket (rtlink), both made in `netns`."""
-    from pyroute2 import IPRoute
+class _LazyIPRoute:
+    """pyroute2's IPRoute on a socket already made in the handle's namespace, built on first use:
+    an ADD's pod handle now sends everything through rtlink, and building an IPRoute (its asyncio
+    loop, its socket wrapper) was most of the cost of opening a handle. Shared by the Handles
+    lent on the same sockets (scope.py), so it is built once whoever asks first."""
 
+    def __init__(self, sock: Any):
+        self.sock: Any = sock
+        self.ipr: Any = None
+
+    def get(self) -> Any:
+        if self.ipr is None:
+            from pyroute2 import IPRoute
+
+            self.ipr = IPRoute(fileno=self.sock.detach())
+        return self.ipr
+
+    def close(self) -> None:
+        if self.ipr is not None:
+            self.ipr.close()
+        else:
+            self.sock.close()
+
+
+def _open_sockets(netns: Optional[str], field: str) -> tuple[_LazyIPRoute, Rtnl]:
+    """The socket of pyroute2's IPRoute (built on first use) and our own (rtlink), both made in
+    `netns` in one visit to it."""
     main, look = netlink_sockets(netns, 2, field)
-    try:
-        return IPRoute(fileno=main.detach()), Rtnl(look)
-    except Exception:
-        main.close()
-        look.close()
-        raise
+    return _LazyIPRoute(main), Rtnl(look)
 
 
 class Handle:
@@ -171,10 +189,18 @@ class Handle:
         if not netns and _keeping:
             key = _this_netns()
             kept = _kept.idle.pop(key, None)
-            self._ipr, self._rt = kept if kept is not None else _open_sockets(None, field)
+            self._lazy, self._rt = kept if kept is not None else _open_sockets(None, field)
             self._kept_as = key
             return
-        self._ipr, self._rt = _open_sockets(netns, field)
+        self._lazy, self._rt = _open_sockets(netns, field)
+
+    @property
+    def _ipr(self) -> Any:
+        """pyroute2's IPRoute in this handle's namespace (built on first use)."""
+        lazy = self._lazy
+        if lazy is None:
+            raise ValueError(f"netlink handle on {self.where} is closed")
+        return lazy.get()
 
     # ---- lifetime -------------------------------------------------------------------------------
     def lent(self, slot: Any) -> "Handle":
@@ -188,7 +214,7 @@ class Handle:
     def close(self, reusable: bool = True) -> None:
         """Close the socket, or give a kept one back to its thread (when `reusable`: it saw only
         whole requests), or a lent one back to the call's slot (netlink/scope.py)."""
-        ipr, self._ipr = getattr(self, "_ipr", None), None
+        ipr, self._lazy = getattr(self, "_lazy", None), None
         if ipr is None:
             return
         lent_by = getattr(self, "_lent_by", None)
