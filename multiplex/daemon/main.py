@@ -200,7 +200,8 @@ class Daemon:
 def warm_up(log: _log.Logger) -> None:
     """Import and prepare what every call needs, so the first call pays no import: the
     orchestrator, every built-in delegate, IPAM, the config validators, and netlink (pyroute2 is
-    imported by the first Handle; one look-up here also builds its message classes). Then each
+    imported by the first request a Handle sends through it; one dump here also builds its message
+    classes). Then each
     worker thread keeps its node-netns netlink socket between calls (`keep_node_sockets`, a
     per-thread pool: see multiplex/netlink/handle.py). A plugin that fails to load is logged: the
     call that names it gets the error in the protocol, as a one-shot call would."""
@@ -231,13 +232,17 @@ def _warm_validators(log: _log.Logger) -> None:
 
 
 def _warm_netlink(log: _log.Logger) -> None:
-    """pyroute2 imported and exercised once (a look-up of lo), then node sockets kept per thread."""
+    """pyroute2 imported and exercised once, then node sockets kept per thread. A Handle builds
+    its pyroute2 IPRoute only when a request needs it (the hot requests go through rtlink), so
+    the warm-up asks for one through pyroute2 (a dump of links) besides a look-up of lo: else the
+    first call creating a bridge would import pyroute2 (~100 ms)."""
     from .. import netlink
     from ..netlink import handle
 
     try:
         with netlink.open_node() as node:
             node.link("lo")
+            node.links()
     except Exception as e:  # a call will report it as its own error
         log.warning("netlink failed to warm up", error=repr(e))
     handle.keep_node_sockets(True)
