@@ -232,10 +232,11 @@ def _warm_validators(log: _log.Logger) -> None:
 
 
 def _warm_netlink(log: _log.Logger) -> None:
-    """pyroute2 imported and exercised once, then node sockets kept per thread. A Handle builds
-    its pyroute2 IPRoute only when a request needs it (the hot requests go through rtlink), so
-    the warm-up asks for one through pyroute2 (a dump of links) besides a look-up of lo: else the
-    first call creating a bridge would import pyroute2 (~100 ms)."""
+    """pyroute2 imported and exercised once, then node sockets kept per thread. The hot requests
+    go through rtlink (a look-up of lo exercises nothing of pyroute2) and a pod's Handle builds its
+    pyroute2 IPRoute only when a request needs it, so the warm-up sends one request through
+    pyroute2 (a dump of links): else the first call creating a bridge would build its message
+    classes, or import pyroute2 itself, inside the call."""
     from .. import netlink
     from ..netlink import handle
 

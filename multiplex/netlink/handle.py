@@ -142,10 +142,11 @@ def _this_netns() -> int:
 
 
 class _LazyIPRoute:
-    """pyroute2's IPRoute on a socket already made in the handle's namespace, built on first use:
-    an ADD's pod handle now sends everything through rtlink, and building an IPRoute (its asyncio
-    loop, its socket wrapper) was most of the cost of opening a handle. Shared by the Handles
-    lent on the same sockets (scope.py), so it is built once whoever asks first."""
+    """pyroute2's IPRoute on a socket already made in the handle's namespace, built on first use
+    for a pod's handle: an ADD's pod handle now sends everything through rtlink, and building an
+    IPRoute (its asyncio loop, its socket wrapper) was most of the cost of opening one. Node
+    handles build it at once (Handle.__init__). Shared by the Handles lent on the same sockets
+    (scope.py), so it is built once whoever asks first."""
 
     def __init__(self, sock: Any):
         self.sock: Any = sock
@@ -191,8 +192,13 @@ class Handle:
             kept = _kept.idle.pop(key, None)
             self._lazy, self._rt = kept if kept is not None else _open_sockets(None, field)
             self._kept_as = key
+            self._lazy.get()
             return
         self._lazy, self._rt = _open_sockets(netns, field)
+        if not netns:
+            # node handles build it at once, as before: a kept one is built once per thread anyway
+            # (its sockets stay as they were made, whatever the call), and node requests use it
+            self._lazy.get()
 
     @property
     def _ipr(self) -> Any:
