@@ -13,6 +13,13 @@ holding exactly the simulation's live leases (0 leaked, 0 lost), no block left a
 node, and an allocation in daemon mode never LISTs (the hot path reads nothing; a claim probes).
 The per-node work is scaled down as N grows so the whole run stays near a minute on two cores
 (1000 nodes make two allocations each; per_node_work). MULTIPLEX_IPAM_SCALE_NODES=1,8 picks rows.
+
+The default rows stop at 256; 1000 runs when asked (MULTIPLEX_IPAM_SCALE_NODES=1,8,64,256,1000,
+about 30 s alone on two cores). Why not by default: in one CI run of four, the 1000-node row drove
+the test process to ~6000 threads, 3000 of them runnable, at 99% system time, for over 20 minutes
+(every block write wakes all 1000 nodes' watch threads in one Python process that is also the API
+server); alone the same row took 28 s. Until the simulation stops needing a thread per watch, the
+suite keeps to what it finishes reliably.
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ from tests.perf.ipam_scale import BLOCK_SIZE, GRACE, POOL_CIDR, simulate, table
 
 pytestmark = pytest.mark.perf
 
-NODES = tuple(int(n) for n in os.environ.get("MULTIPLEX_IPAM_SCALE_NODES", "1,8,64,256,1000").split(","))
+NODES = tuple(int(n) for n in os.environ.get("MULTIPLEX_IPAM_SCALE_NODES", "1,8,64,256").split(","))
 
 
 def test_ipam_at_scale_one_request_per_allocation_and_nothing_leaked_after_churn(tmp_path, capsys):
