@@ -100,10 +100,10 @@ class Rtnl:
         self.sock.send(_HDR.pack(_HDR.size + len(body), kind, NLM_F_REQUEST | flags, self.seq, 0) + body)
         return self.seq
 
-    def _answer(self, seq: int) -> tuple[int, bytes, int, int]:
-        """(type, data, start, end) of the answer to request `seq`; answers to earlier, abandoned
-        requests are skipped. An error answer raises Refused (its errno); an ACK is type NLMSG_ERROR
-        with errno 0."""
+    def _messages(self, seq: int):
+        """(type, data, start, end) of each message answering request `seq`, datagram by datagram;
+        answers to earlier, abandoned requests are skipped. An error answer raises Refused (its
+        errno); an ACK is type NLMSG_ERROR with errno 0 (the last message of an acked request)."""
         while True:
             data = self._recv()
             at = 0
@@ -116,8 +116,12 @@ class Rtnl:
                         code = -struct.unpack_from("=i", data, at + _HDR.size)[0]
                         if code:
                             raise Refused(code)
-                    return kind, data, at + _HDR.size, at + size
+                    yield kind, data, at + _HDR.size, at + size
                 at += (size + 3) & ~3
+
+    def _answer(self, seq: int) -> tuple[int, bytes, int, int]:
+        """The first message answering request `seq` (the answer, or its ACK)."""
+        return next(self._messages(seq))
 
     def get(self, name: str = "", index: int = 0) -> Optional[dict]:
         """The link called `name` (or with `index`) as a dict of Link's fields; None when there is
@@ -219,24 +223,13 @@ class Rtnl:
         self._answer(self._send(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body))
 
     def _answers(self, seq: int) -> list[tuple[int, bytes, int, int]]:
-        """Every message answering request `seq` before its ACK (an echo comes before it), read
-        whole datagram by datagram; a refusal raises Refused."""
+        """Every message answering request `seq` before its ACK (an echo comes before it)."""
         out = []
-        while True:
-            data = self._recv()
-            at = 0
-            while at + _HDR.size <= len(data):
-                size, kind, _flags, got, _pid = _HDR.unpack_from(data, at)
-                if size < _HDR.size:
-                    break
-                if got == seq:
-                    if kind == NLMSG_ERROR:
-                        code = -struct.unpack_from("=i", data, at + _HDR.size)[0]
-                        if code:
-                            raise Refused(code)
-                        return out
-                    out.append((kind, data, at + _HDR.size, at + size))
-                at += (size + 3) & ~3
+        for message in self._messages(seq):
+            if message[0] == NLMSG_ERROR:
+                return out
+            out.append(message)
+        return out
 
     def delete_link(self, name: str) -> None:
         """RTM_DELLINK of the link called `name`."""
